@@ -1,0 +1,57 @@
+# Stage-4 build, test and code generation. Every tool is a Go tool pinned in
+# go.mod or tools/go.mod, so a fresh machine needs only Go.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+BUF := go tool -modfile=tools/go.mod buf
+# protovalidate's validate.proto comes from this Go module (the Buf Schema
+# Registry is unreachable); keep it in step with buf.build/go/protovalidate.
+PROTOVALIDATE_MODULE := github.com/bufbuild/protovalidate@v1.2.2
+PROTODEPS := tools/protodeps/protovalidate
+
+.PHONY: help
+help: ## Show this help.
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: run
+run: ## Run Stage-4 with a local reference Stage-3 and audit log on loopback.
+	go run ./cmd/stage4 dev
+
+.PHONY: build
+build: ## Build bin/stage4.
+	go build -o bin/stage4 ./cmd/stage4
+
+.PHONY: test
+test: lint checkgenerate ## Run every check: lint, generated-code check, tests with -race.
+	go test -race -count=1 ./...
+
+.PHONY: bench
+bench: ## Run the benchmarks.
+	go test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: lint
+lint: protodeps ## go vet, buf lint, buf format and buf breaking.
+	go vet ./...
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	tools/breaking.sh
+
+.PHONY: generate
+generate: protodeps ## Regenerate gen/ from proto/.
+	$(BUF) generate
+
+.PHONY: checkgenerate
+checkgenerate: protodeps ## Fail when gen/ is not what proto/ generates.
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(BUF) generate --output "$$tmp"; \
+	diff -r gen "$$tmp/gen" || { echo "gen/ is stale: run make generate" >&2; exit 1; }
+
+.PHONY: protodeps
+protodeps: $(PROTODEPS)/buf/validate/validate.proto
+
+$(PROTODEPS)/buf/validate/validate.proto:
+	dir=$$(go mod download -json $(PROTOVALIDATE_MODULE) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	rm -rf $(PROTODEPS); mkdir -p $(PROTODEPS); \
+	cp -R "$$dir/proto/protovalidate/." $(PROTODEPS)/; chmod -R u+w $(PROTODEPS)
