@@ -1,0 +1,180 @@
+package stage3client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
+
+	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+)
+
+// Defaults for the zero values of Config's limits.
+const (
+	DefaultMaxDeadline     = 30 * time.Second
+	DefaultMaxMessageBytes = 4 << 20
+)
+
+// forwardedMetadata is the allow-list of incoming metadata keys passed on to
+// Stage-3: request correlation and W3C trace context. Anything else, notably
+// authorization, stays in Stage-4.
+var forwardedMetadata = []string{"x-request-id", "traceparent", "tracestate"}
+
+// Config says how to reach Stage-3.
+type Config struct {
+	// Target is the gRPC target, for example "127.0.0.1:9000" or
+	// "dns:///stage3.mesh:8443".
+	Target string
+	// Insecure selects plaintext, for loopback or a mesh whose sidecar does
+	// TLS; otherwise TLS is used.
+	Insecure bool
+	// CAFile holds PEM roots to verify Stage-3; empty means the system roots.
+	CAFile string
+	// CertFile and KeyFile are the client certificate for mTLS: both or
+	// neither.
+	CertFile, KeyFile string
+	// ServerName overrides the name verified in Stage-3's certificate.
+	ServerName string
+	// MaxDeadline bounds a Stage-3 call when the caller set no deadline or a
+	// later one; 0 means DefaultMaxDeadline.
+	MaxDeadline time.Duration
+	// MaxMessageBytes limits requests and responses; 0 means
+	// DefaultMaxMessageBytes.
+	MaxMessageBytes int
+}
+
+// Client calls Stage-3. It is safe for concurrent use.
+type Client struct {
+	conn            *grpc.ClientConn
+	stage3          stage3v1.Stage3ServiceClient
+	maxDeadline     time.Duration
+	maxMessageBytes int
+}
+
+// New creates a client; it does not connect until the first call. opts come
+// before Stage-4's own options (for example a bufconn dialer in tests or
+// metrics interceptors in cmd) and cannot override them.
+func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
+	if cfg.Target == "" {
+		return nil, errors.New("stage3 target is empty")
+	}
+	if cfg.MaxDeadline < 0 || cfg.MaxMessageBytes < 0 {
+		return nil, errors.New("stage3 max deadline and max message bytes must not be negative")
+	}
+	c := &Client{maxDeadline: cfg.MaxDeadline, maxMessageBytes: cfg.MaxMessageBytes}
+	if c.maxDeadline == 0 {
+		c.maxDeadline = DefaultMaxDeadline
+	}
+	if c.maxMessageBytes == 0 {
+		c.maxMessageBytes = DefaultMaxMessageBytes
+	}
+	creds, err := transportCredentials(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts = slices.Concat(opts, []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDisableRetry(),
+		// A service config from the resolver could change retries, timeouts
+		// or size limits behind our back.
+		grpc.WithDisableServiceConfig(),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallSendMsgSize(c.maxMessageBytes),
+			grpc.MaxCallRecvMsgSize(c.maxMessageBytes),
+		),
+	})
+	c.conn, err = grpc.NewClient(cfg.Target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("create stage3 client: %w", err)
+	}
+	c.stage3 = stage3v1.NewStage3ServiceClient(c.conn)
+	return c, nil
+}
+
+func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
+	if cfg.Insecure {
+		if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" || cfg.ServerName != "" {
+			return nil, errors.New("stage3: TLS settings given for an insecure connection")
+		}
+		return insecure.NewCredentials(), nil
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, errors.New("stage3 mTLS needs both a certificate and a key file")
+	}
+	// TLS 1.2 rather than 1.3 as the floor: Stage-3 is a black box whose TLS
+	// stack Stage-4 does not control, and 1.2 with Go's defaults is sound.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.ServerName}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read stage3 CA file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("stage3 CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load stage3 client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+// Execute forwards req to Stage-3 in exactly one attempt and returns Stage-3's
+// response unchanged, or an error mapped as the package doc describes. req is
+// not modified.
+func (c *Client) Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPlanRequest) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
+	// grpc-go would refuse an oversized plan only after opening the stream,
+	// which would look like an unknown outcome.
+	if size := proto.Size(req); size > c.maxMessageBytes {
+		return nil, newError(codes.InvalidArgument, ReasonPlanInvalid, nil,
+			fmt.Sprintf("plan is %d bytes, over the %d-byte limit for Stage-3", size, c.maxMessageBytes))
+	}
+	callCtx, cancel := context.WithTimeout(ctx, c.maxDeadline)
+	defer cancel()
+	callCtx = metadata.NewOutgoingContext(callCtx, outgoingMetadata(ctx))
+
+	var p peer.Peer
+	resp, err := c.stage3.ExecuteMultiDomainPlan(callCtx, req, grpc.Peer(&p))
+	if err != nil {
+		return nil, mapError(err, p.Addr != nil, errors.Is(ctx.Err(), context.Canceled))
+	}
+	return resp, nil
+}
+
+// outgoingMetadata is a new metadata holding only the allow-listed keys of the
+// caller's incoming metadata; outgoing metadata already in ctx is dropped too.
+func outgoingMetadata(ctx context.Context) metadata.MD {
+	in, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.MD{}
+	for _, k := range forwardedMetadata {
+		if v := in.Get(k); len(v) > 0 {
+			out.Append(k, v...)
+		}
+	}
+	return out
+}
+
+// Close closes the connection; calls in flight fail.
+func (c *Client) Close() error {
+	if err := c.conn.Close(); err != nil {
+		return fmt.Errorf("close stage3 connection: %w", err)
+	}
+	return nil
+}
