@@ -1,0 +1,125 @@
+// Package server implements stage4.v1.Stage4Service: it validates plans with
+// the single entry point Validate, and forwards valid, audited plans once
+// and verbatim to Stage-3.
+package server
+
+import (
+	"context"
+	"errors"
+
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"buf.build/go/protovalidate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/stage4/stage4/audit"
+	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// Executor forwards a plan to Stage-3 exactly once. *stage3client.Client is
+// the production implementation; its errors are already mapped for callers.
+type Executor interface {
+	Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPlanRequest) (*stage3v1.ExecuteMultiDomainPlanResponse, error)
+}
+
+// AuditLister serves the audit log; *audit.Log is the implementation.
+type AuditLister interface {
+	List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error)
+}
+
+// Server implements stage4v1.Stage4ServiceServer. It must be registered
+// behind audit.UnaryServerInterceptor: ExecutePlan refuses to run a plan
+// whose execution the interceptor has not recorded.
+type Server struct {
+	stage4v1.UnimplementedStage4ServiceServer
+
+	stage3 Executor
+	log    AuditLister
+}
+
+var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
+
+// New returns a Server that forwards to stage3 and lists events from log.
+func New(stage3 Executor, log AuditLister) *Server {
+	return &Server{stage3: stage3, log: log}
+}
+
+// ExecutePlan validates the plan, forwards it once to Stage-3 and returns
+// Stage-3's response unchanged. It does not retry, loop or branch on the
+// result: the outcome, whatever it is, goes back to the caller.
+func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
+	// The audit interceptor has validated already; validating again keeps
+	// the handler fail-closed on its own, for a few microseconds.
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	exec, ok := audit.ExecutionFromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "execution was not audited; refusing to call Stage-3")
+	}
+	res, err := s.stage3.Execute(ctx, toStage3(req.GetPlan()))
+	if err != nil {
+		return nil, err
+	}
+	return &stage4v1.ExecutePlanResponse{ExecutionId: exec.ID, PlanId: exec.PlanID, Result: res}, nil
+}
+
+// ValidatePlan is ExecutePlan's validation as a dry run.
+func (s *Server) ValidatePlan(_ context.Context, req *stage4v1.ValidatePlanRequest) (*stage4v1.ValidatePlanResponse, error) {
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	return &stage4v1.ValidatePlanResponse{PlanId: PlanID(req.GetPlan())}, nil
+}
+
+// ListAuditEvents serves the audit log.
+func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error) {
+	if err := protovalidate.Validate(req); err != nil {
+		return nil, invalidArgument(err)
+	}
+	return s.log.List(ctx, req)
+}
+
+// toStage3 maps a plan onto Stage-3's request field by field. The two
+// messages share field numbers and types (one wire encoding), and parameters
+// are shared, not copied, so nothing can be added, dropped or normalised.
+func toStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
+	steps := make([]*stage3v1.Step, len(p.GetSteps()))
+	for i, st := range p.GetSteps() {
+		steps[i] = &stage3v1.Step{Domain: st.GetDomain(), Method: st.GetMethod(), Parameters: st.GetParameters()}
+	}
+	var bindings []*stage3v1.DataBinding
+	if n := len(p.GetDataBindings()); n > 0 {
+		bindings = make([]*stage3v1.DataBinding, n)
+		for i, b := range p.GetDataBindings() {
+			bindings[i] = &stage3v1.DataBinding{
+				SourceStep:      b.GetSourceStep(),
+				SourceOutput:    b.GetSourceOutput(),
+				TargetStep:      b.GetTargetStep(),
+				TargetParameter: b.GetTargetParameter(),
+			}
+		}
+	}
+	return &stage3v1.ExecuteMultiDomainPlanRequest{
+		UserId:       p.GetUserId(),
+		TokenHash:    p.GetTokenHash(),
+		TriggerType:  p.GetTriggerType(),
+		Steps:        steps,
+		DataBindings: bindings,
+	}
+}
+
+// invalidArgument turns a protovalidate failure of a request without a plan
+// into INVALID_ARGUMENT with the same details as plan violations.
+func invalidArgument(err error) error {
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
+		return statusError(codes.Internal, reasonInternal, "validate request: validator failed")
+	}
+	found := make([]*validate.Violation, len(verr.Violations))
+	for i, v := range verr.Violations {
+		found[i] = v.Proto
+	}
+	return violationsError(audit.ReasonInvalidListRequest, found, len(found))
+}
