@@ -158,7 +158,10 @@ func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 func violationsError(reason string, found []*validate.Violation, total int) error {
 	found = found[:min(len(found), maxViolations)]
 	msg := (&protovalidate.Violation{Proto: found[0]}).String()
-	if total > 1 {
+	switch {
+	case total == 2:
+		msg += " (and 1 more violation)"
+	case total > 2:
 		msg += fmt.Sprintf(" (and %d more violations)", total-1)
 	}
 	return statusError(codes.InvalidArgument, reason, msg, validate.Violations_builder{Violations: found}.Build())

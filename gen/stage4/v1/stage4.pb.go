@@ -43,7 +43,8 @@ const (
 	// Stage-3 executed the plan. A terminal event.
 	AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED AuditEventType = 3
 	// The execution failed; details.phase says where: validation, stage3,
-	// audit, internal or interrupted. A terminal event.
+	// internal, or interrupted (closed at start-up after a crash). A terminal
+	// event.
 	AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED AuditEventType = 4
 )
 
@@ -548,8 +549,8 @@ type AuditEvent struct {
 	UserId string `protobuf:"bytes,6,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Event-specific facts. Never holds token_hash or parameter values.
 	Details *structpb.Struct `protobuf:"bytes,7,opt,name=details,proto3" json:"details,omitempty"`
-	// The hash of the previous record ("sha256:" and hex), or 64 zeros for
-	// the first.
+	// The hash of the previous record ("sha256:" and 64 hex digits); for the
+	// first record, "sha256:" and 64 zeros.
 	PreviousHash string `protobuf:"bytes,8,opt,name=previous_hash,json=previousHash,proto3" json:"previous_hash,omitempty"`
 	// The SHA-256 of this record's canonical encoding ("sha256:" and hex).
 	Hash          string `protobuf:"bytes,9,opt,name=hash,proto3" json:"hash,omitempty"`

@@ -38,8 +38,8 @@ const (
 type Stage4ServiceClient interface {
 	// ExecutePlan validates the plan, audits it, forwards it once to Stage-3
 	// and returns Stage-3's result unchanged. It never retries: when the outcome
-	// is unknown the call fails with DATA_LOSS or UNKNOWN (see the README's
-	// error table) and the caller must not assume the plan did not run.
+	// is unknown the call fails with UNKNOWN (reason OUTCOME_UNKNOWN, see the
+	// README's error table) and the caller must not assume the plan did not run.
 	ExecutePlan(ctx context.Context, in *ExecutePlanRequest, opts ...grpc.CallOption) (*ExecutePlanResponse, error)
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.
@@ -97,8 +97,8 @@ func (c *stage4ServiceClient) ListAuditEvents(ctx context.Context, in *ListAudit
 type Stage4ServiceServer interface {
 	// ExecutePlan validates the plan, audits it, forwards it once to Stage-3
 	// and returns Stage-3's result unchanged. It never retries: when the outcome
-	// is unknown the call fails with DATA_LOSS or UNKNOWN (see the README's
-	// error table) and the caller must not assume the plan did not run.
+	// is unknown the call fails with UNKNOWN (reason OUTCOME_UNKNOWN, see the
+	// README's error table) and the caller must not assume the plan did not run.
 	ExecutePlan(context.Context, *ExecutePlanRequest) (*ExecutePlanResponse, error)
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.

@@ -1,0 +1,110 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// faultyFile fails its Nth Write or Sync (counting from 1, 0 = never), the
+// way a full or dying disk would. This is how other packages inject faults.
+type faultyFile struct {
+	audit.File
+	failWriteAt, failSyncAt int32
+	writes, syncs           atomic.Int32
+}
+
+var errInjected = errors.New("injected I/O error")
+
+func (f *faultyFile) Write(p []byte) (int, error) {
+	if f.writes.Add(1) == f.failWriteAt {
+		return 0, errInjected
+	}
+	return f.File.Write(p)
+}
+
+func (f *faultyFile) Sync() error {
+	if f.syncs.Add(1) == f.failSyncAt {
+		return errInjected
+	}
+	return f.File.Sync()
+}
+
+func logPath(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "audit.jsonl")
+}
+
+func openLog(t *testing.T, path string, opts ...audit.Option) *audit.Log {
+	t.Helper()
+	lg, err := audit.Open(path, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { lg.Close() })
+	return lg
+}
+
+func event(typ stage4v1.AuditEventType, execID, userID string) *stage4v1.AuditEvent {
+	return &stage4v1.AuditEvent{
+		Type:        typ,
+		ExecutionId: execID,
+		PlanId:      "sha256:plan-of-" + userID,
+		UserId:      userID,
+		Details:     &structpb.Struct{Fields: map[string]*structpb.Value{"phase": structpb.NewStringValue("test")}},
+	}
+}
+
+func mustAppend(t *testing.T, lg *audit.Log, evs ...*stage4v1.AuditEvent) {
+	t.Helper()
+	for _, ev := range evs {
+		_, err := lg.Append(context.Background(), ev)
+		require.NoError(t, err)
+	}
+}
+
+// listAll pages through the whole log with the given filters.
+func listAll(t *testing.T, lg *audit.Log, req *stage4v1.ListAuditEventsRequest) []*stage4v1.AuditEvent {
+	t.Helper()
+	var all []*stage4v1.AuditEvent
+	for {
+		resp, err := lg.List(context.Background(), req)
+		require.NoError(t, err)
+		all = append(all, resp.GetAuditEvents()...)
+		if resp.GetNextPageToken() == "" {
+			return all
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+func readLines(t *testing.T, path string) [][]byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return bytes.SplitAfter(data, []byte("\n"))
+}
+
+func requireEvents(t *testing.T, want, got []*stage4v1.AuditEvent) {
+	t.Helper()
+	require.Len(t, got, len(want))
+	for i := range want {
+		require.True(t, proto.Equal(want[i], got[i]), "event %d:\nwant %v\ngot  %v", i, want[i], got[i])
+	}
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,274 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"math"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// HeaderExecutionID is the response header that carries the execution id of
+// an ExecutePlan call. It is sent before anything else, so a caller has it
+// also when the call fails.
+const HeaderExecutionID = "x-stage4-execution-id"
+
+// Phases of an EXECUTION_FAILED event, in details.phase.
+const (
+	// PhaseValidation: the plan was invalid; Stage-3 was not called.
+	PhaseValidation = "validation"
+	// PhaseStage3: the handler, that is Stage-3 or the way to it, returned
+	// an error.
+	PhaseStage3 = "stage3"
+	// PhaseInternal: the validator or the handler panicked.
+	PhaseInternal = "internal"
+	// PhaseInterrupted: Stage-4 stopped before the execution ended; written
+	// by Open at the next start. After EXECUTION_STARTED the plan may have
+	// run.
+	PhaseInterrupted = "interrupted"
+)
+
+// Bounds on what a request can put into one PLAN_RECEIVED event; they are
+// the validation limits, so a valid plan is recorded whole.
+const (
+	maxUserIDChars       = 128
+	maxIdentifierChars   = 64
+	maxPlanIDChars       = 80
+	maxPeerIdentityChars = 256
+	maxRecordedSteps     = 256
+	maxMessageChars      = 1024
+)
+
+// Execution identifies the ExecutePlan call whose PLAN_RECEIVED and
+// EXECUTION_STARTED events are durable.
+type Execution struct {
+	// ID is the execution_id of the call's events and response.
+	ID string
+	// PlanID is the plan's plan_id, as WithPlanID computed it.
+	PlanID string
+}
+
+type executionKey struct{}
+
+// ExecutionFromContext returns the execution that the interceptor put into
+// the handler's context. The handler must refuse to call Stage-3 without
+// one: its absence means the call was not audited.
+func ExecutionFromContext(ctx context.Context) (Execution, bool) {
+	e, ok := ctx.Value(executionKey{}).(Execution)
+	return e, ok
+}
+
+// UnaryServerInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
+// then validation, EXECUTION_STARTED (durable before the handler runs) and
+// exactly one terminal event. Every other method passes through untouched.
+// It panics unless log, WithValidator and WithPlanID are given, so that a
+// misconfigured server cannot start.
+func UnaryServerInterceptor(log *Log, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
+	var c interceptorConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	if log == nil || c.validate == nil || c.planID == nil {
+		panic("audit: UnaryServerInterceptor needs a log, WithValidator and WithPlanID")
+	}
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if info.FullMethod != stage4v1.Stage4Service_ExecutePlan_FullMethodName {
+			return handler(ctx, req)
+		}
+		return c.execute(ctx, log, req, handler)
+	}
+}
+
+func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, handler grpc.UnaryHandler) (any, error) {
+	var b [16]byte
+	rand.Read(b[:]) // never fails since Go 1.24
+	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
+	if err := grpc.SetHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
+		return nil, statusError(codes.Internal, ReasonNoServerStream, "cannot send the execution id header", ex.meta())
+	}
+	if log.Err() != nil {
+		return nil, ex.unavailable()
+	}
+	r, _ := req.(*stage4v1.ExecutePlanRequest)
+	var bd bounder
+	if plan := r.GetPlan(); plan != nil {
+		ex.ev.PlanId = bd.bound(c.planID(plan), maxPlanIDChars)
+		ex.ev.UserId = bd.bound(plan.GetUserId(), maxUserIDChars)
+	}
+	details := receivedDetails(ctx, r.GetPlan(), &bd)
+	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details) != nil {
+		return nil, ex.unavailable()
+	}
+
+	// From here on exactly one terminal event is written; ended is set just
+	// before it. A panic in the validator or the handler leaves ended unset,
+	// and the deferred call records it while the panic goes on to the
+	// recovery interceptor outside.
+	ended := false
+	defer func() {
+		if !ended {
+			_ = ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
+				failedDetails(PhaseInternal, codes.Internal, "panic while handling the execution"))
+		}
+	}()
+	if err := c.validate(r); err != nil {
+		ended = true
+		st := status.Convert(err)
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(PhaseValidation, st.Code(), st.Message())) != nil {
+			return nil, ex.unavailable()
+		}
+		return nil, err
+	}
+	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED, nil) != nil {
+		// The log has failed, so no terminal event can be written; the next
+		// start closes this execution as interrupted.
+		ended = true
+		return nil, ex.unavailable()
+	}
+
+	began := time.Now()
+	resp, err := handler(context.WithValue(ctx, executionKey{}, Execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId}), req)
+	latency := time.Since(began)
+	ended = true
+	if err != nil {
+		st := status.Convert(err)
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(PhaseStage3, st.Code(), st.Message())) != nil {
+			return nil, ex.outcomeUnknown()
+		}
+		return nil, err
+	}
+	out, _ := resp.(*stage4v1.ExecutePlanResponse)
+	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, &structpb.Struct{Fields: map[string]*structpb.Value{
+		"step_count":        structpb.NewNumberValue(float64(len(out.GetResult().GetResults()))),
+		"stage3_latency_ms": structpb.NewNumberValue(math.Round(latency.Seconds()*1e6) / 1e3),
+	}}) != nil {
+		return nil, ex.outcomeUnknown()
+	}
+	return resp, nil
+}
+
+// recorder appends the events of one execution. Its context is not
+// cancelled with the call: a caller that goes away must not stop the audit.
+type recorder struct {
+	log *Log
+	ctx context.Context
+	ev  stage4v1.AuditEvent // execution_id, plan_id and user_id of every event
+}
+
+func (r *recorder) record(t stage4v1.AuditEventType, details *structpb.Struct) error {
+	_, err := r.log.Append(r.ctx, &stage4v1.AuditEvent{
+		Type:        t,
+		ExecutionId: r.ev.ExecutionId,
+		PlanId:      r.ev.PlanId,
+		UserId:      r.ev.UserId,
+		Details:     details,
+	})
+	return err
+}
+
+func (r *recorder) meta() map[string]string {
+	return map[string]string{"execution_id": r.ev.ExecutionId}
+}
+
+func (r *recorder) unavailable() error {
+	return statusError(codes.Unavailable, ReasonAuditUnavailable,
+		"the audit log is unavailable; the plan was not executed", r.meta())
+}
+
+func (r *recorder) outcomeUnknown() error {
+	return statusError(codes.Unknown, ReasonOutcomeUnknown,
+		"the outcome could not be recorded in the audit log; the plan may have been executed", r.meta())
+}
+
+// receivedDetails describes a plan by its shape only: never token_hash,
+// never a parameter value.
+func receivedDetails(ctx context.Context, plan *stage4v1.Plan, bd *bounder) *structpb.Struct {
+	f := map[string]*structpb.Value{}
+	if plan != nil {
+		f["trigger_type"] = structpb.NewStringValue(bd.bound(plan.GetTriggerType(), maxIdentifierChars))
+		f["step_count"] = structpb.NewNumberValue(float64(len(plan.GetSteps())))
+		f["binding_count"] = structpb.NewNumberValue(float64(len(plan.GetDataBindings())))
+		steps := plan.GetSteps()
+		if len(steps) > maxRecordedSteps {
+			steps, bd.truncated = steps[:maxRecordedSteps], true
+		}
+		names := make([]*structpb.Value, len(steps))
+		for i, s := range steps {
+			names[i] = structpb.NewStringValue(bd.bound(s.GetDomain(), maxIdentifierChars) + "." + bd.bound(s.GetMethod(), maxIdentifierChars))
+		}
+		f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+		if t := plan.GetTokenHash(); t != "" {
+			sum := sha256.Sum256([]byte(t))
+			f["token_fingerprint"] = structpb.NewStringValue(hashPrefix + hex.EncodeToString(sum[:8]))
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if p.Addr != nil {
+			f["peer"] = structpb.NewStringValue(bd.bound(p.Addr.String(), maxPeerIdentityChars))
+		}
+		if id := peerIdentity(p.AuthInfo); id != "" {
+			f["peer_identity"] = structpb.NewStringValue(bd.bound(id, maxPeerIdentityChars))
+		}
+	}
+	if bd.truncated {
+		f["truncated"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// peerIdentity names an mTLS client by its verified leaf certificate: the
+// first URI SAN (a SPIFFE ID, say) or else the subject.
+func peerIdentity(ai credentials.AuthInfo) string {
+	info, ok := ai.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	leaf := info.State.VerifiedChains[0][0]
+	if len(leaf.URIs) > 0 {
+		return leaf.URIs[0].String()
+	}
+	return leaf.Subject.String()
+}
+
+func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
+	var bd bounder
+	f := map[string]*structpb.Value{
+		"phase":   structpb.NewStringValue(phase),
+		"code":    structpb.NewStringValue(code.Code(c).String()),
+		"message": structpb.NewStringValue(bd.bound(msg, maxMessageChars)),
+	}
+	if bd.truncated {
+		f["truncated"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// bounder cuts strings from a request to a number of characters and
+// remembers whether it had to.
+type bounder struct{ truncated bool }
+
+func (b *bounder) bound(s string, chars int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	n := 0
+	for i := range s {
+		if n == chars {
+			b.truncated = true
+			return s[:i]
+		}
+		n++
+	}
+	return s
+}

@@ -1,0 +1,218 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// GenesisHash is the previous_hash of the first record: "sha256:" and 64
+// zeros, so that every record has the same shape.
+const GenesisHash = hashPrefix + "0000000000000000000000000000000000000000000000000000000000000000"
+
+// MaxRecordBytes bounds one record line, newline included, so that readers
+// of the log need bounded memory. Append refuses larger events.
+const MaxRecordBytes = 1 << 20
+
+const (
+	hashPrefix = "sha256:"
+	// hashMemberOpen starts the last member of every line; the line ends with
+	// hashMemberOpen, 64 hex digits and hashMemberClose.
+	hashMemberOpen  = `,"hash":"` + hashPrefix
+	hashMemberClose = `"}`
+	hashMemberLen   = len(hashMemberOpen) + 2*sha256.Size + len(hashMemberClose)
+	// timeLayout is RFC 3339 in UTC with a fixed nine-digit fraction.
+	timeLayout = "2006-01-02T15:04:05.000000000Z"
+)
+
+var errInvalidUTF8 = errors.New("string is not valid UTF-8")
+
+// encodeFields renders the members of ev that its author chooses, from "type"
+// to "details", each followed by a comma. It runs on the caller's goroutine
+// so that the single writer only adds sequence, time and the hashes.
+func encodeFields(b []byte, ev *stage4v1.AuditEvent) ([]byte, error) {
+	t := ev.GetType()
+	name, ok := stage4v1.AuditEventType_name[int32(t)]
+	if !ok || t == stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
+		return nil, fmt.Errorf("invalid event type %d", t)
+	}
+	e := encoder{b: b}
+	e.raw(`"type":"`)
+	e.raw(name)
+	e.raw(`","execution_id":`)
+	e.str(ev.GetExecutionId())
+	e.raw(`,"plan_id":`)
+	e.str(ev.GetPlanId())
+	e.raw(`,"user_id":`)
+	e.str(ev.GetUserId())
+	e.raw(`,"details":`)
+	e.object(ev.GetDetails())
+	e.raw(",")
+	return e.b, e.err
+}
+
+// appendRecord renders one complete line: sequence and time, the
+// pre-encoded fields, previous_hash and finally the hash of everything
+// before it (see docs/AUDIT_LOG.md).
+func appendRecord(b []byte, seq uint64, t time.Time, fields []byte, prev *[sha256.Size]byte) ([]byte, [sha256.Size]byte) {
+	start := len(b)
+	b = append(b, `{"sequence":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"time":"`...)
+	b = t.UTC().AppendFormat(b, timeLayout)
+	b = append(b, `",`...)
+	b = append(b, fields...)
+	b = append(b, `"previous_hash":"`+hashPrefix...)
+	b = hex.AppendEncode(b, prev[:])
+	b = append(b, `"}`...)
+	sum := sha256.Sum256(b[start:])
+	b = append(b[:len(b)-1], hashMemberOpen...)
+	b = hex.AppendEncode(b, sum[:])
+	b = append(b, hashMemberClose+"\n"...)
+	return b, sum
+}
+
+// parseRecord checks that line (without its newline) carries the hash of its
+// own bytes and decodes it. It returns a reason for the verifier on failure.
+func parseRecord(line []byte) (*stage4v1.AuditEvent, [sha256.Size]byte, string) {
+	var sum [sha256.Size]byte
+	n := len(line) - hashMemberLen
+	if n < 1 || !bytes.HasPrefix(line[n:], []byte(hashMemberOpen)) || !bytes.HasSuffix(line, []byte(hashMemberClose)) {
+		return nil, sum, "unparsable line: it does not end with the hash member"
+	}
+	hexSum := line[n+len(hashMemberOpen) : len(line)-len(hashMemberClose)]
+	if _, err := hex.Decode(sum[:], hexSum); err != nil || !isLowerHex(hexSum) {
+		return nil, sum, "unparsable line: the hash is not 64 lowercase hex digits"
+	}
+	h := sha256.New()
+	h.Write(line[:n])
+	h.Write([]byte("}"))
+	if !bytes.Equal(h.Sum(nil), sum[:]) {
+		return nil, sum, "hash mismatch: the record was altered"
+	}
+	ev := &stage4v1.AuditEvent{}
+	if err := protojson.Unmarshal(line, ev); err != nil {
+		return nil, sum, "unparsable line: " + err.Error()
+	}
+	return ev, sum, ""
+}
+
+func isLowerHex(b []byte) bool {
+	for _, c := range b {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func formatHash(sum *[sha256.Size]byte) string {
+	return hashPrefix + hex.EncodeToString(sum[:])
+}
+
+// encoder writes the JSON subset that records use, without reflection: the
+// hot path of every Append goes through it.
+type encoder struct {
+	b   []byte
+	err error
+}
+
+func (e *encoder) raw(s string) { e.b = append(e.b, s...) }
+
+const hexDigits = "0123456789abcdef"
+
+// str writes s as a JSON string, escaping only what JSON requires.
+func (e *encoder) str(s string) {
+	if !utf8.ValidString(s) {
+		e.err = errInvalidUTF8
+		return
+	}
+	e.b = append(e.b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		e.b = append(e.b, s[start:i]...)
+		if c == '"' || c == '\\' {
+			e.b = append(e.b, '\\', c)
+		} else {
+			e.b = append(e.b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		start = i + 1
+	}
+	e.b = append(e.b, s[start:]...)
+	e.b = append(e.b, '"')
+}
+
+// object writes s with its keys in byte order; a nil s is {}.
+func (e *encoder) object(s *structpb.Struct) {
+	keys := make([]string, 0, len(s.GetFields()))
+	for k := range s.GetFields() {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	e.b = append(e.b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			e.b = append(e.b, ',')
+		}
+		e.str(k)
+		e.b = append(e.b, ':')
+		e.value(s.GetFields()[k])
+	}
+	e.b = append(e.b, '}')
+}
+
+func (e *encoder) value(v *structpb.Value) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_NullValue:
+		e.raw("null")
+	case *structpb.Value_BoolValue:
+		e.b = strconv.AppendBool(e.b, k.BoolValue)
+	case *structpb.Value_NumberValue:
+		e.number(k.NumberValue)
+	case *structpb.Value_StringValue:
+		e.str(k.StringValue)
+	case *structpb.Value_StructValue:
+		e.object(k.StructValue)
+	case *structpb.Value_ListValue:
+		e.b = append(e.b, '[')
+		for i, item := range k.ListValue.GetValues() {
+			if i > 0 {
+				e.b = append(e.b, ',')
+			}
+			e.value(item)
+		}
+		e.b = append(e.b, ']')
+	default:
+		e.err = errors.New("details value without a kind")
+	}
+}
+
+// number writes f as encoding/json does: plain decimals, exponents only for
+// very small or very large magnitudes. JSON has no NaN or infinity.
+func (e *encoder) number(f float64) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		e.err = errors.New("details number is NaN or infinite")
+		return
+	}
+	format := byte('f')
+	if a := math.Abs(f); a != 0 && (a < 1e-6 || a >= 1e21) {
+		format = 'e'
+	}
+	e.b = strconv.AppendFloat(e.b, f, format, -1, 64)
+}

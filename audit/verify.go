@@ -1,0 +1,142 @@
+package audit
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// VerifyResult describes the intact part of a log.
+type VerifyResult struct {
+	// Records is the number of good records: sequences 1 to Records.
+	Records uint64
+	// LastHash is the hash of the last good record, or GenesisHash. Keep it
+	// elsewhere to detect later truncation, which a hash chain alone cannot.
+	LastHash string
+	// Bytes is the length of the good records, newlines included.
+	Bytes int64
+	// TrailingBytes is the length of an incomplete last line (no newline):
+	// the trace of a crash during a write, cut off by Open. Never
+	// acknowledged to a caller, so not damage.
+	TrailingBytes int64
+}
+
+// ChainError reports the first damaged record of a log.
+type ChainError struct {
+	// Sequence is the sequence number the damaged line should have had.
+	Sequence uint64
+	// Offset is the byte offset at which the damaged line starts.
+	Offset int64
+	// Reason says what is wrong: a hash mismatch, a sequence gap, a wrong
+	// previous_hash or an unparsable line.
+	Reason string
+}
+
+// Error implements error.
+func (e *ChainError) Error() string {
+	return fmt.Sprintf("audit log damaged at sequence %d (byte offset %d): %s", e.Sequence, e.Offset, e.Reason)
+}
+
+// VerifyFile verifies the log at path; see Verify.
+func VerifyFile(path string, opts ...VerifyOption) (VerifyResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("verify audit log: %w", err)
+	}
+	defer f.Close()
+	return Verify(f, opts...)
+}
+
+// Verify walks a log from its first record and checks every line: its hash,
+// its sequence (gapless from 1) and its previous_hash. It stops at the first
+// damaged record and returns a *ChainError describing it, together with the
+// result for the good records before it. Other errors are read errors.
+func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
+	var c verifyConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	res := VerifyResult{LastHash: GenesisHash}
+	var prev [sha256.Size]byte
+	lr := newLineReader(r)
+	nextProgress := int64(progressStep)
+	for {
+		line, complete, err := lr.next()
+		if !complete {
+			if errors.Is(err, io.EOF) {
+				res.TrailingBytes = int64(len(line))
+				break
+			}
+			if errors.Is(err, errLineTooLong) {
+				return res, &ChainError{Sequence: res.Records + 1, Offset: res.Bytes, Reason: "unparsable line: longer than MaxRecordBytes"}
+			}
+			return res, fmt.Errorf("verify audit log: %w", err)
+		}
+		want := res.Records + 1
+		ev, sum, reason := parseRecord(line[:len(line)-1])
+		switch {
+		case reason != "":
+		case ev.GetSequence() != want:
+			reason = fmt.Sprintf("sequence gap: found sequence %d", ev.GetSequence())
+		case ev.GetPreviousHash() != formatHash(&prev):
+			reason = "previous_hash does not match the hash of the record before"
+		}
+		if reason != "" {
+			return res, &ChainError{Sequence: want, Offset: res.Bytes, Reason: reason}
+		}
+		if c.onRecord != nil {
+			c.onRecord(ev)
+		}
+		prev = sum
+		res.Records = want
+		res.LastHash = ev.GetHash()
+		res.Bytes += int64(len(line))
+		if c.progress != nil && res.Bytes >= nextProgress {
+			c.progress(res.Bytes)
+			nextProgress = res.Bytes + progressStep
+		}
+	}
+	if c.progress != nil {
+		c.progress(res.Bytes + res.TrailingBytes)
+	}
+	return res, nil
+}
+
+const progressStep = 1 << 20
+
+var errLineTooLong = errors.New("line longer than MaxRecordBytes")
+
+// lineReader reads lines of at most MaxRecordBytes with one reused buffer.
+type lineReader struct {
+	br  *bufio.Reader
+	buf []byte
+}
+
+func newLineReader(r io.Reader) *lineReader {
+	return &lineReader{br: bufio.NewReaderSize(r, 64<<10)}
+}
+
+// next returns the next line with its newline and complete set, or the
+// incomplete rest with the error that ended it (io.EOF at the end). The line
+// is valid until the next call.
+func (lr *lineReader) next() (line []byte, complete bool, err error) {
+	frag, err := lr.br.ReadSlice('\n')
+	if err == nil {
+		return frag, true, nil
+	}
+	lr.buf = append(lr.buf[:0], frag...)
+	for errors.Is(err, bufio.ErrBufferFull) {
+		if len(lr.buf) > MaxRecordBytes {
+			return lr.buf, false, errLineTooLong
+		}
+		frag, err = lr.br.ReadSlice('\n')
+		lr.buf = append(lr.buf, frag...)
+	}
+	if err == nil && len(lr.buf) > MaxRecordBytes {
+		err = errLineTooLong
+	}
+	return lr.buf, err == nil, err
+}

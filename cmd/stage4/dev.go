@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/stage4/stage4/stage3client"
+	"github.com/stage4/stage4/stage3client/stage3ref"
+)
+
+const devUsage = `Usage: stage4 dev [flags]
+
+Runs Stage-4 and the reference Stage-3 together on loopback, for trying
+Stage-4 out (make run). Stage-4 is the same server as "stage4 serve", in
+plaintext, talking to the in-process reference Stage-3. The audit log lives
+in the system temp folder by default and survives restarts: the chain simply
+continues. It prints the addresses, the audit-log path and a grpcurl command
+to paste, then runs until SIGINT or SIGTERM. Logs go to stderr, as text.
+`
+
+// devFlags holds dev's flag values.
+type devFlags struct {
+	listen        string
+	stage3Listen  string
+	metricsListen string
+	auditLog      string
+	log           logFlags
+}
+
+// defaultDevAuditLog is outside the source tree so that make run never
+// leaves files for git to see.
+func defaultDevAuditLog() string {
+	return filepath.Join(os.TempDir(), "stage4-dev", "audit.jsonl")
+}
+
+// newDevFlags declares dev's flags.
+func newDevFlags() (*flag.FlagSet, *devFlags) {
+	fs := newFlagSet("dev", devUsage)
+	f := &devFlags{}
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:50051", "`host:port` of Stage-4")
+	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
+	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
+	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log")
+	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")
+	return fs, f
+}
+
+// runDev is the dev command.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := newDevFlags()
+	if err := parseFlags(fs, args, stderr, false); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("dev: unexpected arguments %q", fs.Args())
+	}
+	logger, err := newLogger(stderr, f.log)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(f.auditLog), 0o700); err != nil {
+		return fmt.Errorf("create audit log folder: %w", err)
+	}
+
+	lis, err := net.Listen("tcp", f.stage3Listen)
+	if err != nil {
+		return fmt.Errorf("listen reference stage3: %w", err)
+	}
+	refLogger := logger.With("component", "reference-stage3")
+	ref, refHealth := newReferenceStage3(stage3ref.Fault{}, refLogger)
+	// The reference Stage-3 outlives Stage-4 so that calls in flight at
+	// shutdown can still finish: it stops only after runGateway returns.
+	refCtx, stopRef := context.WithCancel(context.WithoutCancel(ctx))
+	refDone := make(chan error, 1)
+	go func() { refDone <- serveGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger) }()
+
+	cfg := gatewayConfig{
+		listen:          f.listen,
+		metricsListen:   f.metricsListen,
+		auditLog:        f.auditLog,
+		maxMessageBytes: defaultMaxMessageBytes,
+		shutdownGrace:   defaultShutdownGrace,
+		stage3: stage3client.Config{
+			Target:          lis.Addr().String(),
+			Insecure:        true, // loopback, same process
+			MaxDeadline:     defaultMaxDeadline,
+			MaxMessageBytes: defaultMaxMessageBytes,
+		},
+	}
+	err = runGateway(ctx, cfg, logger.With("component", "stage4"), func(a gatewayAddrs) {
+		printDevBanner(stdout, a, lis.Addr(), f.auditLog)
+	})
+	stopRef()
+	return errors.Join(err, <-refDone)
+}
+
+// devPlan is a plan the reference Stage-3 runs for alice: three steps, the
+// last two fed by data bindings from the step before. It ends with
+// {"length": 13}.
+const devPlan = `{"plan":{"user_id":"alice","token_hash":"alice-token","trigger_type":"manual",` +
+	`"steps":[{"domain":"text","method":"upper","parameters":{"text":"hello stage4"}},` +
+	`{"domain":"text","method":"concat","parameters":{"right":"!"}},` +
+	`{"domain":"text","method":"length","parameters":{}}],` +
+	`"data_bindings":[{"source_step":0,"source_output":"text","target_step":1,"target_parameter":"left"},` +
+	`{"source_step":1,"source_output":"text","target_step":2,"target_parameter":"text"}]}}`
+
+// printDevBanner tells the developer where everything is.
+func printDevBanner(w io.Writer, a gatewayAddrs, stage3 net.Addr, auditLog string) {
+	metrics := "off"
+	if a.metrics != nil {
+		metrics = "http://" + a.metrics.String() + "/metrics"
+	}
+	fmt.Fprintf(w, `Stage-4 dev is running; Ctrl-C stops it.
+  Stage-4 gRPC:       %s (plaintext, health, reflection)
+  reference Stage-3:  %s (user alice, token alice-token)
+  metrics:            %s
+  audit log:          %s
+
+Execute a plan (from the repository root):
+  go tool -modfile=tools/go.mod grpcurl -plaintext -d '%s' %s stage4.v1.Stage4Service/ExecutePlan
+
+List the audit log:
+  go tool -modfile=tools/go.mod grpcurl -plaintext -d '{}' %s stage4.v1.Stage4Service/ListAuditEvents
+`, a.grpc, stage3, metrics, auditLog, devPlan, a.grpc, a.grpc)
+}

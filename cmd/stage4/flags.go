@@ -1,0 +1,90 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// envPrefix starts the environment variable that backs a serve flag:
+// --stage3-addr falls back to STAGE4_STAGE3_ADDR.
+const envPrefix = "STAGE4_"
+
+// newFlagSet returns a FlagSet whose -h output is summary followed by the
+// flag defaults. ContinueOnError lets run, not the flag package, choose the
+// exit status.
+func newFlagSet(name, summary string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), summary)
+		var hasFlags bool
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprint(fs.Output(), "\nFlags:\n")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+// parseFlags parses args into fs, printing errors and usage to stderr. -h
+// ends the command with status 0, a bad flag with status 2. With useEnv,
+// every flag not given on the command line takes the value of its
+// environment variable when that is set (even to ""), so that deployments
+// can configure the server without a wrapper script: flags win over the
+// environment, which wins over defaults.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer, useEnv bool) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return silentExit(exitOK)
+		}
+		return silentExit(exitUsage) // the flag package has printed the error and usage
+	}
+	if !useEnv {
+		return nil
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return usageError("%s: %w", fs.Name(), err)
+	}
+	return nil
+}
+
+// envName is the environment variable backing flag name.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// commandFlagSets returns a fresh FlagSet per command, for "stage4 help CMD".
+func commandFlagSets() map[string]*flag.FlagSet {
+	serveFS, _ := newServeFlags()
+	devFS, _ := newDevFlags()
+	refFS, _ := newReferenceStage3Flags()
+	return map[string]*flag.FlagSet{
+		"serve":            serveFS,
+		"dev":              devFS,
+		"validate":         newValidateFlags(),
+		"audit verify":     newAuditVerifyFlags(),
+		"audit":            newAuditVerifyFlags(),
+		"reference-stage3": refFS,
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/stage3client"
+	"github.com/stage4/stage4/stage3client/stage3ref"
+)
+
+// failingSync is an audit file whose Sync fails once fail is set, as a disk
+// that stopped accepting writes would.
+type failingSync struct {
+	audit.File
+	fail atomic.Bool
+}
+
+func (f *failingSync) Sync() error {
+	if f.fail.Load() {
+		return errors.New("injected sync failure")
+	}
+	return f.File.Sync()
+}
+
+// TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
+// binary cannot show from outside: when the audit log fails, the plan is
+// refused and health reports NOT_SERVING, overall and for the service.
+func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
+	t.Parallel()
+	ref, err := stage3ref.NewServer(stage3ref.NewService())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ref.Close() })
+
+	var file *failingSync
+	cfg := gatewayConfig{
+		listen:          "127.0.0.1:0",
+		auditLog:        filepath.Join(t.TempDir(), "audit.jsonl"),
+		stage3:          stage3client.Config{Target: ref.Addr, Insecure: true},
+		maxMessageBytes: defaultMaxMessageBytes,
+		shutdownGrace:   5 * time.Second,
+		auditOptions: []audit.Option{audit.WithFileWrapper(func(f audit.File) audit.File {
+			file = &failingSync{File: f}
+			return file
+		})},
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ready := make(chan gatewayAddrs, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runGateway(ctx, cfg, slog.New(slog.DiscardHandler), func(a gatewayAddrs) { ready <- a })
+	}()
+	var addrs gatewayAddrs
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("gateway ended before it was ready: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatal("gateway not ready in time")
+	}
+
+	conn, err := grpc.NewClient(addrs.grpc.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	callCtx := testContext(t)
+	res, err := hc.Check(callCtx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus())
+
+	file.fail.Store(true)
+	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	require.Error(t, err)
+	require.Zero(t, ref.Service.Calls(), "nothing unaudited reaches Stage-3")
+	for _, svc := range []string{"", "stage4.v1.Stage4Service"} {
+		res, err := hc.Check(callCtx, &healthpb.HealthCheckRequest{Service: svc})
+		require.NoError(t, err)
+		require.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, res.GetStatus(), "service %q", svc)
+	}
+
+	cancel()
+	<-done // the failed log may make shutdown report an error; the status is what matters here
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	"github.com/stage4/stage4/stage3client/stage3ref"
+)
+
+const defaultStage3Listen = "127.0.0.1:50052"
+
+const referenceStage3Usage = `Usage: stage4 reference-stage3 [flags]
+
+Runs the reference Stage-3 executor alone, in plaintext, with gRPC health and
+server reflection: a stand-in for the real Stage-3 in grpcurl sessions and
+tests. It knows the user alice with token "alice-token". The fault flags make
+it misbehave on purpose. Logs go to stderr; the "serving" line carries the
+bound address (useful with port 0). SIGINT or SIGTERM stops it gracefully.
+`
+
+// referenceStage3Flags holds reference-stage3's flag values.
+type referenceStage3Flags struct {
+	listen        string
+	delay         time.Duration
+	hang          bool
+	shutdownGrace time.Duration
+	log           logFlags
+}
+
+// newReferenceStage3Flags declares reference-stage3's flags.
+func newReferenceStage3Flags() (*flag.FlagSet, *referenceStage3Flags) {
+	fs := newFlagSet("reference-stage3", referenceStage3Usage)
+	f := &referenceStage3Flags{}
+	fs.StringVar(&f.listen, "listen", defaultStage3Listen, "`host:port` to serve on; port 0 picks a free one")
+	fs.DurationVar(&f.delay, "delay", 0, "fault: every call waits this long before executing")
+	fs.BoolVar(&f.hang, "hang", false, "fault: every call blocks until the caller gives up")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
+	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&f.log.format, "log-format", "json", "log `format`: json or text")
+	return fs, f
+}
+
+// runReferenceStage3 is the reference-stage3 command.
+func runReferenceStage3(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, f := newReferenceStage3Flags()
+	if err := parseFlags(fs, args, stderr, false); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("reference-stage3: unexpected arguments %q", fs.Args())
+	}
+	logger, err := newLogger(stderr, f.log)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv, hs := newReferenceStage3(stage3ref.Fault{Delay: f.delay, Hang: f.hang}, logger)
+	logger.Info("serving", "grpc_addr", lis.Addr().String())
+	return serveGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger)
+}
+
+// newReferenceStage3 returns a gRPC server with the reference Stage-3,
+// health (already SERVING) and reflection, logging calls like Stage-4.
+func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger) (*grpc.Server, *health.Server) {
+	svc := stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens()))
+	svc.SetFault(fault)
+	callLogger := grpcLogger(logger)
+	recoveryOpt := recovery.WithRecoveryHandlerContext(recoveredPanic(logger))
+	srv := grpc.NewServer(
+		// Outermost first, as in Stage-4: logging, then recovery.
+		grpc.ChainUnaryInterceptor(
+			logging.UnaryServerInterceptor(callLogger, callLogOptions...),
+			recovery.UnaryServerInterceptor(recoveryOpt),
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(callLogger, callLogOptions...),
+			recovery.StreamServerInterceptor(recoveryOpt),
+		),
+	)
+	stage3v1.RegisterStage3ServiceServer(srv, svc)
+	serviceName := stage3v1.Stage3Service_ServiceDesc.ServiceName
+	hs := newHealth(serviceName)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	setHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
+	return srv, hs
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"time"
+
+	"github.com/stage4/stage4/stage3client"
+)
+
+// Defaults of serve, documented in its usage text.
+const (
+	defaultListen          = "127.0.0.1:8080"
+	defaultMetricsListen   = "127.0.0.1:9090"
+	defaultAuditLog        = "stage4-audit.jsonl"
+	defaultMaxDeadline     = stage3client.DefaultMaxDeadline
+	defaultMaxMessageBytes = stage3client.DefaultMaxMessageBytes
+	defaultShutdownGrace   = 15 * time.Second
+)
+
+const serveUsage = `Usage: stage4 serve --stage3-addr HOST:PORT [flags]
+
+Runs the production Stage-4 gRPC server: stage4.v1.Stage4Service, gRPC
+health (grpc.health.v1) and server reflection. Plans go to the Stage-3 at
+--stage3-addr over TLS (or plaintext with --stage3-insecure); there is no
+fallback to the reference Stage-3. Logs go to stderr, one line per call
+start and finish, never with request payloads.
+
+Prometheus metrics are served at http://METRICS-LISTEN/metrics; an empty
+--metrics-listen turns them off.
+
+SIGINT or SIGTERM shuts down gracefully: health turns NOT_SERVING, new calls
+are refused, running calls get --shutdown-grace to finish (and write their
+terminal audit event), then the audit log is closed and stage4 exits 0.
+
+Every flag not given on the command line falls back to an environment
+variable: STAGE4_ and the flag name in upper snake case, for example
+STAGE4_STAGE3_ADDR or STAGE4_LISTEN. Flags win over the environment.
+`
+
+// serveFlags holds serve's flag values.
+type serveFlags struct {
+	gateway gatewayConfig
+	log     logFlags
+}
+
+// newServeFlags declares serve's flags; their names are a public interface.
+func newServeFlags() (*flag.FlagSet, *serveFlags) {
+	fs := newFlagSet("serve", serveUsage)
+	f := &serveFlags{}
+	g := &f.gateway
+	fs.StringVar(&g.listen, "listen", defaultListen, "`host:port` of the gRPC server")
+	fs.StringVar(&g.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
+	fs.StringVar(&g.auditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
+	fs.IntVar(&g.maxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
+	fs.DurationVar(&g.shutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
+	fs.StringVar(&g.tlsCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
+	fs.StringVar(&g.tlsKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
+	fs.StringVar(&g.tlsClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
+
+	s3 := &g.stage3
+	fs.StringVar(&s3.Target, "stage3-addr", "", "`host:port` (or gRPC target) of the Stage-3 executor; required")
+	fs.BoolVar(&s3.Insecure, "stage3-insecure", false, "talk to Stage-3 in plaintext (only on a trusted network)")
+	fs.StringVar(&s3.CAFile, "stage3-ca-file", "", "CA `file` (PEM) that signed Stage-3's certificate; system roots when empty")
+	fs.StringVar(&s3.CertFile, "stage3-cert-file", "", "client certificate `file` (PEM) for mTLS to Stage-3")
+	fs.StringVar(&s3.KeyFile, "stage3-key-file", "", "client private key `file` (PEM) for mTLS to Stage-3")
+	fs.StringVar(&s3.ServerName, "stage3-server-name", "", "`name` to verify Stage-3's certificate against; the host of --stage3-addr when empty")
+	fs.DurationVar(&s3.MaxDeadline, "stage3-max-deadline", defaultMaxDeadline, "upper bound of the deadline of one Stage-3 call")
+
+	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&f.log.format, "log-format", "json", "log `format`: json or text")
+	return fs, f
+}
+
+// runServe is the serve command.
+func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, f := newServeFlags()
+	if err := parseFlags(fs, args, stderr, true); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("serve: unexpected arguments %q", fs.Args())
+	}
+	if f.gateway.stage3.Target == "" {
+		return usageError("serve: --stage3-addr (or STAGE4_STAGE3_ADDR) is required: the address of the Stage-3 executor")
+	}
+	if f.gateway.maxMessageBytes <= 0 {
+		return usageError("serve: --max-message-bytes must be positive")
+	}
+	f.gateway.stage3.MaxMessageBytes = f.gateway.maxMessageBytes
+	logger, err := newLogger(stderr, f.log)
+	if err != nil {
+		return err
+	}
+	return runGateway(ctx, f.gateway, logger, nil)
+}

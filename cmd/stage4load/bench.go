@@ -1,0 +1,445 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// The three configurations, in the order every round runs them.
+const (
+	cfgDirect = "a-direct"
+	cfgProxy  = "b-proxy"
+	cfgStage4 = "c-stage4"
+)
+
+// Process roles whose CPU time is recorded. "gateway" is the proxy's
+// process for (b), stage4's for (c), and absent for (a).
+const (
+	roleGateway = "gateway"
+	roleStage3  = "stage3"
+	roleLoadgen = "loadgen"
+)
+
+// config holds the benchmark flags.
+type config struct {
+	stage4Bin    string
+	stage4Args   []string
+	concurrency  []int
+	rounds       int
+	warmup       time.Duration
+	measure      time.Duration
+	scaleSizes   []int
+	scaleConc    int
+	scaleWarmup  time.Duration
+	scaleMeasure time.Duration
+	soak         time.Duration
+	soakConc     int
+	openRate     float64
+	openDuration time.Duration
+	out          string
+	jsonOut      string
+	gobench      string
+	cpuprofile   string
+	workDir      string
+}
+
+// parseConfig reads the benchmark flags.
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("stage4load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.stage4Bin, "stage4-bin", "bin/stage4", "the stage4 binary: runs (c) and the reference Stage-3")
+	fs.Func("stage4-arg", "an extra argument for \"stage4 serve\" (repeatable)", func(s string) error {
+		c.stage4Args = append(c.stage4Args, s)
+		return nil
+	})
+	conc := fs.String("concurrency", "1,16,64", "closed-loop caller counts, comma-separated")
+	fs.IntVar(&c.rounds, "rounds", 3, "interleaved rounds of (a), (b), (c) at every concurrency")
+	fs.DurationVar(&c.warmup, "warmup", time.Second, "warm-up before each measurement (not recorded)")
+	fs.DurationVar(&c.measure, "duration", 3*time.Second, "measured time per configuration, concurrency and round")
+	sizes := fs.String("scale-steps", "1,8,64,256", "plan sizes (steps) for the scaling run through (c); empty skips it")
+	fs.IntVar(&c.scaleConc, "scale-concurrency", 16, "callers for the scaling run")
+	fs.DurationVar(&c.scaleWarmup, "scale-warmup", 500*time.Millisecond, "warm-up per plan size")
+	fs.DurationVar(&c.scaleMeasure, "scale-duration", 3*time.Second, "measured time per plan size")
+	fs.DurationVar(&c.soak, "soak", 0, "run (c) this long and compare stage4's RSS before and after; 0 skips it")
+	fs.IntVar(&c.soakConc, "soak-concurrency", 16, "callers for the soak")
+	fs.Float64Var(&c.openRate, "open-rate", 0, "requests/s for an open-loop run of (b) and (c); 0 skips it")
+	fs.DurationVar(&c.openDuration, "open-duration", 3*time.Second, "duration of each open-loop run")
+	fs.StringVar(&c.out, "out", "", "write the markdown report here (e.g. docs/PERFORMANCE.md)")
+	fs.StringVar(&c.jsonOut, "json", "", "write the raw results as JSON here (e.g. docs/performance.json)")
+	fs.StringVar(&c.gobench, "gobench", "", "a file of \"go test -bench\" output to embed in the report")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of this load tool (its own side only) here")
+	fs.StringVar(&c.workDir, "work-dir", "", "keep logs and the audit log here instead of a removed temp dir")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err1, err2 error
+	c.concurrency, err1 = parseInts(*conc)
+	c.scaleSizes, err2 = parseInts(*sizes)
+	if err := errors.Join(err1, err2); err != nil {
+		return c, err
+	}
+	if len(c.concurrency) == 0 || c.rounds < 1 || c.measure <= 0 || c.warmup < 0 {
+		return c, errors.New("need at least one concurrency, one round and a positive --duration")
+	}
+	for _, n := range c.scaleSizes {
+		if n < 1 || n > 256 {
+			return c, fmt.Errorf("--scale-steps %d: a plan has 1 to 256 steps", n)
+		}
+	}
+	if c.scaleConc < 1 || c.soakConc < 1 {
+		return c, errors.New("--scale-concurrency and --soak-concurrency must be at least 1")
+	}
+	return c, nil
+}
+
+// parseInts parses "1,16,64"; an empty string is an empty list.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive integers separated by commas", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// runBench starts Stage-3, the proxy and stage4 as processes, measures, and
+// writes the report.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.cpuprofile != "" {
+		f, err := os.Create(cfg.cpuprofile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	dir := cfg.workDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "stage4load-"); err != nil {
+			return fmt.Errorf("work dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary for the proxy: %w", err)
+	}
+
+	env, stopAll, err := startProcesses(cfg, self, dir)
+	if err != nil {
+		return err
+	}
+	defer stopAll()
+
+	fsync, err := measureFsync(dir, fsyncSamples)
+	if err != nil {
+		return err
+	}
+	res, err := measureAll(ctx, env, cfg, ms(fsync), stderr)
+	if err != nil {
+		return err
+	}
+	for _, c := range env.children {
+		if err := c.alive(); err != nil {
+			return err
+		}
+	}
+	res.Meta = newMeta(cfg, dir)
+	res.Meta.FsyncP50 = ms(fsync)
+	return writeOutputs(res, cfg, stdout)
+}
+
+// env is what the measurements run against: clients of the three
+// configurations and the processes to watch. The test builds one from
+// in-process servers.
+type env struct {
+	direct    stage3v1.Stage3ServiceClient
+	proxy     stage4v1.Stage4ServiceClient
+	stage4    stage4v1.Stage4ServiceClient
+	stage3PID int
+	proxyPID  int
+	stage4PID int
+	children  []*child
+}
+
+// startProcesses spawns the reference Stage-3, the proxy and stage4 on
+// fresh loopback ports and dials them. stop ends them all.
+func startProcesses(cfg config, self, dir string) (e env, stop func(), err error) {
+	var conns []*grpc.ClientConn
+	stop = func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		// Stop in reverse start order: gateways before the Stage-3 they use.
+		for _, c := range slices.Backward(e.children) {
+			c.stop()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	addr := func() string {
+		a, aerr := freeAddr()
+		err = errors.Join(err, aerr)
+		return a
+	}
+	stage3Addr, proxyAddr, stage4Addr, metricsAddr := addr(), addr(), addr(), addr()
+	if err != nil {
+		return e, stop, err
+	}
+	// Stage-3's own call log is off (warn): it is the stand-in for the
+	// executor, and its logging would only take CPU from what is measured.
+	s3, err := spawn("reference stage3", stage3Addr, filepath.Join(dir, "stage3.log"),
+		cfg.stage4Bin, "reference-stage3", "--listen", stage3Addr, "--log-level", "warn")
+	if err != nil {
+		return e, stop, err
+	}
+	e.children = append(e.children, s3)
+	px, err := spawn("proxy", proxyAddr, filepath.Join(dir, "proxy.log"),
+		self, "proxy", "--listen", proxyAddr, "--stage3-addr", stage3Addr)
+	if err != nil {
+		return e, stop, err
+	}
+	e.children = append(e.children, px)
+	s4args := append([]string{"serve",
+		"--listen", stage4Addr,
+		"--stage3-addr", stage3Addr,
+		"--stage3-insecure",
+		"--audit-log", filepath.Join(dir, "audit.log"),
+		"--metrics-listen", metricsAddr,
+		"--log-level", "info",
+	}, cfg.stage4Args...)
+	s4, err := spawn("stage4", stage4Addr, filepath.Join(dir, "stage4.log"), cfg.stage4Bin, s4args...)
+	if err != nil {
+		return e, stop, err
+	}
+	e.children = append(e.children, s4)
+	e.stage3PID, e.proxyPID, e.stage4PID = s3.pid(), px.pid(), s4.pid()
+
+	dial := func(a string) *grpc.ClientConn {
+		cc, derr := grpc.NewClient("passthrough:///"+a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		err = errors.Join(err, derr)
+		if cc != nil {
+			conns = append(conns, cc)
+		}
+		return cc
+	}
+	c3, cp, c4 := dial(stage3Addr), dial(proxyAddr), dial(stage4Addr)
+	if err != nil {
+		return e, stop, fmt.Errorf("dial: %w", err)
+	}
+	e.direct = stage3v1.NewStage3ServiceClient(c3)
+	e.proxy = stage4v1.NewStage4ServiceClient(cp)
+	e.stage4 = stage4v1.NewStage4ServiceClient(c4)
+	return e, stop, nil
+}
+
+// caller returns the call function for one configuration and plan. Every
+// call checks that Stage-3 returned one result per step, so that a
+// configuration cannot look fast by doing nothing.
+func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
+	want := len(p.GetSteps())
+	check := func(got int) error {
+		if got != want {
+			return fmt.Errorf("got %d step results, want %d", got, want)
+		}
+		return nil
+	}
+	switch cfgName {
+	case cfgDirect:
+		req := toStage3(p)
+		return func(ctx context.Context) error {
+			res, err := e.direct.ExecuteMultiDomainPlan(ctx, req)
+			if err != nil {
+				return err
+			}
+			return check(len(res.GetResults()))
+		}
+	default:
+		client := e.proxy
+		if cfgName == cfgStage4 {
+			client = e.stage4
+		}
+		req := &stage4v1.ExecutePlanRequest{Plan: p}
+		return func(ctx context.Context) error {
+			res, err := client.ExecutePlan(ctx, req)
+			if err != nil {
+				return err
+			}
+			return check(len(res.GetResult().GetResults()))
+		}
+	}
+}
+
+// watch lists the processes whose CPU a measurement of cfgName records.
+func (e env) watch(cfgName string) []watched {
+	w := []watched{{roleStage3, e.stage3PID}, {roleLoadgen, os.Getpid()}}
+	switch cfgName {
+	case cfgProxy:
+		w = append(w, watched{roleGateway, e.proxyPID})
+	case cfgStage4:
+		w = append(w, watched{roleGateway, e.stage4PID})
+	}
+	return w
+}
+
+// measureAll runs every measurement the config asks for and returns the raw
+// results with their summaries. Any failed request fails the whole run: a
+// benchmark with errors measures the wrong thing.
+func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progress io.Writer) (*results, error) {
+	res := &results{}
+	var err error
+	if res.Memory.StartKiB, err = rssKiB(e.stage4PID); err != nil {
+		return nil, err
+	}
+	plan := benchPlan()
+	res.Plan = describePlan(plan)
+	configs := []string{cfgDirect, cfgProxy, cfgStage4}
+	callers := map[string]callFunc{}
+	for _, c := range configs {
+		callers[c] = e.caller(c, plan)
+	}
+
+	// Interleaved rounds: drift on the machine (other load, CPU frequency,
+	// the audit log growing) spreads over all configurations alike.
+	for r := 1; r <= cfg.rounds; r++ {
+		for _, conc := range cfg.concurrency {
+			for _, c := range configs {
+				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watch(c))
+				if err != nil {
+					return nil, fmt.Errorf("round %d, %s, %d callers: %w", r, c, conc, err)
+				}
+				fmt.Fprintf(progress, "round %d/%d %-8s %3d callers: %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  gateway CPU %6.1f ms/1k req\n",
+					r, cfg.rounds, c, conc, s.RPS, s.P50, s.P99, s.CPUPer1k[roleGateway])
+				if s.Errors > 0 {
+					return nil, fmt.Errorf("round %d, %s, %d callers: %d of %d requests failed, first: %s",
+						r, c, conc, s.Errors, s.Requests+s.Errors, s.FirstError)
+				}
+				res.Rounds = append(res.Rounds, roundResult{Round: r, Config: c, Concurrency: conc, sample: s})
+			}
+		}
+	}
+	res.summarize(cfg, fsyncP50)
+
+	for _, n := range cfg.scaleSizes {
+		p := scalePlan(n)
+		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watch(cfgStage4))
+		if err != nil {
+			return nil, fmt.Errorf("scaling, %d steps: %w", n, err)
+		}
+		fmt.Fprintf(progress, "scaling  %3d steps %3d callers: %8.0f req/s  p50 %7.3f ms  stage4 CPU %7.1f ms/1k req\n",
+			n, cfg.scaleConc, s.RPS, s.P50, s.CPUPer1k[roleGateway])
+		if s.Errors > 0 {
+			return nil, fmt.Errorf("scaling, %d steps: %d requests failed, first: %s", n, s.Errors, s.FirstError)
+		}
+		res.Scaling = append(res.Scaling, scaleResult{Steps: n, Bindings: len(p.GetDataBindings()), Concurrency: cfg.scaleConc, sample: s})
+	}
+
+	if cfg.openRate > 0 {
+		for _, c := range []string{cfgProxy, cfgStage4} {
+			s, err := openLoop(ctx, callers[c], cfg.openRate, cfg.openDuration)
+			if err != nil {
+				return nil, fmt.Errorf("open loop, %s: %w", c, err)
+			}
+			fmt.Fprintf(progress, "open loop %-8s %6.0f req/s offered: %8.0f achieved  p50 %7.3f ms  p99 %7.3f ms  dropped %d\n",
+				c, s.Rate, s.Achieved, s.P50, s.P99, s.Dropped)
+			if s.Errors > 0 {
+				return nil, fmt.Errorf("open loop, %s: %d requests failed", c, s.Errors)
+			}
+			res.OpenLoop = append(res.OpenLoop, openResult{Config: c, openSample: s})
+		}
+	}
+
+	if cfg.soak > 0 {
+		soak := &soakResult{Duration: cfg.soak.String(), Concurrency: cfg.soakConc}
+		if soak.BeforeKiB, err = rssKiB(e.stage4PID); err != nil {
+			return nil, err
+		}
+		s, err := closedLoop(ctx, callers[cfgStage4], cfg.soakConc, 0, cfg.soak, e.watch(cfgStage4))
+		if err != nil {
+			return nil, fmt.Errorf("soak: %w", err)
+		}
+		if s.Errors > 0 {
+			return nil, fmt.Errorf("soak: %d requests failed, first: %s", s.Errors, s.FirstError)
+		}
+		if soak.AfterKiB, err = rssKiB(e.stage4PID); err != nil {
+			return nil, err
+		}
+		soak.sample = s
+		fmt.Fprintf(progress, "soak %v %d callers: %.0f req/s, %d requests; stage4 RSS %d -> %d KiB\n",
+			cfg.soak, cfg.soakConc, s.RPS, s.Requests, soak.BeforeKiB, soak.AfterKiB)
+		res.Memory.Soak = soak
+	}
+	if res.Memory.EndKiB, err = rssKiB(e.stage4PID); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// newMeta records where and how the run happened.
+func newMeta(cfg config, dir string) meta {
+	m := meta{
+		Date:      time.Now().UTC().Format(time.RFC3339),
+		GoVersion: runtime.Version(),
+		GOOS:      runtime.GOOS,
+		GOARCH:    runtime.GOARCH,
+		NumCPU:    runtime.NumCPU(),
+		Command:   shellQuote(os.Args),
+	}
+	if cfg.workDir != "" {
+		m.WorkDir = dir // a temp dir is gone by the time anyone reads the report
+	}
+	return m
+}
+
+// shellQuote renders args as a command a shell would run unchanged.
+func shellQuote(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./:,@") == "" {
+			q[i] = a
+			continue
+		}
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}

@@ -1,0 +1,43 @@
+// Binary stage4load measures what Stage-4 costs on top of Stage-3. In one
+// invocation it drives three configurations in interleaved rounds, all
+// against the same reference Stage-3 process on 127.0.0.1:
+//
+//	(a) direct: calls to Stage-3 itself, the cost of the work;
+//	(b) proxy: a bare Stage4Service that only converts and forwards with
+//	    stage3client, the floor any gateway pays (this binary, run as the
+//	    hidden subcommand "stage4load proxy" in its own process);
+//	(c) stage4: the real "stage4 serve" with validation, fsynced audit log,
+//	    info logging and metrics on.
+//
+// Stage-3, (b) and (c) are separate processes, so the CPU time each uses can
+// be read from /proc and none of it is the load generator's. It then
+// measures ExecutePlan against plan size through (c), optionally a soak for
+// memory growth and an open-loop run, and writes a markdown report and the
+// raw results as JSON.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "stage4load: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run dispatches to the hidden proxy subcommand or runs the benchmark.
+func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "proxy" {
+		return runProxy(ctx, args[1:])
+	}
+	return runBench(ctx, args, os.Stdout, os.Stderr)
+}

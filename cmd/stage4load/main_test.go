@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server"
+	"github.com/stage4/stage4/stage3client/stage3ref"
+)
+
+// startProxy serves the pass-through proxy in-process on a loopback port.
+func startProxy(t *testing.T, stage3Addr string) stage4v1.Stage4ServiceClient {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveProxy(ctx, lis, stage3Addr) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	return stage4v1.NewStage4ServiceClient(dial(t, lis.Addr().String()))
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// TestMeasureAll runs the tool's core with tiny durations against in-process
+// servers. This process stands in for every watched PID, and a second proxy
+// stands in for stage4, whose wiring lives in cmd/stage4's main package.
+func TestMeasureAll(t *testing.T) {
+	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+
+	pid := os.Getpid()
+	e := env{
+		direct:    stage3v1.NewStage3ServiceClient(dial(t, ref.Addr)),
+		proxy:     startProxy(t, ref.Addr),
+		stage4:    startProxy(t, ref.Addr),
+		stage3PID: pid, proxyPID: pid, stage4PID: pid,
+	}
+	dir := t.TempDir()
+	cfg := config{
+		concurrency:  []int{1, 4},
+		rounds:       2,
+		warmup:       5 * time.Millisecond,
+		measure:      30 * time.Millisecond,
+		scaleSizes:   []int{1, 8},
+		scaleConc:    2,
+		scaleMeasure: 30 * time.Millisecond,
+		soak:         30 * time.Millisecond,
+		soakConc:     2,
+		openRate:     200,
+		openDuration: 30 * time.Millisecond,
+		out:          filepath.Join(dir, "docs", "PERFORMANCE.md"),
+		jsonOut:      filepath.Join(dir, "docs", "performance.json"),
+		gobench:      filepath.Join(dir, "gobench.txt"),
+	}
+	require.NoError(t, os.WriteFile(cfg.gobench, []byte("BenchmarkX-2 100 10 ns/op\n"), 0o644))
+
+	var progress bytes.Buffer
+	res, err := measureAll(t.Context(), e, cfg, 0.13, &progress)
+	require.NoError(t, err)
+	res.Meta = newMeta(cfg, dir)
+
+	require.Len(t, res.Rounds, 2*2*3) // rounds x concurrencies x configurations
+	for _, r := range res.Rounds {
+		require.Positive(t, r.Requests, "%s at %d callers", r.Config, r.Concurrency)
+		require.Zero(t, r.Errors)
+		require.LessOrEqual(t, r.P50, r.P99)
+	}
+	require.Len(t, res.Summary, 2*3)
+	require.Len(t, res.Ratios, 2)
+	require.Len(t, res.Targets, 2) // only the 1-caller targets: 64 callers did not run
+	require.Len(t, res.Scaling, 2)
+	require.Len(t, res.OpenLoop, 2)
+	require.NotNil(t, res.Memory.Soak)
+	require.Positive(t, res.Memory.Soak.AfterKiB)
+
+	var stdout bytes.Buffer
+	require.NoError(t, writeOutputs(res, cfg, &stdout))
+	md, err := os.ReadFile(cfg.out)
+	require.NoError(t, err)
+	for _, want := range []string{"## Closed loop", "## Stage-4 against the baselines", "## Targets", "## Plan size", "## Open loop", "## Memory", "## Go micro-benchmarks", "BenchmarkX-2"} {
+		require.Contains(t, string(md), want)
+	}
+	require.NotContains(t, stdout.String(), "BenchmarkX-2", "stdout has the tables only")
+	var back results
+	b, err := os.ReadFile(cfg.jsonOut)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, len(res.Rounds), len(back.Rounds))
+	require.Equal(t, res.Rounds[0].Requests, back.Rounds[0].Requests)
+}
+
+// TestMeasureAllFailsOnErrors checks that a failing request fails the run
+// instead of producing a fast-looking table.
+func TestMeasureAllFailsOnErrors(t *testing.T) {
+	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(map[string]string{"alice": "other-token"})))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	pid := os.Getpid()
+	e := env{
+		direct:    stage3v1.NewStage3ServiceClient(dial(t, ref.Addr)),
+		stage3PID: pid, proxyPID: pid, stage4PID: pid,
+	}
+	cfg := config{concurrency: []int{1}, rounds: 1, measure: 10 * time.Millisecond}
+	_, err = measureAll(t.Context(), e, cfg, 0.13, &bytes.Buffer{})
+	require.ErrorContains(t, err, "requests failed")
+}
+
+func TestPlansAreValid(t *testing.T) {
+	t.Parallel()
+	plans := []*stage4v1.Plan{benchPlan()}
+	for _, n := range []int{1, 8, 64, 256} {
+		p := scalePlan(n)
+		require.Len(t, p.GetSteps(), n)
+		plans = append(plans, p)
+	}
+	for _, p := range plans {
+		require.NoError(t, server.Validate(&stage4v1.ExecutePlanRequest{Plan: p}), describePlan(p))
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	t.Parallel()
+	// A command name with a space and a parenthesis must not shift fields.
+	stat := "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 100 0 0\n"
+	d, err := parseStat([]byte(stat))
+	require.NoError(t, err)
+	require.Equal(t, 3250*time.Millisecond, d) // (250+75) ticks at 100 Hz
+
+	_, err = parseStat([]byte("1234 (x) S 1"))
+	require.Error(t, err)
+
+	rss, err := parseRSS([]byte("Name:\tstage4\nVmPeak:\t  9000 kB\nVmRSS:\t   5120 kB\n"))
+	require.NoError(t, err)
+	require.EqualValues(t, 5120, rss)
+
+	fsync, err := measureFsync(t.TempDir(), 3)
+	require.NoError(t, err)
+	require.Positive(t, fsync)
+
+	own, err := cpuTime(os.Getpid())
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, own, time.Duration(0))
+}
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   []float64
+		want stat
+	}{
+		{name: "odd", in: []float64{3, 1, 2}, want: stat{Median: 2, Min: 1, Max: 3}},
+		{name: "even", in: []float64{4, 1, 2, 3}, want: stat{Median: 2.5, Min: 1, Max: 4}},
+		{name: "one", in: []float64{7}, want: stat{Median: 7, Min: 7, Max: 7}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, newStat(tt.in))
+		})
+	}
+	lats := make([]time.Duration, 100)
+	for i := range lats {
+		lats[i] = time.Duration(100-i) * time.Millisecond
+	}
+	s := summarize(lats, time.Second)
+	require.InDelta(t, 50, s.P50, 1e-9)
+	require.InDelta(t, 90, s.P90, 1e-9)
+	require.InDelta(t, 99, s.P99, 1e-9)
+	require.InDelta(t, 100, s.RPS, 1e-9)
+}
+
+func TestFlags(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "defaults", args: nil},
+		{name: "bad concurrency", args: []string{"--concurrency", "1,x"}, wantErr: "positive integers"},
+		{name: "too many steps", args: []string{"--scale-steps", "257"}, wantErr: "1 to 256"},
+		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := parseConfig(tt.args, &bytes.Buffer{})
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, []int{1, 16, 64}, c.concurrency)
+		})
+	}
+	err := runProxy(t.Context(), []string{"--listen", "0.0.0.0:0", "--stage3-addr", "127.0.0.1:1"})
+	require.ErrorContains(t, err, "only 127.0.0.1")
+	require.True(t, strings.HasPrefix(shellQuote([]string{"a", "b c"}), "a 'b c'"))
+}
