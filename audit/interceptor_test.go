@@ -262,63 +262,66 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name      string
-		failAt    int32 // which append's write fails
+		op        string // "write" or "fsync"
+		failAt    int32  // which write or fsync fails
 		wantCalls int32
 		wantCode  codes.Code
 		reason    string
 		wantTypes []stage4v1.AuditEventType // durable events
 	}{
-		{name: "PLAN_RECEIVED", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
-		{name: "EXECUTION_STARTED", failAt: 2, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable,
+		{name: "PLAN_RECEIVED write", op: "write", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
+		{name: "EXECUTION_STARTED write", op: "write", failAt: 2, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable,
 			wantTypes: []stage4v1.AuditEventType{received}},
-		{name: "EXECUTION_COMPLETED", failAt: 3, wantCalls: 1, wantCode: codes.Unknown, reason: audit.ReasonOutcomeUnknown,
+		{name: "EXECUTION_COMPLETED write", op: "write", failAt: 3, wantCalls: 1, wantCode: codes.Unknown, reason: audit.ReasonOutcomeUnknown,
 			wantTypes: []stage4v1.AuditEventType{received, started}},
+		// PLAN_RECEIVED is not fsynced on its own: the first fsync is
+		// EXECUTION_STARTED's, which makes both durable.
+		{name: "EXECUTION_STARTED fsync", op: "fsync", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
+		{name: "EXECUTION_COMPLETED fsync", op: "fsync", failAt: 2, wantCalls: 1, wantCode: codes.Unknown, reason: audit.ReasonOutcomeUnknown},
 	}
 	for _, tt := range tests {
-		for _, op := range []string{"write", "fsync"} {
-			t.Run(tt.name+" "+op, func(t *testing.T) {
-				t.Parallel()
-				path := logPath(t)
-				lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File {
-					if op == "write" {
-						return &faultyFile{File: f, failWriteAt: tt.failAt}
-					}
-					return &faultyFile{File: f, failSyncAt: tt.failAt}
-				}))
-				fake := &fakeStage4{}
-				client := startServer(t, lg, fake)
-
-				_, id, err := execute(t, client, plan("alice"))
-				requireReason(t, err, tt.wantCode, tt.reason)
-				require.Equal(t, tt.wantCalls, fake.calls.Load())
-				require.Error(t, lg.Err())
-
-				for _, p := range []*stage4v1.Plan{plan("alice"), plan("invalid-user")} {
-					_, _, err = execute(t, client, p)
-					requireReason(t, err, codes.Unavailable, audit.ReasonAuditUnavailable)
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := logPath(t)
+			lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File {
+				if tt.op == "write" {
+					return &faultyFile{File: f, failWriteAt: tt.failAt}
 				}
-				require.Equal(t, tt.wantCalls, fake.calls.Load(), "a failed log refuses every later call")
+				return &faultyFile{File: f, failSyncAt: tt.failAt}
+			}))
+			fake := &fakeStage4{}
+			client := startServer(t, lg, fake)
 
-				events := listAll(t, lg, &stage4v1.ListAuditEventsRequest{})
-				if op == "write" {
-					require.Len(t, events, len(tt.wantTypes))
-					for i, ev := range events {
-						require.Equal(t, tt.wantTypes[i], ev.GetType())
-						require.Equal(t, id, ev.GetExecutionId())
-					}
-				}
+			_, id, err := execute(t, client, plan("alice"))
+			requireReason(t, err, tt.wantCode, tt.reason)
+			require.Equal(t, tt.wantCalls, fake.calls.Load())
+			require.Error(t, lg.Err())
 
-				// After a restart the execution ends as interrupted, if it
-				// left a durable trace at all.
-				require.NoError(t, lg.Close())
-				lg2 := openLog(t, path)
-				if len(lg2.Recovery().Interrupted) > 0 {
-					require.Equal(t, []string{id}, lg2.Recovery().Interrupted)
+			for _, p := range []*stage4v1.Plan{plan("alice"), plan("invalid-user")} {
+				_, _, err = execute(t, client, p)
+				requireReason(t, err, codes.Unavailable, audit.ReasonAuditUnavailable)
+			}
+			require.Equal(t, tt.wantCalls, fake.calls.Load(), "a failed log refuses every later call")
+
+			events := listAll(t, lg, &stage4v1.ListAuditEventsRequest{})
+			if tt.op == "write" {
+				require.Len(t, events, len(tt.wantTypes))
+				for i, ev := range events {
+					require.Equal(t, tt.wantTypes[i], ev.GetType())
+					require.Equal(t, id, ev.GetExecutionId())
 				}
-				_, err = audit.VerifyFile(path)
-				require.NoError(t, err)
-			})
-		}
+			}
+
+			// After a restart the execution ends as interrupted, if it
+			// left a durable trace at all.
+			require.NoError(t, lg.Close())
+			lg2 := openLog(t, path)
+			if len(lg2.Recovery().Interrupted) > 0 {
+				require.Equal(t, []string{id}, lg2.Recovery().Interrupted)
+			}
+			_, err = audit.VerifyFile(path)
+			require.NoError(t, err)
+		})
 	}
 }
 

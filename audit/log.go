@@ -82,6 +82,7 @@ const maxFieldsBytes = MaxRecordBytes - 512
 
 type request struct {
 	fields []byte
+	sync   bool // answer only once fsynced
 	done   chan result
 }
 
@@ -249,7 +250,23 @@ func (l *Log) Err() error {
 // for a place in the queue: once queued, the record's fate is awaited, so
 // that a caller never abandons a record that may still be written.
 func (l *Log) Append(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.AuditEvent, error) {
-	res, err := l.append(ctx, ev)
+	return l.appendEvent(ctx, ev, true)
+}
+
+// AppendUnsynced is Append without waiting for the fsync: it returns once
+// the record is written to the file, and the record becomes durable with
+// the next Append, whose fsync covers everything written before it. An
+// execution uses it for PLAN_RECEIVED, which is always followed by a durable
+// event before anything else happens, so that each execution pays for two
+// fsyncs (before Stage-3 and before the reply) instead of three. A write
+// error fails the log as in Append; a later fsync error fails the next
+// Append.
+func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.AuditEvent, error) {
+	return l.appendEvent(ctx, ev, false)
+}
+
+func (l *Log) appendEvent(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (*stage4v1.AuditEvent, error) {
+	res, err := l.append(ctx, ev, sync)
 	if err != nil {
 		l.metrics.failures.Inc()
 		return nil, err
@@ -267,7 +284,7 @@ func (l *Log) Append(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.Au
 	}, nil
 }
 
-func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent) (result, error) {
+func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (result, error) {
 	if err := l.Err(); err != nil {
 		return result{}, err
 	}
@@ -282,7 +299,7 @@ func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent) (result, erro
 	if len(fields) > maxFieldsBytes {
 		return result{}, fmt.Errorf("encode audit event: larger than %d bytes", maxFieldsBytes)
 	}
-	r := &request{fields: fields, done: make(chan result, 1)}
+	r := &request{fields: fields, sync: sync, done: make(chan result, 1)}
 	select {
 	case l.requests <- r:
 	case <-l.closing:
@@ -351,7 +368,9 @@ func (l *Log) commit(batch []*request) {
 	now := time.Now()
 	buf, seq, prev := l.buf[:0], l.seq, l.prev
 	results := make([]result, len(batch))
+	sync := false
 	for i, r := range batch {
+		sync = sync || r.sync
 		seq++
 		results[i] = result{seq: seq, time: now, prev: prev}
 		buf, prev = appendRecord(buf, seq, now, r.fields, &prev)
@@ -362,7 +381,7 @@ func (l *Log) commit(batch []*request) {
 	} else {
 		l.buf = nil
 	}
-	if err := l.writeAndSync(buf); err != nil {
+	if err := l.writeAndSync(buf, sync); err != nil {
 		err = fmt.Errorf("audit log failed: %w", err)
 		l.failed.Store(&err)
 		if l.onFailure != nil {
@@ -378,9 +397,14 @@ func (l *Log) commit(batch []*request) {
 	answer(batch, func(i int) result { return results[i] })
 }
 
-func (l *Log) writeAndSync(buf []byte) error {
+// writeAndSync writes buf and, when sync is set, fsyncs the file, which
+// makes every earlier unsynced write durable too.
+func (l *Log) writeAndSync(buf []byte, sync bool) error {
 	if _, err := l.file.Write(buf); err != nil {
 		return fmt.Errorf("write: %w", err)
+	}
+	if !sync {
+		return nil
 	}
 	began := time.Now()
 	if err := l.file.Sync(); err != nil {
@@ -401,7 +425,11 @@ func answer(batch []*request, res func(i int) result) {
 func (l *Log) Close() error {
 	l.closeMu.Do(func() {
 		l.stop()
-		l.closeErr = l.file.Close()
+		// The last records may have been written by AppendUnsynced alone.
+		if l.Err() == nil {
+			l.closeErr = l.file.Sync()
+		}
+		l.closeErr = errors.Join(l.closeErr, l.file.Close())
 	})
 	return l.closeErr
 }
