@@ -28,8 +28,8 @@ test: lint checkgenerate ## Run every check: lint, generated-code check, tests w
 	go test -race -count=1 ./...
 
 .PHONY: bench
-bench: ## Run the benchmarks.
-	go test -run '^$$' -bench . -benchmem ./...
+bench: ## Run the micro-benchmarks and the load comparison; writes docs/PERFORMANCE.md.
+	tools/bench.sh
 
 .PHONY: lint
 lint: protodeps ## go vet, buf lint, buf format and buf breaking.

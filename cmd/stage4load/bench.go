@@ -162,7 +162,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("find own binary for the proxy: %w", err)
 	}
 
-	env, stopAll, err := startProcesses(cfg, self, dir)
+	e, stopAll, err := startProcesses(cfg, self, dir)
 	if err != nil {
 		return err
 	}
@@ -172,14 +172,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	res, err := measureAll(ctx, env, cfg, ms(fsync), stderr)
+	res, err := measureAll(ctx, e, cfg, ms(fsync), stderr)
+	// A server that died explains failed requests better than they do.
+	for _, c := range e.children {
+		err = errors.Join(err, c.alive())
+	}
 	if err != nil {
 		return err
-	}
-	for _, c := range env.children {
-		if err := c.alive(); err != nil {
-			return err
-		}
 	}
 	res.Meta = newMeta(cfg, dir)
 	res.Meta.FsyncP50 = ms(fsync)
@@ -348,8 +347,12 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %w", r, c, conc, err)
 				}
-				fmt.Fprintf(progress, "round %d/%d %-8s %3d callers: %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  gateway CPU %6.1f ms/1k req\n",
-					r, cfg.rounds, c, conc, s.RPS, s.P50, s.P99, s.CPUPer1k[roleGateway])
+				gw := "-"
+				if c != cfgDirect {
+					gw = fmt.Sprintf("%.0f", s.CPUPer1k[roleGateway])
+				}
+				fmt.Fprintf(progress, "round %d/%d %-8s %3d callers: %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  gateway CPU %5s ms/1k req\n",
+					r, cfg.rounds, c, conc, s.RPS, s.P50, s.P99, gw)
 				if s.Errors > 0 {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %d of %d requests failed, first: %s",
 						r, c, conc, s.Errors, s.Requests+s.Errors, s.FirstError)

@@ -248,7 +248,8 @@ func openLoop(ctx context.Context, call callFunc, rate float64, d time.Duration)
 		})
 	}
 	wg.Wait()
-	s := summarize(lats, time.Since(start))
+	// The schedule spans d; the last sends go out just before its end.
+	s := summarize(lats, max(time.Since(start), d))
 	return openSample{
 		Rate: rate, Sent: s.Requests + errs.n, Errors: errs.n, Dropped: dropped,
 		Achieved: s.RPS, P50: s.P50, P90: s.P90, P99: s.P99, Max: s.Max,

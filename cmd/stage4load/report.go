@@ -296,7 +296,9 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 		"the run, so every table below has zero errors.\n")
 	fmt.Fprintf(w, "- CPU is utime+stime from /proc/PID/stat (10 ms ticks) read just before and after each measured "+
 		"phase; \"ms per 1000 requests\" equals µs per request. Gateway is the proxy's process for (b), stage4's for (c).\n")
-	fmt.Fprintf(w, "- Plan: %s\n\n", r.Plan)
+	fmt.Fprintf(w, "- Plan: %s\n", r.Plan)
+	fmt.Fprintf(w, "- The reference Stage-3 runs with --log-level warn (its own call log would only take CPU from what is "+
+		"measured). It keeps every request it receives in memory, so its heap grows during the run, alike for all configurations.\n\n")
 
 	fmt.Fprintf(w, "## Closed loop\n\n")
 	fmt.Fprintf(w, "| configuration | callers | req/s | p50 ms | p90 ms | p99 ms | errors | gateway CPU ms/1000 req | Stage-3 CPU ms/1000 req |\n")
@@ -339,6 +341,16 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 			g := s.CPUPer1k[roleGateway]
 			fmt.Fprintf(w, "| %d | %d | %.0f | %.3f | %.3f | %.0f | %.1f | %.0f |\n", s.Steps, s.Bindings, s.RPS, s.P50, s.P99,
 				g, g/float64(s.Steps), s.CPUPer1k[roleStage3])
+		}
+		// Linear growth means a fixed cost per call plus a constant cost per
+		// step; the slope between the smallest and largest plan is the latter.
+		if n := len(r.Scaling); n >= 2 {
+			lo, hi := r.Scaling[0], r.Scaling[n-1]
+			if hi.Steps != lo.Steps {
+				steps := float64(hi.Steps - lo.Steps)
+				fmt.Fprintf(w, "\nFrom %d to %d steps, each added step costs stage4 %.1f µs of CPU and adds %.1f µs to p50 (Stage-3's work included).\n",
+					lo.Steps, hi.Steps, (hi.CPUPer1k[roleGateway]-lo.CPUPer1k[roleGateway])/steps, (hi.P50-lo.P50)*1000/steps)
+			}
 		}
 	}
 
