@@ -19,18 +19,23 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// faultyFile fails its Nth Write or Sync (counting from 1, 0 = never), the
-// way a full or dying disk would. This is how other packages inject faults.
+// faultyFile fails the Write that carries its Nth record (counting from 1,
+// 0 = never; a group commit writes several records at once) or its Nth
+// Sync, the way a full or dying disk would. This is how other packages
+// inject faults.
 type faultyFile struct {
 	audit.File
-	failWriteAt, failSyncAt int32
-	writes, syncs           atomic.Int32
+	failRecordAt, failSyncAt int32
+	records, writes, syncs   atomic.Int32
 }
 
 var errInjected = errors.New("injected I/O error")
 
 func (f *faultyFile) Write(p []byte) (int, error) {
-	if f.writes.Add(1) == f.failWriteAt {
+	f.writes.Add(1)
+	n := int32(bytes.Count(p, []byte{'\n'}))
+	last := f.records.Add(n)
+	if f.failRecordAt > last-n && f.failRecordAt <= last {
 		return 0, errInjected
 	}
 	return f.File.Write(p)

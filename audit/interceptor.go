@@ -59,6 +59,10 @@ type Execution struct {
 	ID string
 	// PlanID is the plan's plan_id, as WithPlanID computed it.
 	PlanID string
+	// Validated is the request that WithValidator accepted. A handler that
+	// receives this very request need not validate it again; any other
+	// request (a middle interceptor replaced it) must be validated.
+	Validated *stage4v1.ExecutePlanRequest
 }
 
 type executionKey struct{}
@@ -113,7 +117,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	// follows at once, and its fsync makes both durable. Stage-3 is called
 	// only after that fsync, so this saves one fsync per execution without
 	// executing anything that is not durably recorded.
-	if ex.write(log.AppendUnsynced, stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details) != nil {
+	if log.AppendUnsynced(ex.ctx, ex.event(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details)) != nil {
 		return nil, ex.unavailable()
 	}
 
@@ -144,7 +148,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	}
 
 	began := time.Now()
-	resp, err := handler(context.WithValue(ctx, executionKey{}, Execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId}), req)
+	resp, err := handler(context.WithValue(ctx, executionKey{}, Execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}), req)
 	latency := time.Since(began)
 	ended = true
 	if err != nil {
@@ -174,18 +178,19 @@ type recorder struct {
 
 // record appends a durable event of the execution.
 func (r *recorder) record(t stage4v1.AuditEventType, details *structpb.Struct) error {
-	return r.write(r.log.Append, t, details)
+	_, err := r.log.Append(r.ctx, r.event(t, details))
+	return err
 }
 
-func (r *recorder) write(appendFn func(context.Context, *stage4v1.AuditEvent) (*stage4v1.AuditEvent, error), t stage4v1.AuditEventType, details *structpb.Struct) error {
-	_, err := appendFn(r.ctx, &stage4v1.AuditEvent{
+// event is an event of the execution.
+func (r *recorder) event(t stage4v1.AuditEventType, details *structpb.Struct) *stage4v1.AuditEvent {
+	return &stage4v1.AuditEvent{
 		Type:        t,
 		ExecutionId: r.ev.ExecutionId,
 		PlanId:      r.ev.PlanId,
 		UserId:      r.ev.UserId,
 		Details:     details,
-	})
-	return err
+	}
 }
 
 func (r *recorder) meta() map[string]string {

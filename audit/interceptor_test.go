@@ -267,7 +267,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		wantCalls int32
 		wantCode  codes.Code
 		reason    string
-		wantTypes []stage4v1.AuditEventType // durable events
+		wantTypes []stage4v1.AuditEventType // durable events, at most
 	}{
 		{name: "PLAN_RECEIVED write", op: "write", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
 		{name: "EXECUTION_STARTED write", op: "write", failAt: 2, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable,
@@ -285,7 +285,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 			path := logPath(t)
 			lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File {
 				if tt.op == "write" {
-					return &faultyFile{File: f, failWriteAt: tt.failAt}
+					return &faultyFile{File: f, failRecordAt: tt.failAt}
 				}
 				return &faultyFile{File: f, failSyncAt: tt.failAt}
 			}))
@@ -305,7 +305,9 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 
 			events := listAll(t, lg, &stage4v1.ListAuditEventsRequest{})
 			if tt.op == "write" {
-				require.Len(t, events, len(tt.wantTypes))
+				// The failed write may have carried earlier records of the
+				// same group commit too: what is durable is a prefix.
+				require.LessOrEqual(t, len(events), len(tt.wantTypes))
 				for i, ev := range events {
 					require.Equal(t, tt.wantTypes[i], ev.GetType())
 					require.Equal(t, id, ev.GetExecutionId())

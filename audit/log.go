@@ -68,9 +68,10 @@ type Log struct {
 	size atomic.Int64
 
 	// Owned by the writer goroutine.
-	seq  uint64
-	prev [sha256.Size]byte
-	buf  []byte
+	seq     uint64
+	prev    [sha256.Size]byte
+	buf     []byte
+	written int64 // file length, durable or not
 }
 
 // maxBatch bounds one group commit; it is also the queue length.
@@ -173,6 +174,7 @@ func start(file File, c *logConfig) (*Log, error) {
 		return nil, fmt.Errorf("read last hash: %w", err)
 	}
 	l.size.Store(res.Bytes)
+	l.written = res.Bytes
 	go l.run()
 	if err := l.closeInterrupted(open); err != nil {
 		l.stop()
@@ -253,16 +255,22 @@ func (l *Log) Append(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.Au
 	return l.appendEvent(ctx, ev, true)
 }
 
-// AppendUnsynced is Append without waiting for the fsync: it returns once
-// the record is written to the file, and the record becomes durable with
-// the next Append, whose fsync covers everything written before it. An
-// execution uses it for PLAN_RECEIVED, which is always followed by a durable
-// event before anything else happens, so that each execution pays for two
-// fsyncs (before Stage-3 and before the reply) instead of three. A write
-// error fails the log as in Append; a later fsync error fails the next
-// Append.
-func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.AuditEvent, error) {
-	return l.appendEvent(ctx, ev, false)
+// AppendUnsynced queues ev and returns without waiting for it to be
+// written. The writer writes queued records in order, and the next Append
+// (from any goroutine queued after this call) returns only once this
+// record is written and fsynced too, or fails if it could not be: a write
+// or fsync error fails the log, and a failed log fails every later Append.
+// An execution uses it for PLAN_RECEIVED, which is always followed by a
+// durable event before anything else happens, so that each execution pays
+// for two fsyncs (before Stage-3 and before the reply) instead of three and
+// for one hand-over to the writer less. It returns an error only when the
+// record could not be queued (bad event, failed or closed log).
+func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) error {
+	_, err := l.append(ctx, ev, false)
+	if err != nil {
+		l.metrics.failures.Inc()
+	}
+	return err
 }
 
 func (l *Log) appendEvent(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (*stage4v1.AuditEvent, error) {
@@ -306,6 +314,9 @@ func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (r
 		return result{}, ErrClosed
 	case <-ctx.Done():
 		return result{}, fmt.Errorf("queue audit event: %w", ctx.Err())
+	}
+	if !sync {
+		return result{}, nil // r.done is buffered: the writer never blocks on it
 	}
 	var res result
 	select {
@@ -391,7 +402,10 @@ func (l *Log) commit(batch []*request) {
 		return
 	}
 	l.seq, l.prev = seq, prev
-	l.size.Add(int64(len(buf)))
+	l.written += int64(len(buf))
+	if sync {
+		l.size.Store(l.written) // the fsync covered every earlier write too
+	}
 	l.metrics.appends.Add(float64(len(batch)))
 	l.metrics.batchSize.Observe(float64(len(batch)))
 	answer(batch, func(i int) result { return results[i] })

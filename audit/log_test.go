@@ -179,11 +179,11 @@ func TestReopenContinuesTheChain(t *testing.T) {
 func TestFailedLogStaysFailed(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name                    string
-		failWriteAt, failSyncAt int32
+		name                     string
+		failRecordAt, failSyncAt int32
 	}{
-		{name: "first write", failWriteAt: 1},
-		{name: "second write", failWriteAt: 2},
+		{name: "first write", failRecordAt: 1},
+		{name: "second write", failRecordAt: 2},
 		{name: "first fsync", failSyncAt: 1},
 		{name: "third fsync", failSyncAt: 3},
 	}
@@ -197,10 +197,10 @@ func TestFailedLogStaysFailed(t *testing.T) {
 				audit.WithRegisterer(reg),
 				audit.WithOnFailure(func(err error) { notified = append(notified, err) }),
 				audit.WithFileWrapper(func(f audit.File) audit.File {
-					ff = &faultyFile{File: f, failWriteAt: tt.failWriteAt, failSyncAt: tt.failSyncAt}
+					ff = &faultyFile{File: f, failRecordAt: tt.failRecordAt, failSyncAt: tt.failSyncAt}
 					return ff
 				}))
-			okAppends := max(tt.failWriteAt, tt.failSyncAt) - 1
+			okAppends := max(tt.failRecordAt, tt.failSyncAt) - 1
 			for range okAppends {
 				mustAppend(t, lg, event(received, "e", "u"))
 			}

@@ -49,14 +49,18 @@ func New(stage3 Executor, log AuditLister) *Server {
 // Stage-3's response unchanged. It does not retry, loop or branch on the
 // result: the outcome, whatever it is, goes back to the caller.
 func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
-	// The audit interceptor has validated already; validating again keeps
-	// the handler fail-closed on its own, for a few microseconds.
-	if err := Validate(req); err != nil {
-		return nil, err
-	}
 	exec, ok := audit.ExecutionFromContext(ctx)
 	if !ok {
 		return nil, status.Error(codes.Internal, "execution was not audited; refusing to call Stage-3")
+	}
+	// The audit interceptor validated this request before it recorded
+	// EXECUTION_STARTED (cmd/stage4 wires it with Validate). Anything else,
+	// such as a request replaced on the way, is validated here: the handler
+	// never forwards a plan that was not validated as it is.
+	if exec.Validated != req {
+		if err := Validate(req); err != nil {
+			return nil, err
+		}
 	}
 	res, err := s.stage3.Execute(ctx, toStage3(req.GetPlan()))
 	if err != nil {

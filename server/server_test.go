@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,8 @@ type harnessOptions struct {
 	maxDeadline  time.Duration // Stage-3 client's maximum deadline
 	fileWrapper  func(audit.File) audit.File
 	noAudit      bool // register the service without the audit interceptor
+	// inner runs between the audit interceptor and the handler.
+	inner grpc.UnaryServerInterceptor
 }
 
 func newHarness(t *testing.T, o harnessOptions) *harness {
@@ -81,6 +84,9 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(audit.UnaryServerInterceptor(h.log,
 			audit.WithValidator(func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }),
 			audit.WithPlanID(PlanID))))
+	}
+	if o.inner != nil {
+		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(o.inner))
 	}
 	srv := grpc.NewServer(srvOpts...)
 	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log))
@@ -421,18 +427,20 @@ func TestConcurrentExecutePlan(t *testing.T) {
 	require.Equal(t, 3*n, int(res.Records))
 }
 
-// failingFile makes the audit log's Nth write fail.
+// failingFile fails the write that carries the audit log's Nth record; a
+// group commit may write several records at once.
 type failingFile struct {
 	audit.File
-	mu     sync.Mutex
-	writes int
-	failAt int
+	mu      sync.Mutex
+	records int
+	failAt  int
 }
 
 func (f *failingFile) Write(p []byte) (int, error) {
 	f.mu.Lock()
-	f.writes++
-	fail := f.writes == f.failAt
+	first := f.records + 1
+	f.records += bytes.Count(p, []byte{'\n'})
+	fail := first <= f.failAt && f.failAt <= f.records
 	f.mu.Unlock()
 	if fail {
 		return 0, errors.New("injected write failure")
@@ -531,4 +539,22 @@ func TestValidatePlanWritesNoEvents(t *testing.T) {
 	info, err := os.Stat(h.logPath)
 	require.NoError(t, err)
 	require.Zero(t, info.Size())
+}
+
+// TestExecutePlanValidatesAReplacedRequest: the handler skips validation
+// only for the very request the audit interceptor validated; a request
+// swapped in after it is validated again and never reaches Stage-3.
+func TestExecutePlanValidatesAReplacedRequest(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{inner: func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if r, ok := req.(*stage4v1.ExecutePlanRequest); ok {
+			bad := proto.Clone(r).(*stage4v1.ExecutePlanRequest)
+			bad.Plan.Steps[0].Method = "Not An Identifier"
+			return handler(ctx, bad)
+		}
+		return handler(ctx, req)
+	}})
+	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: runnablePlan("x")})
+	requireStatus(t, err, codes.InvalidArgument, "PLAN_INVALID")
+	require.Zero(t, h.stage3.Calls())
 }

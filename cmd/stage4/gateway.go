@@ -189,7 +189,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, callLogOptions...),
+			logging.UnaryServerInterceptor(callLogger, gatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			audit.UnaryServerInterceptor(auditLog,
@@ -200,7 +200,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		// Streams (health Watch, reflection) are not audited: they carry no
 		// plans.
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(callLogger, callLogOptions...),
+			logging.StreamServerInterceptor(callLogger, gatewayCallLogOptions...),
 			serverMetrics.StreamServerInterceptor(),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),

@@ -43,6 +43,9 @@ func newLogger(w io.Writer, lf logFlags) (*slog.Logger, error) {
 // and the code is all a log line needs; the audit log keeps the rest.
 func grpcLogger(l *slog.Logger) logging.Logger {
 	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if !l.Enabled(ctx, slog.Level(lvl)) {
+			return
+		}
 		kept := fields[:0:0]
 		for i := 0; i+1 < len(fields); i += 2 {
 			if fields[i] != "grpc.error" {
@@ -55,9 +58,26 @@ func grpcLogger(l *slog.Logger) logging.Logger {
 
 // callLogOptions log each call's start and finish with method, peer, code
 // and duration, and never its payloads: requests carry token_hash and
-// parameter values, which must not leave the audit log's control.
+// parameter values, which must not leave the audit log's control. The
+// reference Stage-3 uses them: tests watch its "started call" lines.
 var callLogOptions = []logging.Option{
 	logging.WithLogOnEvents(logging.StartCall, logging.FinishCall),
+}
+
+// gatewayCallLogOptions log each Stage-4 call once, when it finishes, and
+// successful calls only at debug level: every ExecutePlan is in the audit
+// log and every call in the metrics already, and a log line per successful
+// call cost about a tenth of the gateway's CPU under load. Failures keep
+// the default levels (info for the caller's errors, warn and error for the
+// server's), so a problem is always in the log.
+var gatewayCallLogOptions = []logging.Option{
+	logging.WithLogOnEvents(logging.FinishCall),
+	logging.WithLevels(func(c codes.Code) logging.Level {
+		if c == codes.OK {
+			return logging.LevelDebug
+		}
+		return logging.DefaultServerCodeToLevel(c)
+	}),
 }
 
 // recoveredPanic logs a handler panic server-side, with its stack, and
