@@ -50,7 +50,7 @@ type harnessOptions struct {
 	inner grpc.UnaryServerInterceptor
 }
 
-func newHarness(t *testing.T, o harnessOptions) *harness {
+func newHarness(t testing.TB, o harnessOptions) *harness {
 	t.Helper()
 	h := &harness{stage3: stage3ref.NewService(), logPath: filepath.Join(t.TempDir(), "audit.jsonl")}
 
