@@ -49,7 +49,7 @@ checkgenerate: protodeps ## Fail when gen/ is not what proto/ generates.
 	diff -r gen "$$tmp/gen" || { echo "gen/ is stale: run make generate" >&2; exit 1; }
 
 .PHONY: protodeps
-protodeps: $(PROTODEPS)/buf/validate/validate.proto
+protodeps: $(PROTODEPS)/buf/validate/validate.proto ## Copy buf/validate/validate.proto from the Go module cache into tools/protodeps.
 
 $(PROTODEPS)/buf/validate/validate.proto:
 	dir=$$(go mod download -json $(PROTOVALIDATE_MODULE) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
