@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // HeaderExecutionID is the response header that carries the execution id of
@@ -101,7 +102,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	rand.Read(b[:]) // never fails since Go 1.24
 	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
 	if err := grpc.SetHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
-		return nil, statusError(codes.Internal, ReasonNoServerStream, "cannot send the execution id header", ex.meta())
+		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
 	}
 	if log.Err() != nil {
 		return nil, ex.unavailable()
@@ -198,12 +199,12 @@ func (r *recorder) meta() map[string]string {
 }
 
 func (r *recorder) unavailable() error {
-	return statusError(codes.Unavailable, ReasonAuditUnavailable,
+	return rpcerr.New(codes.Unavailable, rpcerr.AuditUnavailable,
 		"the audit log is unavailable; the plan was not executed", r.meta())
 }
 
 func (r *recorder) outcomeUnknown() error {
-	return statusError(codes.Unknown, ReasonOutcomeUnknown,
+	return rpcerr.New(codes.Unknown, rpcerr.OutcomeUnknown,
 		"the outcome could not be recorded in the audit log; the plan may have been executed", r.meta())
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // fakeStage4 stands in for the server: like the real one, it refuses to
@@ -123,7 +124,7 @@ func requireReason(t *testing.T, err error, c codes.Code, reason string) {
 	require.Equal(t, c, st.Code(), st.Message())
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			require.Equal(t, audit.ErrorDomain, info.GetDomain())
+			require.Equal(t, rpcerr.Domain, info.GetDomain())
 			require.Equal(t, reason, info.GetReason())
 			return
 		}
@@ -269,15 +270,15 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		reason    string
 		wantTypes []stage4v1.AuditEventType // durable events, at most
 	}{
-		{name: "PLAN_RECEIVED write", op: "write", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
-		{name: "EXECUTION_STARTED write", op: "write", failAt: 2, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable,
+		{name: "PLAN_RECEIVED write", op: "write", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: rpcerr.AuditUnavailable},
+		{name: "EXECUTION_STARTED write", op: "write", failAt: 2, wantCalls: 0, wantCode: codes.Unavailable, reason: rpcerr.AuditUnavailable,
 			wantTypes: []stage4v1.AuditEventType{received}},
-		{name: "EXECUTION_COMPLETED write", op: "write", failAt: 3, wantCalls: 1, wantCode: codes.Unknown, reason: audit.ReasonOutcomeUnknown,
+		{name: "EXECUTION_COMPLETED write", op: "write", failAt: 3, wantCalls: 1, wantCode: codes.Unknown, reason: rpcerr.OutcomeUnknown,
 			wantTypes: []stage4v1.AuditEventType{received, started}},
 		// PLAN_RECEIVED is not fsynced on its own: the first fsync is
 		// EXECUTION_STARTED's, which makes both durable.
-		{name: "EXECUTION_STARTED fsync", op: "fsync", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: audit.ReasonAuditUnavailable},
-		{name: "EXECUTION_COMPLETED fsync", op: "fsync", failAt: 2, wantCalls: 1, wantCode: codes.Unknown, reason: audit.ReasonOutcomeUnknown},
+		{name: "EXECUTION_STARTED fsync", op: "fsync", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: rpcerr.AuditUnavailable},
+		{name: "EXECUTION_COMPLETED fsync", op: "fsync", failAt: 2, wantCalls: 1, wantCode: codes.Unknown, reason: rpcerr.OutcomeUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -299,7 +300,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 
 			for _, p := range []*stage4v1.Plan{plan("alice"), plan("invalid-user")} {
 				_, _, err = execute(t, client, p)
-				requireReason(t, err, codes.Unavailable, audit.ReasonAuditUnavailable)
+				requireReason(t, err, codes.Unavailable, rpcerr.AuditUnavailable)
 			}
 			require.Equal(t, tt.wantCalls, fake.calls.Load(), "a failed log refuses every later call")
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 const (
@@ -36,13 +37,13 @@ const (
 func (l *Log) List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error) {
 	pageSize := int(req.GetPageSize())
 	if pageSize < 0 || pageSize > maxPageSize {
-		return nil, statusError(codes.InvalidArgument, ReasonInvalidListRequest, "page_size must be between 0 and 1000", nil)
+		return nil, rpcerr.New(codes.InvalidArgument, rpcerr.InvalidListRequest, "page_size must be between 0 and 1000", nil)
 	}
 	if pageSize == 0 {
 		pageSize = defaultPageSize
 	}
 	if _, ok := stage4v1.AuditEventType_name[int32(req.GetType())]; !ok {
-		return nil, statusError(codes.InvalidArgument, ReasonInvalidListRequest, "type is not a defined AuditEventType", nil)
+		return nil, rpcerr.New(codes.InvalidArgument, rpcerr.InvalidListRequest, "type is not a defined AuditEventType", nil)
 	}
 	f := newFilter(req)
 	end := l.size.Load()
@@ -61,7 +62,7 @@ func (l *Log) List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*
 	lr := newLineReader(io.NewSectionReader(l.file, pos, end-pos))
 	for n := 0; pos < end; n++ {
 		if n%ctxCheckLines == 0 && ctx.Err() != nil {
-			return nil, statusError(status.FromContextError(ctx.Err()).Code(), ReasonAuditReadFailed, "listing stopped: "+ctx.Err().Error(), nil)
+			return nil, rpcerr.New(status.FromContextError(ctx.Err()).Code(), rpcerr.AuditReadFailed, "listing stopped: "+ctx.Err().Error(), nil)
 		}
 		line, complete, err := lr.next()
 		if !complete {
@@ -79,7 +80,7 @@ func (l *Log) List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*
 			return nil, invalidToken()
 		}
 		if reason != "" || ev.GetSequence() != lineSeq {
-			return nil, statusError(codes.DataLoss, ReasonAuditReadFailed, "the audit log changed under the server", nil)
+			return nil, rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log changed under the server", nil)
 		}
 		if !f.match(ev) {
 			continue
@@ -110,15 +111,15 @@ func (l *Log) isLineStart(pos, end int64) bool {
 }
 
 func invalidToken() error {
-	return statusError(codes.InvalidArgument, ReasonInvalidPageToken,
+	return rpcerr.New(codes.InvalidArgument, rpcerr.InvalidPageToken,
 		"page_token was not issued by this log for these filters", nil)
 }
 
 func readFailed(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, errLineTooLong) {
-		return statusError(codes.DataLoss, ReasonAuditReadFailed, "the audit log changed under the server", nil)
+		return rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log changed under the server", nil)
 	}
-	return statusError(codes.Unavailable, ReasonAuditReadFailed, "the audit log cannot be read", nil)
+	return rpcerr.New(codes.Unavailable, rpcerr.AuditReadFailed, "the audit log cannot be read", nil)
 }
 
 // filter is a ListAuditEventsRequest's selection. Its needles are the exact

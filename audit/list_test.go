@@ -10,6 +10,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // listFixture writes nine events: three executions of two users.
@@ -133,17 +134,17 @@ func TestListRefusesBadRequests(t *testing.T) {
 		req    *stage4v1.ListAuditEventsRequest
 		reason string
 	}{
-		{name: "negative page size", req: &stage4v1.ListAuditEventsRequest{PageSize: -1}, reason: audit.ReasonInvalidListRequest},
-		{name: "page size over 1000", req: &stage4v1.ListAuditEventsRequest{PageSize: 1001}, reason: audit.ReasonInvalidListRequest},
-		{name: "undefined type", req: &stage4v1.ListAuditEventsRequest{Type: 42}, reason: audit.ReasonInvalidListRequest},
-		{name: "not base64", req: &stage4v1.ListAuditEventsRequest{PageToken: "!!!"}, reason: audit.ReasonInvalidPageToken},
-		{name: "wrong length", req: &stage4v1.ListAuditEventsRequest{PageToken: token + "AA"}, reason: audit.ReasonInvalidPageToken},
-		{name: "other filters", req: &stage4v1.ListAuditEventsRequest{PageToken: token, UserId: "alice"}, reason: audit.ReasonInvalidPageToken},
-		{name: "other type", req: &stage4v1.ListAuditEventsRequest{PageToken: token, Type: received}, reason: audit.ReasonInvalidPageToken},
-		{name: "offset inside a record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[8] += 5 })}, reason: audit.ReasonInvalidPageToken},
-		{name: "offset past the end", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[2] = 0x7f })}, reason: audit.ReasonInvalidPageToken},
-		{name: "sequence of another record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[16]++ })}, reason: audit.ReasonInvalidPageToken},
-		{name: "unknown version", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[0] = 9 })}, reason: audit.ReasonInvalidPageToken},
+		{name: "negative page size", req: &stage4v1.ListAuditEventsRequest{PageSize: -1}, reason: rpcerr.InvalidListRequest},
+		{name: "page size over 1000", req: &stage4v1.ListAuditEventsRequest{PageSize: 1001}, reason: rpcerr.InvalidListRequest},
+		{name: "undefined type", req: &stage4v1.ListAuditEventsRequest{Type: 42}, reason: rpcerr.InvalidListRequest},
+		{name: "not base64", req: &stage4v1.ListAuditEventsRequest{PageToken: "!!!"}, reason: rpcerr.InvalidPageToken},
+		{name: "wrong length", req: &stage4v1.ListAuditEventsRequest{PageToken: token + "AA"}, reason: rpcerr.InvalidPageToken},
+		{name: "other filters", req: &stage4v1.ListAuditEventsRequest{PageToken: token, UserId: "alice"}, reason: rpcerr.InvalidPageToken},
+		{name: "other type", req: &stage4v1.ListAuditEventsRequest{PageToken: token, Type: received}, reason: rpcerr.InvalidPageToken},
+		{name: "offset inside a record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[8] += 5 })}, reason: rpcerr.InvalidPageToken},
+		{name: "offset past the end", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[2] = 0x7f })}, reason: rpcerr.InvalidPageToken},
+		{name: "sequence of another record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[16]++ })}, reason: rpcerr.InvalidPageToken},
+		{name: "unknown version", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[0] = 9 })}, reason: rpcerr.InvalidPageToken},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,5 +160,5 @@ func TestListAfterCloseIsUnavailable(t *testing.T) {
 	lg := listFixture(t)
 	require.NoError(t, lg.Close())
 	_, err := lg.List(context.Background(), &stage4v1.ListAuditEventsRequest{})
-	requireReason(t, err, codes.Unavailable, audit.ReasonAuditReadFailed)
+	requireReason(t, err, codes.Unavailable, rpcerr.AuditReadFailed)
 }

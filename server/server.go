@@ -15,6 +15,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // Executor forwards a plan to Stage-3 exactly once. *stage3client.Client is
@@ -119,11 +120,11 @@ func toStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
 func invalidArgument(err error) error {
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
-		return statusError(codes.Internal, reasonInternal, "validate request: validator failed")
+		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate request: validator failed", nil)
 	}
 	found := make([]*validate.Violation, len(verr.Violations))
 	for i, v := range verr.Violations {
 		found[i] = v.Proto
 	}
-	return violationsError(audit.ReasonInvalidListRequest, found, len(found))
+	return violationsError(rpcerr.InvalidListRequest, found, len(found))
 }

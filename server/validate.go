@@ -11,16 +11,14 @@ import (
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // Limits on parameter contents, as documented on stage4.v1.Step.parameters.
@@ -63,13 +61,6 @@ const (
 	ruleKeyBytes         = "stage4.parameters.key_max_bytes"
 	ruleStringBytes      = "stage4.parameters.string_max_bytes"
 	ruleTotalBytes       = "stage4.parameters.total_max_bytes"
-)
-
-// The google.rpc.ErrorInfo domain and reasons of Stage-4's errors.
-const (
-	errorDomain       = "stage4"
-	reasonPlanInvalid = "PLAN_INVALID"
-	reasonInternal    = "INTERNAL"
 )
 
 // Field descriptors that the Go rules name in their violations' field paths.
@@ -125,11 +116,11 @@ func Validate(req PlanRequest) error {
 // so that tests can make it fail.
 func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 	if req == nil {
-		return statusError(codes.Internal, reasonInternal, "validate plan: no request")
+		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate plan: no request", nil)
 	}
 	planField := req.ProtoReflect().Descriptor().Fields().ByName("plan")
 	if planField == nil {
-		return statusError(codes.Internal, reasonInternal, "validate plan: request has no plan field")
+		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate plan: request has no plan field", nil)
 	}
 	var found []*validate.Violation
 	if err := validator.Validate(req, skipParameterContents); err != nil {
@@ -137,7 +128,7 @@ func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 		if !errors.As(err, &verr) {
 			// A compilation or runtime error says nothing about the plan;
 			// its text is about our internals, so it stays here.
-			return statusError(codes.Internal, reasonInternal, "validate plan: validator failed")
+			return rpcerr.New(codes.Internal, rpcerr.Internal, "validate plan: validator failed", nil)
 		}
 		for _, v := range verr.Violations {
 			found = append(found, v.Proto)
@@ -149,7 +140,7 @@ func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 	if total == 0 {
 		return nil
 	}
-	return violationsError(reasonPlanInvalid, slices.Concat(found, c.unknown.items, c.bindings.items, c.params.items), total)
+	return violationsError(rpcerr.PlanInvalid, slices.Concat(found, c.unknown.items, c.bindings.items, c.params.items), total)
 }
 
 // violationsError returns an INVALID_ARGUMENT status error for reason whose
@@ -164,20 +155,7 @@ func violationsError(reason string, found []*validate.Violation, total int) erro
 	case total > 2:
 		msg += fmt.Sprintf(" (and %d more violations)", total-1)
 	}
-	return statusError(codes.InvalidArgument, reason, msg, validate.Violations_builder{Violations: found}.Build())
-}
-
-// statusError returns a status error that carries an ErrorInfo with reason,
-// then details.
-func statusError(code codes.Code, reason, msg string, details ...protoadapt.MessageV1) error {
-	info := &errdetails.ErrorInfo{Domain: errorDomain, Reason: reason}
-	st, err := status.New(code, msg).WithDetails(append([]protoadapt.MessageV1{info}, details...)...)
-	if err != nil {
-		// Only a detail that cannot be marshalled gets here; never answer
-		// with a code that the missing details would have qualified.
-		return status.Error(codes.Internal, "build error details")
-	}
-	return st.Err()
+	return rpcerr.New(codes.InvalidArgument, reason, msg, nil, validate.Violations_builder{Violations: found}.Build())
 }
 
 // violationList collects violations up to maxViolations and only counts the

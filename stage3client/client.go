@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // Defaults for the zero values of Config's limits.
@@ -143,8 +144,8 @@ func (c *Client) Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPl
 	// grpc-go would refuse an oversized plan only after opening the stream,
 	// which would look like an unknown outcome.
 	if size := proto.Size(req); size > c.maxMessageBytes {
-		return nil, newError(codes.InvalidArgument, ReasonPlanInvalid, nil,
-			fmt.Sprintf("plan is %d bytes, over the %d-byte limit for Stage-3", size, c.maxMessageBytes))
+		return nil, rpcerr.New(codes.InvalidArgument, rpcerr.PlanInvalid,
+			fmt.Sprintf("plan is %d bytes, over the %d-byte limit for Stage-3", size, c.maxMessageBytes), nil)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, c.maxDeadline)
 	defer cancel()

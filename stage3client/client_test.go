@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	"github.com/stage4/stage4/server/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -74,7 +75,7 @@ func requireStage4Error(t *testing.T, err error, code codes.Code, reason string)
 	t.Helper()
 	require.Error(t, err)
 	require.Equal(t, code, status.Code(err), "error: %v", err)
-	require.Equal(t, reason, stage3client.Reason(err), "error: %v", err)
+	require.Equal(t, reason, rpcerr.Reason(err), "error: %v", err)
 }
 
 func TestExecuteForwardsOnceAndReturnsTheResponseUnchanged(t *testing.T) {
@@ -109,22 +110,22 @@ func TestExecuteMapsEveryStage3Code(t *testing.T) {
 		wantCode   codes.Code
 		wantReason string
 	}{
-		{name: "canceled", code: codes.Canceled, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "unknown", code: codes.Unknown, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "invalid argument", code: codes.InvalidArgument, wantCode: codes.InvalidArgument, wantReason: stage3client.ReasonStage3Rejected},
-		{name: "deadline exceeded", code: codes.DeadlineExceeded, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "not found", code: codes.NotFound, wantCode: codes.NotFound, wantReason: stage3client.ReasonStage3Rejected},
-		{name: "already exists", code: codes.AlreadyExists, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "permission denied", code: codes.PermissionDenied, wantCode: codes.PermissionDenied, wantReason: stage3client.ReasonStage3Rejected},
-		{name: "resource exhausted", code: codes.ResourceExhausted, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "failed precondition", code: codes.FailedPrecondition, wantCode: codes.FailedPrecondition, wantReason: stage3client.ReasonStage3Rejected},
-		{name: "aborted", code: codes.Aborted, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "out of range", code: codes.OutOfRange, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "unimplemented", code: codes.Unimplemented, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "internal", code: codes.Internal, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "unavailable", code: codes.Unavailable, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "data loss", code: codes.DataLoss, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown},
-		{name: "unauthenticated", code: codes.Unauthenticated, wantCode: codes.Unauthenticated, wantReason: stage3client.ReasonStage3Rejected},
+		{name: "canceled", code: codes.Canceled, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "unknown", code: codes.Unknown, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "invalid argument", code: codes.InvalidArgument, wantCode: codes.InvalidArgument, wantReason: rpcerr.Stage3Rejected},
+		{name: "deadline exceeded", code: codes.DeadlineExceeded, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "not found", code: codes.NotFound, wantCode: codes.NotFound, wantReason: rpcerr.Stage3Rejected},
+		{name: "already exists", code: codes.AlreadyExists, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "permission denied", code: codes.PermissionDenied, wantCode: codes.PermissionDenied, wantReason: rpcerr.Stage3Rejected},
+		{name: "resource exhausted", code: codes.ResourceExhausted, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "failed precondition", code: codes.FailedPrecondition, wantCode: codes.FailedPrecondition, wantReason: rpcerr.Stage3Rejected},
+		{name: "aborted", code: codes.Aborted, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "out of range", code: codes.OutOfRange, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "unimplemented", code: codes.Unimplemented, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "internal", code: codes.Internal, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "unavailable", code: codes.Unavailable, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "data loss", code: codes.DataLoss, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
+		{name: "unauthenticated", code: codes.Unauthenticated, wantCode: codes.Unauthenticated, wantReason: rpcerr.Stage3Rejected},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,11 +154,11 @@ func TestExecuteStage3Behaviour(t *testing.T) {
 		wantReason string
 		wantMsg    string
 	}{
-		{name: "token mismatch", user: "bob", wantCode: codes.PermissionDenied, wantReason: stage3client.ReasonStage3Rejected,
+		{name: "token mismatch", user: "bob", wantCode: codes.PermissionDenied, wantReason: rpcerr.Stage3Rejected,
 			wantMsg: `stage3: user "bob" is not authorized`},
-		{name: "denied", fault: stage3ref.Fault{Deny: true}, wantCode: codes.PermissionDenied, wantReason: stage3client.ReasonStage3Rejected,
+		{name: "denied", fault: stage3ref.Fault{Deny: true}, wantCode: codes.PermissionDenied, wantReason: rpcerr.Stage3Rejected,
 			wantMsg: `stage3: user "alice" is not authorized`},
-		{name: "failed step", fault: stage3ref.Fault{Fail: true, FailAtStep: 0}, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown,
+		{name: "failed step", fault: stage3ref.Fault{Fail: true, FailAtStep: 0}, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown,
 			wantMsg: "outcome unknown, the plan may have run; do not retry blindly: stage3: Internal: step 0 failed"},
 	}
 	for _, tt := range tests {
@@ -186,7 +187,7 @@ func TestExecuteNotReached(t *testing.T) {
 
 	client := newClient(t, stage3client.Config{Target: addr, Insecure: true})
 	_, err = client.Execute(t.Context(), upperPlan(t, "x"))
-	requireStage4Error(t, err, codes.Unavailable, stage3client.ReasonStage3NotReached)
+	requireStage4Error(t, err, codes.Unavailable, rpcerr.Stage3NotReached)
 }
 
 func TestExecuteDeadlineWhileConnectingIsNotReached(t *testing.T) {
@@ -199,7 +200,7 @@ func TestExecuteDeadlineWhileConnectingIsNotReached(t *testing.T) {
 			return nil, ctx.Err()
 		}))
 	_, err := client.Execute(t.Context(), upperPlan(t, "x"))
-	requireStage4Error(t, err, codes.Unavailable, stage3client.ReasonStage3NotReached)
+	requireStage4Error(t, err, codes.Unavailable, rpcerr.Stage3NotReached)
 }
 
 func TestExecuteDeadlineWhileStage3HangsIsUnknown(t *testing.T) {
@@ -208,7 +209,7 @@ func TestExecuteDeadlineWhileStage3HangsIsUnknown(t *testing.T) {
 	svc.SetFault(stage3ref.Fault{Hang: true})
 	client := newBufconn(t, svc, stage3client.Config{MaxDeadline: 50 * time.Millisecond})
 	_, err := client.Execute(t.Context(), upperPlan(t, "x"))
-	requireStage4Error(t, err, codes.Unknown, stage3client.ReasonOutcomeUnknown)
+	requireStage4Error(t, err, codes.Unknown, rpcerr.OutcomeUnknown)
 	require.Equal(t, 1, svc.Calls())
 }
 
@@ -220,8 +221,8 @@ func TestExecuteCallerCancel(t *testing.T) {
 		wantReason string
 		wantCalls  int
 	}{
-		{name: "before sending", wantReason: stage3client.ReasonStage3NotReached, wantCalls: 0},
-		{name: "while Stage-3 runs", afterSent: true, wantReason: stage3client.ReasonOutcomeUnknown, wantCalls: 1},
+		{name: "before sending", wantReason: rpcerr.Stage3NotReached, wantCalls: 0},
+		{name: "while Stage-3 runs", afterSent: true, wantReason: rpcerr.OutcomeUnknown, wantCalls: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,8 +345,8 @@ func TestExecuteMessageLimits(t *testing.T) {
 		wantCalls  int
 	}{
 		{name: "within limits", textBytes: 100, wantCode: codes.OK, wantCalls: 1},
-		{name: "request too large is not sent", textBytes: 2000, wantCode: codes.InvalidArgument, wantReason: stage3client.ReasonPlanInvalid, wantCalls: 0},
-		{name: "response too large after Stage-3 ran", textBytes: 400, wantCode: codes.Unknown, wantReason: stage3client.ReasonOutcomeUnknown, wantCalls: 1},
+		{name: "request too large is not sent", textBytes: 2000, wantCode: codes.InvalidArgument, wantReason: rpcerr.PlanInvalid, wantCalls: 0},
+		{name: "response too large after Stage-3 ran", textBytes: 400, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown, wantCalls: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,7 +355,7 @@ func TestExecuteMessageLimits(t *testing.T) {
 			client := newBufconn(t, svc, stage3client.Config{MaxMessageBytes: 1000})
 			_, err := client.Execute(t.Context(), grow(t, tt.textBytes))
 			require.Equal(t, tt.wantCode, status.Code(err), "error: %v", err)
-			require.Equal(t, tt.wantReason, stage3client.Reason(err))
+			require.Equal(t, tt.wantReason, rpcerr.Reason(err))
 			require.Equal(t, tt.wantCalls, svc.Calls())
 		})
 	}

@@ -16,18 +16,18 @@
 // # Errors
 //
 // Execute returns Stage-3's response unchanged or a status error carrying a
-// google.rpc.ErrorInfo with domain ErrorDomain and one of these reasons:
+// google.rpc.ErrorInfo with domain rpcerr.Domain and one of these reasons:
 //
-//   - ReasonStage3Rejected, with Stage-3's own code (PERMISSION_DENIED,
+//   - rpcerr.Stage3Rejected, with Stage-3's own code (PERMISSION_DENIED,
 //     UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) and
 //     message "stage3: " + Stage-3's message. A rejection does not say that no
 //     step ran: Stage-3 may refuse a later step's parameters after earlier steps.
-//   - ReasonStage3NotReached, code UNAVAILABLE: the plan provably never
+//   - rpcerr.Stage3NotReached, code UNAVAILABLE: the plan provably never
 //     reached Stage-3, so nothing was executed and a retry is safe.
-//   - ReasonOutcomeUnknown, code UNKNOWN: Stage-3 may have acted (a deadline
+//   - rpcerr.OutcomeUnknown, code UNKNOWN: Stage-3 may have acted (a deadline
 //     or broken connection after sending, INTERNAL, UNAVAILABLE, ABORTED,
 //     RESOURCE_EXHAUSTED or any other code, a failed step).
-//   - ReasonPlanInvalid, code INVALID_ARGUMENT: the plan is larger than
+//   - rpcerr.PlanInvalid, code INVALID_ARGUMENT: the plan is larger than
 //     MaxMessageBytes and was not sent.
 //
 // When the caller cancels its own call the code is CANCELED, with the reason

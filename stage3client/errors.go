@@ -1,20 +1,10 @@
 package stage3client
 
 import (
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-)
 
-// ErrorDomain is the google.rpc.ErrorInfo domain of every Stage-4 error.
-const ErrorDomain = "stage4"
-
-// ErrorInfo reasons set by Execute; see the package doc for their codes.
-const (
-	ReasonPlanInvalid      = "PLAN_INVALID"
-	ReasonStage3Rejected   = "STAGE3_REJECTED"
-	ReasonStage3NotReached = "STAGE3_NOT_REACHED"
-	ReasonOutcomeUnknown   = "OUTCOME_UNKNOWN"
+	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // metadataStage3Code is the ErrorInfo metadata key holding the code Stage-3
@@ -40,37 +30,16 @@ func mapError(err error, sent, callerCanceled bool) error {
 	stage3 := map[string]string{metadataStage3Code: st.Code().String()}
 	switch {
 	case callerCanceled && !sent:
-		return newError(codes.Canceled, ReasonStage3NotReached, nil, "canceled by the caller before Stage-3 was reached")
+		return rpcerr.New(codes.Canceled, rpcerr.Stage3NotReached, "canceled by the caller before Stage-3 was reached", nil)
 	case callerCanceled:
-		return newError(codes.Canceled, ReasonOutcomeUnknown, nil, "canceled by the caller after the plan was sent: Stage-3 may have run it")
+		return rpcerr.New(codes.Canceled, rpcerr.OutcomeUnknown, "canceled by the caller after the plan was sent: Stage-3 may have run it", nil)
 	case !sent:
-		return newError(codes.Unavailable, ReasonStage3NotReached, nil,
-			"stage3 not reached, nothing was executed and a retry is safe: "+st.Message())
+		return rpcerr.New(codes.Unavailable, rpcerr.Stage3NotReached,
+			"stage3 not reached, nothing was executed and a retry is safe: "+st.Message(), nil)
 	case rejections[st.Code()]:
-		return newError(st.Code(), ReasonStage3Rejected, stage3, "stage3: "+st.Message())
+		return rpcerr.New(st.Code(), rpcerr.Stage3Rejected, "stage3: "+st.Message(), stage3)
 	default:
-		return newError(codes.Unknown, ReasonOutcomeUnknown, stage3,
-			"outcome unknown, the plan may have run; do not retry blindly: stage3: "+st.Code().String()+": "+st.Message())
+		return rpcerr.New(codes.Unknown, rpcerr.OutcomeUnknown,
+			"outcome unknown, the plan may have run; do not retry blindly: stage3: "+st.Code().String()+": "+st.Message(), stage3)
 	}
-}
-
-func newError(code codes.Code, reason string, md map[string]string, msg string) error {
-	st := status.New(code, msg)
-	// WithDetails fails only for codes.OK, which is never passed here.
-	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: md}); err == nil {
-		st = withInfo
-	}
-	return st.Err()
-}
-
-// Reason returns the ErrorInfo reason of a Stage-4 error, or "" when err
-// carries none, so callers such as the audit log can classify an outcome
-// without parsing messages.
-func Reason(err error) string {
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-			return info.GetReason()
-		}
-	}
-	return ""
 }

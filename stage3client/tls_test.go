@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/stage4/stage4/server/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -146,7 +147,7 @@ func TestExecuteOverTLS(t *testing.T) {
 			require.Equal(t, tt.wantCode, status.Code(err), "error: %v", err)
 			wantCalls := 1
 			if tt.wantCode != codes.OK {
-				requireStage4Error(t, err, codes.Unavailable, stage3client.ReasonStage3NotReached)
+				requireStage4Error(t, err, codes.Unavailable, rpcerr.Stage3NotReached)
 				wantCalls = 0
 			}
 			require.Equal(t, wantCalls, srv.Service.Calls())
