@@ -63,7 +63,7 @@ func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanReque
 			return nil, err
 		}
 	}
-	res, err := s.stage3.Execute(ctx, toStage3(req.GetPlan()))
+	res, err := s.stage3.Execute(ctx, ToStage3(req.GetPlan()))
 	if err != nil {
 		return nil, err
 	}
@@ -86,10 +86,11 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEve
 	return s.log.List(ctx, req)
 }
 
-// toStage3 maps a plan onto Stage-3's request field by field. The two
-// messages share field numbers and types (one wire encoding), and parameters
-// are shared, not copied, so nothing can be added, dropped or normalised.
-func toStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
+// ToStage3 maps a plan onto Stage-3's request field by field: the verbatim
+// forwarding of ExecutePlan. The two messages share field numbers and types
+// (one wire encoding), and parameters are shared, not copied, so nothing
+// can be added, dropped or normalised. The result aliases p's parameters.
+func ToStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
 	steps := make([]*stage3v1.Step, len(p.GetSteps()))
 	for i, st := range p.GetSteps() {
 		steps[i] = &stage3v1.Step{Domain: st.GetDomain(), Method: st.GetMethod(), Parameters: st.GetParameters()}

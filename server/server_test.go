@@ -219,9 +219,9 @@ func TestToStage3MatchesTheWireEncoding(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{1, 2, 8, 64} {
 		p := validPlan(n)
-		require.True(t, proto.Equal(wireStage3(t, p), toStage3(p)), "n=%d", n)
+		require.True(t, proto.Equal(wireStage3(t, p), ToStage3(p)), "n=%d", n)
 	}
-	require.True(t, proto.Equal(wireStage3(t, runnablePlan("x")), toStage3(runnablePlan("x"))))
+	require.True(t, proto.Equal(wireStage3(t, runnablePlan("x")), ToStage3(runnablePlan("x"))))
 }
 
 // TestExecutePlanReturnsStage3Results ports TestSynchronousExecution and

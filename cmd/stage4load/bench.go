@@ -20,6 +20,7 @@ import (
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server"
 )
 
 // The three configurations, in the order every round runs them.
@@ -285,7 +286,7 @@ func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
 	}
 	switch cfgName {
 	case cfgDirect:
-		req := toStage3(p)
+		req := server.ToStage3(p)
 		return func(ctx context.Context) error {
 			res, err := e.direct.ExecuteMultiDomainPlan(ctx, req)
 			if err != nil {

@@ -10,8 +10,8 @@ import (
 
 	"google.golang.org/grpc"
 
-	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
 
@@ -29,39 +29,11 @@ var _ stage4v1.Stage4ServiceServer = (*proxy)(nil)
 
 // ExecutePlan forwards the plan once and returns Stage-3's result.
 func (p *proxy) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
-	res, err := p.stage3.Execute(ctx, toStage3(req.GetPlan()))
+	res, err := p.stage3.Execute(ctx, server.ToStage3(req.GetPlan()))
 	if err != nil {
 		return nil, err
 	}
 	return &stage4v1.ExecutePlanResponse{Result: res}, nil
-}
-
-// toStage3 is the same field-by-field mapping as server.toStage3 (which is
-// unexported), so (b) pays the same conversion cost as (c).
-func toStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
-	steps := make([]*stage3v1.Step, len(p.GetSteps()))
-	for i, st := range p.GetSteps() {
-		steps[i] = &stage3v1.Step{Domain: st.GetDomain(), Method: st.GetMethod(), Parameters: st.GetParameters()}
-	}
-	var bindings []*stage3v1.DataBinding
-	if n := len(p.GetDataBindings()); n > 0 {
-		bindings = make([]*stage3v1.DataBinding, n)
-		for i, b := range p.GetDataBindings() {
-			bindings[i] = &stage3v1.DataBinding{
-				SourceStep:      b.GetSourceStep(),
-				SourceOutput:    b.GetSourceOutput(),
-				TargetStep:      b.GetTargetStep(),
-				TargetParameter: b.GetTargetParameter(),
-			}
-		}
-	}
-	return &stage3v1.ExecuteMultiDomainPlanRequest{
-		UserId:       p.GetUserId(),
-		TokenHash:    p.GetTokenHash(),
-		TriggerType:  p.GetTriggerType(),
-		Steps:        steps,
-		DataBindings: bindings,
-	}
 }
 
 // serveProxy serves the pass-through proxy on lis until ctx is done.
