@@ -197,6 +197,8 @@ type env struct {
 	proxyPID  int
 	stage4PID int
 	children  []*child
+	// stage4Metrics is stage4's /metrics URL; empty when there is none.
+	stage4Metrics string
 }
 
 // startProcesses spawns the reference Stage-3, the proxy and stage4 on
@@ -254,6 +256,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 	}
 	e.children = append(e.children, s4)
 	e.stage3PID, e.proxyPID, e.stage4PID = s3.pid(), px.pid(), s4.pid()
+	e.stage4Metrics = "http://" + metricsAddr + "/metrics"
 
 	dial := func(a string) *grpc.ClientConn {
 		cc, derr := grpc.NewClient("passthrough:///"+a, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -341,12 +344,31 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 
 	// Interleaved rounds: drift on the machine (other load, CPU frequency,
 	// the audit log growing) spreads over all configurations alike.
+	var oneCallerFsyncs []float64
 	for r := 1; r <= cfg.rounds; r++ {
 		for _, conc := range cfg.concurrency {
 			for _, c := range configs {
+				// What an fsync costs inside stage4 with one caller is what
+				// the one-caller latency target is made of.
+				watchFsync := c == cfgStage4 && conc == 1 && e.stage4Metrics != ""
+				var before fsyncTotals
+				if watchFsync {
+					if before, err = scrapeFsync(ctx, e.stage4Metrics); err != nil {
+						return nil, err
+					}
+				}
 				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watch(c))
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %w", r, c, conc, err)
+				}
+				if watchFsync {
+					after, err := scrapeFsync(ctx, e.stage4Metrics)
+					if err != nil {
+						return nil, err
+					}
+					if n := after.count - before.count; n > 0 {
+						oneCallerFsyncs = append(oneCallerFsyncs, 1000*(after.sum-before.sum)/n)
+					}
 				}
 				gw := "-"
 				if c != cfgDirect {
@@ -361,6 +383,10 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 				res.Rounds = append(res.Rounds, roundResult{Round: r, Config: c, Concurrency: conc, sample: s})
 			}
 		}
+	}
+	if len(oneCallerFsyncs) > 0 {
+		st := newStat(oneCallerFsyncs)
+		res.Stage4Fsync1 = &st
 	}
 	res.summarize(cfg, fsyncP50)
 
