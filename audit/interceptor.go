@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -154,7 +155,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	ended = true
 	if err != nil {
 		st := status.Convert(err)
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(PhaseStage3, st.Code(), st.Message())) != nil {
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, stage3FailedDetails(st)) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
@@ -267,6 +268,30 @@ func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
 	}
 	if bd.truncated {
 		f["truncated"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// stage3FailedDetails describes a failure on the way to or in Stage-3 by
+// its code, its rpcerr reason and Stage-3's own code. Not by its message:
+// that is Stage-3's text, which may quote parameter values (the reference
+// Stage-3's json.get names the missing key, say), and the log never holds
+// those. A fingerprint of the message lets an investigator match the
+// caller's error or Stage-3's own trail.
+func stage3FailedDetails(st *status.Status) *structpb.Struct {
+	sum := sha256.Sum256([]byte(st.Message()))
+	f := map[string]*structpb.Value{
+		"phase":               structpb.NewStringValue(PhaseStage3),
+		"code":                structpb.NewStringValue(code.Code(st.Code()).String()),
+		"message_fingerprint": structpb.NewStringValue(hashPrefix + hex.EncodeToString(sum[:8])),
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rpcerr.Domain {
+			f["reason"] = structpb.NewStringValue(info.GetReason())
+			if c, ok := info.GetMetadata()["stage3_code"]; ok {
+				f["stage3_code"] = structpb.NewStringValue(c)
+			}
+		}
 	}
 	return &structpb.Struct{Fields: f}
 }

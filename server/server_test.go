@@ -558,3 +558,30 @@ func TestExecutePlanValidatesAReplacedRequest(t *testing.T) {
 	requireStatus(t, err, codes.InvalidArgument, "PLAN_INVALID")
 	require.Zero(t, h.stage3.Calls())
 }
+
+// TestAuditLogHoldsNoSecrets: neither the token nor any parameter value
+// reaches the audit log, not even through Stage-3's error message, which
+// quotes the missing key here.
+func TestAuditLogHoldsNoSecrets(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	plan := &stage4v1.Plan{
+		UserId: "alice", TokenHash: "alice-token", TriggerType: "manual",
+		Steps: []*stage4v1.Step{
+			{Domain: "text", Method: "upper", Parameters: mustStruct(map[string]any{"text": "secret-text-value"})},
+			{Domain: "json", Method: "get", Parameters: mustStruct(map[string]any{
+				"object": map[string]any{"a": "secret-object-value"}, "key": "secret-missing-key",
+			})},
+		},
+	}
+	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: plan})
+	requireStatus(t, err, codes.InvalidArgument, "STAGE3_REJECTED")
+	require.Contains(t, status.Convert(err).Message(), "secret-missing-key", "the caller does get Stage-3's message")
+
+	raw, err := os.ReadFile(h.logPath)
+	require.NoError(t, err)
+	require.Contains(t, string(raw), "EXECUTION_FAILED")
+	for _, secret := range []string{"alice-token", "secret-text-value", "secret-object-value", "secret-missing-key"} {
+		require.NotContains(t, string(raw), secret)
+	}
+}
