@@ -72,9 +72,23 @@ type Service struct {
 
 	mu       sync.Mutex
 	fault    Fault
-	requests []*stage3v1.ExecuteMultiDomainPlanRequest
-	trail    []TrailEntry
+	calls    int
+	requests []*stage3v1.ExecuteMultiDomainPlanRequest // the last maxRecorded
+	trail    []TrailEntry                              // the last maxRecorded
 	waiters  []waiter
+}
+
+// maxRecorded bounds the requests and trail entries a Service keeps, so that
+// a long-running reference Stage-3 (`stage4 dev`, a load run) does not grow
+// without end; tests send far fewer.
+const maxRecorded = 10000
+
+// keepLast drops all but the last maxRecorded elements.
+func keepLast[T any](s []T) []T {
+	if len(s) > maxRecorded {
+		return s[len(s)-maxRecorded:]
+	}
+	return s
 }
 
 var _ stage3v1.Stage3ServiceServer = (*Service)(nil)
@@ -102,8 +116,8 @@ func (s *Service) SetFault(f Fault) {
 	s.fault = f
 }
 
-// Requests returns copies of every request received, in arrival order, so
-// tests can assert exactly-once and verbatim forwarding.
+// Requests returns copies of the requests received (the last 10000), in
+// arrival order, so tests can assert exactly-once and verbatim forwarding.
 func (s *Service) Requests() []*stage3v1.ExecuteMultiDomainPlanRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -118,10 +132,11 @@ func (s *Service) Requests() []*stage3v1.ExecuteMultiDomainPlanRequest {
 func (s *Service) Calls() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.requests)
+	return s.calls
 }
 
-// Trail returns Stage-3's own audit trail: one entry per finished call.
+// Trail returns Stage-3's own audit trail: one entry per finished call (the
+// last 10000).
 func (s *Service) Trail() []TrailEntry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -135,7 +150,7 @@ func (s *Service) Received(n int) <-chan struct{} {
 	ch := make(chan struct{})
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.requests) >= n {
+	if s.calls >= n {
 		close(ch)
 		return ch
 	}
@@ -150,13 +165,13 @@ func (s *Service) ExecuteMultiDomainPlan(ctx context.Context, req *stage3v1.Exec
 	id, fault := s.record(req)
 	resp, err := s.execute(ctx, id, req, fault)
 	s.mu.Lock()
-	s.trail = append(s.trail, TrailEntry{
+	s.trail = keepLast(append(s.trail, TrailEntry{
 		Time:        time.Now().UTC(),
 		ExecutionID: id,
 		UserID:      req.GetUserId(),
 		Steps:       len(req.GetSteps()),
 		Code:        status.Code(err),
-	})
+	}))
 	s.mu.Unlock()
 	return resp, err
 }
@@ -165,17 +180,18 @@ func (s *Service) record(req *stage3v1.ExecuteMultiDomainPlanRequest) (string, F
 	clone := proto.CloneOf(req)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests = append(s.requests, clone)
+	s.calls++
+	s.requests = keepLast(append(s.requests, clone))
 	waiting := s.waiters[:0]
 	for _, w := range s.waiters {
-		if len(s.requests) >= w.n {
+		if s.calls >= w.n {
 			close(w.ch)
 		} else {
 			waiting = append(waiting, w)
 		}
 	}
 	s.waiters = waiting
-	return fmt.Sprintf("s3-%d", len(s.requests)), s.fault
+	return fmt.Sprintf("s3-%d", s.calls), s.fault
 }
 
 func (s *Service) execute(ctx context.Context, id string, req *stage3v1.ExecuteMultiDomainPlanRequest, fault Fault) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {

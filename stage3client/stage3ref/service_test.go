@@ -354,3 +354,23 @@ func TestRequestsAreCopies(t *testing.T) {
 	svc.Requests()[0].UserId = "changed"
 	require.Equal(t, "alice", svc.Requests()[0].GetUserId())
 }
+
+// TestRecordingIsBounded: a long-running reference Stage-3 keeps only the
+// last 10000 requests and trail entries, but counts every call.
+func TestRecordingIsBounded(t *testing.T) {
+	t.Parallel()
+	s := stage3ref.NewService()
+	const limit = 10000 // Requests and Trail keep the last 10000
+	req := &stage3v1.ExecuteMultiDomainPlanRequest{UserId: "alice", TokenHash: "alice-token", TriggerType: "manual"}
+	const extra = 5
+	for range limit + extra {
+		_, err := s.ExecuteMultiDomainPlan(context.Background(), req)
+		require.NoError(t, err)
+	}
+	require.Equal(t, limit+extra, s.Calls())
+	require.Len(t, s.Requests(), limit)
+	trail := s.Trail()
+	require.Len(t, trail, limit)
+	require.Equal(t, fmt.Sprintf("s3-%d", limit+extra), trail[len(trail)-1].ExecutionID)
+	require.Equal(t, fmt.Sprintf("s3-%d", extra+1), trail[0].ExecutionID)
+}
