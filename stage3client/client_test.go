@@ -3,6 +3,7 @@ package stage3client_test
 import (
 	"context"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -376,7 +377,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "insecure with a server name", cfg: stage3client.Config{Target: "x:1", Insecure: true, ServerName: "a"}, wantErr: "TLS settings given for an insecure connection"},
 		{name: "certificate without key", cfg: stage3client.Config{Target: "x:1", CertFile: pki.clientCert}, wantErr: "both a certificate and a key"},
 		{name: "key without certificate", cfg: stage3client.Config{Target: "x:1", KeyFile: pki.clientKey}, wantErr: "both a certificate and a key"},
-		{name: "missing CA file", cfg: stage3client.Config{Target: "x:1", CAFile: pki.dir + "/nope.pem"}, wantErr: "read stage3 CA file"},
+		{name: "missing CA file", cfg: stage3client.Config{Target: "x:1", CAFile: filepath.Join(t.TempDir(), "nope.pem")}, wantErr: "read stage3 CA file"},
 		{name: "CA file without PEM", cfg: stage3client.Config{Target: "x:1", CAFile: pki.notPEM}, wantErr: "holds no PEM certificate"},
 		{name: "key does not match certificate", cfg: stage3client.Config{Target: "x:1", CertFile: pki.clientCert, KeyFile: pki.serverKey}, wantErr: "load stage3 client certificate"},
 		{name: "unparsable target", cfg: stage3client.Config{Target: "%zz", Insecure: true}, wantErr: "create stage3 client"},

@@ -1,18 +1,11 @@
 package stage3client_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -23,6 +16,7 @@ import (
 	"github.com/stage4/stage4/server/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
+	"github.com/stage4/stage4/stage3client/testpki"
 )
 
 // serverName is the only name in the server certificate: no IP SAN, so a
@@ -30,9 +24,8 @@ import (
 const serverName = "stage3.test"
 
 // pki is a throwaway certificate authority with server and client
-// certificates, written as PEM files in a temporary directory.
+// certificates, written as PEM files.
 type pki struct {
-	dir                   string
 	ca                    *x509.CertPool
 	caFile, otherCAFile   string
 	serverCert, serverKey string
@@ -42,65 +35,13 @@ type pki struct {
 
 func newPKI(t *testing.T) *pki {
 	t.Helper()
-	p := &pki{dir: t.TempDir()}
-	caCert, caKey := newCA(t)
-	p.ca = x509.NewCertPool()
-	p.ca.AddCert(caCert)
-	p.caFile = writePEM(t, p.dir, "ca.pem", "CERTIFICATE", caCert.Raw)
-	otherCA, _ := newCA(t)
-	p.otherCAFile = writePEM(t, p.dir, "other-ca.pem", "CERTIFICATE", otherCA.Raw)
-	p.serverCert, p.serverKey = newLeaf(t, p.dir, "server", caCert, caKey, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = newLeaf(t, p.dir, "client", caCert, caKey, x509.ExtKeyUsageClientAuth)
-	p.notPEM = filepath.Join(p.dir, "not.pem")
+	ca := testpki.NewCA(t, "stage3 test CA")
+	p := &pki{ca: ca.Pool, caFile: ca.File, otherCAFile: testpki.NewCA(t, "other CA").File}
+	p.serverCert, p.serverKey = ca.Issue(t, "server", x509.ExtKeyUsageServerAuth, serverName)
+	p.clientCert, p.clientKey = ca.Issue(t, "client", x509.ExtKeyUsageClientAuth)
+	p.notPEM = filepath.Join(t.TempDir(), "not.pem")
 	require.NoError(t, os.WriteFile(p.notPEM, []byte("not a certificate\n"), 0o600))
 	return p
-}
-
-func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "stage3 test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	return cert, key
-}
-
-func newLeaf(t *testing.T, dir, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{serverName},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	require.NoError(t, err)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	return writePEM(t, dir, name+".pem", "CERTIFICATE", der), writePEM(t, dir, name+"-key.pem", "PRIVATE KEY", keyDER)
-}
-
-func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-	return path
 }
 
 // startTLS serves a reference Stage-3 over loopback TCP with TLS, requiring
