@@ -10,7 +10,6 @@ import (
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
@@ -52,7 +51,7 @@ func New(stage3 Executor, log AuditLister) *Server {
 func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
 	exec, ok := audit.ExecutionFromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "execution was not audited; refusing to call Stage-3")
+		return nil, rpcerr.New(codes.Internal, rpcerr.Internal, "execution was not audited; refusing to call Stage-3", nil)
 	}
 	// The audit interceptor validated this request before it recorded
 	// EXECUTION_STARTED (cmd/stage4 wires it with Validate). Anything else,
