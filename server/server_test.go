@@ -523,7 +523,7 @@ func TestExecutePlanRefusesWithoutAudit(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{noAudit: true})
 	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: runnablePlan("x")})
-	require.Equal(t, codes.Internal, status.Code(err))
+	requireStatus(t, err, codes.Internal, "INTERNAL")
 	require.Zero(t, h.stage3.Calls())
 }
 
