@@ -264,11 +264,7 @@ func (c *planChecker) checkBindings(plan *stage4v1.Plan) {
 // walkStruct checks an object at depth and everything in it, keys in sorted
 // order so that the violations come in the same order on every run.
 func (c *planChecker) walkStruct(s *structpb.Struct, depth int) {
-	if hasUnknown(s) {
-		c.unknown.add(c.parametersPath(), ruleUnknownFields, "object at %s has unknown fields", c.at)
-	}
-	if depth > maxParameterDepth {
-		c.params.add(c.parametersPath(), ruleDepth, "object at %s is nested deeper than %d", c.at, maxParameterDepth)
+	if !c.enter("object", s, depth) {
 		return
 	}
 	start := len(c.entries)
@@ -287,12 +283,21 @@ func (c *planChecker) walkStruct(s *structpb.Struct, depth int) {
 	c.entries = c.entries[:start]
 }
 
-func (c *planChecker) walkList(l *structpb.ListValue, depth int) {
-	if hasUnknown(l) {
-		c.unknown.add(c.parametersPath(), ruleUnknownFields, "list at %s has unknown fields", c.at)
+// enter checks a container (kind "object" or "list") at c.at for unknown
+// fields and depth, and reports whether its contents are to be walked.
+func (c *planChecker) enter(kind string, m proto.Message, depth int) bool {
+	if hasUnknown(m) {
+		c.unknown.add(c.parametersPath(), ruleUnknownFields, "%s at %s has unknown fields", kind, c.at)
 	}
 	if depth > maxParameterDepth {
-		c.params.add(c.parametersPath(), ruleDepth, "list at %s is nested deeper than %d", c.at, maxParameterDepth)
+		c.params.add(c.parametersPath(), ruleDepth, "%s at %s is nested deeper than %d", kind, c.at, maxParameterDepth)
+		return false
+	}
+	return true
+}
+
+func (c *planChecker) walkList(l *structpb.ListValue, depth int) {
+	if !c.enter("list", l, depth) {
 		return
 	}
 	for i, v := range l.GetValues() {

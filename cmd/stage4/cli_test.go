@@ -22,11 +22,7 @@ const validPlanJSON = `{"user_id":"alice","token_hash":"alice-token","trigger_ty
 func TestValidateCommand(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
-		return p
-	}
+	write := func(name, content string) string { return writeFile(t, dir, name, content) }
 	tests := []struct {
 		name       string
 		args       []string
@@ -162,11 +158,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 	lines := strings.SplitAfter(string(good), "\n") // 3 records and a final ""
 	require.Len(t, lines, 4)
 
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
-		return p
-	}
+	write := func(name, content string) string { return writeFile(t, dir, name, content) }
 	tests := []struct {
 		name       string
 		args       []string
@@ -230,4 +222,12 @@ func writeAuditLog(t *testing.T, path string, n int) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, log.Close())
+}
+
+// writeFile writes content to dir/name and returns the path.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+	return p
 }
