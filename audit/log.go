@@ -33,9 +33,6 @@ type File interface {
 	Close() error
 }
 
-// ErrClosed is returned by Append after Close.
-var ErrClosed = errors.New("audit log closed")
-
 // Recovery is what Open repaired after an unclean stop.
 type Recovery struct {
 	// TruncatedBytes is the length of the incomplete last line that was cut
