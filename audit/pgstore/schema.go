@@ -1,0 +1,145 @@
+package pgstore
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stage4/stage4/audit"
+)
+
+// migrationLockKey is the transaction-level advisory lock that serialises
+// schema migrations: replicas that start together on an empty database
+// take turns, and all but the first find the schema in place. CREATE …
+// IF NOT EXISTS alone is not enough: two sessions creating one table at
+// once can both pass the check and one fails on the catalog's unique index.
+const migrationLockKey int64 = 0x5354_4734_4155_4431 // "STG4AUD1"
+
+// logIDLen is the length of the random id of a log, made with its schema;
+// page tokens carry it so that another database's tokens are refused.
+const logIDLen = 8
+
+// migrations are applied in order; migrations[i] brings the schema to
+// version i+1. Released versions are never edited, only appended to.
+var migrations = []string{
+	// Version 1. docs/AUDIT_LOG_POSTGRES.md describes every table.
+	`
+CREATE TABLE audit_records (
+	sequence     bigint PRIMARY KEY CHECK (sequence > 0),
+	time         timestamptz NOT NULL,
+	type         text NOT NULL,
+	execution_id text NOT NULL,
+	plan_id      text NOT NULL,
+	user_id      text NOT NULL,
+	hash         bytea NOT NULL CHECK (length(hash) = 32),
+	record       bytea NOT NULL
+);
+-- (column, sequence) serves WHERE column = $1 AND sequence >= $2 ORDER BY
+-- sequence: one execution is an index range scan however long the log.
+CREATE INDEX audit_records_execution_id ON audit_records (execution_id, sequence);
+CREATE INDEX audit_records_plan_id ON audit_records (plan_id, sequence);
+CREATE INDEX audit_records_user_id ON audit_records (user_id, sequence);
+CREATE INDEX audit_records_type ON audit_records (type, sequence);
+
+CREATE TABLE audit_head (
+	id       smallint PRIMARY KEY CHECK (id = 1),
+	sequence bigint NOT NULL CHECK (sequence >= 0),
+	hash     bytea NOT NULL CHECK (length(hash) = 32)
+);
+INSERT INTO audit_head (id, sequence, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+
+CREATE TABLE audit_open (
+	execution_id   text PRIMARY KEY,
+	sequence       bigint NOT NULL,
+	plan_id        text NOT NULL,
+	user_id        text NOT NULL,
+	last_type      text NOT NULL,
+	owner_name     text NOT NULL,
+	owner_instance text NOT NULL,
+	open_until     timestamptz,
+	claimed_by     text,
+	claimed_at     timestamptz
+);
+
+CREATE TABLE audit_replicas (
+	instance_id text PRIMARY KEY,
+	name        text NOT NULL,
+	started_at  timestamptz NOT NULL,
+	last_seen   timestamptz NOT NULL
+);
+
+CREATE TABLE audit_meta (
+	id     smallint PRIMARY KEY CHECK (id = 1),
+	log_id bytea NOT NULL
+);
+`,
+}
+
+// SchemaVersion is the schema version this package creates and uses.
+var SchemaVersion = len(migrations)
+
+// migrate brings the database's schema to SchemaVersion in one
+// transaction under migrationLockKey and returns the log's id. A database
+// whose schema is newer than this binary's is refused: an older binary
+// must not write to a layout it does not know.
+func migrate(ctx context.Context, pool *pgxpool.Pool) ([logIDLen]byte, error) {
+	var logID [logIDLen]byte
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
+		return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS audit_schema_version (
+		version    integer PRIMARY KEY,
+		applied_at timestamptz NOT NULL DEFAULT now()
+	)`); err != nil {
+		return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+	}
+	var current int
+	if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM audit_schema_version").Scan(&current); err != nil {
+		return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+	}
+	if current > len(migrations) {
+		return logID, fmt.Errorf("migrate schema: the database has audit schema version %d, newer than this binary's %d", current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
+			return logID, fmt.Errorf("migrate schema to version %d: %w", v, dbErrorNoReset(err))
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO audit_schema_version (version) VALUES ($1)", v); err != nil {
+			return logID, fmt.Errorf("migrate schema to version %d: %w", v, dbErrorNoReset(err))
+		}
+	}
+	if current == 0 {
+		_, _ = rand.Read(logID[:]) // never fails (crypto/rand documents it)
+		if _, err := tx.Exec(ctx, "INSERT INTO audit_meta (id, log_id) VALUES (1, $1)", logID[:]); err != nil {
+			return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+		}
+	} else {
+		var b []byte
+		if err := tx.QueryRow(ctx, "SELECT log_id FROM audit_meta WHERE id = 1").Scan(&b); err != nil {
+			return logID, fmt.Errorf("read log id: %w", dbErrorNoReset(err))
+		}
+		if len(b) != logIDLen {
+			return logID, fmt.Errorf("read log id: audit_meta.log_id has %d bytes, want %d", len(b), logIDLen)
+		}
+		copy(logID[:], b)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
+	}
+	return logID, nil
+}
+
+// dbErrorNoReset is Store.dbError for code that runs before a Store exists.
+func dbErrorNoReset(err error) error {
+	if err == nil || !isUnavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", audit.ErrUnavailable, err)
+}
