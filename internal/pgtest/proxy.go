@@ -154,6 +154,9 @@ func (p *Proxy) handle(client net.Conn) {
 		for {
 			typ, msg, err := readTyped(server)
 			if err != nil {
+				// The server hung up (after a cancel request, say): so
+				// does the proxy, or the client would wait for it.
+				client.Close()
 				return
 			}
 			if drain.Load() {
