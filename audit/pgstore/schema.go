@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,7 +24,7 @@ const logIDLen = 8
 
 // migrations are applied in order; migrations[i] brings the schema to
 // version i+1. Released versions are never edited, only appended to.
-var migrations = []string{
+var migrations = [...]string{
 	// Version 1. docs/AUDIT_LOG_POSTGRES.md describes every table.
 	`
 CREATE TABLE audit_records (
@@ -78,7 +79,7 @@ CREATE TABLE audit_meta (
 }
 
 // SchemaVersion is the schema version this package creates and uses.
-var SchemaVersion = len(migrations)
+const SchemaVersion = len(migrations)
 
 // migrate brings the database's schema to SchemaVersion in one
 // transaction under migrationLockKey and returns the log's id. A database
@@ -138,7 +139,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) ([logIDLen]byte, error) {
 
 // dbErrorNoReset is Store.dbError for code that runs before a Store exists.
 func dbErrorNoReset(err error) error {
-	if err == nil || !isUnavailable(err) {
+	if err == nil || !isUnavailable(err) || errors.Is(err, context.Canceled) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", audit.ErrUnavailable, err)

@@ -208,7 +208,8 @@ func (s *Store) dbError(err error) error {
 	if err == nil {
 		return nil
 	}
-	if !isUnavailable(err) {
+	// A caller that went away says nothing about the database.
+	if !isUnavailable(err) || errors.Is(err, context.Canceled) {
 		return err
 	}
 	var pgErr *pgconn.PgError
