@@ -1,0 +1,44 @@
+package audit
+
+import (
+	"fmt"
+	"time"
+
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// RenderRecords renders events as the records that follow head, all with
+// time t: sequences head.Sequence+1, +2, ..., each chained to the one
+// before. The events' own sequence, time and hash members are ignored.
+// Stores and their tests use it to make records exactly as a Log would;
+// OpenUntil is left zero.
+func RenderRecords(head Head, t time.Time, events []*stage4v1.AuditEvent) ([]Record, error) {
+	recs := make([]Record, len(events))
+	var buf []byte
+	for i, ev := range events {
+		fields, err := encodeFields(nil, ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode audit event: %w", err)
+		}
+		start := len(buf)
+		seq := head.Sequence + 1
+		buf, head.Hash = appendRecord(buf, seq, t, fields, &head.Hash)
+		head.Sequence = seq
+		recs[i] = newRecord(buf[start:len(buf)-1], head, t, ev)
+	}
+	return recs, nil
+}
+
+// newRecord describes the rendered line of ev, which is now the head.
+func newRecord(line []byte, head Head, t time.Time, ev *stage4v1.AuditEvent) Record {
+	return Record{
+		Line:        line,
+		Sequence:    head.Sequence,
+		Hash:        head.Hash,
+		Time:        t,
+		Type:        ev.GetType(),
+		ExecutionID: ev.GetExecutionId(),
+		PlanID:      ev.GetPlanId(),
+		UserID:      ev.GetUserId(),
+	}
+}
