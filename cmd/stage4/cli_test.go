@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -211,7 +212,9 @@ func TestAuditVerifyCommand(t *testing.T) {
 // writeAuditLog writes a real audit log of n events with the audit package.
 func writeAuditLog(t *testing.T, path string, n int) {
 	t.Helper()
-	log, err := audit.Open(path)
+	store, err := filestore.Open(path)
+	require.NoError(t, err)
+	log, err := audit.New(store)
 	require.NoError(t, err)
 	for i := range n {
 		_, err := log.Append(t.Context(), &stage4v1.AuditEvent{

@@ -23,9 +23,9 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// gateway is a running "stage4 serve" in front of a running
+// stage4Process is a running "stage4 serve" in front of a running
 // "stage4 reference-stage3", both children of the test.
-type gateway struct {
+type stage4Process struct {
 	stage3      *proc
 	stage4      *proc
 	addr        string
@@ -39,7 +39,7 @@ type gateway struct {
 // (serve) with serveArgs in front of it, on free loopback ports, and
 // connects a client. The audit log path reaches serve through
 // STAGE4_AUDIT_LOG, exercising the environment fallback of its flags.
-func startGateway(t *testing.T, stage3Args, serveArgs []string) *gateway {
+func startGateway(t *testing.T, stage3Args, serveArgs []string) *stage4Process {
 	t.Helper()
 	s3 := start(t, nil, append([]string{"reference-stage3", "--listen", "127.0.0.1:0"}, stage3Args...)...)
 	s3Addr, _ := s3.servingAddr(t)
@@ -55,7 +55,7 @@ func startGateway(t *testing.T, stage3Args, serveArgs []string) *gateway {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	return &gateway{
+	return &stage4Process{
 		stage3: s3, stage4: s4, addr: addr, metricsAddr: metricsAddr, auditLog: auditLog,
 		client: stage4v1.NewStage4ServiceClient(conn), conn: conn,
 	}

@@ -17,6 +17,8 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/stage4/stage4/internal/gateway"
 )
 
 // Exit statuses shared by every command; users' scripts depend on them.
@@ -81,6 +83,9 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitOK
 	}
 	code := exitFailure
+	if errors.Is(err, gateway.ErrConfig) {
+		code = exitUsage
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code

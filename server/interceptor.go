@@ -1,4 +1,4 @@
-package audit
+package server
 
 import (
 	"context"
@@ -19,29 +19,15 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 )
 
 // HeaderExecutionID is the response header that carries the execution id of
 // an ExecutePlan call. It is sent before anything else, so a caller has it
 // also when the call fails.
 const HeaderExecutionID = "x-stage4-execution-id"
-
-// Phases of an EXECUTION_FAILED event, in details.phase.
-const (
-	// PhaseValidation: the plan was invalid; Stage-3 was not called.
-	PhaseValidation = "validation"
-	// PhaseStage3: the handler, that is Stage-3 or the way to it, returned
-	// an error.
-	PhaseStage3 = "stage3"
-	// PhaseInternal: the validator or the handler panicked.
-	PhaseInternal = "internal"
-	// PhaseInterrupted: Stage-4 stopped before the execution ended; written
-	// by Open at the next start. After EXECUTION_STARTED the plan may have
-	// run.
-	PhaseInterrupted = "interrupted"
-)
 
 // Bounds on what a request can put into one PLAN_RECEIVED event; they are
 // the validation limits, so a valid plan is recorded whole.
@@ -54,14 +40,14 @@ const (
 	maxMessageChars      = 1024
 )
 
-// Execution identifies the ExecutePlan call whose PLAN_RECEIVED and
+// execution identifies the ExecutePlan call whose PLAN_RECEIVED and
 // EXECUTION_STARTED events are durable.
-type Execution struct {
+type execution struct {
 	// ID is the execution_id of the call's events and response.
 	ID string
-	// PlanID is the plan's plan_id, as WithPlanID computed it.
+	// PlanID is the plan's plan_id, as the interceptor's PlanIDFunc computed it.
 	PlanID string
-	// Validated is the request that WithValidator accepted. A handler that
+	// Validated is the request that the interceptor's ValidateFunc accepted. A handler that
 	// receives this very request need not validate it again; any other
 	// request (a middle interceptor replaced it) must be validated.
 	Validated *stage4v1.ExecutePlanRequest
@@ -69,27 +55,29 @@ type Execution struct {
 
 type executionKey struct{}
 
-// ExecutionFromContext returns the execution that the interceptor put into
+// executionFromContext returns the execution that the interceptor put into
 // the handler's context. The handler must refuse to call Stage-3 without
 // one: its absence means the call was not audited.
-func ExecutionFromContext(ctx context.Context) (Execution, bool) {
-	e, ok := ctx.Value(executionKey{}).(Execution)
+func executionFromContext(ctx context.Context) (execution, bool) {
+	e, ok := ctx.Value(executionKey{}).(execution)
 	return e, ok
 }
 
-// UnaryServerInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
-// then validation, EXECUTION_STARTED (durable before the handler runs) and
-// exactly one terminal event. Every other method passes through untouched.
-// It panics unless log, WithValidator and WithPlanID are given, so that a
-// misconfigured server cannot start.
-func UnaryServerInterceptor(log *Log, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
-	var c interceptorConfig
-	for _, o := range opts {
-		o(&c)
-	}
-	if log == nil || c.validate == nil || c.planID == nil {
-		panic("audit: UnaryServerInterceptor needs a log, WithValidator and WithPlanID")
-	}
+// ValidateFunc is the single validation entry point of ExecutePlan: nil for
+// a valid request, or the status error to return to the caller.
+type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
+
+// PlanIDFunc computes a plan's plan_id. It is called on every received
+// plan, valid or not, so it must accept any non-nil plan.
+type PlanIDFunc func(*stage4v1.Plan) string
+
+// AuditInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
+// then validation with validate, EXECUTION_STARTED (durable before the
+// handler runs) and exactly one terminal event. Every other method passes
+// through untouched. It is the execution lifecycle at the gRPC edge: the
+// log's errors become status codes here.
+func AuditInterceptor(log *audit.Log, validate ValidateFunc, planID PlanIDFunc) grpc.UnaryServerInterceptor {
+	c := &interceptorConfig{validate: validate, planID: planID}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if info.FullMethod != stage4v1.Stage4Service_ExecutePlan_FullMethodName {
 			return handler(ctx, req)
@@ -98,7 +86,12 @@ func UnaryServerInterceptor(log *Log, opts ...InterceptorOption) grpc.UnaryServe
 	}
 }
 
-func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, handler grpc.UnaryHandler) (any, error) {
+type interceptorConfig struct {
+	validate ValidateFunc
+	planID   PlanIDFunc
+}
+
+func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any, handler grpc.UnaryHandler) (any, error) {
 	var b [16]byte
 	rand.Read(b[:]) // never fails since Go 1.24
 	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
@@ -131,13 +124,13 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	defer func() {
 		if !ended {
 			_ = ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-				failedDetails(PhaseInternal, codes.Internal, "panic while handling the execution"))
+				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
 		}
 	}()
 	if err := c.validate(r); err != nil {
 		ended = true
 		st := status.Convert(err)
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(PhaseValidation, st.Code(), st.Message())) != nil {
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(audit.PhaseValidation, st.Code(), st.Message())) != nil {
 			return nil, ex.unavailable()
 		}
 		return nil, err
@@ -150,7 +143,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 	}
 
 	began := time.Now()
-	resp, err := handler(context.WithValue(ctx, executionKey{}, Execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}), req)
+	resp, err := handler(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}), req)
 	latency := time.Since(began)
 	ended = true
 	if err != nil {
@@ -173,7 +166,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *Log, req any, hand
 // recorder appends the events of one execution. Its context is not
 // cancelled with the call: a caller that goes away must not stop the audit.
 type recorder struct {
-	log *Log
+	log *audit.Log
 	ctx context.Context
 	ev  stage4v1.AuditEvent // execution_id, plan_id and user_id of every event
 }
@@ -228,7 +221,7 @@ func receivedDetails(ctx context.Context, plan *stage4v1.Plan, bd *bounder) *str
 		f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
 		if t := plan.GetTokenHash(); t != "" {
 			sum := sha256.Sum256([]byte(t))
-			f["token_fingerprint"] = structpb.NewStringValue(hashPrefix + hex.EncodeToString(sum[:8]))
+			f["token_fingerprint"] = structpb.NewStringValue("sha256:" + hex.EncodeToString(sum[:8]))
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok {
@@ -281,9 +274,9 @@ func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
 func stage3FailedDetails(st *status.Status) *structpb.Struct {
 	sum := sha256.Sum256([]byte(st.Message()))
 	f := map[string]*structpb.Value{
-		"phase":               structpb.NewStringValue(PhaseStage3),
+		"phase":               structpb.NewStringValue(audit.PhaseStage3),
 		"code":                structpb.NewStringValue(code.Code(st.Code()).String()),
-		"message_fingerprint": structpb.NewStringValue(hashPrefix + hex.EncodeToString(sum[:8])),
+		"message_fingerprint": structpb.NewStringValue("sha256:" + hex.EncodeToString(sum[:8])),
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rpcerr.Domain {

@@ -1,4 +1,4 @@
-package audit_test
+package server
 
 import (
 	"context"
@@ -24,9 +24,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 )
 
 // fakeStage4 stands in for the server: like the real one, it refuses to
@@ -39,7 +40,7 @@ type fakeStage4 struct {
 
 func (f *fakeStage4) ExecutePlan(ctx context.Context, _ *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
 	f.calls.Add(1)
-	ex, ok := audit.ExecutionFromContext(ctx)
+	ex, ok := executionFromContext(ctx)
 	if !ok {
 		return nil, status.Error(codes.Internal, "not audited")
 	}
@@ -79,7 +80,7 @@ func testPlanID(p *stage4v1.Plan) string {
 func startServer(t *testing.T, lg *audit.Log, fake *fakeStage4, outer ...grpc.UnaryServerInterceptor) stage4v1.Stage4ServiceClient {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	chain := append(outer, audit.UnaryServerInterceptor(lg, audit.WithValidator(testValidate), audit.WithPlanID(testPlanID)))
+	chain := append(outer, AuditInterceptor(lg, testValidate, testPlanID))
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	stage4v1.RegisterStage4ServiceServer(srv, fake)
 	go srv.Serve(lis)
@@ -112,7 +113,7 @@ func execute(t *testing.T, client stage4v1.Stage4ServiceClient, p *stage4v1.Plan
 	t.Helper()
 	var md metadata.MD
 	resp, err := client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: p}, grpc.Header(&md))
-	ids := md.Get(audit.HeaderExecutionID)
+	ids := md.Get(HeaderExecutionID)
 	require.Len(t, ids, 1, "the execution id header must be sent on success and failure")
 	require.Regexp(t, "^[0-9a-f]{32}$", ids[0])
 	return resp, ids[0], err
@@ -225,7 +226,7 @@ func TestInterceptorEventSequences(t *testing.T) {
 			require.NoError(t, err)
 			require.NotContains(t, string(raw), secretToken)
 			require.NotContains(t, string(raw), secretParam)
-			_, err = audit.VerifyFile(path)
+			_, err = filestore.Verify(path)
 			require.NoError(t, err)
 		})
 	}
@@ -259,7 +260,7 @@ func TestInterceptorLeavesOtherMethodsAlone(t *testing.T) {
 	var md metadata.MD
 	_, err := client.ValidatePlan(context.Background(), &stage4v1.ValidatePlanRequest{Plan: plan("alice")}, grpc.Header(&md))
 	require.NoError(t, err)
-	require.Empty(t, md.Get(audit.HeaderExecutionID))
+	require.Empty(t, md.Get(HeaderExecutionID))
 	_, err = client.ListAuditEvents(context.Background(), &stage4v1.ListAuditEventsRequest{})
 	require.NoError(t, err)
 	info, err := os.Stat(path)
@@ -292,7 +293,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := logPath(t)
-			lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File {
+			lg := openLog(t, path, filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 				if tt.op == "write" {
 					return &faultyFile{File: f, failRecordAt: tt.failAt}
 				}
@@ -327,10 +328,10 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 			// left a durable trace at all.
 			require.NoError(t, lg.Close())
 			lg2 := openLog(t, path)
-			if len(lg2.Recovery().Interrupted) > 0 {
-				require.Equal(t, []string{id}, lg2.Recovery().Interrupted)
+			if len(lg2.Recovered()) > 0 {
+				require.Equal(t, []string{id}, lg2.Recovered())
 			}
-			_, err = audit.VerifyFile(path)
+			_, err = filestore.Verify(path)
 			require.NoError(t, err)
 		})
 	}
@@ -352,11 +353,11 @@ func TestInterceptorConcurrentExecutions(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			ids[i] = md.Get(audit.HeaderExecutionID)[0]
+			ids[i] = md.Get(HeaderExecutionID)[0]
 		})
 	}
 	wg.Wait()
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3*n), res.Records)
 
@@ -425,28 +426,8 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 	require.Equal(t, p.GetUserId()[:128], events[1].GetUserId())
 }
 
-func TestInterceptorRequiresValidatorAndPlanID(t *testing.T) {
-	t.Parallel()
-	lg := openLog(t, logPath(t))
-	tests := []struct {
-		name string
-		log  *audit.Log
-		opts []audit.InterceptorOption
-	}{
-		{name: "no validator", log: lg, opts: []audit.InterceptorOption{audit.WithPlanID(testPlanID)}},
-		{name: "no plan id", log: lg, opts: []audit.InterceptorOption{audit.WithValidator(testValidate)}},
-		{name: "no log", opts: []audit.InterceptorOption{audit.WithPlanID(testPlanID), audit.WithValidator(testValidate)}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			require.Panics(t, func() { audit.UnaryServerInterceptor(tt.log, tt.opts...) })
-		})
-	}
-}
-
 func TestExecutionFromContextWithoutInterceptor(t *testing.T) {
 	t.Parallel()
-	_, ok := audit.ExecutionFromContext(context.Background())
+	_, ok := executionFromContext(context.Background())
 	require.False(t, ok)
 }
