@@ -18,8 +18,9 @@ const versionUsage = `Usage: stage4 version (or stage4 --version)
 
 Prints the module version, the VCS revision and commit time, whether the
 working tree had uncommitted changes, and the Go version, as recorded in the
-binary at build time. "go build" records the revision only in a git checkout
-(make build does; go run and -buildvcs=false do not).
+binary at build time. "go build" records the revision in a git clone (make
+build does); go run, -buildvcs=false and git worktrees, whose .git is a
+file that Go does not recognise, leave it out.
 `
 
 // newVersionFlags declares version's (empty) flag set, for -h.
@@ -71,7 +72,7 @@ func versionLine(info *debug.BuildInfo, fallbackRevision string) string {
 	case fallbackRevision != "":
 		rev.WriteString("revision " + fallbackRevision)
 	default:
-		rev.WriteString("revision unknown (built outside a git checkout or with -buildvcs=false)")
+		rev.WriteString("revision unknown (not stamped: go run, -buildvcs=false, or no git clone to read it from)")
 	}
 	return fmt.Sprintf("stage4 %s, %s, %s", version, rev.String(), goVersion)
 }

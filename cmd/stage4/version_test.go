@@ -54,11 +54,11 @@ func TestVersionLine(t *testing.T) {
 		{
 			name: "no revision at all",
 			info: unstamped,
-			want: "stage4 (devel), revision unknown (built outside a git checkout or with -buildvcs=false), go1.26.8",
+			want: "stage4 (devel), revision unknown (not stamped: go run, -buildvcs=false, or no git clone to read it from), go1.26.8",
 		},
 		{
 			name: "no build information",
-			want: "stage4 (unknown), revision unknown (built outside a git checkout or with -buildvcs=false), (unknown Go version)",
+			want: "stage4 (unknown), revision unknown (not stamped: go run, -buildvcs=false, or no git clone to read it from), (unknown Go version)",
 		},
 	}
 	for _, tt := range tests {
