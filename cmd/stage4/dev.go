@@ -21,7 +21,7 @@ Runs Stage-4 and the reference Stage-3 together on loopback, for trying
 Stage-4 out (make run). Stage-4 is the same server as "stage4 serve", in
 plaintext, talking to the in-process reference Stage-3. The audit log lives
 in the system temp folder by default and survives restarts: the chain simply
-continues. It prints the addresses, the audit-log path and a grpcurl command
+continues. It prints the addresses, the audit-log path and grpcurl commands
 to paste, then runs until SIGINT or SIGTERM. Logs go to stderr, as text.
 `
 

@@ -117,6 +117,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAudit(rest, stdout, stderr)
 	case "reference-stage3":
 		return runReferenceStage3(ctx, rest, stdout, stderr)
+	case "version", "--version", "-version":
+		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		return runHelp(rest, stdout)
 	default:
@@ -155,6 +157,7 @@ Usage:
   stage4 validate PLAN.json                      validate a plan offline
   stage4 audit verify FILE                       verify an audit log's hash chain
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
+  stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command
 
 Exit status: 0 success, 1 failure (invalid plan, damaged audit log, server

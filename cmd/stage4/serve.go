@@ -25,8 +25,10 @@ const serveUsage = `Usage: stage4 serve --stage3-addr HOST:PORT [flags]
 Runs the production Stage-4 gRPC server: stage4.v1.Stage4Service, gRPC
 health (grpc.health.v1) and server reflection. Plans go to the Stage-3 at
 --stage3-addr over TLS (or plaintext with --stage3-insecure); there is no
-fallback to the reference Stage-3. Logs go to stderr, one line per call
-start and finish, never with request payloads.
+fallback to the reference Stage-3. Logs go to stderr: one line per
+finished call that failed, and per successful call only at --log-level
+debug (the audit log and the metrics record every call), never with
+request payloads or error messages.
 
 Prometheus metrics are served at http://METRICS-LISTEN/metrics; an empty
 --metrics-listen turns them off.
