@@ -241,8 +241,8 @@ func TestDeploymentKit(t *testing.T) {
 	t.Parallel()
 	k := loadDeployKit(t)
 	c := k.container
-	listenPort := port(t, "--listen", k.cfg.gateway.listen)
-	metricsPort := port(t, "--metrics-listen", k.cfg.gateway.metricsListen)
+	listenPort := port(t, "--listen", k.cfg.gateway.Listen)
+	metricsPort := port(t, "--metrics-listen", k.cfg.gateway.MetricsListen)
 	podLabels := k.deployment.Template.Metadata.Labels
 	healthService := stage4v1.Stage4Service_ServiceDesc.ServiceName
 
@@ -268,7 +268,7 @@ func TestDeploymentKit(t *testing.T) {
 		}},
 		{"two replicas on the audit store from a Secret", func(t *testing.T) {
 			require.Equal(t, 2, k.deployment.Replicas)
-			require.Equal(t, defaultAuditLog, k.cfg.gateway.auditLog, "the store is not set by a literal")
+			require.Equal(t, defaultAuditLog, k.cfg.gateway.AuditLog, "the store is not set by a literal")
 			var found bool
 			for _, e := range c.Env {
 				if e.Name == envName("audit-log") {
@@ -333,7 +333,7 @@ func TestDeploymentKit(t *testing.T) {
 			require.Equal(t, podLabels["app.kubernetes.io/name"], keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"])
 		}},
 		{"the kubelet waits longer than preStop and --shutdown-grace", func(t *testing.T) {
-			wait := k.cfg.gateway.shutdownGrace
+			wait := k.cfg.gateway.ShutdownGrace
 			if s := c.Lifecycle.PreStop.Sleep; s != nil {
 				wait += time.Duration(s.Seconds) * time.Second
 			}
@@ -463,7 +463,7 @@ func TestDockerfile(t *testing.T) {
 	}
 	// The image's serve must listen where it says it does, and not on
 	// loopback, which nothing outside the container reaches.
-	want := []int{port(t, "--listen", cfg.gateway.listen), port(t, "--metrics-listen", cfg.gateway.metricsListen)}
+	want := []int{port(t, "--listen", cfg.gateway.Listen), port(t, "--metrics-listen", cfg.gateway.MetricsListen)}
 	slices.Sort(want)
 	slices.Sort(exposed)
 	require.Equal(t, want, exposed, "EXPOSE")
