@@ -51,6 +51,9 @@ func (f *faultyFile) Sync() error {
 	return f.File.Sync()
 }
 
+// testFingerprinter keys the ids of every test server.
+var testFingerprinter = NewFingerprinter([]byte("test fingerprint key"))
+
 func logPath(t *testing.T) string {
 	t.Helper()
 	return filepath.Join(t.TempDir(), "audit.jsonl")

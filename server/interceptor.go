@@ -3,12 +3,12 @@ package server
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"math"
 	"strings"
 	"time"
 
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -34,9 +34,7 @@ const HeaderExecutionID = "x-stage4-execution-id"
 const (
 	maxUserIDChars       = 128
 	maxIdentifierChars   = 64
-	maxPlanIDChars       = 80
 	maxPeerIdentityChars = 256
-	maxRecordedSteps     = 256
 	maxMessageChars      = 1024
 )
 
@@ -64,20 +62,23 @@ func executionFromContext(ctx context.Context) (execution, bool) {
 }
 
 // ValidateFunc is the single validation entry point of ExecutePlan: nil for
-// a valid request, or the status error to return to the caller.
+// a valid request, or the status error to return to the caller. It must
+// have no side effects: the interceptor runs it before PLAN_RECEIVED is
+// written, so that how much of a plan the log describes depends on
+// whether the plan is valid.
 type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
 
-// PlanIDFunc computes a plan's plan_id. It is called on every received
-// plan, valid or not, so it must accept any non-nil plan.
-type PlanIDFunc func(*stage4v1.Plan) string
-
 // AuditInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
-// then validation with validate, EXECUTION_STARTED (durable before the
-// handler runs) and exactly one terminal event. Every other method passes
-// through untouched. It is the execution lifecycle at the gRPC edge: the
-// log's errors become status codes here.
-func AuditInterceptor(log *audit.Log, validate ValidateFunc, planID PlanIDFunc) grpc.UnaryServerInterceptor {
-	c := &interceptorConfig{validate: validate, planID: planID}
+// the validation outcome (validate), EXECUTION_STARTED (durable before the
+// handler runs) and exactly one terminal event, with plan_id and
+// fingerprints from fp. Every other method passes through untouched. It is
+// the execution lifecycle at the gRPC edge: the log's errors become status
+// codes here.
+func AuditInterceptor(log *audit.Log, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
+	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background()}
+	for _, o := range opts {
+		o(c)
+	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if info.FullMethod != stage4v1.Stage4Service_ExecutePlan_FullMethodName {
 			return handler(ctx, req)
@@ -86,31 +87,55 @@ func AuditInterceptor(log *audit.Log, validate ValidateFunc, planID PlanIDFunc) 
 	}
 }
 
+// InterceptorOption configures AuditInterceptor.
+type InterceptorOption func(*interceptorConfig)
+
+// WithAbort makes running executions end when ctx is done: their handler's
+// context is cancelled, and a call whose plan had reached EXECUTION_STARTED
+// answers UNKNOWN with reason OUTCOME_UNKNOWN (never UNAVAILABLE, which
+// meshes retry) after its terminal event is written. The gateway cancels
+// ctx when the shutdown grace period runs out.
+func WithAbort(ctx context.Context) InterceptorOption {
+	return func(c *interceptorConfig) { c.abort = ctx }
+}
+
 type interceptorConfig struct {
 	validate ValidateFunc
-	planID   PlanIDFunc
+	fp       *Fingerprinter
+	abort    context.Context
 }
 
 func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any, handler grpc.UnaryHandler) (any, error) {
 	var b [16]byte
 	rand.Read(b[:]) // never fails since Go 1.24
 	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
-	if err := grpc.SetHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
+	// Sent now, not with the response: a caller whose connection dies while
+	// Stage-3 runs must already hold the id to look the execution up.
+	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
 		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
 	}
 	if log.Err() != nil {
 		return nil, ex.unavailable()
 	}
 	r, _ := req.(*stage4v1.ExecutePlanRequest)
+	// Validation first (it has no side effects): an invalid plan is
+	// described by counts and fingerprints only, so that hostile plans
+	// cannot make the log grow by more than a few KiB each. A panic is
+	// held until PLAN_RECEIVED is written, then re-raised below.
+	verr, panicked := safeValidate(c.validate, r)
+	valid := verr == nil && panicked == nil
 	var bd bounder
 	if plan := r.GetPlan(); plan != nil {
-		ex.ev.PlanId = bd.bound(c.planID(plan), maxPlanIDChars)
-		ex.ev.UserId = bd.bound(plan.GetUserId(), maxUserIDChars)
+		ex.ev.PlanId = c.fp.PlanID(plan)
+		ex.ev.UserId = plan.GetUserId()
+		if !valid && !isUserID(ex.ev.UserId) {
+			ex.ev.UserId = ""
+		}
 	}
-	details := receivedDetails(ctx, r.GetPlan(), &bd)
-	// Not fsynced on its own: EXECUTION_STARTED or the validation failure
-	// follows at once, and its fsync makes both durable. Stage-3 is called
-	// only after that fsync, so this saves one fsync per execution without
+	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
+	// Not durable on its own: EXECUTION_STARTED or the validation failure
+	// follows at once, and its commit makes both durable. Stage-3 is called
+	// only after that commit, so this saves one commit per execution without
 	// executing anything that is not durably recorded.
 	if log.AppendUnsynced(ex.ctx, ex.event(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details)) != nil {
 		return nil, ex.unavailable()
@@ -127,28 +152,41 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
 		}
 	}()
-	if err := c.validate(r); err != nil {
+	if panicked != nil {
+		panic(panicked)
+	}
+	if verr != nil {
 		ended = true
-		st := status.Convert(err)
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, failedDetails(audit.PhaseValidation, st.Code(), st.Message())) != nil {
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, validationFailedDetails(verr)) != nil {
 			return nil, ex.unavailable()
 		}
-		return nil, err
+		return nil, verr
 	}
 	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED, nil) != nil {
-		// The log has failed, so no terminal event can be written; the next
-		// start closes this execution as interrupted.
+		// The store cannot record now, so no terminal event can be written
+		// either; the execution is closed as interrupted later (at the
+		// next start, or by a replica once its deadline has passed).
 		ended = true
 		return nil, ex.unavailable()
 	}
 
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}))
+	stopAbort := context.AfterFunc(c.abort, cancel)
 	began := time.Now()
-	resp, err := handler(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}), req)
+	resp, err := handler(hctx, req)
 	latency := time.Since(began)
+	stopAbort()
+	cancel()
 	ended = true
 	if err != nil {
+		if c.abort.Err() != nil {
+			// Shut down mid-call: Stage-3 may have acted. The caller gets
+			// UNKNOWN, which meshes do not retry, and the log says the same.
+			err = rpcerr.New(codes.Unknown, rpcerr.OutcomeUnknown,
+				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
+		}
 		st := status.Convert(err)
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, stage3FailedDetails(st)) != nil {
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, c.stage3FailedDetails(st)) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
@@ -161,6 +199,46 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 		return nil, ex.outcomeUnknown()
 	}
 	return resp, nil
+}
+
+// safeValidate runs validate and returns its error, or the value it
+// panicked with.
+func safeValidate(validate ValidateFunc, r *stage4v1.ExecutePlanRequest) (err error, panicked any) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = p
+		}
+	}()
+	return validate(r), nil
+}
+
+// isUserID reports whether s is a valid user_id (the rule in stage4.proto),
+// which an invalid plan's events may then name verbatim.
+func isUserID(s string) bool {
+	if len(s) == 0 || len(s) > maxUserIDChars {
+		return false
+	}
+	for i, c := range []byte(s) {
+		alnum := c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || !strings.ContainsRune("._@:-", rune(c))) {
+			return false
+		}
+	}
+	return true
+}
+
+// isIdentifier reports whether s is a valid trigger_type, domain or method
+// (^[a-z][a-z0-9_]*$, at most 64 characters).
+func isIdentifier(s string) bool {
+	if len(s) == 0 || len(s) > maxIdentifierChars || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // recorder appends the events of one execution. Its context is not
@@ -203,25 +281,29 @@ func (r *recorder) outcomeUnknown() error {
 }
 
 // receivedDetails describes a plan by its shape only: never token_hash,
-// never a parameter value.
-func receivedDetails(ctx context.Context, plan *stage4v1.Plan, bd *bounder) *structpb.Struct {
+// never a parameter value. A valid plan's steps are listed by name; an
+// invalid plan gets counts only, and names only what passes its rule, so
+// that its event stays a few hundred bytes whatever the plan.
+func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.Plan, valid bool, bd *bounder) *structpb.Struct {
 	f := map[string]*structpb.Value{}
 	if plan != nil {
-		f["trigger_type"] = structpb.NewStringValue(bd.bound(plan.GetTriggerType(), maxIdentifierChars))
+		if t := plan.GetTriggerType(); valid || isIdentifier(t) {
+			f["trigger_type"] = structpb.NewStringValue(t)
+		}
 		f["step_count"] = structpb.NewNumberValue(float64(len(plan.GetSteps())))
 		f["binding_count"] = structpb.NewNumberValue(float64(len(plan.GetDataBindings())))
-		steps := plan.GetSteps()
-		if len(steps) > maxRecordedSteps {
-			steps, bd.truncated = steps[:maxRecordedSteps], true
+		if valid {
+			names := make([]*structpb.Value, len(plan.GetSteps()))
+			for i, s := range plan.GetSteps() {
+				names[i] = structpb.NewStringValue(s.GetDomain() + "." + s.GetMethod())
+			}
+			f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
 		}
-		names := make([]*structpb.Value, len(steps))
-		for i, s := range steps {
-			names[i] = structpb.NewStringValue(bd.bound(s.GetDomain(), maxIdentifierChars) + "." + bd.bound(s.GetMethod(), maxIdentifierChars))
-		}
-		f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
 		if t := plan.GetTokenHash(); t != "" {
-			sum := sha256.Sum256([]byte(t))
-			f["token_fingerprint"] = structpb.NewStringValue("sha256:" + hex.EncodeToString(sum[:8]))
+			f["token_fingerprint"] = structpb.NewStringValue(c.fp.Short(t))
+		}
+		if u := plan.GetUserId(); u != "" && !valid && !isUserID(u) {
+			f["user_id_fingerprint"] = structpb.NewStringValue(c.fp.Short(u))
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok {
@@ -265,18 +347,55 @@ func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
 	return &structpb.Struct{Fields: f}
 }
 
+// maxRecordedViolations is how many violations an EXECUTION_FAILED of
+// phase validation names; violation_count keeps the total.
+const maxRecordedViolations = 3
+
+// validationFailedDetails describes a rejected plan by its code, its
+// number of violations and the first few as field names and rule ids, e.g.
+// "plan.steps.domain: string.pattern". Not by the status message or field
+// paths with subscripts: those quote the plan (parameter keys, say), which
+// the log never holds, and would let a hostile plan grow the log.
+func validationFailedDetails(err error) *structpb.Struct {
+	st := status.Convert(err)
+	f := map[string]*structpb.Value{
+		"phase": structpb.NewStringValue(audit.PhaseValidation),
+		"code":  structpb.NewStringValue(code.Code(st.Code()).String()),
+	}
+	for _, d := range st.Details() {
+		vs, ok := d.(*validate.Violations)
+		if !ok {
+			continue
+		}
+		f["violation_count"] = structpb.NewNumberValue(float64(len(vs.GetViolations())))
+		var names []*structpb.Value
+		for _, v := range vs.GetViolations()[:min(len(vs.GetViolations()), maxRecordedViolations)] {
+			var path []string
+			for _, e := range v.GetField().GetElements() {
+				path = append(path, e.GetFieldName())
+			}
+			var bd bounder
+			names = append(names, structpb.NewStringValue(bd.bound(strings.Join(path, ".")+": "+v.GetRuleId(), maxViolationChars)))
+		}
+		f["violations"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// maxViolationChars bounds one recorded violation.
+const maxViolationChars = 160
+
 // stage3FailedDetails describes a failure on the way to or in Stage-3 by
 // its code, its rpcerr reason and Stage-3's own code. Not by its message:
 // that is Stage-3's text, which may quote parameter values (the reference
 // Stage-3's json.get names the missing key, say), and the log never holds
-// those. A fingerprint of the message lets an investigator match the
+// those. A keyed fingerprint of the message lets an investigator match the
 // caller's error or Stage-3's own trail.
-func stage3FailedDetails(st *status.Status) *structpb.Struct {
-	sum := sha256.Sum256([]byte(st.Message()))
+func (c *interceptorConfig) stage3FailedDetails(st *status.Status) *structpb.Struct {
 	f := map[string]*structpb.Value{
 		"phase":               structpb.NewStringValue(audit.PhaseStage3),
 		"code":                structpb.NewStringValue(code.Code(st.Code()).String()),
-		"message_fingerprint": structpb.NewStringValue("sha256:" + hex.EncodeToString(sum[:8])),
+		"message_fingerprint": structpb.NewStringValue(c.fp.Short(st.Message())),
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rpcerr.Domain {

@@ -38,13 +38,15 @@ type Server struct {
 
 	stage3 Executor
 	log    AuditLister
+	fp     *Fingerprinter
 }
 
 var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
 
-// New returns a Server that forwards to stage3 and lists events from log.
-func New(stage3 Executor, log AuditLister) *Server {
-	return &Server{stage3: stage3, log: log}
+// New returns a Server that forwards to stage3, lists events from log and
+// computes ValidatePlan's plan_id with fp, as the audit interceptor does.
+func New(stage3 Executor, log AuditLister, fp *Fingerprinter) *Server {
+	return &Server{stage3: stage3, log: log, fp: fp}
 }
 
 // ExecutePlan validates the plan, forwards it once to Stage-3 and returns
@@ -76,7 +78,7 @@ func (s *Server) ValidatePlan(_ context.Context, req *stage4v1.ValidatePlanReque
 	if err := Validate(req); err != nil {
 		return nil, err
 	}
-	return &stage4v1.ValidatePlanResponse{PlanId: PlanID(req.GetPlan())}, nil
+	return &stage4v1.ValidatePlanResponse{PlanId: s.fp.PlanID(req.GetPlan())}, nil
 }
 
 // ListAuditEvents serves the audit log.

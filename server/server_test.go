@@ -85,13 +85,13 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	var srvOpts []grpc.ServerOption
 	if !o.noAudit {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(AuditInterceptor(h.log,
-			func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }, PlanID)))
+			func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }, testFingerprinter)))
 	}
 	if o.inner != nil {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(o.inner))
 	}
 	srv := grpc.NewServer(srvOpts...)
-	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log))
+	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log, testFingerprinter))
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
@@ -209,7 +209,7 @@ func TestExecutePlanIsVerbatimBothWays(t *testing.T) {
 			want, err := stage3ref.NewService().ExecuteMultiDomainPlan(context.Background(), got[0])
 			require.NoError(t, err)
 			require.True(t, proto.Equal(want, res.GetResult()), "result %v, want %v", res.GetResult(), want)
-			require.Equal(t, PlanID(sent), res.GetPlanId())
+			require.Equal(t, testFingerprinter.PlanID(sent), res.GetPlanId())
 			require.Equal(t, []string{res.GetExecutionId()}, header.Get(HeaderExecutionID))
 		})
 	}

@@ -80,7 +80,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// shutdown can still finish: it stops only after runGateway returns.
 	refCtx, stopRef := context.WithCancel(context.WithoutCancel(ctx))
 	refDone := make(chan error, 1)
-	go func() { refDone <- gateway.ServeGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger) }()
+	go func() { refDone <- gateway.ServeGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger, nil) }()
 
 	cfg := gateway.Config{
 		Listen:          f.listen,

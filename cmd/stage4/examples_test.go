@@ -71,7 +71,7 @@ func TestExamples(t *testing.T) {
 			require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 			out := stdout.String()
 
-			m := regexp.MustCompile(`(?m)^executed ([0-9a-f]+) \(plan sha256:[0-9a-f]{64}\)$`).FindStringSubmatch(out)
+			m := regexp.MustCompile(`(?m)^executed ([0-9a-f]+) \(plan hmac-sha256:[0-9a-f]{64}\)$`).FindStringSubmatch(out)
 			require.NotNil(t, m, "no execution id in:\n%s", out)
 			require.Contains(t, out, strings.ToUpper(tt.text))
 			// Each language prints JSON its own way: 17 or 17.0, a space or not.

@@ -73,7 +73,7 @@ func runReferenceStage3(ctx context.Context, args []string, _, stderr io.Writer)
 	}
 	srv, hs := newReferenceStage3(stage3ref.Fault{Delay: f.delay, Hang: f.hang}, logger)
 	logger.Info("serving", "grpc_addr", lis.Addr().String())
-	return gateway.ServeGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger)
+	return gateway.ServeGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger, nil)
 }
 
 // newReferenceStage3 returns a gRPC server with the reference Stage-3,

@@ -77,7 +77,7 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 		}
 		return silentExit(exitFailure)
 	}
-	fmt.Fprintf(stdout, "OK %s\n", server.PlanID(plan))
+	fmt.Fprintf(stdout, "OK %s\n", server.ContentDigest(plan))
 	return nil
 }
 

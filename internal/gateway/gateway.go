@@ -175,10 +175,22 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 	}()
 
+	key, err := FingerprintKey(ctx, store, cfg)
+	if err != nil {
+		return err
+	}
+	fp := server.NewFingerprinter(key)
+	// abort ends the calls still running when the shutdown grace period
+	// is over, with OUTCOME_UNKNOWN rather than a dropped connection.
+	abortCtx, abort := context.WithCancel(context.Background())
+	defer abort()
+
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, auditLog, serverMetrics)...)
-	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog))
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, server.AuditInterceptor(auditLog,
+		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
+		server.WithAbort(abortCtx)), serverMetrics)...)
+	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog, fp))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	serverMetrics.InitializeMetrics(srv)
@@ -214,7 +226,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if ready != nil {
 		ready(addrs)
 	}
-	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger)
+	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
 
 // openForMargin is how long after its Stage-3 deadline an execution may
@@ -223,7 +235,7 @@ const openForMargin = 30 * time.Second
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, auditLog *audit.Log, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
 	callLogger := GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
@@ -243,9 +255,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 			logging.UnaryServerInterceptor(callLogger, GatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
-			server.AuditInterceptor(auditLog,
-				func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) },
-				server.PlanID),
+			auditInterceptor,
 		),
 		// Streams (health Watch, reflection) are not audited: they carry no
 		// plans.
