@@ -13,19 +13,46 @@ PROTODEPS := tools/protodeps/protovalidate
 
 .PHONY: help
 help: ## Show this help.
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 .PHONY: run
-run: ## Run Stage-4 with a local reference Stage-3 and audit log on loopback.
-	go run ./cmd/stage4 dev
+run: build ## Run Stage-4 with a local reference Stage-3 and audit log on loopback.
+	@# The banner's grpcurl commands use go tool, which builds grpcurl on
+	@# first use; -n builds and caches it now, so that they answer at once.
+	@echo "Building grpcurl into the Go build cache (about a minute the first time)..."
+	go tool -modfile=tools/go.mod -n grpcurl >/dev/null
+	@# exec, not go run: go run exits 1 when stage4 stops on Ctrl-C.
+	exec bin/stage4 dev
 
 .PHONY: build
-build: ## Build bin/stage4.
-	go build -o bin/stage4 ./cmd/stage4
+build: ## Build bin/stage4 (stamped with its git revision: bin/stage4 version).
+	@# -buildvcs=auto overrides a GOFLAGS=-buildvcs=false from the
+	@# environment; it stamps in a git checkout and stays quiet elsewhere.
+	go build -buildvcs=auto -o bin/stage4 ./cmd/stage4
 
 .PHONY: test
 test: lint checkgenerate ## Run every check: lint, generated-code check, tests with -race.
+	tools/examples.sh status
 	go test -race -count=1 ./...
+
+# Where the example clients call: make run's address by default.
+ADDR ?= 127.0.0.1:50051
+
+.PHONY: example-go
+example-go: ## Run the Go client of examples/ against make run (ADDR=host:port).
+	tools/examples.sh go $(ADDR)
+
+.PHONY: example-typescript
+example-typescript: ## Run the TypeScript client of examples/ against make run (ADDR=host:port).
+	tools/examples.sh typescript $(ADDR)
+
+.PHONY: example-python
+example-python: ## Run the Python client of examples/ against make run (ADDR=host:port).
+	tools/examples.sh python $(ADDR)
+
+.PHONY: example-deps
+example-deps: ## Install what the TypeScript and Python examples need (npm ci; apt-get as root).
+	tools/examples.sh deps
 
 .PHONY: bench
 bench: ## Run the micro-benchmarks and the load comparison; writes docs/PERFORMANCE.md.

@@ -1,11 +1,17 @@
-// Package audit is Stage-4's tamper-evident audit trail: an append-only,
-// hash-chained log of JSON lines (format in docs/AUDIT_LOG.md), the unary
-// server interceptor that records every ExecutePlan call in it, and the
-// verifier that walks the chain.
+// Package audit is Stage-4's tamper-evident audit trail: the event model,
+// the record encoding and hash chain (format in docs/AUDIT_LOG.md), the
+// verifier that walks the chain, and Log, which group-commits events into
+// a Store and closes executions that a stopped process left open.
 //
-// The package is fail-closed. An event is acknowledged only after it is
-// written and fsynced; the first write or fsync error fails the log for good,
-// because after a failed fsync the kernel may have dropped the dirty pages and
-// a retry could report success for data that is gone. From then on every
-// ExecutePlan call is refused before it reaches Stage-3.
+// A Store keeps the records: package audit/filestore in one local file,
+// package audit/pgstore in a PostgreSQL database that several replicas
+// share. Package audit/storetest is the conformance suite both pass. The
+// gRPC interceptor that records every ExecutePlan call is in package
+// server, at the edge where errors become status codes.
+//
+// The log is fail-closed: an event is acknowledged only once its store
+// says it is durable, and while the store cannot say so every append is
+// refused. A file store that failed stays failed (after a failed fsync the
+// kernel may have dropped the dirty pages); a database store turns healthy
+// again once it answers.
 package audit

@@ -4,13 +4,9 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"math"
-	"os"
-	"path/filepath"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,54 +18,35 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// File is the storage of a Log; *os.File implements it. The log appends with
-// Write (the file is opened with O_APPEND), makes writes durable with Sync,
-// reads with ReadAt and cuts a crash's incomplete last line with Truncate.
-type File interface {
-	io.Writer
-	io.ReaderAt
-	Sync() error
-	Truncate(size int64) error
-	Close() error
-}
-
-// Recovery is what Open repaired after an unclean stop.
-type Recovery struct {
-	// TruncatedBytes is the length of the incomplete last line that was cut
-	// off: a record being written when the process stopped, never
-	// acknowledged.
-	TruncatedBytes int64
-	// Interrupted lists, in log order, the executions that had no terminal
-	// event and were closed with an EXECUTION_FAILED event of phase
-	// "interrupted".
-	Interrupted []string
-}
-
-// Log is an append-only, hash-chained audit log in a local file. It keeps
-// only the chain's head in memory; List reads the file. It is safe for
-// concurrent use.
+// Log is Stage-4's audit log over a Store: it encodes events as records,
+// chains them, group-commits concurrent appends into one store batch,
+// watches the store's health and closes executions that a stopped process
+// left open. It keeps no events in memory. It is safe for concurrent use.
 type Log struct {
-	file      File
-	onFailure func(error)
-	metrics   *metrics
-	recovery  Recovery
+	store   Store
+	cfg     logConfig
+	metrics *metrics
 
 	requests chan *request
 	closing  chan struct{}
-	exited   chan struct{}
+	exited   chan struct{} // the writer has returned
+	watched  chan struct{} // the health monitor has returned
 	closeMu  sync.Once
 	closeErr error
 
-	failed atomic.Pointer[error]
-	// size is the length of the durable records; List never reads past it.
-	size atomic.Int64
+	// unhealthy holds why appends are refused, nil while the store is
+	// healthy. healthMu orders the transitions and their callbacks.
+	unhealthy atomic.Pointer[error]
+	healthMu  sync.Mutex
 
-	// Owned by the writer goroutine.
-	seq     uint64
-	prev    [sha256.Size]byte
-	buf     []byte
-	written int64 // file length, durable or not
+	buf []byte // the writer's, reused between batches
+
+	recovered []string
 }
+
+// Recovered returns the executions that New closed as interrupted, in log
+// order.
+func (l *Log) Recovered() []string { return l.recovered }
 
 // maxBatch bounds one group commit; it is also the queue length.
 const maxBatch = 1024
@@ -80,7 +57,8 @@ const maxFieldsBytes = MaxRecordBytes - 512
 
 type request struct {
 	fields []byte
-	sync   bool // answer only once fsynced
+	ev     *stage4v1.AuditEvent // type and ids, for the store's columns
+	sync   bool                 // answer only once durable
 	done   chan result
 }
 
@@ -91,187 +69,149 @@ type result struct {
 	err        error
 }
 
-// Open opens or creates the log at path, verifies the whole chain and
-// repairs the traces of a crash: an incomplete last line is cut off, and
-// every execution without a terminal event gets an EXECUTION_FAILED event
-// with phase "interrupted". Any other damage is refused with a *ChainError
-// naming the first bad sequence, because appending to a broken chain would
-// hide the break.
-func Open(path string, opts ...Option) (*Log, error) {
-	var c logConfig
+// New starts a log on store and closes, before it returns, the executions
+// that store.Interrupted hands out (left open by a process that stopped).
+// The log owns store from then on: Close closes it, also when New fails.
+func New(store Store, opts ...Option) (*Log, error) {
+	c := defaultLogConfig()
 	for _, o := range opts {
 		o(&c)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	// A new file's directory entry is durable only once the directory is.
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	var file File = f
-	if c.wrapFile != nil {
-		file = c.wrapFile(f)
-	}
-	l, err := start(file, &c)
-	if err != nil {
-		file.Close()
-		return nil, fmt.Errorf("open audit log %s: %w", path, err)
-	}
-	return l, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// openExecution is an execution seen at start-up without a terminal event.
-type openExecution struct {
-	seq            uint64
-	id             string
-	planID, userID string
-	last           stage4v1.AuditEventType
-}
-
-func start(file File, c *logConfig) (*Log, error) {
-	open := map[string]*openExecution{}
-	res, err := Verify(io.NewSectionReader(file, 0, math.MaxInt64), func(vc *verifyConfig) {
-		vc.onRecord = func(ev *stage4v1.AuditEvent) { trackOpen(open, ev) }
-	})
-	if err != nil {
-		return nil, err
-	}
-	if res.TrailingBytes > 0 {
-		if err := file.Truncate(res.Bytes); err != nil {
-			return nil, fmt.Errorf("cut incomplete last line: %w", err)
-		}
-		if err := file.Sync(); err != nil {
-			return nil, fmt.Errorf("cut incomplete last line: %w", err)
-		}
-	}
 	l := &Log{
-		file:      file,
-		onFailure: c.onFailure,
-		metrics:   newMetrics(),
-		recovery:  Recovery{TruncatedBytes: res.TrailingBytes},
-		requests:  make(chan *request, maxBatch),
-		closing:   make(chan struct{}),
-		exited:    make(chan struct{}),
-		seq:       res.Records,
+		store:    store,
+		cfg:      c,
+		metrics:  newMetrics(),
+		requests: make(chan *request, maxBatch),
+		closing:  make(chan struct{}),
+		exited:   make(chan struct{}),
+		watched:  make(chan struct{}),
 	}
-	// Verify has checked that LastHash is "sha256:" and 64 hex digits.
-	if _, err := hex.Decode(l.prev[:], []byte(res.LastHash[len(hashPrefix):])); err != nil {
-		return nil, fmt.Errorf("read last hash: %w", err)
-	}
-	l.size.Store(res.Bytes)
-	l.written = res.Bytes
 	go l.run()
-	if err := l.closeInterrupted(open); err != nil {
-		l.stop()
-		return nil, err
-	}
 	if c.registerer != nil {
 		if err := l.metrics.register(c.registerer); err != nil {
-			l.stop()
-			return nil, fmt.Errorf("register audit metrics: %w", err)
+			close(l.watched)
+			return nil, errors.Join(fmt.Errorf("register audit metrics: %w", err), l.Close())
 		}
 	}
+	closed, err := l.CloseInterrupted(context.Background())
+	if err != nil {
+		close(l.watched)
+		return nil, errors.Join(err, l.Close())
+	}
+	l.recovered = closed
+	go l.watch()
 	return l, nil
 }
 
-func trackOpen(open map[string]*openExecution, ev *stage4v1.AuditEvent) {
-	id := ev.GetExecutionId()
-	switch ev.GetType() {
-	case stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED:
-		delete(open, id)
-	default:
-		if e, ok := open[id]; ok {
-			e.last = ev.GetType()
-			return
-		}
-		open[id] = &openExecution{seq: ev.GetSequence(), id: id, planID: ev.GetPlanId(), userID: ev.GetUserId(), last: ev.GetType()}
+// CloseInterrupted appends EXECUTION_FAILED of phase "interrupted" for each
+// execution that the store hands out as left open by a stopped process, in
+// log order, and returns their ids. The log calls it at start and then
+// periodically (WithSweepInterval); it is exported for tests and tools.
+func (l *Log) CloseInterrupted(ctx context.Context) ([]string, error) {
+	open, err := l.store.Interrupted(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("find interrupted executions: %w", err)
 	}
-}
-
-// closeInterrupted gives each execution the terminal event the crash
-// prevented, in log order, so that every execution ends exactly once.
-func (l *Log) closeInterrupted(open map[string]*openExecution) error {
-	list := make([]*openExecution, 0, len(open))
+	slices.SortFunc(open, func(a, b OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	ids := make([]string, 0, len(open))
 	for _, e := range open {
-		list = append(list, e)
-	}
-	slices.SortFunc(list, func(a, b *openExecution) int { return cmp.Compare(a.seq, b.seq) })
-	for _, e := range list {
-		_, err := l.Append(context.Background(), &stage4v1.AuditEvent{
+		_, err := l.Append(ctx, &stage4v1.AuditEvent{
 			Type:        stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-			ExecutionId: e.id,
-			PlanId:      e.planID,
-			UserId:      e.userID,
+			ExecutionId: e.ExecutionID,
+			PlanId:      e.PlanID,
+			UserId:      e.UserID,
 			Details: &structpb.Struct{Fields: map[string]*structpb.Value{
 				"phase":           structpb.NewStringValue(PhaseInterrupted),
 				"message":         structpb.NewStringValue("Stage-4 stopped before the execution's terminal event was recorded"),
-				"last_event_type": structpb.NewStringValue(e.last.String()),
+				"last_event_type": structpb.NewStringValue(e.LastType.String()),
 			}},
 		})
 		if err != nil {
-			return fmt.Errorf("close interrupted execution %s: %w", e.id, err)
+			return ids, fmt.Errorf("close interrupted execution %s: %w", e.ExecutionID, err)
 		}
-		l.recovery.Interrupted = append(l.recovery.Interrupted, e.id)
+		ids = append(ids, e.ExecutionID)
 	}
-	return nil
+	if len(ids) > 0 && l.cfg.logger != nil {
+		l.cfg.logger.Warn("closed executions left open by a stopped Stage-4 process",
+			"phase", PhaseInterrupted, "execution_ids", ids)
+	}
+	return ids, nil
 }
 
-// Recovery reports what Open repaired.
-func (l *Log) Recovery() Recovery { return l.recovery }
-
-// Err returns why the log failed, or nil while it is healthy. A failed log
-// stays failed: every later Append returns this error.
+// Err returns why appends are refused now, or nil while the store is
+// healthy. It changes when an append fails and when the health monitor's
+// ping of the store succeeds or fails.
 func (l *Log) Err() error {
-	if p := l.failed.Load(); p != nil {
+	if p := l.unhealthy.Load(); p != nil {
 		return *p
 	}
 	return nil
 }
 
+// setHealth records err (nil: healthy) and tells the health callback about
+// a change.
+func (l *Log) setHealth(err error) {
+	l.healthMu.Lock()
+	defer l.healthMu.Unlock()
+	was := l.Err()
+	if err == nil {
+		if was == nil {
+			return
+		}
+		l.unhealthy.Store(nil)
+	} else {
+		if was != nil && errors.Is(was, ErrClosed) {
+			return
+		}
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		l.unhealthy.Store(&err)
+		if was != nil {
+			return // already unhealthy: no new transition
+		}
+	}
+	if l.cfg.onHealth != nil {
+		l.cfg.onHealth(err)
+	}
+}
+
+// watch pings the store and sweeps interrupted executions until Close.
+func (l *Log) watch() {
+	defer close(l.watched)
+	ping := time.NewTicker(l.cfg.pingInterval)
+	defer ping.Stop()
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-l.closing:
+			return
+		case <-ping.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.pingInterval)
+		err := l.store.Ping(ctx)
+		cancel()
+		l.setHealth(err)
+		if err != nil || time.Since(lastSweep) < l.cfg.sweepInterval {
+			continue
+		}
+		lastSweep = time.Now()
+		ctx, cancel = context.WithTimeout(context.Background(), l.cfg.appendTimeout)
+		if _, err := l.CloseInterrupted(ctx); err != nil && l.cfg.logger != nil {
+			l.cfg.logger.Warn("closing interrupted executions failed; will retry", "error", err)
+		}
+		cancel()
+	}
+}
+
 // Append adds ev to the log and returns the record as written, with
 // sequence, time, previous_hash and hash set. It returns only once the
-// record is written and fsynced, or with an error if it is not known to be.
+// record is durable, or with an error if it is not known to be.
 // ev is not modified; the returned event shares ev.Details, which must not
 // change during the call.
-// Concurrent calls share one write and one fsync. ctx only bounds the wait
-// for a place in the queue: once queued, the record's fate is awaited, so
-// that a caller never abandons a record that may still be written.
+// Concurrent calls share one store batch. ctx only bounds the wait for a
+// place in the queue: once queued, the record's fate is awaited, so that a
+// caller never abandons a record that may still be stored.
 func (l *Log) Append(ctx context.Context, ev *stage4v1.AuditEvent) (*stage4v1.AuditEvent, error) {
-	return l.appendEvent(ctx, ev, true)
-}
-
-// AppendUnsynced queues ev and returns without waiting for it to be
-// written. The writer writes queued records in order, and the next Append
-// (from any goroutine queued after this call) returns only once this
-// record is written and fsynced too, or fails if it could not be: a write
-// or fsync error fails the log, and a failed log fails every later Append.
-// An execution uses it for PLAN_RECEIVED, which is always followed by a
-// durable event before anything else happens, so that each execution pays
-// for two fsyncs (before Stage-3 and before the reply) instead of three and
-// for one hand-over to the writer less. It returns an error only when the
-// record could not be queued (bad event, failed or closed log).
-func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) error {
-	_, err := l.append(ctx, ev, false)
-	if err != nil {
-		l.metrics.failures.Inc()
-	}
-	return err
-}
-
-func (l *Log) appendEvent(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (*stage4v1.AuditEvent, error) {
-	res, err := l.append(ctx, ev, sync)
+	res, err := l.append(ctx, ev, true)
 	if err != nil {
 		l.metrics.failures.Inc()
 		return nil, err
@@ -289,6 +229,23 @@ func (l *Log) appendEvent(ctx context.Context, ev *stage4v1.AuditEvent, sync boo
 	}, nil
 }
 
+// AppendUnsynced queues ev and returns without waiting for it to be
+// stored. The writer stores queued records in order, and the next Append
+// (from any goroutine queued after this call) returns only once this
+// record is durable too, or fails if it could not be stored.
+// An execution uses it for PLAN_RECEIVED, which is always followed by a
+// durable event before anything else happens, so that each execution pays
+// for two durable commits (before Stage-3 and before the reply) instead of
+// three. It returns an error only when the record could not be queued
+// (bad event, unhealthy or closed log).
+func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) error {
+	_, err := l.append(ctx, ev, false)
+	if err != nil {
+		l.metrics.failures.Inc()
+	}
+	return err
+}
+
 func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (result, error) {
 	if err := l.Err(); err != nil {
 		return result{}, err
@@ -304,7 +261,7 @@ func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (r
 	if len(fields) > maxFieldsBytes {
 		return result{}, fmt.Errorf("encode audit event: larger than %d bytes", maxFieldsBytes)
 	}
-	r := &request{fields: fields, sync: sync, done: make(chan result, 1)}
+	r := &request{fields: fields, ev: ev, sync: sync, done: make(chan result, 1)}
 	select {
 	case l.requests <- r:
 	case <-l.closing:
@@ -330,8 +287,8 @@ func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (r
 }
 
 // run is the single writer: it takes whatever is queued, up to maxBatch
-// requests, and commits them with one write and one fsync, so that the
-// fsync cost is shared by all concurrent callers.
+// requests, and stores them as one batch, so that the cost of a durable
+// commit is shared by all concurrent callers.
 func (l *Log) run() {
 	defer close(l.exited)
 	batch := make([]*request, 0, maxBatch)
@@ -363,66 +320,62 @@ func (l *Log) gather(batch []*request) []*request {
 	return batch
 }
 
-// keepBufBytes bounds the write buffer kept between batches, so that one
+// keepBufBytes bounds the record buffer kept between batches, so that one
 // burst of large records does not pin memory for the life of the process.
 const keepBufBytes = 4 << 20
 
-// commit writes and fsyncs batch and answers every request in it.
+// commit stores batch and answers every request in it.
 func (l *Log) commit(batch []*request) {
 	if err := l.Err(); err != nil {
 		answer(batch, func(int) result { return result{err: err} })
 		return
 	}
 	now := time.Now()
-	buf, seq, prev := l.buf[:0], l.seq, l.prev
-	results := make([]result, len(batch))
 	sync := false
-	for i, r := range batch {
+	for _, r := range batch {
 		sync = sync || r.sync
-		seq++
-		results[i] = result{seq: seq, time: now, prev: prev}
-		buf, prev = appendRecord(buf, seq, now, r.fields, &prev)
-		results[i].hash = prev
 	}
-	if cap(buf) <= keepBufBytes {
-		l.buf = buf
-	} else {
-		l.buf = nil
-	}
-	if err := l.writeAndSync(buf, sync); err != nil {
-		err = fmt.Errorf("audit log failed: %w", err)
-		l.failed.Store(&err)
-		if l.onFailure != nil {
-			l.onFailure(err)
+	results := make([]result, len(batch))
+	recs := make([]Record, len(batch))
+	build := func(head Head) ([]Record, error) {
+		buf := l.buf[:0]
+		for i, r := range batch {
+			start := len(buf)
+			prev := head.Hash
+			head.Sequence++
+			buf, head.Hash = appendRecord(buf, head.Sequence, now, r.fields, &prev)
+			results[i] = result{seq: head.Sequence, time: now, prev: prev, hash: head.Hash}
+			recs[i] = newRecord(nil, head, now, r.ev)
+			recs[i].Line = buf[start : len(buf)-1 : len(buf)-1]
+			if !IsTerminal(r.ev.GetType()) {
+				recs[i].OpenUntil = now.Add(l.cfg.openFor)
+			}
 		}
+		// Lines alias buf until the store is done with them; a buffer that
+		// grew past keepBufBytes is dropped afterwards.
+		if cap(buf) <= keepBufBytes {
+			l.buf = buf
+		} else {
+			l.buf = nil
+		}
+		return recs, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.appendTimeout)
+	began := time.Now()
+	err := l.store.Append(ctx, sync, build)
+	cancel()
+	if err != nil {
+		err = fmt.Errorf("audit store append: %w", err)
+		l.setHealth(err)
 		answer(batch, func(int) result { return result{err: err} })
 		return
 	}
-	l.seq, l.prev = seq, prev
-	l.written += int64(len(buf))
 	if sync {
-		l.size.Store(l.written) // the fsync covered every earlier write too
+		l.metrics.commitSeconds.Observe(time.Since(began).Seconds())
 	}
 	l.metrics.appends.Add(float64(len(batch)))
 	l.metrics.batchSize.Observe(float64(len(batch)))
 	answer(batch, func(i int) result { return results[i] })
-}
-
-// writeAndSync writes buf and, when sync is set, fsyncs the file, which
-// makes every earlier unsynced write durable too.
-func (l *Log) writeAndSync(buf []byte, sync bool) error {
-	if _, err := l.file.Write(buf); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !sync {
-		return nil
-	}
-	began := time.Now()
-	if err := l.file.Sync(); err != nil {
-		return fmt.Errorf("fsync: %w", err)
-	}
-	l.metrics.fsyncSeconds.Observe(time.Since(began).Seconds())
-	return nil
 }
 
 func answer(batch []*request, res func(i int) result) {
@@ -431,22 +384,71 @@ func answer(batch []*request, res func(i int) result) {
 	}
 }
 
-// Close stops accepting events, writes those already queued, stops the
-// writer and closes the file. It is safe to call more than once.
+// List returns a page of events in sequence order. It checks q's page size
+// and type, then asks the store.
+func (l *Log) List(ctx context.Context, q Query) (Page, error) {
+	if q.PageSize < 0 || q.PageSize > MaxPageSize {
+		return Page{}, fmt.Errorf("%w: page_size must be between 0 and %d", ErrInvalidQuery, MaxPageSize)
+	}
+	if q.PageSize == 0 {
+		q.PageSize = DefaultPageSize
+	}
+	if _, ok := stage4v1.AuditEventType_name[int32(q.Type)]; !ok {
+		return Page{}, fmt.Errorf("%w: type is not a defined AuditEventType", ErrInvalidQuery)
+	}
+	select {
+	case <-l.closing:
+		return Page{}, ErrClosed
+	default:
+	}
+	return l.store.List(ctx, q)
+}
+
+// Paging limits of List.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// ErrInvalidQuery: a List query that breaks its rules, such as a page size
+// out of range.
+var ErrInvalidQuery = errors.New("invalid audit query")
+
+// Close stops accepting events, stores those already queued, stops the
+// writer and the health monitor and closes the store. It is safe to call
+// more than once.
 func (l *Log) Close() error {
 	l.closeMu.Do(func() {
-		l.stop()
-		// The last records may have been written by AppendUnsynced alone.
-		if l.Err() == nil {
-			l.closeErr = l.file.Sync()
-		}
-		l.closeErr = errors.Join(l.closeErr, l.file.Close())
+		close(l.closing)
+		<-l.exited
+		<-l.watched
+		closed := ErrClosed
+		l.unhealthy.Store(&closed)
+		l.closeErr = l.store.Close()
 	})
 	return l.closeErr
 }
 
-// stop lets the writer commit what is queued and waits for it to exit.
-func (l *Log) stop() {
-	close(l.closing)
-	<-l.exited
+// logConfig is what Options set.
+type logConfig struct {
+	registerer    promRegisterer
+	onHealth      func(error)
+	logger        *slog.Logger
+	openFor       time.Duration
+	appendTimeout time.Duration
+	pingInterval  time.Duration
+	sweepInterval time.Duration
 }
+
+func defaultLogConfig() logConfig {
+	return logConfig{
+		openFor:       DefaultOpenFor,
+		appendTimeout: 10 * time.Second,
+		pingInterval:  time.Second,
+		sweepInterval: 10 * time.Second,
+	}
+}
+
+// DefaultOpenFor is how long, by default, an execution may run after its
+// last non-terminal event; see WithOpenFor.
+const DefaultOpenFor = 5 * time.Minute

@@ -3,37 +3,37 @@ package audit
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	appends      prometheus.Counter
-	failures     prometheus.Counter
-	fsyncSeconds prometheus.Histogram
-	batchSize    prometheus.Histogram
+	appends       prometheus.Counter
+	failures      prometheus.Counter
+	commitSeconds prometheus.Histogram
+	batchSize     prometheus.Histogram
 }
 
 func newMetrics() *metrics {
 	return &metrics{
 		appends: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "stage4", Subsystem: "audit", Name: "appends_total",
-			Help: "Audit events written and fsynced.",
+			Help: "Audit events stored.",
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "stage4", Subsystem: "audit", Name: "append_failures_total",
-			Help: "Append calls that returned an error, including those refused by a failed log.",
+			Help: "Append calls that returned an error, including those refused while the store was unhealthy.",
 		}),
-		fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: "stage4", Subsystem: "audit", Name: "fsync_duration_seconds",
-			Help:    "Duration of the fsync of one group commit.",
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "commit_duration_seconds",
+			Help:    "Duration of one durable group commit in the audit store (a write and fsync, or a database transaction).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "stage4", Subsystem: "audit", Name: "batch_size",
-			Help:    "Events written by one group commit.",
+			Help:    "Events stored by one group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.appends, m.failures, m.fsyncSeconds, m.batchSize} {
+	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

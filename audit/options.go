@@ -1,72 +1,77 @@
 package audit
 
 import (
+	"log/slog"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// Option configures Open.
+// Option configures New.
 type Option func(*logConfig)
 
-type logConfig struct {
-	registerer prometheus.Registerer
-	onFailure  func(error)
-	wrapFile   func(File) File
-}
+type promRegisterer = prometheus.Registerer
 
-// WithRegisterer registers the log's metrics (appends, failures, fsync
-// duration, group-commit batch size) with r. Without it the metrics are kept
-// but not exported.
+// WithRegisterer registers the log's metrics (appends, failures, commit
+// duration, group-commit batch size) with r. Without it the metrics are
+// kept but not exported.
 func WithRegisterer(r prometheus.Registerer) Option {
 	return func(c *logConfig) { c.registerer = r }
 }
 
-// WithOnFailure calls f once, with the cause, when the log fails for good, so
-// that the server can report NOT_SERVING before any caller sees the error. f
-// runs on the log's writer goroutine and must not call Append.
-func WithOnFailure(f func(error)) Option {
-	return func(c *logConfig) { c.onFailure = f }
+// WithHealthFunc calls f with the cause when the log turns unhealthy (an
+// append failed, or a ping of the store did) and with nil when a ping
+// succeeds again, so that the server can report NOT_SERVING before any
+// caller sees the error. A store that failed for good (a file) never turns
+// healthy again. f is called on the log's own goroutines and must neither
+// block nor call Append.
+func WithHealthFunc(f func(err error)) Option {
+	return func(c *logConfig) { c.onHealth = f }
 }
 
-// WithFileWrapper routes all of the log's file access through wrap(f), where
-// f is the opened log file. It exists for fault injection (a File whose Write
-// or Sync fails) and for benchmarks; production code has no reason to use it,
-// and a wrapper whose Sync does not reach the disk voids the log's durability.
-func WithFileWrapper(wrap func(File) File) Option {
-	return func(c *logConfig) { c.wrapFile = wrap }
+// WithLogger logs what the log does on its own: executions it closes as
+// interrupted, sweeps that fail.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *logConfig) { c.logger = l }
 }
 
-// InterceptorOption configures UnaryServerInterceptor.
-type InterceptorOption func(*interceptorConfig)
-
-type interceptorConfig struct {
-	validate func(*stage4v1.ExecutePlanRequest) error
-	planID   func(*stage4v1.Plan) string
+// WithOpenFor sets how long after an execution's last non-terminal event
+// its writer may still be running it (Record.OpenUntil). The gateway sets
+// it to the Stage-3 deadline bound plus a margin; a store shared by
+// replicas lets another process close the execution only after that.
+// Default DefaultOpenFor.
+func WithOpenFor(d time.Duration) Option {
+	return func(c *logConfig) { c.openFor = d }
 }
 
-// WithValidator sets the single validation entry point of ExecutePlan. It
-// returns nil for a valid request or the status error to return to the
-// caller. Required: UnaryServerInterceptor panics without it, because an
-// interceptor that forwarded unvalidated plans would not be fail-closed.
-func WithValidator(validate func(*stage4v1.ExecutePlanRequest) error) InterceptorOption {
-	return func(c *interceptorConfig) { c.validate = validate }
+// WithAppendTimeout bounds one store batch (default 10s): a store that
+// hangs fails the batch, and the log turns unhealthy, instead of holding
+// every caller.
+func WithAppendTimeout(d time.Duration) Option {
+	return func(c *logConfig) { c.appendTimeout = d }
 }
 
-// WithPlanID sets how the plan_id of a plan is computed. It is called on
-// every received plan, valid or not, so it must accept any non-nil plan.
-// Required: UnaryServerInterceptor panics without it.
-func WithPlanID(planID func(*stage4v1.Plan) string) InterceptorOption {
-	return func(c *interceptorConfig) { c.planID = planID }
+// WithPingInterval sets how often the log pings its store (default 1s),
+// which bounds how long an outage or a recovery takes to show in health.
+func WithPingInterval(d time.Duration) Option {
+	return func(c *logConfig) { c.pingInterval = d }
 }
 
-// VerifyOption configures Verify and VerifyFile.
+// WithSweepInterval sets how often the log asks the store for executions
+// to close as interrupted after start-up (default 10s).
+func WithSweepInterval(d time.Duration) Option {
+	return func(c *logConfig) { c.sweepInterval = d }
+}
+
+// VerifyOption configures Verify.
 type VerifyOption func(*verifyConfig)
 
 type verifyConfig struct {
 	progress func(bytesRead int64)
-	// onRecord sees every good record; Open uses it to find executions
-	// left without a terminal event.
+	// onRecord sees every good record; the file store uses it to find
+	// executions left without a terminal event.
 	onRecord func(*stage4v1.AuditEvent)
 }
 
@@ -75,4 +80,10 @@ type verifyConfig struct {
 // large files.
 func WithProgress(f func(bytesRead int64)) VerifyOption {
 	return func(c *verifyConfig) { c.progress = f }
+}
+
+// WithRecordFunc calls f with every good record, in order, as Verify
+// passes it.
+func WithRecordFunc(f func(*stage4v1.AuditEvent)) VerifyOption {
+	return func(c *verifyConfig) { c.onRecord = f }
 }

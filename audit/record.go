@@ -216,3 +216,12 @@ func (e *encoder) number(f float64) {
 	}
 	e.b = strconv.AppendFloat(e.b, f, format, -1, 64)
 }
+
+// EncodeMember renders `"name":value` for a string value exactly as a
+// record holds it, so that a store can search record bytes for it. ok is
+// false for a value no record can hold (invalid UTF-8).
+func EncodeMember(name, value string) (member []byte, ok bool) {
+	e := encoder{b: []byte(`"` + name + `":`)}
+	e.str(value)
+	return e.b, e.err == nil
+}

@@ -2,11 +2,9 @@ package audit
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 )
 
 // VerifyResult describes the intact part of a log.
@@ -18,6 +16,8 @@ type VerifyResult struct {
 	LastHash string
 	// Bytes is the length of the good records, newlines included.
 	Bytes int64
+	// Head is the chain's end after the good records.
+	Head Head
 	// TrailingBytes is the length of an incomplete last line (no newline):
 	// the trace of a crash during a write, cut off by Open. Never
 	// acknowledged to a caller, so not damage.
@@ -28,7 +28,8 @@ type VerifyResult struct {
 type ChainError struct {
 	// Sequence is the sequence number the damaged line should have had.
 	Sequence uint64
-	// Offset is the byte offset at which the damaged line starts.
+	// Offset is the byte offset at which the damaged line starts in a
+	// file; 0 for stores that have no offsets.
 	Offset int64
 	// Reason says what is wrong: a hash mismatch, a sequence gap, a wrong
 	// previous_hash or an unparsable line.
@@ -37,17 +38,7 @@ type ChainError struct {
 
 // Error implements error.
 func (e *ChainError) Error() string {
-	return fmt.Sprintf("audit log damaged at sequence %d (byte offset %d): %s", e.Sequence, e.Offset, e.Reason)
-}
-
-// VerifyFile verifies the log at path; see Verify.
-func VerifyFile(path string, opts ...VerifyOption) (VerifyResult, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return VerifyResult{}, fmt.Errorf("verify audit log: %w", err)
-	}
-	defer f.Close()
-	return Verify(f, opts...)
+	return fmt.Sprintf("audit log damaged at sequence %d: %s", e.Sequence, e.Reason)
 }
 
 // Verify walks a log from its first record and checks every line: its hash,
@@ -60,39 +51,35 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 		o(&c)
 	}
 	res := VerifyResult{LastHash: GenesisHash}
-	var prev [sha256.Size]byte
-	lr := newLineReader(r)
+	var chain ChainChecker
+	lr := NewLineReader(r)
 	nextProgress := int64(progressStep)
 	for {
-		line, complete, err := lr.next()
+		line, complete, err := lr.Next()
 		if !complete {
 			if errors.Is(err, io.EOF) {
 				res.TrailingBytes = int64(len(line))
 				break
 			}
-			if errors.Is(err, errLineTooLong) {
+			if errors.Is(err, ErrLineTooLong) {
 				return res, &ChainError{Sequence: res.Records + 1, Offset: res.Bytes, Reason: "unparsable line: longer than MaxRecordBytes"}
 			}
 			return res, fmt.Errorf("verify audit log: %w", err)
 		}
-		want := res.Records + 1
-		ev, sum, reason := parseRecord(line[:len(line)-1])
-		switch {
-		case reason != "":
-		case ev.GetSequence() != want:
-			reason = fmt.Sprintf("sequence gap: found sequence %d", ev.GetSequence())
-		case ev.GetPreviousHash() != formatHash(&prev):
-			reason = "previous_hash does not match the hash of the record before"
-		}
-		if reason != "" {
-			return res, &ChainError{Sequence: want, Offset: res.Bytes, Reason: reason}
+		ev, err := chain.Check(line[:len(line)-1])
+		if err != nil {
+			var ce *ChainError
+			if errors.As(err, &ce) {
+				ce.Offset = res.Bytes
+			}
+			return res, err
 		}
 		if c.onRecord != nil {
 			c.onRecord(ev)
 		}
-		prev = sum
-		res.Records = want
+		res.Records = ev.GetSequence()
 		res.LastHash = ev.GetHash()
+		res.Head = chain.Head()
 		res.Bytes += int64(len(line))
 		if c.progress != nil && res.Bytes >= nextProgress {
 			c.progress(res.Bytes)
@@ -107,22 +94,25 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 
 const progressStep = 1 << 20
 
-var errLineTooLong = errors.New("line longer than MaxRecordBytes")
+// ErrLineTooLong is LineReader's error for a line over MaxRecordBytes.
+var ErrLineTooLong = errors.New("line longer than MaxRecordBytes")
 
-// lineReader reads lines of at most MaxRecordBytes with one reused buffer.
-type lineReader struct {
+// LineReader reads the lines of a JSON-lines log, each at most
+// MaxRecordBytes, with one reused buffer.
+type LineReader struct {
 	br  *bufio.Reader
 	buf []byte
 }
 
-func newLineReader(r io.Reader) *lineReader {
-	return &lineReader{br: bufio.NewReaderSize(r, 64<<10)}
+// NewLineReader reads lines from r.
+func NewLineReader(r io.Reader) *LineReader {
+	return &LineReader{br: bufio.NewReaderSize(r, 64<<10)}
 }
 
-// next returns the next line with its newline and complete set, or the
+// Next returns the next line with its newline and complete set, or the
 // incomplete rest with the error that ended it (io.EOF at the end). The line
 // is valid until the next call.
-func (lr *lineReader) next() (line []byte, complete bool, err error) {
+func (lr *LineReader) Next() (line []byte, complete bool, err error) {
 	frag, err := lr.br.ReadSlice('\n')
 	if err == nil {
 		return frag, true, nil
@@ -130,13 +120,13 @@ func (lr *lineReader) next() (line []byte, complete bool, err error) {
 	lr.buf = append(lr.buf[:0], frag...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		if len(lr.buf) > MaxRecordBytes {
-			return lr.buf, false, errLineTooLong
+			return lr.buf, false, ErrLineTooLong
 		}
 		frag, err = lr.br.ReadSlice('\n')
 		lr.buf = append(lr.buf, frag...)
 	}
 	if err == nil && len(lr.buf) > MaxRecordBytes {
-		err = errLineTooLong
+		err = ErrLineTooLong
 	}
 	return lr.buf, err == nil, err
 }

@@ -6,15 +6,17 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 )
 
 // Executor forwards a plan to Stage-3 exactly once. *stage3client.Client is
@@ -25,7 +27,7 @@ type Executor interface {
 
 // AuditLister serves the audit log; *audit.Log is the implementation.
 type AuditLister interface {
-	List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error)
+	List(ctx context.Context, q audit.Query) (audit.Page, error)
 }
 
 // Server implements stage4v1.Stage4ServiceServer. It must be registered
@@ -36,20 +38,22 @@ type Server struct {
 
 	stage3 Executor
 	log    AuditLister
+	fp     *Fingerprinter
 }
 
 var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
 
-// New returns a Server that forwards to stage3 and lists events from log.
-func New(stage3 Executor, log AuditLister) *Server {
-	return &Server{stage3: stage3, log: log}
+// New returns a Server that forwards to stage3, lists events from log and
+// computes ValidatePlan's plan_id with fp, as the audit interceptor does.
+func New(stage3 Executor, log AuditLister, fp *Fingerprinter) *Server {
+	return &Server{stage3: stage3, log: log, fp: fp}
 }
 
 // ExecutePlan validates the plan, forwards it once to Stage-3 and returns
 // Stage-3's response unchanged. It does not retry, loop or branch on the
 // result: the outcome, whatever it is, goes back to the caller.
 func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
-	exec, ok := audit.ExecutionFromContext(ctx)
+	exec, ok := executionFromContext(ctx)
 	if !ok {
 		return nil, rpcerr.New(codes.Internal, rpcerr.Internal, "execution was not audited; refusing to call Stage-3", nil)
 	}
@@ -74,7 +78,7 @@ func (s *Server) ValidatePlan(_ context.Context, req *stage4v1.ValidatePlanReque
 	if err := Validate(req); err != nil {
 		return nil, err
 	}
-	return &stage4v1.ValidatePlanResponse{PlanId: PlanID(req.GetPlan())}, nil
+	return &stage4v1.ValidatePlanResponse{PlanId: s.fp.PlanID(req.GetPlan())}, nil
 }
 
 // ListAuditEvents serves the audit log.
@@ -82,7 +86,37 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEve
 	if err := protovalidate.Validate(req); err != nil {
 		return nil, invalidArgument(err)
 	}
-	return s.log.List(ctx, req)
+	page, err := s.log.List(ctx, audit.Query{
+		ExecutionID: req.GetExecutionId(),
+		PlanID:      req.GetPlanId(),
+		UserID:      req.GetUserId(),
+		Type:        req.GetType(),
+		PageSize:    int(req.GetPageSize()),
+		PageToken:   req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, listError(ctx, err)
+	}
+	return &stage4v1.ListAuditEventsResponse{AuditEvents: page.Events, NextPageToken: page.NextPageToken}, nil
+}
+
+// listError is the status of a failed listing: the caller's own mistakes
+// are INVALID_ARGUMENT, a log that no longer matches what was written is
+// DATA_LOSS, everything else is UNAVAILABLE (retry, maybe elsewhere).
+func listError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, audit.ErrInvalidPageToken):
+		return rpcerr.New(codes.InvalidArgument, rpcerr.InvalidPageToken,
+			"page_token was not issued by this log for these filters", nil)
+	case errors.Is(err, audit.ErrInvalidQuery):
+		return rpcerr.New(codes.InvalidArgument, rpcerr.InvalidListRequest, strings.TrimPrefix(err.Error(), audit.ErrInvalidQuery.Error()+": "), nil)
+	case errors.Is(err, audit.ErrDataLoss):
+		return rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log changed under the server", nil)
+	case ctx.Err() != nil:
+		return rpcerr.New(status.FromContextError(ctx.Err()).Code(), rpcerr.AuditReadFailed, "listing stopped: "+ctx.Err().Error(), nil)
+	default:
+		return rpcerr.New(codes.Unavailable, rpcerr.AuditReadFailed, "the audit log cannot be read", nil)
+	}
 }
 
 // ToStage3 maps a plan onto Stage-3's request field by field: the verbatim

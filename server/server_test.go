@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/stage3client"
@@ -44,7 +45,7 @@ type harness struct {
 type harnessOptions struct {
 	stage3Target string        // overrides the bufconn Stage-3 (e.g. nothing listening)
 	maxDeadline  time.Duration // Stage-3 client's maximum deadline
-	fileWrapper  func(audit.File) audit.File
+	fileWrapper  func(filestore.File) filestore.File
 	noAudit      bool // register the service without the audit interceptor
 	// inner runs between the audit interceptor and the handler.
 	inner grpc.UnaryServerInterceptor
@@ -71,25 +72,26 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s3client.Close() })
 
-	var logOpts []audit.Option
+	var fileOpts []filestore.Option
 	if o.fileWrapper != nil {
-		logOpts = append(logOpts, audit.WithFileWrapper(o.fileWrapper))
+		fileOpts = append(fileOpts, filestore.WithFileWrapper(o.fileWrapper))
 	}
-	h.log, err = audit.Open(h.logPath, logOpts...)
+	store, err := filestore.Open(h.logPath, fileOpts...)
+	require.NoError(t, err)
+	h.log, err = audit.New(store)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })
 
 	var srvOpts []grpc.ServerOption
 	if !o.noAudit {
-		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(audit.UnaryServerInterceptor(h.log,
-			audit.WithValidator(func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }),
-			audit.WithPlanID(PlanID))))
+		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(AuditInterceptor(h.log,
+			func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }, testFingerprinter)))
 	}
 	if o.inner != nil {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(o.inner))
 	}
 	srv := grpc.NewServer(srvOpts...)
-	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log))
+	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log, testFingerprinter))
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
@@ -207,8 +209,8 @@ func TestExecutePlanIsVerbatimBothWays(t *testing.T) {
 			want, err := stage3ref.NewService().ExecuteMultiDomainPlan(context.Background(), got[0])
 			require.NoError(t, err)
 			require.True(t, proto.Equal(want, res.GetResult()), "result %v, want %v", res.GetResult(), want)
-			require.Equal(t, PlanID(sent), res.GetPlanId())
-			require.Equal(t, []string{res.GetExecutionId()}, header.Get(audit.HeaderExecutionID))
+			require.Equal(t, testFingerprinter.PlanID(sent), res.GetPlanId())
+			require.Equal(t, []string{res.GetExecutionId()}, header.Get(HeaderExecutionID))
 		})
 	}
 }
@@ -294,7 +296,7 @@ func TestInvalidPlanNeverReachesStage3(t *testing.T) {
 			_, verr := h.client.ValidatePlan(context.Background(), &stage4v1.ValidatePlanRequest{Plan: tc.plan})
 			require.Equal(t, status.Convert(err).Message(), status.Convert(verr).Message(), "both RPCs give the same first violation")
 
-			ids := header.Get(audit.HeaderExecutionID)
+			ids := header.Get(HeaderExecutionID)
 			require.Len(t, ids, 1)
 			evs := h.events(t, ids[0])
 			require.Equal(t, []stage4v1.AuditEventType{
@@ -340,7 +342,7 @@ func TestStage3FailuresAreReportedOnce(t *testing.T) {
 			requireStatus(t, err, tc.code, tc.reason)
 			require.Equal(t, 1, h.stage3.Calls(), "exactly one Stage-3 call, no retry")
 
-			evs := h.events(t, header.Get(audit.HeaderExecutionID)[0])
+			evs := h.events(t, header.Get(HeaderExecutionID)[0])
 			require.Equal(t, []stage4v1.AuditEventType{
 				stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
 				stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
@@ -422,7 +424,7 @@ func TestConcurrentExecutePlan(t *testing.T) {
 	for i, ev := range all {
 		require.Equal(t, uint64(i+1), ev.GetSequence())
 	}
-	res, err := audit.VerifyFile(h.logPath)
+	res, err := filestore.Verify(h.logPath)
 	require.NoError(t, err)
 	require.Equal(t, 3*n, int(res.Records))
 }
@@ -430,7 +432,7 @@ func TestConcurrentExecutePlan(t *testing.T) {
 // failingFile fails the write that carries the audit log's Nth record; a
 // group commit may write several records at once.
 type failingFile struct {
-	audit.File
+	filestore.File
 	mu      sync.Mutex
 	records int
 	failAt  int
@@ -466,7 +468,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("append %d fails", tc.failAt), func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, harnessOptions{fileWrapper: func(f audit.File) audit.File {
+			h := newHarness(t, harnessOptions{fileWrapper: func(f filestore.File) filestore.File {
 				return &failingFile{File: f, failAt: tc.failAt}
 			}})
 			_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: runnablePlan("x")})

@@ -45,7 +45,7 @@ func FuzzValidate(f *testing.F) {
 			return
 		}
 		p := req.GetPlan()
-		require.NotEmpty(t, PlanID(p))
+		require.NotEmpty(t, ContentDigest(p))
 		require.Empty(t, req.ProtoReflect().GetUnknown())
 		require.Empty(t, p.ProtoReflect().GetUnknown())
 		require.True(t, len(p.GetSteps()) >= 1 && len(p.GetSteps()) <= 256, "steps: %d", len(p.GetSteps()))

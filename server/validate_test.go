@@ -880,8 +880,13 @@ func TestPlanID(t *testing.T) {
 		j := len(keys) - 1 - i
 		backward.Steps[0].Parameters.Fields[keys[j]] = structpb.NewNumberValue(float64(j))
 	}
+	fp := NewFingerprinter([]byte("key of one store"))
+	PlanID := fp.PlanID
 	id := PlanID(validPlan(2))
-	require.Regexp(t, `^sha256:[0-9a-f]{64}$`, id)
+	require.Regexp(t, `^hmac-sha256:[0-9a-f]{64}$`, id)
+	require.NotEqual(t, id, NewFingerprinter([]byte("key of another store")).PlanID(validPlan(2)),
+		"ids are keyed: without the key a reader cannot confirm a guessed plan")
+	require.NotEqual(t, strings.TrimPrefix(id, "hmac-"), ContentDigest(validPlan(2)))
 
 	for _, tc := range []struct {
 		name string

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 )
 
 // Defaults for the zero values of Config's limits.
@@ -64,6 +64,15 @@ type Client struct {
 	maxMessageBytes int
 }
 
+// EffectiveMaxDeadline is the bound on one Stage-3 call that a client made
+// from c applies: MaxDeadline, or DefaultMaxDeadline when it is 0.
+func (c Config) EffectiveMaxDeadline() time.Duration {
+	if c.MaxDeadline == 0 {
+		return DefaultMaxDeadline
+	}
+	return c.MaxDeadline
+}
+
 // New creates a client; it does not connect until the first call. opts come
 // before Stage-4's own options (for example a bufconn dialer in tests or
 // metrics interceptors in cmd) and cannot override them.
@@ -74,10 +83,7 @@ func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
 	if cfg.MaxDeadline < 0 || cfg.MaxMessageBytes < 0 {
 		return nil, errors.New("stage3 max deadline and max message bytes must not be negative")
 	}
-	c := &Client{maxDeadline: cfg.MaxDeadline, maxMessageBytes: cfg.MaxMessageBytes}
-	if c.maxDeadline == 0 {
-		c.maxDeadline = DefaultMaxDeadline
-	}
+	c := &Client{maxDeadline: cfg.EffectiveMaxDeadline(), maxMessageBytes: cfg.MaxMessageBytes}
 	if c.maxMessageBytes == 0 {
 		c.maxMessageBytes = DefaultMaxMessageBytes
 	}

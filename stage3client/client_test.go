@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 	"github.com/stage4/stage4/stage3client/testpki"

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 )
 
 const auditVerifyUsage = `Usage: stage4 audit verify FILE
@@ -57,7 +58,7 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		opts = append(opts, audit.WithProgress(progress))
 	}
 
-	res, err := audit.VerifyFile(path, opts...)
+	res, err := filestore.Verify(path, opts...)
 	if err != nil && progress != nil {
 		fmt.Fprintln(stderr) // end the progress line, which stopped short
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -35,6 +36,24 @@ func TestValidateCommand(t *testing.T) {
 			args:       []string{write("valid.json", validPlanJSON)},
 			wantCode:   0,
 			wantStdout: "OK sha256:",
+		},
+		{
+			name:       "the ExecutePlan request body of the dev banner",
+			args:       []string{write("request.json", devPlan)},
+			wantCode:   0,
+			wantStdout: "OK sha256:",
+		},
+		{
+			name:       "request body with an unknown member",
+			args:       []string{write("request-unknown.json", `{"plan":`+validPlanJSON+`,"admin":true}`)},
+			wantCode:   1,
+			wantStdout: `unknown field "admin"`,
+		},
+		{
+			name:       "request body with a null plan",
+			args:       []string{write("request-null.json", `{"plan":null}`)},
+			wantCode:   1,
+			wantStdout: "(plan): value is required",
 		},
 		{
 			name:       "no steps",
@@ -113,6 +132,10 @@ func TestUsage(t *testing.T) {
 		{name: "help of a command", args: []string{"help", "validate"}, wantCode: 0, wantStdout: "Exit status"},
 		{name: "help of audit verify", args: []string{"help", "audit", "verify"}, wantCode: 0, wantStdout: "Usage: stage4 audit verify"},
 		{name: "serve -h", args: []string{"serve", "-h"}, wantCode: 0, wantStderr: "STAGE4_STAGE3_ADDR"},
+		{name: "flags are written with two dashes", args: []string{"help", "serve"}, wantCode: 0, wantStdout: "\n  --stage3-addr host:port\n"},
+		{name: "version", args: []string{"version"}, wantCode: 0, wantStdout: "stage4 "},
+		{name: "--version", args: []string{"--version"}, wantCode: 0, wantStdout: ", go1."},
+		{name: "version with an argument", args: []string{"version", "x"}, wantCode: 2, wantStderr: "unexpected arguments"},
 		{name: "no command", args: nil, wantCode: 2, wantStderr: "Usage:"},
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: `unknown command "frobnicate"`},
 		{name: "unknown flag", args: []string{"serve", "--no-such-flag"}, wantCode: 2, wantStderr: "no-such-flag"},
@@ -211,7 +234,9 @@ func TestAuditVerifyCommand(t *testing.T) {
 // writeAuditLog writes a real audit log of n events with the audit package.
 func writeAuditLog(t *testing.T, path string, n int) {
 	t.Helper()
-	log, err := audit.Open(path)
+	store, err := filestore.Open(path)
+	require.NoError(t, err)
+	log, err := audit.New(store)
 	require.NoError(t, err)
 	for i := range n {
 		_, err := log.Append(t.Context(), &stage4v1.AuditEvent{

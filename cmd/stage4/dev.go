@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -20,7 +21,7 @@ Runs Stage-4 and the reference Stage-3 together on loopback, for trying
 Stage-4 out (make run). Stage-4 is the same server as "stage4 serve", in
 plaintext, talking to the in-process reference Stage-3. The audit log lives
 in the system temp folder by default and survives restarts: the chain simply
-continues. It prints the addresses, the audit-log path and a grpcurl command
+continues. It prints the addresses, the audit-log path and grpcurl commands
 to paste, then runs until SIGINT or SIGTERM. Logs go to stderr, as text.
 `
 
@@ -79,22 +80,22 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// shutdown can still finish: it stops only after runGateway returns.
 	refCtx, stopRef := context.WithCancel(context.WithoutCancel(ctx))
 	refDone := make(chan error, 1)
-	go func() { refDone <- serveGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger) }()
+	go func() { refDone <- gateway.ServeGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger, nil) }()
 
-	cfg := gatewayConfig{
-		listen:          f.listen,
-		metricsListen:   f.metricsListen,
-		auditLog:        f.auditLog,
-		maxMessageBytes: defaultMaxMessageBytes,
-		shutdownGrace:   defaultShutdownGrace,
-		stage3: stage3client.Config{
+	cfg := gateway.Config{
+		Listen:          f.listen,
+		MetricsListen:   f.metricsListen,
+		AuditLog:        f.auditLog,
+		MaxMessageBytes: defaultMaxMessageBytes,
+		ShutdownGrace:   defaultShutdownGrace,
+		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process
 			MaxDeadline:     defaultMaxDeadline,
 			MaxMessageBytes: defaultMaxMessageBytes,
 		},
 	}
-	err = runGateway(ctx, cfg, logger.With("component", "stage4"), func(a gatewayAddrs) {
+	err = gateway.Run(ctx, cfg, logger.With("component", "stage4"), func(a gateway.Addrs) {
 		printDevBanner(stdout, a, lis.Addr(), f.auditLog)
 	})
 	stopRef()
@@ -112,10 +113,10 @@ const devPlan = `{"plan":{"user_id":"alice","token_hash":"alice-token","trigger_
 	`{"source_step":1,"source_output":"text","target_step":2,"target_parameter":"text"}]}}`
 
 // printDevBanner tells the developer where everything is.
-func printDevBanner(w io.Writer, a gatewayAddrs, stage3 net.Addr, auditLog string) {
+func printDevBanner(w io.Writer, a gateway.Addrs, stage3 net.Addr, auditLog string) {
 	metrics := "off"
-	if a.metrics != nil {
-		metrics = "http://" + a.metrics.String() + "/metrics"
+	if a.Metrics != nil {
+		metrics = "http://" + a.Metrics.String() + "/metrics"
 	}
 	fmt.Fprintf(w, `Stage-4 dev is running; Ctrl-C stops it.
   Stage-4 gRPC:       %s (plaintext, health, reflection)
@@ -128,5 +129,5 @@ Execute a plan (from the repository root):
 
 List the audit log:
   go tool -modfile=tools/go.mod grpcurl -plaintext -d '{}' %s stage4.v1.Stage4Service/ListAuditEvents
-`, a.grpc, stage3, metrics, auditLog, devPlan, a.grpc, a.grpc)
+`, a.GRPC, stage3, metrics, auditLog, devPlan, a.GRPC, a.GRPC)
 }

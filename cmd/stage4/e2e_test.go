@@ -21,11 +21,13 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/server"
 )
 
-// gateway is a running "stage4 serve" in front of a running
+// stage4Process is a running "stage4 serve" in front of a running
 // "stage4 reference-stage3", both children of the test.
-type gateway struct {
+type stage4Process struct {
 	stage3      *proc
 	stage4      *proc
 	addr        string
@@ -39,7 +41,7 @@ type gateway struct {
 // (serve) with serveArgs in front of it, on free loopback ports, and
 // connects a client. The audit log path reaches serve through
 // STAGE4_AUDIT_LOG, exercising the environment fallback of its flags.
-func startGateway(t *testing.T, stage3Args, serveArgs []string) *gateway {
+func startGateway(t *testing.T, stage3Args, serveArgs []string) *stage4Process {
 	t.Helper()
 	s3 := start(t, nil, append([]string{"reference-stage3", "--listen", "127.0.0.1:0"}, stage3Args...)...)
 	s3Addr, _ := s3.servingAddr(t)
@@ -55,7 +57,7 @@ func startGateway(t *testing.T, stage3Args, serveArgs []string) *gateway {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	return &gateway{
+	return &stage4Process{
 		stage3: s3, stage4: s4, addr: addr, metricsAddr: metricsAddr, auditLog: auditLog,
 		client: stage4v1.NewStage4ServiceClient(conn), conn: conn,
 	}
@@ -130,7 +132,7 @@ func TestServeEndToEnd(t *testing.T) {
 		res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
 		require.NoError(t, err)
 		require.NotEmpty(t, res.GetExecutionId())
-		require.Regexp(t, `^sha256:[0-9a-f]{64}$`, res.GetPlanId())
+		require.Regexp(t, `^hmac-sha256:[0-9a-f]{64}$`, res.GetPlanId())
 		require.Len(t, res.GetResult().GetResults(), 3)
 		require.Equal(t, 6.0, res.GetResult().GetResults()[2].GetOutput().GetFields()["length"].GetNumberValue())
 	})
@@ -221,22 +223,30 @@ func TestServeShutdownFinishesInFlightCall(t *testing.T) {
 }
 
 // TestServeShutdownCancelsCallsAfterGrace sends SIGTERM while Stage-3 hangs:
-// after --shutdown-grace the call is cancelled, yet it still gets its
-// terminal audit event before the log is closed, and stage4 exits 0.
+// after --shutdown-grace the call is cancelled and answered UNKNOWN with
+// OUTCOME_UNKNOWN (never UNAVAILABLE, which meshes retry: the plan reached
+// Stage-3), it still gets its terminal audit event before the log is
+// closed, and stage4 exits 0. The execution id arrived before Stage-3 was
+// even called.
 func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 	t.Parallel()
 	gw := startGateway(t, []string{"--hang"}, []string{"--shutdown-grace", "1s"})
 	ctx := testContext(t)
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
-		done <- err
-	}()
+	stream, err := gw.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
+	require.NoError(t, err)
+	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
+	require.NoError(t, stream.CloseSend())
+	header, err := stream.Header()
+	require.NoError(t, err)
+	ids := header.Get(server.HeaderExecutionID)
+	require.Len(t, ids, 1, "the execution id is sent before Stage-3 answers")
 	gw.stage3.stderr.waitForLog(t, "started call", map[string]any{"grpc.method": "ExecuteMultiDomainPlan"})
 	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
 
-	require.Error(t, <-done)
+	err = stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
+	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
+	require.Equal(t, rpcerr.OutcomeUnknown, rpcerr.Reason(err))
 	require.Equal(t, 0, gw.stage4.exitCode(t))
 	gw.stage4.stderr.waitForLog(t, "grace period over; cancelling the remaining calls", nil)
 
@@ -244,13 +254,11 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
 	execs := executions(t, gw.auditLog)
 	require.Len(t, execs, 1)
-	for _, types := range execs {
-		require.Equal(t, []stage4v1.AuditEventType{
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-		}, types)
-	}
+	require.Equal(t, []stage4v1.AuditEventType{
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
+	}, execs[ids[0]])
 }
 
 // executions reads the audit log (JSON lines in AuditEvent's protojson

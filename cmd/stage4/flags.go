@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 )
 
@@ -24,10 +25,36 @@ func newFlagSet(name, summary string) *flag.FlagSet {
 		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 		if hasFlags {
 			fmt.Fprint(fs.Output(), "\nFlags:\n")
-			fs.PrintDefaults()
+			printDefaults(fs)
 		}
 	}
 	return fs
+}
+
+// printDefaults is flag.PrintDefaults with two dashes: the README, the
+// usage texts and the error messages all write flags as --name (the flag
+// package accepts one dash or two), and help should not be the one place
+// that writes -name.
+func printDefaults(fs *flag.FlagSet) {
+	w := fs.Output()
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if typ != "" {
+			fmt.Fprintf(w, " %s", typ)
+		}
+		fmt.Fprintf(w, "\n    \t%s", strings.ReplaceAll(usage, "\n", "\n    \t"))
+		// Every flag here is declared with fs.XxxVar, whose values are
+		// Getters; a zero default is left unsaid, as the flag package does.
+		if g, ok := f.Value.(flag.Getter); ok && !reflect.ValueOf(g.Get()).IsZero() {
+			if _, isString := g.Get().(string); isString {
+				fmt.Fprintf(w, " (default %q)", f.DefValue)
+			} else {
+				fmt.Fprintf(w, " (default %v)", f.DefValue)
+			}
+		}
+		fmt.Fprint(w, "\n")
+	})
 }
 
 // parseFlags parses args into fs, printing errors and usage to stderr. -h
@@ -86,5 +113,6 @@ func commandFlagSets() map[string]*flag.FlagSet {
 		"audit verify":     newAuditVerifyFlags(),
 		"audit":            newAuditVerifyFlags(),
 		"reference-stage3": refFS,
+		"version":          newVersionFlags(),
 	}
 }

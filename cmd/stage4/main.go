@@ -17,6 +17,8 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/stage4/stage4/internal/gateway"
 )
 
 // Exit statuses shared by every command; users' scripts depend on them.
@@ -81,6 +83,9 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitOK
 	}
 	code := exitFailure
+	if errors.Is(err, gateway.ErrConfig) {
+		code = exitUsage
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code
@@ -112,6 +117,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAudit(rest, stdout, stderr)
 	case "reference-stage3":
 		return runReferenceStage3(ctx, rest, stdout, stderr)
+	case "version", "--version", "-version":
+		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		return runHelp(rest, stdout)
 	default:
@@ -150,6 +157,7 @@ Usage:
   stage4 validate PLAN.json                      validate a plan offline
   stage4 audit verify FILE                       verify an audit log's hash chain
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
+  stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command
 
 Exit status: 0 success, 1 failure (invalid plan, damaged audit log, server

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
@@ -72,7 +73,7 @@ func runReferenceStage3(ctx context.Context, args []string, _, stderr io.Writer)
 	}
 	srv, hs := newReferenceStage3(stage3ref.Fault{Delay: f.delay, Hang: f.hang}, logger)
 	logger.Info("serving", "grpc_addr", lis.Addr().String())
-	return serveGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger)
+	return gateway.ServeGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger, nil)
 }
 
 // newReferenceStage3 returns a gRPC server with the reference Stage-3,
@@ -80,24 +81,24 @@ func runReferenceStage3(ctx context.Context, args []string, _, stderr io.Writer)
 func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger) (*grpc.Server, *health.Server) {
 	svc := stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens()))
 	svc.SetFault(fault)
-	callLogger := grpcLogger(logger)
-	recoveryOpt := recovery.WithRecoveryHandlerContext(recoveredPanic(logger))
+	callLogger := gateway.GRPCLogger(logger)
+	recoveryOpt := recovery.WithRecoveryHandlerContext(gateway.RecoveredPanic(logger))
 	srv := grpc.NewServer(
 		// Outermost first, as in Stage-4: logging, then recovery.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, callLogOptions...),
+			logging.UnaryServerInterceptor(callLogger, gateway.CallLogOptions...),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(callLogger, callLogOptions...),
+			logging.StreamServerInterceptor(callLogger, gateway.CallLogOptions...),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),
 	)
 	stage3v1.RegisterStage3ServiceServer(srv, svc)
 	serviceName := stage3v1.Stage3Service_ServiceDesc.ServiceName
-	hs := newHealth(serviceName)
+	hs := gateway.NewHealth(serviceName)
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
-	setHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
+	gateway.SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	return srv, hs
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 )
 
@@ -24,8 +25,10 @@ const serveUsage = `Usage: stage4 serve --stage3-addr HOST:PORT [flags]
 Runs the production Stage-4 gRPC server: stage4.v1.Stage4Service, gRPC
 health (grpc.health.v1) and server reflection. Plans go to the Stage-3 at
 --stage3-addr over TLS (or plaintext with --stage3-insecure); there is no
-fallback to the reference Stage-3. Logs go to stderr, one line per call
-start and finish, never with request payloads.
+fallback to the reference Stage-3. Logs go to stderr: one line per
+finished call that failed, and per successful call only at --log-level
+debug (the audit log and the metrics record every call), never with
+request payloads or error messages.
 
 Prometheus metrics are served at http://METRICS-LISTEN/metrics; an empty
 --metrics-listen turns them off.
@@ -41,7 +44,7 @@ STAGE4_STAGE3_ADDR or STAGE4_LISTEN. Flags win over the environment.
 
 // serveFlags holds serve's flag values.
 type serveFlags struct {
-	gateway gatewayConfig
+	gateway gateway.Config
 	log     logFlags
 }
 
@@ -50,16 +53,16 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs := newFlagSet("serve", serveUsage)
 	f := &serveFlags{}
 	g := &f.gateway
-	fs.StringVar(&g.listen, "listen", defaultListen, "`host:port` of the gRPC server")
-	fs.StringVar(&g.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
-	fs.StringVar(&g.auditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
-	fs.IntVar(&g.maxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
-	fs.DurationVar(&g.shutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
-	fs.StringVar(&g.tlsCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
-	fs.StringVar(&g.tlsKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
-	fs.StringVar(&g.tlsClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
+	fs.StringVar(&g.Listen, "listen", defaultListen, "`host:port` of the gRPC server")
+	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
+	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
+	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
+	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
+	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
+	fs.StringVar(&g.TLSKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
+	fs.StringVar(&g.TLSClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
 
-	s3 := &g.stage3
+	s3 := &g.Stage3
 	fs.StringVar(&s3.Target, "stage3-addr", "", "`host:port` (or gRPC target) of the Stage-3 executor; required")
 	fs.BoolVar(&s3.Insecure, "stage3-insecure", false, "talk to Stage-3 in plaintext (only on a trusted network)")
 	fs.StringVar(&s3.CAFile, "stage3-ca-file", "", "CA `file` (PEM) that signed Stage-3's certificate; system roots when empty")
@@ -82,16 +85,16 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError("serve: unexpected arguments %q", fs.Args())
 	}
-	if f.gateway.stage3.Target == "" {
+	if f.gateway.Stage3.Target == "" {
 		return usageError("serve: --stage3-addr (or STAGE4_STAGE3_ADDR) is required: the address of the Stage-3 executor")
 	}
-	if f.gateway.maxMessageBytes <= 0 {
+	if f.gateway.MaxMessageBytes <= 0 {
 		return usageError("serve: --max-message-bytes must be positive")
 	}
-	f.gateway.stage3.MaxMessageBytes = f.gateway.maxMessageBytes
+	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)
 	if err != nil {
 		return err
 	}
-	return runGateway(ctx, f.gateway, logger, nil)
+	return gateway.Run(ctx, f.gateway, logger, nil)
 }

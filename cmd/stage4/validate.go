@@ -20,8 +20,9 @@ import (
 const validateUsage = `Usage: stage4 validate PLAN.json
 
 Validates a plan offline, exactly as ExecutePlan and ValidatePlan would. The
-file holds a stage4.v1.Plan in protojson form: the object that goes in the
-"plan" field of an ExecutePlan request. "-" reads the plan from stdin.
+file holds a stage4.v1.Plan in protojson form, or a whole ExecutePlan or
+ValidatePlan request body with the plan in its "plan" member (what grpcurl's
+-d takes). "-" reads from stdin.
 
 Prints "OK" and the plan_id for a valid plan; for an invalid one, "INVALID"
 and one line per violation: its field path (relative to the plan), message
@@ -64,9 +65,8 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 		}
 		return usageError("validate: %s is not valid JSON", name)
 	}
-	plan := &stage4v1.Plan{}
-	// The zero UnmarshalOptions reject unknown fields, as rule 2 demands.
-	if err := protojson.Unmarshal(data, plan); err != nil {
+	plan, err := decodePlan(data)
+	if err != nil {
 		fmt.Fprintf(stdout, "INVALID\n  %v\n", err)
 		return silentExit(exitFailure)
 	}
@@ -77,8 +77,32 @@ func runValidate(args []string, stdout, stderr io.Writer) error {
 		}
 		return silentExit(exitFailure)
 	}
-	fmt.Fprintf(stdout, "OK %s\n", server.PlanID(plan))
+	fmt.Fprintf(stdout, "OK %s\n", server.ContentDigest(plan))
 	return nil
+}
+
+// decodePlan reads a Plan, or a request body that wraps one in "plan". A
+// Plan has no field named plan, so the two forms cannot be mistaken for
+// each other. The zero UnmarshalOptions reject unknown fields, in the
+// request as in the plan, as rule 2 demands.
+func decodePlan(data []byte) (*stage4v1.Plan, error) {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) == nil {
+		if _, wrapped := top["plan"]; wrapped {
+			// ExecutePlanRequest and ValidatePlanRequest have the same JSON
+			// form: one required "plan".
+			req := &stage4v1.ExecutePlanRequest{}
+			if err := protojson.Unmarshal(data, req); err != nil {
+				return nil, err
+			}
+			return req.GetPlan(), nil // nil for "plan": null, which Validate reports
+		}
+	}
+	plan := &stage4v1.Plan{}
+	if err := protojson.Unmarshal(data, plan); err != nil {
+		return nil, err
+	}
+	return plan, nil
 }
 
 // readInput reads the named file, or stdin for "-".

@@ -231,9 +231,9 @@ func TestParseFsync(t *testing.T) {
 		want    fsyncTotals
 		wantErr bool
 	}{
-		{name: "histogram", body: "# HELP x\nstage4_audit_fsync_duration_seconds_bucket{le=\"0.001\"} 3\nstage4_audit_fsync_duration_seconds_sum 0.0006\nstage4_audit_fsync_duration_seconds_count 3\n", want: fsyncTotals{sum: 0.0006, count: 3}},
+		{name: "histogram", body: "# HELP x\nstage4_audit_commit_duration_seconds_bucket{le=\"0.001\"} 3\nstage4_audit_commit_duration_seconds_sum 0.0006\nstage4_audit_commit_duration_seconds_count 3\n", want: fsyncTotals{sum: 0.0006, count: 3}},
 		{name: "missing", body: "go_goroutines 7\n", wantErr: true},
-		{name: "garbled", body: "stage4_audit_fsync_duration_seconds_sum x\nstage4_audit_fsync_duration_seconds_count 1\n", wantErr: true},
+		{name: "garbled", body: "stage4_audit_commit_duration_seconds_sum x\nstage4_audit_commit_duration_seconds_count 1\n", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

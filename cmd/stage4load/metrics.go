@@ -12,10 +12,10 @@ import (
 )
 
 // fsyncTotals are the sum (seconds) and count of stage4's audit fsyncs so
-// far, from its stage4_audit_fsync_duration_seconds histogram.
+// far, from its stage4_audit_commit_duration_seconds histogram.
 type fsyncTotals struct{ sum, count float64 }
 
-const fsyncMetric = "stage4_audit_fsync_duration_seconds"
+const fsyncMetric = "stage4_audit_commit_duration_seconds"
 
 // scrapeFsync reads stage4's fsync totals from its /metrics endpoint.
 func scrapeFsync(ctx context.Context, url string) (fsyncTotals, error) {

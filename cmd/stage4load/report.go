@@ -23,7 +23,7 @@ type results struct {
 	OpenLoop []openResult  `json:"open_loop,omitempty"`
 	Memory   memory        `json:"memory"`
 	// Stage4Fsync1 is the mean duration of stage4's own audit fsyncs (from
-	// its stage4_audit_fsync_duration_seconds metric) during the one-caller
+	// its stage4_audit_commit_duration_seconds metric) during the one-caller
 	// rounds of (c), in ms, across rounds.
 	Stage4Fsync1 *stat  `json:"stage4_fsync_one_caller_ms,omitempty"`
 	GoBench      string `json:"go_bench_file,omitempty"`
@@ -299,7 +299,7 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 	fmt.Fprintf(w, "Command:\n\n```\n%s\n```\n\n", m.Command)
 	fmt.Fprintf(w, "One small append plus fsync in the audit log's directory takes %.3f ms here (median of %d).", m.FsyncP50, fsyncSamples)
 	if f := r.Stage4Fsync1; f != nil {
-		fmt.Fprintf(w, " Inside stage4, during the one-caller rounds of (c), an audit fsync took %.3f ms on average (median of rounds; min %.3f, max %.3f), as its stage4_audit_fsync_duration_seconds metric timed it.", f.Median, f.Min, f.Max)
+		fmt.Fprintf(w, " Inside stage4, during the one-caller rounds of (c), an audit fsync took %.3f ms on average (median of rounds; min %.3f, max %.3f), as its stage4_audit_commit_duration_seconds metric timed it.", f.Median, f.Min, f.Max)
 	}
 	fmt.Fprint(w, "\n\n")
 	fmt.Fprintf(w, "## Method\n\n")

@@ -378,8 +378,10 @@ type ExecutePlanResponse struct {
 	// Unique per ExecutePlan call; also sent as the x-stage4-execution-id
 	// response header, and the key of this call's audit events.
 	ExecutionId string `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
-	// The content digest of the plan: "sha256:" and 64 hex digits. The same
-	// plan always has the same plan_id.
+	// The plan's keyed content digest: "hmac-sha256:" and 64 hex digits, an
+	// HMAC-SHA256 under the audit store's secret key, so that only the
+	// deployment can confirm which plan it names. The same plan has the same
+	// plan_id on every replica of one audit store.
 	PlanId string `protobuf:"bytes,2,opt,name=plan_id,json=planId,proto3" json:"plan_id,omitempty"`
 	// Stage-3's response, unchanged.
 	Result        *v1.ExecuteMultiDomainPlanResponse `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
@@ -488,7 +490,8 @@ func (x *ValidatePlanRequest) GetPlan() *Plan {
 // with INVALID_ARGUMENT and buf.validate.Violations details instead.
 type ValidatePlanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The content digest of the plan, as ExecutePlan would report it.
+	// The plan's keyed content digest ("hmac-sha256:" and 64 hex digits), as
+	// ExecutePlan would report it.
 	PlanId        string `protobuf:"bytes,1,opt,name=plan_id,json=planId,proto3" json:"plan_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -543,9 +546,11 @@ type AuditEvent struct {
 	Type AuditEventType `protobuf:"varint,3,opt,name=type,proto3,enum=stage4.v1.AuditEventType" json:"type,omitempty"`
 	// The ExecutePlan call this event belongs to.
 	ExecutionId string `protobuf:"bytes,4,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
-	// The content digest of the plan, when the request carried one.
+	// The plan's keyed content digest ("hmac-sha256:" and 64 hex digits),
+	// when the request carried a plan.
 	PlanId string `protobuf:"bytes,5,opt,name=plan_id,json=planId,proto3" json:"plan_id,omitempty"`
-	// The plan's user_id, when the request carried one.
+	// The plan's user_id, when the request carried one; empty for an invalid
+	// plan whose user_id breaks its rule (details.user_id_fingerprint then).
 	UserId string `protobuf:"bytes,6,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Event-specific facts. Never holds token_hash or parameter values.
 	Details *structpb.Struct `protobuf:"bytes,7,opt,name=details,proto3" json:"details,omitempty"`

@@ -1,4 +1,4 @@
-package audit_test
+package filestore_test
 
 import (
 	"context"
@@ -6,15 +6,13 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc/codes"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-	"github.com/stage4/stage4/server/rpcerr"
 )
 
 // listFixture writes nine events: three executions of two users.
-func listFixture(t *testing.T) *audit.Log {
+func listFixture(t *testing.T) *testLog {
 	t.Helper()
 	lg := openLog(t, logPath(t))
 	mustAppend(t, lg,
@@ -132,25 +130,25 @@ func TestListRefusesBadRequests(t *testing.T) {
 	tests := []struct {
 		name   string
 		req    *stage4v1.ListAuditEventsRequest
-		reason string
+		reason error
 	}{
-		{name: "negative page size", req: &stage4v1.ListAuditEventsRequest{PageSize: -1}, reason: rpcerr.InvalidListRequest},
-		{name: "page size over 1000", req: &stage4v1.ListAuditEventsRequest{PageSize: 1001}, reason: rpcerr.InvalidListRequest},
-		{name: "undefined type", req: &stage4v1.ListAuditEventsRequest{Type: 42}, reason: rpcerr.InvalidListRequest},
-		{name: "not base64", req: &stage4v1.ListAuditEventsRequest{PageToken: "!!!"}, reason: rpcerr.InvalidPageToken},
-		{name: "wrong length", req: &stage4v1.ListAuditEventsRequest{PageToken: token + "AA"}, reason: rpcerr.InvalidPageToken},
-		{name: "other filters", req: &stage4v1.ListAuditEventsRequest{PageToken: token, UserId: "alice"}, reason: rpcerr.InvalidPageToken},
-		{name: "other type", req: &stage4v1.ListAuditEventsRequest{PageToken: token, Type: received}, reason: rpcerr.InvalidPageToken},
-		{name: "offset inside a record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[8] += 5 })}, reason: rpcerr.InvalidPageToken},
-		{name: "offset past the end", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[2] = 0x7f })}, reason: rpcerr.InvalidPageToken},
-		{name: "sequence of another record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[16]++ })}, reason: rpcerr.InvalidPageToken},
-		{name: "unknown version", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[0] = 9 })}, reason: rpcerr.InvalidPageToken},
+		{name: "negative page size", req: &stage4v1.ListAuditEventsRequest{PageSize: -1}, reason: audit.ErrInvalidQuery},
+		{name: "page size over 1000", req: &stage4v1.ListAuditEventsRequest{PageSize: 1001}, reason: audit.ErrInvalidQuery},
+		{name: "undefined type", req: &stage4v1.ListAuditEventsRequest{Type: 42}, reason: audit.ErrInvalidQuery},
+		{name: "not base64", req: &stage4v1.ListAuditEventsRequest{PageToken: "!!!"}, reason: audit.ErrInvalidPageToken},
+		{name: "wrong length", req: &stage4v1.ListAuditEventsRequest{PageToken: token + "AA"}, reason: audit.ErrInvalidPageToken},
+		{name: "other filters", req: &stage4v1.ListAuditEventsRequest{PageToken: token, UserId: "alice"}, reason: audit.ErrInvalidPageToken},
+		{name: "other type", req: &stage4v1.ListAuditEventsRequest{PageToken: token, Type: received}, reason: audit.ErrInvalidPageToken},
+		{name: "offset inside a record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[8] += 5 })}, reason: audit.ErrInvalidPageToken},
+		{name: "offset past the end", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[2] = 0x7f })}, reason: audit.ErrInvalidPageToken},
+		{name: "sequence of another record", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[16]++ })}, reason: audit.ErrInvalidPageToken},
+		{name: "unknown version", req: &stage4v1.ListAuditEventsRequest{PageToken: forge(func(b []byte) { b[0] = 9 })}, reason: audit.ErrInvalidPageToken},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			_, err := lg.List(context.Background(), tt.req)
-			requireReason(t, err, codes.InvalidArgument, tt.reason)
+			require.ErrorIs(t, err, tt.reason)
 		})
 	}
 }
@@ -160,5 +158,5 @@ func TestListAfterCloseIsUnavailable(t *testing.T) {
 	lg := listFixture(t)
 	require.NoError(t, lg.Close())
 	_, err := lg.List(context.Background(), &stage4v1.ListAuditEventsRequest{})
-	requireReason(t, err, codes.Unavailable, rpcerr.AuditReadFailed)
+	require.ErrorIs(t, err, audit.ErrClosed)
 }

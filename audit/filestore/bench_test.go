@@ -1,4 +1,4 @@
-package audit_test
+package filestore_test
 
 import (
 	"context"
@@ -9,13 +9,13 @@ import (
 
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // noSyncFile makes Sync a no-op: the non-durable baseline for the benchmark
 // only. A log on it loses acknowledged events in a power cut.
-type noSyncFile struct{ audit.File }
+type noSyncFile struct{ filestore.File }
 
 func (noSyncFile) Sync() error { return nil }
 
@@ -26,16 +26,16 @@ func BenchmarkAppend(b *testing.B) {
 		for _, writers := range []int{1, 16, 64} {
 			name := fmt.Sprintf("fsync=%t/writers=%d", durable, writers)
 			b.Run(name, func(b *testing.B) {
-				var opts []audit.Option
+				var opts []any
 				if !durable {
-					opts = append(opts, audit.WithFileWrapper(func(f audit.File) audit.File { return noSyncFile{f} }))
+					opts = append(opts, filestore.WithFileWrapper(func(f filestore.File) filestore.File { return noSyncFile{f} }))
 				}
-				lg, err := audit.Open(b.TempDir()+"/audit.jsonl", opts...)
+				lg, err := open(b.TempDir()+"/audit.jsonl", opts...)
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer lg.Close()
-				ev := plan("alice")
+
 				// The shape of a PLAN_RECEIVED event of a two-step plan.
 				details, err := structpb.NewStruct(map[string]any{
 					"trigger_type": "manual", "step_count": 2, "binding_count": 1,
@@ -54,7 +54,7 @@ func BenchmarkAppend(b *testing.B) {
 						for next.Add(1) <= int64(b.N) {
 							if _, err := lg.Append(context.Background(), &stage4v1.AuditEvent{
 								Type: received, ExecutionId: "0123456789abcdef0123456789abcdef",
-								PlanId: "sha256:4f2a0b7c9d1e3f5a6b8c0d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a1b3c5d7e9f1a", UserId: ev.GetUserId(),
+								PlanId: "sha256:4f2a0b7c9d1e3f5a6b8c0d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a1b3c5d7e9f1a", UserId: "alice",
 								Details: details,
 							}); err != nil {
 								b.Error(err)

@@ -1,4 +1,4 @@
-package audit_test
+package filestore_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -51,7 +52,7 @@ func TestAppendAssignsChainAndMatchesFile(t *testing.T) {
 	}
 	requireEvents(t, written, listAll(t, lg, &stage4v1.ListAuditEventsRequest{}))
 
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), res.Records)
 	require.Equal(t, written[2].GetHash(), res.LastHash)
@@ -83,7 +84,7 @@ func TestAppendRefusesBadEventsWithoutFailingTheLog(t *testing.T) {
 			require.Error(t, err)
 			require.NoError(t, lg.Err())
 			mustAppend(t, lg, event(received, "e", "u"))
-			res, err := audit.VerifyFile(path)
+			res, err := filestore.Verify(path)
 			require.NoError(t, err)
 			require.Equal(t, uint64(1), res.Records)
 		})
@@ -153,7 +154,7 @@ func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	for s := uint64(1); s <= writers*each; s++ {
 		require.True(t, seen[s], "sequence %d missing", s)
 	}
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(writers*each), res.Records)
 }
@@ -161,17 +162,17 @@ func TestConcurrentAppendsFormOneChain(t *testing.T) {
 func TestReopenContinuesTheChain(t *testing.T) {
 	t.Parallel()
 	path := logPath(t)
-	lg, err := audit.Open(path)
+	lg, err := open(path)
 	require.NoError(t, err)
 	mustAppend(t, lg, event(received, "e1", "u"), event(failed, "e1", "u"))
 	require.NoError(t, lg.Close())
 
 	lg = openLog(t, path)
-	require.Equal(t, audit.Recovery{}, lg.Recovery())
+	require.Equal(t, recovery{}, lg.Recovery())
 	ev, err := lg.Append(context.Background(), event(received, "e2", "u"))
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), ev.GetSequence())
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), res.Records)
 }
@@ -195,8 +196,8 @@ func TestFailedLogStaysFailed(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			lg := openLog(t, logPath(t),
 				audit.WithRegisterer(reg),
-				audit.WithOnFailure(func(err error) { notified = append(notified, err) }),
-				audit.WithFileWrapper(func(f audit.File) audit.File {
+				audit.WithHealthFunc(func(err error) { notified = append(notified, err) }),
+				filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 					ff = &faultyFile{File: f, failRecordAt: tt.failRecordAt, failSyncAt: tt.failSyncAt}
 					return ff
 				}))
@@ -226,7 +227,7 @@ func TestFailedLogStaysFailed(t *testing.T) {
 // readOnlyWriter sends writes to a descriptor opened read-only, so the
 // kernel itself refuses them (EBADF), even for root.
 type readOnlyWriter struct {
-	audit.File
+	filestore.File
 	ro *os.File
 }
 
@@ -239,7 +240,7 @@ func TestRealWriteErrorFailsTheLog(t *testing.T) {
 	ro, err := os.Open(path)
 	require.NoError(t, err)
 	t.Cleanup(func() { ro.Close() })
-	lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File { return readOnlyWriter{File: f, ro: ro} }))
+	lg := openLog(t, path, filestore.WithFileWrapper(func(f filestore.File) filestore.File { return readOnlyWriter{File: f, ro: ro} }))
 	_, err = lg.Append(context.Background(), event(received, "e", "u"))
 	require.Error(t, err)
 	require.Error(t, lg.Err())
@@ -269,7 +270,7 @@ func TestOpenRefusesUnwritablePlaces(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := audit.Open(tt.path(t))
+			_, err := open(tt.path(t))
 			require.ErrorIs(t, err, os.ErrPermission)
 		})
 	}
@@ -278,7 +279,7 @@ func TestOpenRefusesUnwritablePlaces(t *testing.T) {
 func TestOpenRecoversFromACrash(t *testing.T) {
 	t.Parallel()
 	path := logPath(t)
-	lg, err := audit.Open(path)
+	lg, err := open(path)
 	require.NoError(t, err)
 	mustAppend(t, lg,
 		event(received, "done", "u1"), event(started, "done", "u1"), event(completed, "done", "u1"),
@@ -293,14 +294,14 @@ func TestOpenRecoversFromACrash(t *testing.T) {
 	const cutInside = 25 // the crash wrote only part of the last record
 	require.NoError(t, os.Truncate(path, info.Size()-int64(len(last))+cutInside))
 
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err, "an incomplete last line is a crash trace, not damage")
 	require.Equal(t, uint64(6), res.Records)
 	require.Equal(t, int64(cutInside), res.TrailingBytes)
 
 	lg = openLog(t, path)
-	require.Equal(t, audit.Recovery{TruncatedBytes: cutInside, Interrupted: []string{"only-received", "cut"}}, lg.Recovery())
-	res, err = audit.VerifyFile(path)
+	require.Equal(t, recovery{TruncatedBytes: cutInside, Interrupted: []string{"only-received", "cut"}}, lg.Recovery())
+	res, err = filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(8), res.Records)
 	require.Zero(t, res.TrailingBytes)
@@ -321,7 +322,7 @@ func TestOpenRecoversFromACrash(t *testing.T) {
 	// A second start finds nothing left to repair.
 	require.NoError(t, lg.Close())
 	lg = openLog(t, path)
-	require.Equal(t, audit.Recovery{}, lg.Recovery())
+	require.Equal(t, recovery{}, lg.Recovery())
 }
 
 func TestTamperingIsDetected(t *testing.T) {
@@ -361,7 +362,7 @@ func TestTamperingIsDetected(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := logPath(t)
-			lg, err := audit.Open(path)
+			lg, err := open(path)
 			require.NoError(t, err)
 			for i := range 5 {
 				mustAppend(t, lg, event(received, "e"+string(rune('0'+i)), "mallory"))
@@ -369,14 +370,14 @@ func TestTamperingIsDetected(t *testing.T) {
 			require.NoError(t, lg.Close())
 			require.NoError(t, os.WriteFile(path, bytes.Join(tt.tamper(readLines(t, path)), nil), 0o600))
 
-			res, err := audit.VerifyFile(path)
+			res, err := filestore.Verify(path)
 			var ce *audit.ChainError
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, tt.badSeq, ce.Sequence)
 			require.Contains(t, ce.Reason, tt.reason)
 			require.Equal(t, tt.badSeq-1, res.Records)
 
-			_, err = audit.Open(path)
+			_, err = open(path)
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, tt.badSeq, ce.Sequence)
 			require.ErrorContains(t, err, fmt.Sprintf("sequence %d", tt.badSeq))
@@ -403,7 +404,7 @@ func TestVerifyReportsProgress(t *testing.T) {
 		mustAppend(t, lg, ev)
 	}
 	var seen []int64
-	res, err := audit.VerifyFile(path, audit.WithProgress(func(n int64) { seen = append(seen, n) }))
+	res, err := filestore.Verify(path, audit.WithProgress(func(n int64) { seen = append(seen, n) }))
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(seen), 3)
 	require.IsNonDecreasing(t, seen)
@@ -424,10 +425,10 @@ func TestMetricsAreRegistered(t *testing.T) {
 	lg := openLog(t, logPath(t), audit.WithRegisterer(reg))
 	mustAppend(t, lg, event(received, "e", "u"), event(failed, "e", "u"))
 	require.Equal(t, float64(2), metricValue(t, reg, "stage4_audit_appends_total"))
-	require.Equal(t, uint64(2), histogramCount(t, reg, "stage4_audit_fsync_duration_seconds"))
+	require.Equal(t, uint64(2), histogramCount(t, reg, "stage4_audit_commit_duration_seconds"))
 	require.Equal(t, uint64(2), histogramCount(t, reg, "stage4_audit_batch_size"))
 
-	_, err := audit.Open(logPath(t), audit.WithRegisterer(reg))
+	_, err := open(logPath(t), audit.WithRegisterer(reg))
 	require.Error(t, err, "a second log on the same registry must not hide its metrics")
 }
 

@@ -1,21 +1,19 @@
-package main
+package gateway_test
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -23,7 +21,7 @@ import (
 // failingSync is an audit file whose Sync fails once fail is set, as a disk
 // that stopped accepting writes would.
 type failingSync struct {
-	audit.File
+	filestore.File
 	fail atomic.Bool
 }
 
@@ -44,34 +42,15 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 	t.Cleanup(func() { _ = ref.Close() })
 
 	var file *failingSync
-	cfg := gatewayConfig{
-		listen:          "127.0.0.1:0",
-		auditLog:        filepath.Join(t.TempDir(), "audit.jsonl"),
-		stage3:          stage3client.Config{Target: ref.Addr, Insecure: true},
-		maxMessageBytes: defaultMaxMessageBytes,
-		shutdownGrace:   5 * time.Second,
-		auditOptions: []audit.Option{audit.WithFileWrapper(func(f audit.File) audit.File {
-			file = &failingSync{File: f}
-			return file
-		})},
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	ready := make(chan gatewayAddrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runGateway(ctx, cfg, slog.New(slog.DiscardHandler), func(a gatewayAddrs) { ready <- a })
-	}()
-	var addrs gatewayAddrs
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("gateway ended before it was ready: %v", err)
-	case <-time.After(waitTimeout):
-		t.Fatal("gateway not ready in time")
-	}
+	store, err := filestore.Open(filepath.Join(t.TempDir(), "audit.jsonl"), filestore.WithFileWrapper(func(f filestore.File) filestore.File {
+		file = &failingSync{File: f}
+		return file
+	}))
+	require.NoError(t, err)
+	gw := startGateway(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store})
+	addrs := gw.addrs
 
-	conn, err := grpc.NewClient(addrs.grpc.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
@@ -90,6 +69,5 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 		require.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, res.GetStatus(), "service %q", svc)
 	}
 
-	cancel()
-	<-done // the failed log may make shutdown report an error; the status is what matters here
+	gw.stop() // the failed log may make shutdown report an error; the status is what matters here
 }

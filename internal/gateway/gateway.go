@@ -1,4 +1,8 @@
-package main
+// Package gateway composes Stage-4: the audit store and log, the Stage-3
+// client, the gRPC server with its one interceptor chain, health, metrics
+// and graceful shutdown. The stage4 binary, the load tool and tests all run
+// the gateway through Run, so that they run the same composition.
+package gateway
 
 import (
 	"context"
@@ -10,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -50,37 +55,57 @@ const (
 	metricsShutdownTimeout = 5 * time.Second
 )
 
-// gatewayConfig is everything runGateway needs; serve fills it from flags
-// and the environment, dev from its own defaults.
-type gatewayConfig struct {
-	listen          string // host:port of the gRPC server
-	metricsListen   string // host:port of /metrics; "" turns metrics off
-	auditLog        string // path of the audit log file
-	stage3          stage3client.Config
-	tlsCertFile     string // server certificate; "" serves plaintext
-	tlsKeyFile      string
-	tlsClientCAFile string // when set, clients must present a cert it signed
-	maxMessageBytes int
-	shutdownGrace   time.Duration
-	// auditOptions are added to audit.Open's; tests inject storage faults
-	// with them.
-	auditOptions []audit.Option
+// Config is everything Run needs; serve fills it from flags and the
+// environment, dev from its own defaults.
+type Config struct {
+	// Listen is the host:port of the gRPC server.
+	Listen string
+	// MetricsListen is the host:port of /metrics; "" turns metrics off.
+	MetricsListen string
+	// AuditLog is where the audit log lives: a file path, or a
+	// postgres:// or postgresql:// URL (see OpenStore).
+	AuditLog string
+	// Stage3 configures the Stage-3 client.
+	Stage3 stage3client.Config
+	// TLSCertFile and TLSKeyFile are the server's certificate and key;
+	// both empty serves plaintext.
+	TLSCertFile string
+	TLSKeyFile  string
+	// TLSClientCAFile, when set, makes clients present a certificate that
+	// it signed (mTLS).
+	TLSClientCAFile string
+	// MaxMessageBytes bounds requests and Stage-3 responses.
+	MaxMessageBytes int
+	// ShutdownGrace is how long running calls may take to finish on
+	// shutdown.
+	ShutdownGrace time.Duration
+	// Store, when not nil, is used instead of opening AuditLog: tests
+	// inject storage faults with it. Run closes it.
+	Store audit.Store
+	// AuditOptions are added to audit.New's.
+	AuditOptions []audit.Option
 }
 
-// gatewayAddrs are the addresses runGateway actually bound, which differ
-// from the configured ones when a port is 0.
-type gatewayAddrs struct {
-	grpc    net.Addr
-	metrics net.Addr // nil when metrics are off
+// Addrs are the addresses Run actually bound, which differ from the
+// configured ones when a port is 0.
+type Addrs struct {
+	// GRPC is the gRPC listener's address.
+	GRPC net.Addr
+	// Metrics is the /metrics listener's address, nil when metrics are off.
+	Metrics net.Addr
 }
 
-// runGateway runs the Stage-4 gRPC server until ctx is cancelled, then
-// shuts it down (see serveGRPC) and closes Stage-3 and the audit log, in
-// that order: the audit log closes last so that every call that was
-// running gets its terminal event. ready, if not nil, is called once the
-// server accepts calls.
-func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, ready func(gatewayAddrs)) (err error) {
-	creds, err := serverCredentials(cfg.tlsCertFile, cfg.tlsKeyFile, cfg.tlsClientCAFile)
+// ErrConfig marks errors in the configuration (as opposed to failures
+// while running), which the binary reports as a usage error.
+var ErrConfig = errors.New("invalid configuration")
+
+// Run runs the Stage-4 gRPC server until ctx is cancelled, then shuts it
+// down (see ServeGRPC) and closes Stage-3 and the audit log, in that
+// order: the audit log closes last so that every call that was running
+// gets its terminal event. ready, if not nil, is called once the server
+// accepts calls.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)) (err error) {
+	creds, err := serverCredentials(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile)
 	if err != nil {
 		return err
 	}
@@ -94,23 +119,42 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 	)
 
 	serviceName := stage4v1.Stage4Service_ServiceDesc.ServiceName
-	hs := newHealth(serviceName)
+	hs := NewHealth(serviceName)
 
-	auditLog, err := audit.Open(cfg.auditLog, append([]audit.Option{
-		audit.WithRegisterer(reg),
-		// Once the log cannot record, ExecutePlan refuses every plan (fail
-		// closed); NOT_SERVING tells load balancers to send them elsewhere.
-		audit.WithOnFailure(func(err error) {
-			logger.Error("audit log failed; refusing plans until restarted", "error", err)
-			setHealth(hs, healthpb.HealthCheckResponse_NOT_SERVING, serviceName)
-		}),
-	}, cfg.auditOptions...)...)
-	if err != nil {
-		return err // already says "open audit log"
+	store := cfg.Store
+	if store == nil {
+		if store, err = OpenStore(ctx, cfg.AuditLog, logger); err != nil {
+			return err
+		}
 	}
-	if rec := auditLog.Recovery(); rec.TruncatedBytes > 0 || len(rec.Interrupted) > 0 {
-		logger.Warn("audit log repaired after an unclean stop",
-			"truncated_bytes", rec.TruncatedBytes, "interrupted_executions", rec.Interrupted)
+	// serving is set once the listener is up: the log may report health
+	// changes before that, which must not announce SERVING early.
+	var serving atomic.Bool
+	auditLog, err := audit.New(store, append([]audit.Option{
+		audit.WithRegisterer(reg),
+		audit.WithLogger(logger),
+		// A Stage-3 call ends by its deadline; the margin covers writing
+		// the terminal event. Only then may another replica close the
+		// execution as interrupted.
+		audit.WithOpenFor(cfg.Stage3.EffectiveMaxDeadline() + openForMargin),
+		// While the store cannot record, ExecutePlan refuses every plan
+		// (fail closed); NOT_SERVING tells load balancers to send them
+		// elsewhere. A store that recovers (a database back online) turns
+		// SERVING again; a failed file never does.
+		audit.WithHealthFunc(func(err error) {
+			if err != nil {
+				logger.Error("audit store unavailable; refusing plans", "error", err)
+				SetHealth(hs, healthpb.HealthCheckResponse_NOT_SERVING, serviceName)
+				return
+			}
+			logger.Info("audit store available again; accepting plans")
+			if serving.Load() {
+				SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
+			}
+		}),
+	}, cfg.AuditOptions...)...)
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
 	}
 	defer func() {
 		if cerr := auditLog.Close(); cerr != nil {
@@ -121,7 +165,7 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 	// Stage-3 call latency by code, measured on the client side.
 	clientMetrics := grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram())
 	reg.MustRegister(clientMetrics)
-	stage3, err := stage3client.New(cfg.stage3, grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()))
+	stage3, err := stage3client.New(cfg.Stage3, grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()))
 	if err != nil {
 		return fmt.Errorf("stage3 client: %w", err)
 	}
@@ -131,50 +175,69 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 		}
 	}()
 
+	key, err := FingerprintKey(ctx, store, cfg)
+	if err != nil {
+		return err
+	}
+	fp := server.NewFingerprinter(key)
+	// abort ends the calls still running when the shutdown grace period
+	// is over, with OUTCOME_UNKNOWN rather than a dropped connection.
+	abortCtx, abort := context.WithCancel(context.Background())
+	defer abort()
+
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, auditLog, serverMetrics)...)
-	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog))
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, server.AuditInterceptor(auditLog,
+		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
+		server.WithAbort(abortCtx)), serverMetrics)...)
+	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog, fp))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	serverMetrics.InitializeMetrics(srv)
 
-	lis, err := net.Listen("tcp", cfg.listen)
+	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	addrs := gatewayAddrs{grpc: lis.Addr()}
+	addrs := Addrs{GRPC: lis.Addr()}
 
-	if cfg.metricsListen != "" {
-		stopMetrics, maddr, err := serveMetrics(cfg.metricsListen, reg, logger)
+	if cfg.MetricsListen != "" {
+		stopMetrics, maddr, err := serveMetrics(cfg.MetricsListen, reg, logger)
 		if err != nil {
 			lis.Close()
 			return err
 		}
 		defer stopMetrics()
-		addrs.metrics = maddr
+		addrs.Metrics = maddr
 	}
 
-	setHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
+	serving.Store(true)
+	if auditLog.Err() == nil {
+		SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
+	}
 	// Operators and tests read the bound addresses from this line when a
 	// port was 0.
 	metricsAddr := ""
-	if addrs.metrics != nil {
-		metricsAddr = addrs.metrics.String()
+	if addrs.Metrics != nil {
+		metricsAddr = addrs.Metrics.String()
 	}
-	logger.Info("serving", "grpc_addr", addrs.grpc.String(), "metrics_addr", metricsAddr,
-		"tls", creds != nil, "stage3_addr", cfg.stage3.Target, "audit_log", cfg.auditLog)
+	logger.Info("serving", "grpc_addr", addrs.GRPC.String(), "metrics_addr", metricsAddr,
+		"tls", creds != nil, "stage3_addr", cfg.Stage3.Target, "audit_log", RedactURL(cfg.AuditLog))
 	if ready != nil {
 		ready(addrs)
 	}
-	return serveGRPC(ctx, srv, hs, lis, cfg.shutdownGrace, logger)
+	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
+
+// openForMargin is how long after its Stage-3 deadline an execution may
+// still be writing its terminal event.
+const openForMargin = 30 * time.Second
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, logger *slog.Logger, auditLog *audit.Log, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
-	callLogger := grpcLogger(logger)
-	recoveryOpt := recovery.WithRecoveryHandlerContext(recoveredPanic(logger))
+func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+	callLogger := GRPCLogger(logger)
+	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
 	opts := []grpc.ServerOption{
 		// The one interceptor chain, outermost first:
@@ -189,18 +252,15 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, gatewayCallLogOptions...),
+			logging.UnaryServerInterceptor(callLogger, GatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
-			audit.UnaryServerInterceptor(auditLog,
-				audit.WithValidator(func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }),
-				audit.WithPlanID(server.PlanID),
-			),
+			auditInterceptor,
 		),
 		// Streams (health Watch, reflection) are not audited: they carry no
 		// plans.
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(callLogger, gatewayCallLogOptions...),
+			logging.StreamServerInterceptor(callLogger, GatewayCallLogOptions...),
 			serverMetrics.StreamServerInterceptor(),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),
@@ -208,7 +268,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		// waiting for their handlers to return lets each record its
 		// terminal audit event before the log is closed.
 		grpc.WaitForHandlers(true),
-		grpc.MaxRecvMsgSize(cfg.maxMessageBytes),
+		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             keepaliveMinTime,
@@ -260,12 +320,12 @@ func serveMetrics(addr string, reg *prometheus.Registry, logger *slog.Logger) (s
 func serverCredentials(certFile, keyFile, clientCAFile string) (credentials.TransportCredentials, error) {
 	if certFile == "" && keyFile == "" {
 		if clientCAFile != "" {
-			return nil, usageError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+			return nil, fmt.Errorf("%w: --tls-client-ca-file needs --tls-cert-file and --tls-key-file", ErrConfig)
 		}
 		return nil, nil
 	}
 	if certFile == "" || keyFile == "" {
-		return nil, usageError("--tls-cert-file and --tls-key-file go together")
+		return nil, fmt.Errorf("%w: --tls-cert-file and --tls-key-file go together", ErrConfig)
 	}
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {

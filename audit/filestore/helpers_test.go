@@ -1,4 +1,4 @@
-package audit_test
+package filestore_test
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -24,7 +26,7 @@ import (
 // Sync, the way a full or dying disk would. This is how other packages
 // inject faults.
 type faultyFile struct {
-	audit.File
+	filestore.File
 	failRecordAt, failSyncAt int32
 	records, writes, syncs   atomic.Int32
 }
@@ -53,9 +55,67 @@ func logPath(t *testing.T) string {
 	return filepath.Join(t.TempDir(), "audit.jsonl")
 }
 
-func openLog(t *testing.T, path string, opts ...audit.Option) *audit.Log {
+// testLog is an audit.Log on a file store, as the gateway runs it.
+type testLog struct {
+	*audit.Log
+	store *filestore.Store
+}
+
+// recovery is what opening a log repaired.
+type recovery struct {
+	TruncatedBytes int64
+	Interrupted    []string
+}
+
+func (l *testLog) Recovery() recovery {
+	r := recovery{TruncatedBytes: l.store.Recovery().TruncatedBytes, Interrupted: l.Recovered()}
+	if len(r.Interrupted) == 0 {
+		r.Interrupted = nil
+	}
+	return r
+}
+
+// List lists with the RPC's request and response types.
+func (l *testLog) List(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error) {
+	page, err := l.Log.List(ctx, audit.Query{
+		ExecutionID: req.GetExecutionId(), PlanID: req.GetPlanId(), UserID: req.GetUserId(),
+		Type: req.GetType(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &stage4v1.ListAuditEventsResponse{AuditEvents: page.Events, NextPageToken: page.NextPageToken}, nil
+}
+
+// open opens a log on the file at path; opts are filestore.Option or
+// audit.Option values.
+func open(path string, opts ...any) (*testLog, error) {
+	var fopts []filestore.Option
+	var lopts []audit.Option
+	for _, o := range opts {
+		switch o := o.(type) {
+		case filestore.Option:
+			fopts = append(fopts, o)
+		case audit.Option:
+			lopts = append(lopts, o)
+		default:
+			panic(fmt.Sprintf("open: option of type %T", o))
+		}
+	}
+	store, err := filestore.Open(path, fopts...)
+	if err != nil {
+		return nil, err
+	}
+	lg, err := audit.New(store, lopts...)
+	if err != nil {
+		return nil, err
+	}
+	return &testLog{Log: lg, store: store}, nil
+}
+
+func openLog(t *testing.T, path string, opts ...any) *testLog {
 	t.Helper()
-	lg, err := audit.Open(path, opts...)
+	lg, err := open(path, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { lg.Close() })
 	return lg
@@ -71,7 +131,7 @@ func event(typ stage4v1.AuditEventType, execID, userID string) *stage4v1.AuditEv
 	}
 }
 
-func mustAppend(t *testing.T, lg *audit.Log, evs ...*stage4v1.AuditEvent) {
+func mustAppend(t *testing.T, lg *testLog, evs ...*stage4v1.AuditEvent) {
 	t.Helper()
 	for _, ev := range evs {
 		_, err := lg.Append(context.Background(), ev)
@@ -80,7 +140,7 @@ func mustAppend(t *testing.T, lg *audit.Log, evs ...*stage4v1.AuditEvent) {
 }
 
 // listAll pages through the whole log with the given filters.
-func listAll(t *testing.T, lg *audit.Log, req *stage4v1.ListAuditEventsRequest) []*stage4v1.AuditEvent {
+func listAll(t *testing.T, lg *testLog, req *stage4v1.ListAuditEventsRequest) []*stage4v1.AuditEvent {
 	t.Helper()
 	var all []*stage4v1.AuditEvent
 	for {

@@ -1,4 +1,4 @@
-package audit_test
+package filestore_test
 
 import (
 	"context"
@@ -7,10 +7,11 @@ import (
 	"path/filepath"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-func ExampleVerifyFile() {
+func ExampleVerify() {
 	dir, err := os.MkdirTemp("", "audit")
 	if err != nil {
 		panic(err)
@@ -18,7 +19,11 @@ func ExampleVerifyFile() {
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "audit.jsonl")
 
-	lg, err := audit.Open(path)
+	store, err := filestore.Open(path)
+	if err != nil {
+		panic(err)
+	}
+	lg, err := audit.New(store)
 	if err != nil {
 		panic(err)
 	}
@@ -35,7 +40,7 @@ func ExampleVerifyFile() {
 		panic(err)
 	}
 
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	fmt.Println(res.Records, err)
 	// Output: 3 <nil>
 }

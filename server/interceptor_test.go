@@ -1,9 +1,7 @@
-package audit_test
+package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"net"
 	"os"
 	"strings"
@@ -20,13 +18,13 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-	"github.com/stage4/stage4/server/rpcerr"
+	"github.com/stage4/stage4/internal/rpcerr"
 )
 
 // fakeStage4 stands in for the server: like the real one, it refuses to
@@ -39,7 +37,7 @@ type fakeStage4 struct {
 
 func (f *fakeStage4) ExecutePlan(ctx context.Context, _ *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, error) {
 	f.calls.Add(1)
-	ex, ok := audit.ExecutionFromContext(ctx)
+	ex, ok := executionFromContext(ctx)
 	if !ok {
 		return nil, status.Error(codes.Internal, "not audited")
 	}
@@ -68,18 +66,12 @@ func testValidate(req *stage4v1.ExecutePlanRequest) error {
 	return nil
 }
 
-func testPlanID(p *stage4v1.Plan) string {
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(p)
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
 // startServer serves fake on bufconn with outer interceptors, then the
 // audit interceptor, as the lead's server chains them.
 func startServer(t *testing.T, lg *audit.Log, fake *fakeStage4, outer ...grpc.UnaryServerInterceptor) stage4v1.Stage4ServiceClient {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	chain := append(outer, audit.UnaryServerInterceptor(lg, audit.WithValidator(testValidate), audit.WithPlanID(testPlanID)))
+	chain := append(outer, AuditInterceptor(lg, testValidate, testFingerprinter))
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	stage4v1.RegisterStage4ServiceServer(srv, fake)
 	go srv.Serve(lis)
@@ -112,7 +104,7 @@ func execute(t *testing.T, client stage4v1.Stage4ServiceClient, p *stage4v1.Plan
 	t.Helper()
 	var md metadata.MD
 	resp, err := client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: p}, grpc.Header(&md))
-	ids := md.Get(audit.HeaderExecutionID)
+	ids := md.Get(HeaderExecutionID)
 	require.Len(t, ids, 1, "the execution id header must be sent on success and failure")
 	require.Regexp(t, "^[0-9a-f]{32}$", ids[0])
 	return resp, ids[0], err
@@ -182,7 +174,7 @@ func TestInterceptorEventSequences(t *testing.T) {
 			require.Equal(t, tt.wantCalls, fake.calls.Load())
 			if err == nil {
 				require.Equal(t, id, resp.GetExecutionId(), "the handler sees the audited execution")
-				require.Equal(t, testPlanID(p), resp.GetPlanId())
+				require.Equal(t, testFingerprinter.PlanID(p), resp.GetPlanId())
 			}
 
 			events := listAll(t, lg, &stage4v1.ListAuditEventsRequest{})
@@ -190,17 +182,20 @@ func TestInterceptorEventSequences(t *testing.T) {
 			for i, ev := range events {
 				require.Equal(t, tt.wantTypes[i], ev.GetType())
 				require.Equal(t, id, ev.GetExecutionId())
-				require.Equal(t, testPlanID(p), ev.GetPlanId())
+				require.Equal(t, testFingerprinter.PlanID(p), ev.GetPlanId())
 				require.Equal(t, tt.userID, ev.GetUserId())
 			}
 			rec := events[0]
 			require.Equal(t, "manual", detail(rec, "trigger_type").GetStringValue())
 			require.Equal(t, float64(2), detail(rec, "step_count").GetNumberValue())
 			require.Equal(t, float64(1), detail(rec, "binding_count").GetNumberValue())
-			require.Equal(t, []any{"text.upper", "text.reverse"}, detail(rec, "steps").GetListValue().AsSlice())
+			if tt.wantPhase == audit.PhaseValidation {
+				require.Nil(t, detail(rec, "steps"), "an invalid plan is described by counts only")
+			} else {
+				require.Equal(t, []any{"text.upper", "text.reverse"}, detail(rec, "steps").GetListValue().AsSlice())
+			}
 			require.Equal(t, "bufconn", detail(rec, "peer").GetStringValue())
-			tokenSum := sha256.Sum256([]byte(secretToken))
-			require.Equal(t, "sha256:"+hex.EncodeToString(tokenSum[:8]), detail(rec, "token_fingerprint").GetStringValue())
+			require.Equal(t, testFingerprinter.Short(secretToken), detail(rec, "token_fingerprint").GetStringValue())
 			require.Nil(t, detail(rec, "truncated"))
 
 			last := events[len(events)-1]
@@ -210,14 +205,11 @@ func TestInterceptorEventSequences(t *testing.T) {
 			} else {
 				require.Equal(t, tt.wantPhase, detail(last, "phase").GetStringValue())
 				require.Equal(t, tt.codeName, detail(last, "code").GetStringValue())
-				if tt.wantPhase == audit.PhaseValidation {
-					require.Equal(t, status.Convert(err).Message(), detail(last, "message").GetStringValue())
-				} else {
-					// Stage-3's text may quote parameter values: only its
-					// fingerprint is kept.
-					require.Nil(t, detail(last, "message"))
-					sum := sha256.Sum256([]byte(status.Convert(err).Message()))
-					require.Equal(t, "sha256:"+hex.EncodeToString(sum[:8]), detail(last, "message_fingerprint").GetStringValue())
+				// Neither the validator's nor Stage-3's text: both may quote
+				// the plan.
+				require.Nil(t, detail(last, "message"))
+				if tt.wantPhase != audit.PhaseValidation {
+					require.Equal(t, testFingerprinter.Short(status.Convert(err).Message()), detail(last, "message_fingerprint").GetStringValue())
 				}
 			}
 
@@ -225,7 +217,7 @@ func TestInterceptorEventSequences(t *testing.T) {
 			require.NoError(t, err)
 			require.NotContains(t, string(raw), secretToken)
 			require.NotContains(t, string(raw), secretParam)
-			_, err = audit.VerifyFile(path)
+			_, err = filestore.Verify(path)
 			require.NoError(t, err)
 		})
 	}
@@ -259,7 +251,7 @@ func TestInterceptorLeavesOtherMethodsAlone(t *testing.T) {
 	var md metadata.MD
 	_, err := client.ValidatePlan(context.Background(), &stage4v1.ValidatePlanRequest{Plan: plan("alice")}, grpc.Header(&md))
 	require.NoError(t, err)
-	require.Empty(t, md.Get(audit.HeaderExecutionID))
+	require.Empty(t, md.Get(HeaderExecutionID))
 	_, err = client.ListAuditEvents(context.Background(), &stage4v1.ListAuditEventsRequest{})
 	require.NoError(t, err)
 	info, err := os.Stat(path)
@@ -292,7 +284,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := logPath(t)
-			lg := openLog(t, path, audit.WithFileWrapper(func(f audit.File) audit.File {
+			lg := openLog(t, path, filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 				if tt.op == "write" {
 					return &faultyFile{File: f, failRecordAt: tt.failAt}
 				}
@@ -327,10 +319,10 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 			// left a durable trace at all.
 			require.NoError(t, lg.Close())
 			lg2 := openLog(t, path)
-			if len(lg2.Recovery().Interrupted) > 0 {
-				require.Equal(t, []string{id}, lg2.Recovery().Interrupted)
+			if len(lg2.Recovered()) > 0 {
+				require.Equal(t, []string{id}, lg2.Recovered())
 			}
-			_, err = audit.VerifyFile(path)
+			_, err = filestore.Verify(path)
 			require.NoError(t, err)
 		})
 	}
@@ -352,11 +344,11 @@ func TestInterceptorConcurrentExecutions(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			ids[i] = md.Get(audit.HeaderExecutionID)[0]
+			ids[i] = md.Get(HeaderExecutionID)[0]
 		})
 	}
 	wg.Wait()
-	res, err := audit.VerifyFile(path)
+	res, err := filestore.Verify(path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3*n), res.Records)
 
@@ -403,7 +395,8 @@ func TestInterceptorRecordsTerminalEventAfterCallerLeft(t *testing.T) {
 
 func TestInterceptorBoundsHostilePlans(t *testing.T) {
 	t.Parallel()
-	lg := openLog(t, logPath(t))
+	path := logPath(t)
+	lg := openLog(t, path)
 	client := startServer(t, lg, &fakeStage4{})
 	p := plan("invalid" + strings.Repeat("u", 500))
 	p.TriggerType = strings.Repeat("t", 500)
@@ -415,38 +408,19 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 	events := listAll(t, lg, &stage4v1.ListAuditEventsRequest{ExecutionId: id})
 	require.Len(t, events, 2)
 	rec := events[0]
-	require.Equal(t, p.GetUserId()[:128], rec.GetUserId())
-	require.Len(t, detail(rec, "trigger_type").GetStringValue(), 64)
+	require.Empty(t, rec.GetUserId(), "an invalid user_id is not stored verbatim")
+	require.Equal(t, testFingerprinter.Short(p.GetUserId()), detail(rec, "user_id_fingerprint").GetStringValue())
+	require.Nil(t, detail(rec, "trigger_type"), "an invalid trigger_type is not stored")
+	require.Nil(t, detail(rec, "steps"))
 	require.Equal(t, float64(302), detail(rec, "step_count").GetNumberValue(), "counts stay exact")
-	steps := detail(rec, "steps").GetListValue().GetValues()
-	require.Len(t, steps, 256)
-	require.Equal(t, strings.Repeat("d", 64)+".m", steps[255].GetStringValue())
-	require.True(t, detail(rec, "truncated").GetBoolValue())
-	require.Equal(t, p.GetUserId()[:128], events[1].GetUserId())
-}
 
-func TestInterceptorRequiresValidatorAndPlanID(t *testing.T) {
-	t.Parallel()
-	lg := openLog(t, logPath(t))
-	tests := []struct {
-		name string
-		log  *audit.Log
-		opts []audit.InterceptorOption
-	}{
-		{name: "no validator", log: lg, opts: []audit.InterceptorOption{audit.WithPlanID(testPlanID)}},
-		{name: "no plan id", log: lg, opts: []audit.InterceptorOption{audit.WithValidator(testValidate)}},
-		{name: "no log", opts: []audit.InterceptorOption{audit.WithPlanID(testPlanID), audit.WithValidator(testValidate)}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			require.Panics(t, func() { audit.UnaryServerInterceptor(tt.log, tt.opts...) })
-		})
-	}
+	info, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Less(t, info.Size(), int64(2048), "both events of a hostile invalid plan fit in a few KiB")
 }
 
 func TestExecutionFromContextWithoutInterceptor(t *testing.T) {
 	t.Parallel()
-	_, ok := audit.ExecutionFromContext(context.Background())
+	_, ok := executionFromContext(context.Background())
 	require.False(t, ok)
 }

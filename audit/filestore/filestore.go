@@ -1,0 +1,285 @@
+// Package filestore keeps an audit log in one local file of JSON lines
+// (docs/AUDIT_LOG.md): the embedded default store of Stage-4.
+//
+// The file is fail-closed. A batch is acknowledged only after it is
+// written and, when durable, fsynced; the first write or fsync error fails
+// the store for good, because after a failed fsync the kernel may have
+// dropped the dirty pages and a retry could report success for data that
+// is gone. One process at a time: Open takes an exclusive lock on the file.
+package filestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// File is the storage of a Store; *os.File implements it. The store
+// appends with Write (the file is opened with O_APPEND), makes writes
+// durable with Sync, reads with ReadAt and cuts a crash's incomplete last
+// line with Truncate.
+type File interface {
+	io.Writer
+	io.ReaderAt
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
+// Store is an audit.Store in one local file.
+type Store struct {
+	path     string
+	file     File
+	recovery Recovery
+
+	failed atomic.Pointer[error]
+	// size is the length of the durable records; List never reads past it.
+	size atomic.Int64
+
+	// Owned by Append, which the log never calls concurrently.
+	head    audit.Head
+	written int64 // file length, durable or not
+	wbuf    []byte
+
+	mu     sync.Mutex // guards open and closed
+	open   map[string]*audit.OpenExecution
+	closed bool
+}
+
+// Recovery is what Open found and repaired after an unclean stop.
+type Recovery struct {
+	// TruncatedBytes is the length of the incomplete last line that was cut
+	// off: a record being written when the process stopped, never
+	// acknowledged.
+	TruncatedBytes int64
+	// Records is the number of records the file held.
+	Records uint64
+}
+
+var _ audit.Store = (*Store)(nil)
+
+// Option configures Open.
+type Option func(*config)
+
+type config struct {
+	wrapFile func(File) File
+}
+
+// WithFileWrapper routes all of the store's file access through wrap(f),
+// where f is the opened file. It exists for fault injection (a File whose
+// Write or Sync fails) and for benchmarks; production code has no reason
+// to use it, and a wrapper whose Sync does not reach the disk voids the
+// log's durability.
+func WithFileWrapper(wrap func(File) File) Option {
+	return func(c *config) { c.wrapFile = wrap }
+}
+
+// Open opens or creates the log file at path, locks it against other
+// processes, verifies the whole chain and cuts an incomplete last line (a
+// crash's trace). Any other damage is refused with a *audit.ChainError
+// naming the first bad sequence, because appending to a broken chain would
+// hide the break. Executions left open are handed out by Interrupted.
+func Open(path string, opts ...Option) (*Store, error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	// The lock dies with the process, so a crash never leaves it behind;
+	// it is advisory, which is enough against a second stage4.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("open audit log %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open audit log %s: lock: %w", path, err)
+	}
+	// A new file's directory entry is durable only once the directory is.
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	var file File = f
+	if c.wrapFile != nil {
+		file = c.wrapFile(f)
+	}
+	s := &Store{path: path, file: file, open: map[string]*audit.OpenExecution{}}
+	if err := s.load(); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ErrLocked: another process has the log file open.
+var ErrLocked = errors.New("the file is locked by another process (flock): another stage4 is using this audit log")
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// load verifies the file, cuts a torn tail and finds open executions.
+func (s *Store) load() error {
+	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(s.track))
+	if err != nil {
+		return err
+	}
+	if res.TrailingBytes > 0 {
+		if err := s.file.Truncate(res.Bytes); err != nil {
+			return fmt.Errorf("cut incomplete last line: %w", err)
+		}
+		if err := s.file.Sync(); err != nil {
+			return fmt.Errorf("cut incomplete last line: %w", err)
+		}
+	}
+	s.recovery = Recovery{TruncatedBytes: res.TrailingBytes, Records: res.Records}
+	s.head = res.Head
+	s.size.Store(res.Bytes)
+	s.written = res.Bytes
+	return nil
+}
+
+// track follows the executions of the records read at start-up.
+func (s *Store) track(ev *stage4v1.AuditEvent) {
+	id := ev.GetExecutionId()
+	if audit.IsTerminal(ev.GetType()) {
+		delete(s.open, id)
+		return
+	}
+	if e, ok := s.open[id]; ok {
+		e.LastType = ev.GetType()
+		return
+	}
+	s.open[id] = &audit.OpenExecution{
+		ExecutionID: id, PlanID: ev.GetPlanId(), UserID: ev.GetUserId(),
+		LastType: ev.GetType(), Sequence: ev.GetSequence(),
+	}
+}
+
+// Recovery reports what Open found and repaired.
+func (s *Store) Recovery() Recovery { return s.recovery }
+
+// Interrupted hands out, once, the executions that the file showed open
+// at Open: only one process uses the file, so every one of them belongs to
+// a process that stopped.
+func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := make([]audit.OpenExecution, 0, len(s.open))
+	for _, e := range s.open {
+		list = append(list, *e)
+	}
+	clear(s.open)
+	return list, nil
+}
+
+// Append writes the batch and, when durable, fsyncs the file, which makes
+// every earlier write durable too.
+func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+	if err := s.Err(); err != nil {
+		return err
+	}
+	recs, err := build(s.head)
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	buf := s.wbuf[:0]
+	for i := range recs {
+		buf = append(buf, recs[i].Line...)
+		buf = append(buf, '\n')
+	}
+	if cap(buf) <= keepBufBytes {
+		s.wbuf = buf
+	} else {
+		s.wbuf = nil
+	}
+	if _, err := s.file.Write(buf); err != nil {
+		return s.fail(fmt.Errorf("write: %w", err))
+	}
+	s.written += int64(len(buf))
+	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash}
+	if !durable {
+		return nil
+	}
+	if err := s.file.Sync(); err != nil {
+		return s.fail(fmt.Errorf("fsync: %w", err))
+	}
+	s.size.Store(s.written) // the fsync covered every earlier write too
+	return nil
+}
+
+// keepBufBytes bounds the write buffer kept between batches.
+const keepBufBytes = 4 << 20
+
+// fail records err as the store's permanent failure.
+func (s *Store) fail(err error) error {
+	err = fmt.Errorf("audit log %s failed: %w", s.path, err)
+	s.failed.CompareAndSwap(nil, &err)
+	return *s.failed.Load()
+}
+
+// Err returns the store's permanent failure, or nil.
+func (s *Store) Err() error {
+	if p := s.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Ping returns the store's permanent failure, if any: a file store never
+// recovers without a restart, whose start-up check is what makes
+// appending safe again.
+func (s *Store) Ping(context.Context) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return audit.ErrClosed
+	}
+	return s.Err()
+}
+
+// Close syncs what was written and closes the file.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	var err error
+	// The last records may have been written without a sync.
+	if s.Err() == nil {
+		err = s.file.Sync()
+	}
+	return errors.Join(err, s.file.Close())
+}
+
+// Verify verifies the log file at path; see audit.Verify.
+func Verify(path string, opts ...audit.VerifyOption) (audit.VerifyResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return audit.VerifyResult{}, fmt.Errorf("verify audit log: %w", err)
+	}
+	defer f.Close()
+	return audit.Verify(f, opts...)
+}

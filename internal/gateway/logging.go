@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// GRPCLogger adapts slog to go-grpc-middleware's logging interceptor. It
+// drops the interceptor's grpc.error field: error messages can quote user
+// data (Stage-3 echoes parameter values, violations name parameter keys),
+// and the code is all a log line needs; the audit log keeps the rest.
+func GRPCLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if !l.Enabled(ctx, slog.Level(lvl)) {
+			return
+		}
+		kept := fields[:0:0]
+		for i := 0; i+1 < len(fields); i += 2 {
+			if fields[i] != "grpc.error" {
+				kept = append(kept, fields[i], fields[i+1])
+			}
+		}
+		l.Log(ctx, slog.Level(lvl), msg, kept...)
+	})
+}
+
+// CallLogOptions log each call's start and finish with method, peer, code
+// and duration, and never its payloads: requests carry token_hash and
+// parameter values, which must not leave the audit log's control. The
+// reference Stage-3 uses them: tests watch its "started call" lines.
+var CallLogOptions = []logging.Option{
+	logging.WithLogOnEvents(logging.StartCall, logging.FinishCall),
+}
+
+// GatewayCallLogOptions log each Stage-4 call once, when it finishes, and
+// successful calls only at debug level: every ExecutePlan is in the audit
+// log and every call in the metrics already, and a log line per successful
+// call cost about a tenth of the gateway's CPU under load. Failures keep
+// the default levels (info for the caller's errors, warn and error for the
+// server's), so a problem is always in the log.
+var GatewayCallLogOptions = []logging.Option{
+	logging.WithLogOnEvents(logging.FinishCall),
+	logging.WithLevels(func(c codes.Code) logging.Level {
+		if c == codes.OK {
+			return logging.LevelDebug
+		}
+		return logging.DefaultServerCodeToLevel(c)
+	}),
+}
+
+// RecoveredPanic logs a handler panic server-side, with its stack, and
+// gives the client only a plain INTERNAL so that no internals leak.
+func RecoveredPanic(l *slog.Logger) func(ctx context.Context, p any) error {
+	return func(ctx context.Context, p any) error {
+		l.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	}
+}

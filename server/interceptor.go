@@ -1,0 +1,426 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"math"
+	"strings"
+	"time"
+
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/rpcerr"
+)
+
+// HeaderExecutionID is the response header that carries the execution id of
+// an ExecutePlan call. It is sent before anything else, so a caller has it
+// also when the call fails.
+const HeaderExecutionID = "x-stage4-execution-id"
+
+// Bounds on what a request can put into one PLAN_RECEIVED event; they are
+// the validation limits, so a valid plan is recorded whole.
+const (
+	maxUserIDChars       = 128
+	maxIdentifierChars   = 64
+	maxPeerIdentityChars = 256
+	maxMessageChars      = 1024
+)
+
+// execution identifies the ExecutePlan call whose PLAN_RECEIVED and
+// EXECUTION_STARTED events are durable.
+type execution struct {
+	// ID is the execution_id of the call's events and response.
+	ID string
+	// PlanID is the plan's plan_id, as the interceptor's PlanIDFunc computed it.
+	PlanID string
+	// Validated is the request that the interceptor's ValidateFunc accepted. A handler that
+	// receives this very request need not validate it again; any other
+	// request (a middle interceptor replaced it) must be validated.
+	Validated *stage4v1.ExecutePlanRequest
+}
+
+type executionKey struct{}
+
+// executionFromContext returns the execution that the interceptor put into
+// the handler's context. The handler must refuse to call Stage-3 without
+// one: its absence means the call was not audited.
+func executionFromContext(ctx context.Context) (execution, bool) {
+	e, ok := ctx.Value(executionKey{}).(execution)
+	return e, ok
+}
+
+// ValidateFunc is the single validation entry point of ExecutePlan: nil for
+// a valid request, or the status error to return to the caller. It must
+// have no side effects: the interceptor runs it before PLAN_RECEIVED is
+// written, so that how much of a plan the log describes depends on
+// whether the plan is valid.
+type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
+
+// AuditInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
+// the validation outcome (validate), EXECUTION_STARTED (durable before the
+// handler runs) and exactly one terminal event, with plan_id and
+// fingerprints from fp. Every other method passes through untouched. It is
+// the execution lifecycle at the gRPC edge: the log's errors become status
+// codes here.
+func AuditInterceptor(log *audit.Log, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
+	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background()}
+	for _, o := range opts {
+		o(c)
+	}
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if info.FullMethod != stage4v1.Stage4Service_ExecutePlan_FullMethodName {
+			return handler(ctx, req)
+		}
+		return c.execute(ctx, log, req, handler)
+	}
+}
+
+// InterceptorOption configures AuditInterceptor.
+type InterceptorOption func(*interceptorConfig)
+
+// WithAbort makes running executions end when ctx is done: their handler's
+// context is cancelled, and a call whose plan had reached EXECUTION_STARTED
+// answers UNKNOWN with reason OUTCOME_UNKNOWN (never UNAVAILABLE, which
+// meshes retry) after its terminal event is written. The gateway cancels
+// ctx when the shutdown grace period runs out.
+func WithAbort(ctx context.Context) InterceptorOption {
+	return func(c *interceptorConfig) { c.abort = ctx }
+}
+
+type interceptorConfig struct {
+	validate ValidateFunc
+	fp       *Fingerprinter
+	abort    context.Context
+}
+
+func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any, handler grpc.UnaryHandler) (any, error) {
+	var b [16]byte
+	rand.Read(b[:]) // never fails since Go 1.24
+	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
+	// Sent now, not with the response: a caller whose connection dies while
+	// Stage-3 runs must already hold the id to look the execution up.
+	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
+		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
+	}
+	if log.Err() != nil {
+		return nil, ex.unavailable()
+	}
+	r, _ := req.(*stage4v1.ExecutePlanRequest)
+	// Validation first (it has no side effects): an invalid plan is
+	// described by counts and fingerprints only, so that hostile plans
+	// cannot make the log grow by more than a few KiB each. A panic is
+	// held until PLAN_RECEIVED is written, then re-raised below.
+	verr, panicked := safeValidate(c.validate, r)
+	valid := verr == nil && panicked == nil
+	var bd bounder
+	if plan := r.GetPlan(); plan != nil {
+		ex.ev.PlanId = c.fp.PlanID(plan)
+		ex.ev.UserId = plan.GetUserId()
+		if !valid && !isUserID(ex.ev.UserId) {
+			ex.ev.UserId = ""
+		}
+	}
+	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
+	// Not durable on its own: EXECUTION_STARTED or the validation failure
+	// follows at once, and its commit makes both durable. Stage-3 is called
+	// only after that commit, so this saves one commit per execution without
+	// executing anything that is not durably recorded.
+	if log.AppendUnsynced(ex.ctx, ex.event(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details)) != nil {
+		return nil, ex.unavailable()
+	}
+
+	// From here on exactly one terminal event is written; ended is set just
+	// before it. A panic in the validator or the handler leaves ended unset,
+	// and the deferred call records it while the panic goes on to the
+	// recovery interceptor outside.
+	ended := false
+	defer func() {
+		if !ended {
+			_ = ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
+				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
+		}
+	}()
+	if panicked != nil {
+		panic(panicked)
+	}
+	if verr != nil {
+		ended = true
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, validationFailedDetails(verr)) != nil {
+			return nil, ex.unavailable()
+		}
+		return nil, verr
+	}
+	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED, nil) != nil {
+		// The store cannot record now, so no terminal event can be written
+		// either; the execution is closed as interrupted later (at the
+		// next start, or by a replica once its deadline has passed).
+		ended = true
+		return nil, ex.unavailable()
+	}
+
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}))
+	stopAbort := context.AfterFunc(c.abort, cancel)
+	began := time.Now()
+	resp, err := handler(hctx, req)
+	latency := time.Since(began)
+	stopAbort()
+	cancel()
+	ended = true
+	if err != nil {
+		if c.abort.Err() != nil {
+			// Shut down mid-call: Stage-3 may have acted. The caller gets
+			// UNKNOWN, which meshes do not retry, and the log says the same.
+			err = rpcerr.New(codes.Unknown, rpcerr.OutcomeUnknown,
+				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
+		}
+		st := status.Convert(err)
+		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, c.stage3FailedDetails(st)) != nil {
+			return nil, ex.outcomeUnknown()
+		}
+		return nil, err
+	}
+	out, _ := resp.(*stage4v1.ExecutePlanResponse)
+	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, &structpb.Struct{Fields: map[string]*structpb.Value{
+		"step_count":        structpb.NewNumberValue(float64(len(out.GetResult().GetResults()))),
+		"stage3_latency_ms": structpb.NewNumberValue(math.Round(latency.Seconds()*1e6) / 1e3),
+	}}) != nil {
+		return nil, ex.outcomeUnknown()
+	}
+	return resp, nil
+}
+
+// safeValidate runs validate and returns its error, or the value it
+// panicked with.
+func safeValidate(validate ValidateFunc, r *stage4v1.ExecutePlanRequest) (err error, panicked any) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = p
+		}
+	}()
+	return validate(r), nil
+}
+
+// isUserID reports whether s is a valid user_id (the rule in stage4.proto),
+// which an invalid plan's events may then name verbatim.
+func isUserID(s string) bool {
+	if len(s) == 0 || len(s) > maxUserIDChars {
+		return false
+	}
+	for i, c := range []byte(s) {
+		alnum := c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || !strings.ContainsRune("._@:-", rune(c))) {
+			return false
+		}
+	}
+	return true
+}
+
+// isIdentifier reports whether s is a valid trigger_type, domain or method
+// (^[a-z][a-z0-9_]*$, at most 64 characters).
+func isIdentifier(s string) bool {
+	if len(s) == 0 || len(s) > maxIdentifierChars || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder appends the events of one execution. Its context is not
+// cancelled with the call: a caller that goes away must not stop the audit.
+type recorder struct {
+	log *audit.Log
+	ctx context.Context
+	ev  stage4v1.AuditEvent // execution_id, plan_id and user_id of every event
+}
+
+// record appends a durable event of the execution.
+func (r *recorder) record(t stage4v1.AuditEventType, details *structpb.Struct) error {
+	_, err := r.log.Append(r.ctx, r.event(t, details))
+	return err
+}
+
+// event is an event of the execution.
+func (r *recorder) event(t stage4v1.AuditEventType, details *structpb.Struct) *stage4v1.AuditEvent {
+	return &stage4v1.AuditEvent{
+		Type:        t,
+		ExecutionId: r.ev.ExecutionId,
+		PlanId:      r.ev.PlanId,
+		UserId:      r.ev.UserId,
+		Details:     details,
+	}
+}
+
+func (r *recorder) meta() map[string]string {
+	return map[string]string{"execution_id": r.ev.ExecutionId}
+}
+
+func (r *recorder) unavailable() error {
+	return rpcerr.New(codes.Unavailable, rpcerr.AuditUnavailable,
+		"the audit log is unavailable; the plan was not executed", r.meta())
+}
+
+func (r *recorder) outcomeUnknown() error {
+	return rpcerr.New(codes.Unknown, rpcerr.OutcomeUnknown,
+		"the outcome could not be recorded in the audit log; the plan may have been executed", r.meta())
+}
+
+// receivedDetails describes a plan by its shape only: never token_hash,
+// never a parameter value. A valid plan's steps are listed by name; an
+// invalid plan gets counts only, and names only what passes its rule, so
+// that its event stays a few hundred bytes whatever the plan.
+func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.Plan, valid bool, bd *bounder) *structpb.Struct {
+	f := map[string]*structpb.Value{}
+	if plan != nil {
+		if t := plan.GetTriggerType(); valid || isIdentifier(t) {
+			f["trigger_type"] = structpb.NewStringValue(t)
+		}
+		f["step_count"] = structpb.NewNumberValue(float64(len(plan.GetSteps())))
+		f["binding_count"] = structpb.NewNumberValue(float64(len(plan.GetDataBindings())))
+		if valid {
+			names := make([]*structpb.Value, len(plan.GetSteps()))
+			for i, s := range plan.GetSteps() {
+				names[i] = structpb.NewStringValue(s.GetDomain() + "." + s.GetMethod())
+			}
+			f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+		}
+		if t := plan.GetTokenHash(); t != "" {
+			f["token_fingerprint"] = structpb.NewStringValue(c.fp.Short(t))
+		}
+		if u := plan.GetUserId(); u != "" && !valid && !isUserID(u) {
+			f["user_id_fingerprint"] = structpb.NewStringValue(c.fp.Short(u))
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if p.Addr != nil {
+			f["peer"] = structpb.NewStringValue(bd.bound(p.Addr.String(), maxPeerIdentityChars))
+		}
+		if id := peerIdentity(p.AuthInfo); id != "" {
+			f["peer_identity"] = structpb.NewStringValue(bd.bound(id, maxPeerIdentityChars))
+		}
+	}
+	if bd.truncated {
+		f["truncated"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// peerIdentity names an mTLS client by its verified leaf certificate: the
+// first URI SAN (a SPIFFE ID, say) or else the subject.
+func peerIdentity(ai credentials.AuthInfo) string {
+	info, ok := ai.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	leaf := info.State.VerifiedChains[0][0]
+	if len(leaf.URIs) > 0 {
+		return leaf.URIs[0].String()
+	}
+	return leaf.Subject.String()
+}
+
+func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
+	var bd bounder
+	f := map[string]*structpb.Value{
+		"phase":   structpb.NewStringValue(phase),
+		"code":    structpb.NewStringValue(code.Code(c).String()),
+		"message": structpb.NewStringValue(bd.bound(msg, maxMessageChars)),
+	}
+	if bd.truncated {
+		f["truncated"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// maxRecordedViolations is how many violations an EXECUTION_FAILED of
+// phase validation names; violation_count keeps the total.
+const maxRecordedViolations = 3
+
+// validationFailedDetails describes a rejected plan by its code, its
+// number of violations and the first few as field names and rule ids, e.g.
+// "plan.steps.domain: string.pattern". Not by the status message or field
+// paths with subscripts: those quote the plan (parameter keys, say), which
+// the log never holds, and would let a hostile plan grow the log.
+func validationFailedDetails(err error) *structpb.Struct {
+	st := status.Convert(err)
+	f := map[string]*structpb.Value{
+		"phase": structpb.NewStringValue(audit.PhaseValidation),
+		"code":  structpb.NewStringValue(code.Code(st.Code()).String()),
+	}
+	for _, d := range st.Details() {
+		vs, ok := d.(*validate.Violations)
+		if !ok {
+			continue
+		}
+		f["violation_count"] = structpb.NewNumberValue(float64(len(vs.GetViolations())))
+		var names []*structpb.Value
+		for _, v := range vs.GetViolations()[:min(len(vs.GetViolations()), maxRecordedViolations)] {
+			var path []string
+			for _, e := range v.GetField().GetElements() {
+				path = append(path, e.GetFieldName())
+			}
+			var bd bounder
+			names = append(names, structpb.NewStringValue(bd.bound(strings.Join(path, ".")+": "+v.GetRuleId(), maxViolationChars)))
+		}
+		f["violations"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// maxViolationChars bounds one recorded violation.
+const maxViolationChars = 160
+
+// stage3FailedDetails describes a failure on the way to or in Stage-3 by
+// its code, its rpcerr reason and Stage-3's own code. Not by its message:
+// that is Stage-3's text, which may quote parameter values (the reference
+// Stage-3's json.get names the missing key, say), and the log never holds
+// those. A keyed fingerprint of the message lets an investigator match the
+// caller's error or Stage-3's own trail.
+func (c *interceptorConfig) stage3FailedDetails(st *status.Status) *structpb.Struct {
+	f := map[string]*structpb.Value{
+		"phase":               structpb.NewStringValue(audit.PhaseStage3),
+		"code":                structpb.NewStringValue(code.Code(st.Code()).String()),
+		"message_fingerprint": structpb.NewStringValue(c.fp.Short(st.Message())),
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rpcerr.Domain {
+			f["reason"] = structpb.NewStringValue(info.GetReason())
+			if c, ok := info.GetMetadata()["stage3_code"]; ok {
+				f["stage3_code"] = structpb.NewStringValue(c)
+			}
+		}
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+// bounder cuts strings from a request to a number of characters and
+// remembers whether it had to.
+type bounder struct{ truncated bool }
+
+func (b *bounder) bound(s string, chars int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	n := 0
+	for i := range s {
+		if n == chars {
+			b.truncated = true
+			return s[:i]
+		}
+		n++
+	}
+	return s
+}
