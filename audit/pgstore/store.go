@@ -178,12 +178,23 @@ func (s *Store) lockName(ctx context.Context) bool {
 		s.nameConn.Close(ctx) // lost with its session, and the lock with it
 		s.nameConn = nil
 	}
+	// The log asks about once a second: while another live process holds
+	// the name, look it up in pg_locks rather than open a connection each
+	// time. (A bigint key shows as classid = high and objid = low half.)
+	key := nameLockKey(s.cfg.name)
+	var held bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1 AND granted)`,
+		int64(uint64(key)>>32), int64(uint64(key)&0xffffffff)).Scan(&held); err != nil || held {
+		return false
+	}
 	conn, err := pgx.ConnectConfig(ctx, s.connCfg)
 	if err != nil {
 		return false
 	}
 	var ok bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", nameLockKey(s.cfg.name)).Scan(&ok); err != nil || !ok {
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil || !ok {
 		conn.Close(ctx)
 		return false
 	}
