@@ -194,6 +194,12 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 // Append writes the batch and, when durable, fsyncs the file, which makes
 // every earlier write durable too.
 func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return audit.ErrClosed
+	}
 	if err := s.Err(); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,20 +12,26 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/pgstore"
 )
 
-const auditVerifyUsage = `Usage: stage4 audit verify FILE
+const auditVerifyUsage = `Usage: stage4 audit verify FILE|URL
 
 Walks the hash chain of an audit log from its first record and checks every
-record's hash, sequence and previous_hash. Prints "OK", the record count and
-the last hash for an intact log (keep the hash elsewhere: it is what shows a
-later truncation); for a damaged one, "DAMAGED" with the first bad sequence,
-its byte offset and the reason. An incomplete last line without a newline is
-the trace of a crash mid-write, which was never acknowledged: it is reported
-but is not damage. Progress goes to stderr when stderr is a terminal.
+record's hash, sequence and previous_hash. The log is a file, or a
+PostgreSQL database given as a postgres:// or postgresql:// URL; for a
+database it also checks that the indexed columns match each record, that no
+sequence is stored twice and that the chain's head row matches the last
+record. Prints "OK", the record count and the last hash for an intact log
+(keep the hash elsewhere: it is what shows a later truncation); for a
+damaged one, "DAMAGED" with the first bad sequence, for a file its byte
+offset, and the reason. An incomplete last line of a file without a newline
+is the trace of a crash mid-write, which was never acknowledged: it is
+reported but is not damage. Progress goes to stderr when stderr is a
+terminal.
 
-Exit status: 0 intact, 1 damaged, 2 missing or unreadable file or a wrong
-number of arguments.
+Exit status: 0 intact, 1 damaged, 2 missing or unreadable file, unreachable
+database or a wrong number of arguments.
 `
 
 // newAuditVerifyFlags declares audit verify's (empty) flag set, for -h.
@@ -58,14 +65,25 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		opts = append(opts, audit.WithProgress(progress))
 	}
 
-	res, err := filestore.Verify(path, opts...)
+	var res audit.VerifyResult
+	var err error
+	isDB := pgstore.IsURL(path)
+	if isDB {
+		res, err = pgstore.Verify(context.Background(), path)
+	} else {
+		res, err = filestore.Verify(path, opts...)
+	}
 	if err != nil && progress != nil {
 		fmt.Fprintln(stderr) // end the progress line, which stopped short
 	}
 	var chainErr *audit.ChainError
 	switch {
 	case errors.As(err, &chainErr):
-		fmt.Fprintf(stdout, "DAMAGED at sequence %d (byte offset %d): %s\n", chainErr.Sequence, chainErr.Offset, chainErr.Reason)
+		if isDB {
+			fmt.Fprintf(stdout, "DAMAGED at sequence %d: %s\n", chainErr.Sequence, chainErr.Reason)
+		} else {
+			fmt.Fprintf(stdout, "DAMAGED at sequence %d (byte offset %d): %s\n", chainErr.Sequence, chainErr.Offset, chainErr.Reason)
+		}
 		fmt.Fprintf(stdout, "  records 1 to %d are intact\n", res.Records)
 		return silentExit(exitFailure)
 	case err != nil:

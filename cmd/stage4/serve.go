@@ -55,7 +55,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	g := &f.gateway
 	fs.StringVar(&g.Listen, "listen", defaultListen, "`host:port` of the gRPC server")
 	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
-	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
+	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "where the audit log lives: a file `path` (created when missing) or a postgres:// URL shared by several replicas")
+	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")

@@ -65,6 +65,11 @@ type Config struct {
 	// AuditLog is where the audit log lives: a file path, or a
 	// postgres:// or postgresql:// URL (see OpenStore).
 	AuditLog string
+	// ReplicaName names this process among the replicas that share a
+	// PostgreSQL audit store (default: the host name, which is the pod
+	// name in Kubernetes). A process that starts under the name of one
+	// that died takes over its open executions at once.
+	ReplicaName string
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -123,7 +128,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	store := cfg.Store
 	if store == nil {
-		if store, err = OpenStore(ctx, cfg.AuditLog, logger); err != nil {
+		if store, err = OpenStore(ctx, cfg, logger); err != nil {
 			return err
 		}
 	}

@@ -5,23 +5,32 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strings"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/pgstore"
 )
 
 // IsDatabaseURL reports whether an --audit-log value names a PostgreSQL
 // database rather than a file.
-func IsDatabaseURL(auditLog string) bool {
-	return strings.HasPrefix(auditLog, "postgres://") || strings.HasPrefix(auditLog, "postgresql://")
-}
+func IsDatabaseURL(auditLog string) bool { return pgstore.IsURL(auditLog) }
 
-// OpenStore opens the audit store that auditLog names: a PostgreSQL
-// database for a postgres:// or postgresql:// URL, else a local file.
-func OpenStore(ctx context.Context, auditLog string, logger *slog.Logger) (audit.Store, error) {
+// OpenStore opens the audit store that cfg.AuditLog names: a PostgreSQL
+// database for a postgres:// or postgresql:// URL, shared with every other
+// replica that names it, else a local file.
+func OpenStore(ctx context.Context, cfg Config, logger *slog.Logger) (audit.Store, error) {
+	auditLog := cfg.AuditLog
 	if IsDatabaseURL(auditLog) {
-		return nil, fmt.Errorf("%w: the PostgreSQL audit store is not built into this binary yet", ErrConfig)
+		var opts []pgstore.Option
+		if cfg.ReplicaName != "" {
+			opts = append(opts, pgstore.WithReplicaName(cfg.ReplicaName))
+		}
+		s, err := pgstore.Open(ctx, auditLog, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("open audit log %s: %w", RedactURL(auditLog), err)
+		}
+		logger.Info("audit store: PostgreSQL", "replica_name", s.ReplicaName(), "instance_id", s.InstanceID())
+		return s, nil
 	}
 	s, err := filestore.Open(auditLog)
 	if err != nil {
