@@ -77,10 +77,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	refLogger := logger.With("component", "reference-stage3")
 	ref, refHealth := newReferenceStage3(stage3ref.Fault{}, refLogger)
 	// The reference Stage-3 outlives Stage-4 so that calls in flight at
-	// shutdown can still finish: it stops only after runGateway returns.
+	// shutdown can still finish: it stops only after gateway.Run returns.
 	refCtx, stopRef := context.WithCancel(context.WithoutCancel(ctx))
 	refDone := make(chan error, 1)
-	go func() { refDone <- gateway.ServeGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger, nil) }()
+	go func() {
+		refDone <- gateway.ServeGRPC(refCtx, ref, refHealth, lis, defaultShutdownGrace, refLogger, nil)
+	}()
 
 	cfg := gateway.Config{
 		Listen:          f.listen,
