@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -305,6 +306,11 @@ func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.
 		if u := plan.GetUserId(); u != "" && !valid && !isUserID(u) {
 			f["user_id_fingerprint"] = structpb.NewStringValue(c.fp.Short(u))
 		}
+	}
+	// The caller's trace (when it sent one, or tracing is on) leads from
+	// the audit log to the spans of this call across services.
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		f["trace_id"] = structpb.NewStringValue(sc.TraceID().String())
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if p.Addr != nil {

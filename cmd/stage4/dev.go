@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
@@ -97,8 +99,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			MaxMessageBytes: defaultMaxMessageBytes,
 		},
 	}
-	err = gateway.Run(ctx, cfg, logger.With("component", "stage4"), func(a gateway.Addrs) {
-		printDevBanner(stdout, a, lis.Addr(), f.auditLog)
+	err = withTracing(ctx, logger, func(tp trace.TracerProvider) error {
+		cfg.TracerProvider = tp
+		return gateway.Run(ctx, cfg, logger.With("component", "stage4"), func(a gateway.Addrs) {
+			printDevBanner(stdout, a, lis.Addr(), f.auditLog)
+		})
 	})
 	stopRef()
 	return errors.Join(err, <-refDone)

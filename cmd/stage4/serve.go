@@ -4,9 +4,13 @@ import (
 	"context"
 	"flag"
 	"io"
+	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/stage3client"
 )
 
@@ -97,5 +101,30 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return gateway.Run(ctx, f.gateway, logger, nil)
+	return withTracing(ctx, logger, func(tp trace.TracerProvider) error {
+		f.gateway.TracerProvider = tp
+		return gateway.Run(ctx, f.gateway, logger, nil)
+	})
 }
+
+// withTracing runs serve with the tracer provider that the OTEL_*
+// environment configures, and flushes its spans afterwards.
+func withTracing(ctx context.Context, logger *slog.Logger, serve func(trace.TracerProvider) error) error {
+	tp, shutdown, err := telemetry.Setup(ctx)
+	if err != nil {
+		return err
+	}
+	if telemetry.Enabled() {
+		logger.Info("tracing with OpenTelemetry (OTEL_* environment)")
+	}
+	err = serve(tp)
+	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tracingFlushTimeout)
+	defer cancel()
+	if ferr := shutdown(flushCtx); ferr != nil {
+		logger.Warn("flushing traces failed", "error", ferr)
+	}
+	return err
+}
+
+// tracingFlushTimeout bounds the export of the last spans at exit.
+const tracingFlushTimeout = 5 * time.Second

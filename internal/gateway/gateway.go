@@ -23,6 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -31,6 +34,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -87,6 +91,10 @@ type Config struct {
 	// Store, when not nil, is used instead of opening AuditLog: tests
 	// inject storage faults with it. Run closes it.
 	Store audit.Store
+	// TracerProvider records the spans of Stage-4's calls and of its calls
+	// to Stage-3 (telemetry.Setup makes it from OTEL_* variables). Nil
+	// records none, but trace context still flows from callers to Stage-3.
+	TracerProvider trace.TracerProvider
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
 }
@@ -167,10 +175,18 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 	}()
 
-	// Stage-3 call latency by code, measured on the client side.
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	// Stage-3 call latency by code, measured on the client side; its span
+	// is a child of the ExecutePlan span, and OpenTelemetry's propagator
+	// writes the trace context into the call's metadata.
 	clientMetrics := grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram())
 	reg.MustRegister(clientMetrics)
-	stage3, err := stage3client.New(cfg.Stage3, grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()))
+	stage3, err := stage3client.New(cfg.Stage3,
+		grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))))
 	if err != nil {
 		return fmt.Errorf("stage3 client: %w", err)
 	}
@@ -192,7 +208,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, server.AuditInterceptor(auditLog,
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics)...)
 	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog, fp))
@@ -240,11 +256,14 @@ const openForMargin = 30 * time.Second
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
 	callLogger := GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
 	opts := []grpc.ServerOption{
+		// The span of every call starts before any interceptor runs, so
+		// that the call log line and the audit events can name its trace.
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))),
 		// The one interceptor chain, outermost first:
 		//  1. logging sees every call, including those refused further in,
 		//     with its final code and total duration;

@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -46,6 +47,7 @@ var CallLogOptions = []logging.Option{
 // server's), so a problem is always in the log.
 var GatewayCallLogOptions = []logging.Option{
 	logging.WithLogOnEvents(logging.FinishCall),
+	logging.WithFieldsFromContext(traceFields),
 	logging.WithLevels(func(c codes.Code) logging.Level {
 		if c == codes.OK {
 			return logging.LevelDebug
@@ -61,4 +63,13 @@ func RecoveredPanic(l *slog.Logger) func(ctx context.Context, p any) error {
 		l.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	}
+}
+
+// traceFields names the call's trace in its log line, so that a log line
+// leads to the trace and the audit events (which carry the same id).
+func traceFields(ctx context.Context) logging.Fields {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return logging.Fields{"trace_id", sc.TraceID().String()}
+	}
+	return nil
 }
