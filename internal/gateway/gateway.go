@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
@@ -89,6 +90,10 @@ type Config struct {
 	Store audit.Store
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
+	// PGStoreOptions are added to pgstore.Open's when AuditLog is a
+	// database URL. Tests shorten the grace period with them; the binary
+	// sets none.
+	PGStoreOptions []pgstore.Option
 }
 
 // Addrs are the addresses Run actually bound, which differ from the
