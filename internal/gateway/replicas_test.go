@@ -21,6 +21,7 @@ import (
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/pgtest"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -237,17 +238,24 @@ func TestReplicasShareOneLog(t *testing.T) {
 }
 
 // TestDatabaseOutage stops a throwaway PostgreSQL cluster under a running
-// gateway and starts it again. While the database is down, ExecutePlan
-// fails closed (UNAVAILABLE, AUDIT_UNAVAILABLE) without calling Stage-3,
-// and health turns NOT_SERVING within a few seconds; once it is back,
-// health returns to SERVING and plans execute again, without restarting
-// the gateway, and the log verifies.
+// gateway and starts it again. While the database is down, health turns
+// NOT_SERVING within a few seconds, by the log's pings alone (before the
+// call then in Stage-3 has ended); that call cannot record its terminal
+// event and fails with UNKNOWN, OUTCOME_UNKNOWN (the plan may have run);
+// and ExecutePlan fails closed (UNAVAILABLE, AUDIT_UNAVAILABLE) without calling
+// Stage-3. Once it is back, health returns to SERVING and plans execute
+// again, without restarting the gateway, and the log verifies.
 func TestDatabaseOutage(t *testing.T) {
 	t.Parallel()
+	// The deadline ends the call that hangs in Stage-3: long enough for
+	// health to notice the outage first.
+	const stage3Deadline = 5 * time.Second
 	cluster := pgtest.StartCluster(t)
 	url := pgtest.NewDatabaseOn(t, cluster.URL())
 	ref := startReference(t)
-	gw := startGateway(t, pgConfig(url, "replica-0", ref))
+	cfg := pgConfig(url, "replica-0", ref)
+	cfg.Stage3.MaxDeadline = stage3Deadline
+	gw := startGateway(t, cfg)
 	conn := dialGateway(t, gw)
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
@@ -255,13 +263,40 @@ func TestDatabaseOutage(t *testing.T) {
 	_, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
 	require.NoError(t, err)
 	waitHealth(t, conn, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
-	callsBefore := ref.Service.Calls()
+
+	// A call in Stage-3 (which hangs until the deadline) when the
+	// database stops.
+	ref.Service.SetFault(stage3ref.Fault{Hang: true})
+	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
+	require.NoError(t, err)
+	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
+	require.NoError(t, stream.CloseSend())
+	header, err := stream.Header()
+	require.NoError(t, err)
+	require.Len(t, header.Get(server.HeaderExecutionID), 1)
+	inFlight := header.Get(server.HeaderExecutionID)[0]
+	began := time.Now()
+	<-ref.Service.Received(2) // EXECUTION_STARTED is durable
+
+	ended := make(chan error, 1)
+	go func() { ended <- stream.RecvMsg(&stage4v1.ExecutePlanResponse{}) }()
 
 	cluster.Stop()
 	// No call is needed for health to notice: the log pings the store
 	// about once a second.
 	took := waitHealth(t, conn, healthpb.HealthCheckResponse_NOT_SERVING, 5*time.Second)
 	t.Logf("health NOT_SERVING %v after the database stopped", took)
+	select {
+	case err := <-ended:
+		t.Fatalf("the call in Stage-3 ended (%v) before health turned NOT_SERVING %v after it began", err, time.Since(began))
+	default: // health noticed by itself
+	}
+	err = <-ended
+	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
+	require.Equal(t, rpcerr.OutcomeUnknown, rpcerr.Reason(err))
+	ref.Service.SetFault(stage3ref.Fault{})
+	callsBefore := ref.Service.Calls()
+
 	for range 2 {
 		_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
 		require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
@@ -276,12 +311,16 @@ func TestDatabaseOutage(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, callsBefore+1, ref.Service.Calls())
 
-	// Two executions, three events each: the refused calls left nothing.
+	// The refused calls left nothing; the call that was with Stage-3 has
+	// the two events before it, and no terminal event (it could not be
+	// stored).
 	vr, err := pgstore.Verify(testContext(t), url)
 	require.NoError(t, err)
-	require.Equal(t, uint64(6), vr.Records)
+	require.Equal(t, uint64(3+2+3), vr.Records)
 	require.Equal(t, []stage4v1.AuditEventType{planReceived, executionStarted, executionCompleted},
 		types(listEvents(t, client, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})))
+	require.Equal(t, []stage4v1.AuditEventType{planReceived, executionStarted},
+		types(listEvents(t, client, &stage4v1.ListAuditEventsRequest{ExecutionId: inFlight})))
 }
 
 // TestConcurrentFirstStart starts three gateways at the same moment on an
