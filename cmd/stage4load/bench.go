@@ -431,6 +431,12 @@ func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
 	}
 }
 
+// watcher returns e.watch for cfgName, to be called when the measurement
+// starts.
+func (e env) watcher(cfgName string) func() []watched {
+	return func() []watched { return e.watch(cfgName) }
+}
+
 // watch lists the processes whose CPU a measurement of cfgName records.
 func (e env) watch(cfgName string) []watched {
 	w := []watched{{role: roleStage3, pid: e.stage3PID}, {role: roleLoadgen, pid: os.Getpid()}}
@@ -499,7 +505,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 						return nil, err
 					}
 				}
-				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watch(c))
+				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watcher(c))
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %w", r, c, conc, err)
 				}
@@ -534,7 +540,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 
 	for _, n := range cfg.scaleSizes {
 		p := scalePlan(n)
-		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watch(cfgStage4))
+		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watcher(cfgStage4))
 		if err != nil {
 			return nil, fmt.Errorf("scaling, %d steps: %w", n, err)
 		}
@@ -566,7 +572,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 		if soak.BeforeKiB, err = rssKiB(e.stage4PID); err != nil {
 			return nil, err
 		}
-		s, err := closedLoop(ctx, callers[cfgStage4], cfg.soakConc, 0, cfg.soak, e.watch(cfgStage4))
+		s, err := closedLoop(ctx, callers[cfgStage4], cfg.soakConc, 0, cfg.soak, e.watcher(cfgStage4))
 		if err != nil {
 			return nil, fmt.Errorf("soak: %w", err)
 		}

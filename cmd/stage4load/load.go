@@ -46,13 +46,16 @@ type sample struct {
 
 // closedLoop runs conc workers that each call call back to back: first for
 // warmup (not recorded), then, after all workers have stopped, for measure.
-// CPU time of procs is read just before and after the measured phase.
-func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure time.Duration, procs []watched) (sample, error) {
+// The processes that watch lists after the warm-up (when a server's pool
+// has made its connections) have their CPU time read just before and
+// after the measured phase.
+func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure time.Duration, watch func() []watched) (sample, error) {
 	if warmup > 0 {
 		if _, _, err := runWorkers(ctx, call, conc, warmup, false); err != nil {
 			return sample{}, err
 		}
 	}
+	procs := watch()
 	before, err := cpuTimes(procs)
 	if err != nil {
 		return sample{}, err
