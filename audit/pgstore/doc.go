@@ -1,8 +1,9 @@
 // Package pgstore keeps Stage-4's audit log in PostgreSQL, so that several
 // replicas of the gateway share one log: an audit.Store over jackc/pgx v5
-// and its pool. docs/AUDIT_LOG_POSTGRES.md describes the tables and how a
-// row maps to a record; the record format and its hash chain are those of
-// the file (docs/AUDIT_LOG.md), and audit.ChainChecker checks both.
+// and its pool. The section "PostgreSQL" of docs/AUDIT_LOG.md describes the
+// tables and how a row maps to a record; the record format and its hash
+// chain are those of the file (the rest of docs/AUDIT_LOG.md), and
+// audit.ChainChecker checks both.
 //
 // # Connecting
 //

@@ -25,7 +25,7 @@ const logIDLen = 8
 // migrations are applied in order; migrations[i] brings the schema to
 // version i+1. Released versions are never edited, only appended to.
 var migrations = [...]string{
-	// Version 1. docs/AUDIT_LOG_POSTGRES.md describes every table.
+	// Version 1. docs/AUDIT_LOG.md ("PostgreSQL") describes every table.
 	`
 CREATE TABLE audit_records (
 	sequence     bigint PRIMARY KEY CHECK (sequence > 0),

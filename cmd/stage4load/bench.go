@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,19 +24,26 @@ import (
 	"github.com/stage4/stage4/server"
 )
 
-// The three configurations, in the order every round runs them.
+// The configurations, in the order every round runs them. (d) and (e)
+// run only at the --pg-concurrency caller counts.
 const (
 	cfgDirect = "a-direct"
 	cfgProxy  = "b-proxy"
 	cfgStage4 = "c-stage4"
+	// cfgStage4PG is one stage4 serve on a PostgreSQL audit store.
+	cfgStage4PG = "d-stage4-pg"
+	// cfgStage4PG2 is two stage4 serve processes on one PostgreSQL
+	// database, the calls split evenly across them.
+	cfgStage4PG2 = "e-stage4-pg-2"
 )
 
 // Process roles whose CPU time is recorded. "gateway" is the proxy's
 // process for (b), stage4's for (c), and absent for (a).
 const (
-	roleGateway = "gateway"
-	roleStage3  = "stage3"
-	roleLoadgen = "loadgen"
+	roleGateway  = "gateway"
+	roleStage3   = "stage3"
+	roleLoadgen  = "loadgen"
+	rolePostgres = "postgres" // the database's backends of (d) and (e)
 )
 
 // config holds the benchmark flags.
@@ -59,6 +67,12 @@ type config struct {
 	gobench      string
 	cpuprofile   string
 	workDir      string
+	// pgURL is the PostgreSQL server on which each run creates its own
+	// databases for (d) and (e), and drops them afterwards.
+	pgURL string
+	// pgConcurrency are the caller counts at which (d) and (e) run; empty
+	// leaves PostgreSQL out.
+	pgConcurrency []int
 }
 
 // parseConfig reads the benchmark flags.
@@ -88,20 +102,28 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.gobench, "gobench", "", "a file of \"go test -bench\" output to embed in the report")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of this load tool (its own side only) here")
 	fs.StringVar(&c.workDir, "work-dir", "", "keep logs and the audit log here instead of a removed temp dir")
+	fs.StringVar(&c.pgURL, "postgres-url", defaultPGURL(), "PostgreSQL `server` for (d) and (e): each run creates databases of its own there and drops them; default $"+envPGURL+" or "+pgDefaultURL)
+	pgConc := fs.String("pg-concurrency", "16,64", "caller counts at which (d) one and (e) two stage4 replicas on PostgreSQL run; empty leaves PostgreSQL out")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	var err1, err2 error
+	var err1, err2, err3 error
 	c.concurrency, err1 = parseInts(*conc)
 	c.scaleSizes, err2 = parseInts(*sizes)
-	if err := errors.Join(err1, err2); err != nil {
+	c.pgConcurrency, err3 = parseInts(*pgConc)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return c, err
 	}
 	if len(c.concurrency) == 0 || c.rounds < 1 || c.measure <= 0 || c.warmup < 0 {
 		return c, errors.New("need at least one concurrency, one round and a positive --duration")
+	}
+	for _, n := range c.pgConcurrency {
+		if !slices.Contains(c.concurrency, n) {
+			return c, fmt.Errorf("--pg-concurrency %d: not in --concurrency, so (c) would not run next to it", n)
+		}
 	}
 	for _, n := range c.scaleSizes {
 		if n < 1 || n > 256 {
@@ -183,6 +205,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	res.Meta = newMeta(cfg, dir)
 	res.Meta.FsyncP50 = ms(fsync)
+	if len(e.pgDatabases) > 0 {
+		if res.PG, err = describePG(ctx, cfg, e, stderr); err != nil {
+			return err
+		}
+	}
 	return writeOutputs(res, cfg, stdout)
 }
 
@@ -196,7 +223,18 @@ type env struct {
 	stage3PID int
 	proxyPID  int
 	stage4PID int
-	children  []*child
+	// stage4PG is (d), stage4PG2 the two replicas of (e); nil without
+	// PostgreSQL.
+	stage4PG     stage4v1.Stage4ServiceClient
+	stage4PG2    []stage4v1.Stage4ServiceClient
+	stage4PGPID  int
+	stage4PG2PID []int
+	// pgDatabases are the URLs of the databases of (d) and (e).
+	pgDatabases []string
+	// pgBackends returns the process ids of the server's sessions on the
+	// database of (d) or (e), when the server runs on this machine.
+	pgBackends func(cfgName string) []int
+	children   []*child
 	// stage4Metrics is stage4's /metrics URL; empty when there is none.
 	stage4Metrics string
 }
@@ -205,6 +243,7 @@ type env struct {
 // fresh loopback ports and dials them. stop ends them all.
 func startProcesses(cfg config, self, dir string) (e env, stop func(), err error) {
 	var conns []*grpc.ClientConn
+	var drops []func() error
 	stop = func() {
 		for _, c := range conns {
 			_ = c.Close()
@@ -212,6 +251,12 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 		// Stop in reverse start order: gateways before the Stage-3 they use.
 		for _, c := range slices.Backward(e.children) {
 			c.stop()
+		}
+		// The databases last: nothing uses them any more.
+		for _, drop := range drops {
+			if derr := drop(); derr != nil {
+				fmt.Fprintf(os.Stderr, "stage4load: %v\n", derr)
+			}
 		}
 	}
 	defer func() {
@@ -258,6 +303,57 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 	e.stage3PID, e.proxyPID, e.stage4PID = s3.pid(), px.pid(), s4.pid()
 	e.stage4Metrics = "http://" + metricsAddr + "/metrics"
 
+	// (d) and (e): the same stage4 serve, each on a database of its own
+	// (so that neither's log grows with the other's load), made for this
+	// run. Two replicas of (e) share their database, as replicas do.
+	var pgAddrs []string // (d), then the two of (e)
+	if len(cfg.pgConcurrency) > 0 {
+		backends, closeBackends, berr := pgBackendFinder(cfg.pgURL)
+		if berr != nil {
+			return e, stop, berr
+		}
+		drops = append(drops, closeBackends)
+		for _, spec := range []struct{ replicas []string }{
+			{replicas: []string{"bench-pg-1"}},
+			{replicas: []string{"bench-pg-2a", "bench-pg-2b"}},
+		} {
+			dbURL, drop, cerr := createDatabase(context.Background(), cfg.pgURL)
+			if cerr != nil {
+				return e, stop, cerr
+			}
+			drops = append(drops, drop)
+			e.pgDatabases = append(e.pgDatabases, dbURL)
+			for _, name := range spec.replicas {
+				a, m := addr(), addr()
+				if err != nil {
+					return e, stop, err
+				}
+				args := append([]string{"serve",
+					"--listen", a,
+					"--stage3-addr", stage3Addr,
+					"--stage3-insecure",
+					"--audit-log", dbURL,
+					"--replica-name", name,
+					"--metrics-listen", m,
+					"--log-level", "info",
+				}, cfg.stage4Args...)
+				pc, serr := spawn("stage4 "+name, a, filepath.Join(dir, name+".log"), cfg.stage4Bin, args...)
+				if serr != nil {
+					return e, stop, serr
+				}
+				e.children = append(e.children, pc)
+				pgAddrs = append(pgAddrs, a)
+				if len(spec.replicas) == 1 {
+					e.stage4PGPID = pc.pid()
+				} else {
+					e.stage4PG2PID = append(e.stage4PG2PID, pc.pid())
+				}
+			}
+		}
+		dbs := map[string]string{cfgStage4PG: e.pgDatabases[0], cfgStage4PG2: e.pgDatabases[1]}
+		e.pgBackends = func(cfgName string) []int { return backends(dbs[cfgName]) }
+	}
+
 	dial := func(a string) *grpc.ClientConn {
 		cc, derr := grpc.NewClient("passthrough:///"+a, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		err = errors.Join(err, derr)
@@ -273,6 +369,17 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 	e.direct = stage3v1.NewStage3ServiceClient(c3)
 	e.proxy = stage4v1.NewStage4ServiceClient(cp)
 	e.stage4 = stage4v1.NewStage4ServiceClient(c4)
+	for i, a := range pgAddrs {
+		cc := dial(a)
+		if err != nil {
+			return e, stop, fmt.Errorf("dial: %w", err)
+		}
+		if i == 0 {
+			e.stage4PG = stage4v1.NewStage4ServiceClient(cc)
+		} else {
+			e.stage4PG2 = append(e.stage4PG2, stage4v1.NewStage4ServiceClient(cc))
+		}
+	}
 	return e, stop, nil
 }
 
@@ -298,12 +405,23 @@ func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
 			return check(len(res.GetResults()))
 		}
 	default:
-		client := e.proxy
-		if cfgName == cfgStage4 {
-			client = e.stage4
+		var clients []stage4v1.Stage4ServiceClient
+		switch cfgName {
+		case cfgProxy:
+			clients = append(clients, e.proxy)
+		case cfgStage4:
+			clients = append(clients, e.stage4)
+		case cfgStage4PG:
+			clients = append(clients, e.stage4PG)
+		case cfgStage4PG2:
+			clients = e.stage4PG2
 		}
+		// Calls take turns over the clients, as a load balancer in front
+		// of the replicas would spread them.
+		var next atomic.Uint64
 		req := &stage4v1.ExecutePlanRequest{Plan: p}
 		return func(ctx context.Context) error {
+			client := clients[int(next.Add(1)%uint64(len(clients)))]
 			res, err := client.ExecutePlan(ctx, req)
 			if err != nil {
 				return err
@@ -313,14 +431,31 @@ func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
 	}
 }
 
+// watcher returns e.watch for cfgName, to be called when the measurement
+// starts.
+func (e env) watcher(cfgName string) func() []watched {
+	return func() []watched { return e.watch(cfgName) }
+}
+
 // watch lists the processes whose CPU a measurement of cfgName records.
 func (e env) watch(cfgName string) []watched {
-	w := []watched{{roleStage3, e.stage3PID}, {roleLoadgen, os.Getpid()}}
+	w := []watched{{role: roleStage3, pid: e.stage3PID}, {role: roleLoadgen, pid: os.Getpid()}}
 	switch cfgName {
 	case cfgProxy:
-		w = append(w, watched{roleGateway, e.proxyPID})
+		w = append(w, watched{role: roleGateway, pid: e.proxyPID})
 	case cfgStage4:
-		w = append(w, watched{roleGateway, e.stage4PID})
+		w = append(w, watched{role: roleGateway, pid: e.stage4PID})
+	case cfgStage4PG:
+		w = append(w, watched{role: roleGateway, pid: e.stage4PGPID})
+	case cfgStage4PG2:
+		for _, pid := range e.stage4PG2PID {
+			w = append(w, watched{role: roleGateway, pid: pid}) // summed: the gateway is both
+		}
+	}
+	if e.pgBackends != nil && (cfgName == cfgStage4PG || cfgName == cfgStage4PG2) {
+		for _, pid := range e.pgBackends(cfgName) {
+			w = append(w, watched{role: rolePostgres, pid: pid, optional: true})
+		}
 	}
 	return w
 }
@@ -341,13 +476,26 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 	for _, c := range configs {
 		callers[c] = e.caller(c, plan)
 	}
+	pg := e.stage4PG != nil && len(e.stage4PG2) > 0
+	if pg {
+		callers[cfgStage4PG] = e.caller(cfgStage4PG, plan)
+		callers[cfgStage4PG2] = e.caller(cfgStage4PG2, plan)
+	}
+	// roundConfigs are the configurations run at conc: (d) and (e) right
+	// after (c), so that they meet the same machine as the file store.
+	roundConfigs := func(conc int) []string {
+		if pg && slices.Contains(cfg.pgConcurrency, conc) {
+			return []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4PG, cfgStage4PG2}
+		}
+		return configs
+	}
 
 	// Interleaved rounds: drift on the machine (other load, CPU frequency,
 	// the audit log growing) spreads over all configurations alike.
 	var oneCallerFsyncs []float64
 	for r := 1; r <= cfg.rounds; r++ {
 		for _, conc := range cfg.concurrency {
-			for _, c := range configs {
+			for _, c := range roundConfigs(conc) {
 				// What an fsync costs inside stage4 with one caller is what
 				// the one-caller latency target is made of.
 				watchFsync := c == cfgStage4 && conc == 1 && e.stage4Metrics != ""
@@ -357,7 +505,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 						return nil, err
 					}
 				}
-				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watch(c))
+				s, err := closedLoop(ctx, callers[c], conc, cfg.warmup, cfg.measure, e.watcher(c))
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %w", r, c, conc, err)
 				}
@@ -374,7 +522,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 				if c != cfgDirect {
 					gw = fmt.Sprintf("%.0f", s.CPUPer1k[roleGateway])
 				}
-				fmt.Fprintf(progress, "round %d/%d %-8s %3d callers: %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  gateway CPU %5s ms/1k req\n",
+				fmt.Fprintf(progress, "round %d/%d %-13s %3d callers: %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  gateway CPU %5s ms/1k req\n",
 					r, cfg.rounds, c, conc, s.RPS, s.P50, s.P99, gw)
 				if s.Errors > 0 {
 					return nil, fmt.Errorf("round %d, %s, %d callers: %d of %d requests failed, first: %s",
@@ -392,7 +540,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 
 	for _, n := range cfg.scaleSizes {
 		p := scalePlan(n)
-		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watch(cfgStage4))
+		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watcher(cfgStage4))
 		if err != nil {
 			return nil, fmt.Errorf("scaling, %d steps: %w", n, err)
 		}
@@ -424,7 +572,7 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 		if soak.BeforeKiB, err = rssKiB(e.stage4PID); err != nil {
 			return nil, err
 		}
-		s, err := closedLoop(ctx, callers[cfgStage4], cfg.soakConc, 0, cfg.soak, e.watch(cfgStage4))
+		s, err := closedLoop(ctx, callers[cfgStage4], cfg.soakConc, 0, cfg.soak, e.watcher(cfgStage4))
 		if err != nil {
 			return nil, fmt.Errorf("soak: %w", err)
 		}

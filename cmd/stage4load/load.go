@@ -19,10 +19,14 @@ type callFunc func(ctx context.Context) error
 const callTimeout = 10 * time.Second
 
 // watched is a process whose CPU time a measurement records, by role
-// ("gateway", "stage3", "loadgen").
+// ("gateway", "stage3", "loadgen", "postgres"). The CPU of several
+// processes of one role is summed.
 type watched struct {
 	role string
 	pid  int
+	// optional: the process may end during the measurement (a database
+	// backend); its CPU then does not count, instead of failing the run.
+	optional bool
 }
 
 // sample is the outcome of one measured closed-loop run.
@@ -42,13 +46,16 @@ type sample struct {
 
 // closedLoop runs conc workers that each call call back to back: first for
 // warmup (not recorded), then, after all workers have stopped, for measure.
-// CPU time of procs is read just before and after the measured phase.
-func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure time.Duration, procs []watched) (sample, error) {
+// The processes that watch lists after the warm-up (when a server's pool
+// has made its connections) have their CPU time read just before and
+// after the measured phase.
+func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure time.Duration, watch func() []watched) (sample, error) {
 	if warmup > 0 {
 		if _, _, err := runWorkers(ctx, call, conc, warmup, false); err != nil {
 			return sample{}, err
 		}
 	}
+	procs := watch()
 	before, err := cpuTimes(procs)
 	if err != nil {
 		return sample{}, err
@@ -69,10 +76,15 @@ func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure ti
 	s.CPU = make(map[string]float64, len(procs))
 	s.CPUPer1k = make(map[string]float64, len(procs))
 	for _, p := range procs {
-		used := (after[p.role] - before[p.role]).Seconds()
-		s.CPU[p.role] = used
-		if s.Requests > 0 {
-			s.CPUPer1k[p.role] = used * 1000 / float64(s.Requests) * 1000
+		b, okb := before[p]
+		a, oka := after[p]
+		if okb && oka {
+			s.CPU[p.role] += (a - b).Seconds()
+		}
+	}
+	if s.Requests > 0 {
+		for role, used := range s.CPU {
+			s.CPUPer1k[role] = used * 1000 / float64(s.Requests) * 1000
 		}
 	}
 	return s, nil
@@ -173,15 +185,19 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// cpuTimes reads the CPU time of each process, by role.
-func cpuTimes(procs []watched) (map[string]time.Duration, error) {
-	m := make(map[string]time.Duration, len(procs))
+// cpuTimes reads the CPU time of each process; an optional one that is
+// gone is left out.
+func cpuTimes(procs []watched) (map[watched]time.Duration, error) {
+	m := make(map[watched]time.Duration, len(procs))
 	for _, p := range procs {
 		t, err := cpuTime(p.pid)
 		if err != nil {
+			if p.optional {
+				continue
+			}
 			return nil, fmt.Errorf("%s: %w", p.role, err)
 		}
-		m[p.role] = t
+		m[p] = t
 	}
 	return m, nil
 }

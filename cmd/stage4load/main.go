@@ -1,5 +1,5 @@
 // Binary stage4load measures what Stage-4 costs on top of Stage-3. In one
-// invocation it drives three configurations in interleaved rounds, all
+// invocation it drives these configurations in interleaved rounds, all
 // against the same reference Stage-3 process on 127.0.0.1:
 //
 //	(a) direct: calls to Stage-3 itself, the cost of the work;
@@ -7,7 +7,11 @@
 //	    stage3client, the floor any gateway pays (this binary, run as the
 //	    hidden subcommand "stage4load proxy" in its own process);
 //	(c) stage4: the real "stage4 serve" with validation, fsynced audit log,
-//	    info logging and metrics on.
+//	    info logging and metrics on;
+//	(d) the same stage4 serve with its audit log in PostgreSQL, and
+//	(e) two of them on one database, the calls split across them: both
+//	    only at --pg-concurrency, on databases this run creates on
+//	    --postgres-url and drops.
 //
 // Stage-3, (b) and (c) are separate processes, so the CPU time each uses can
 // be read from /proc and none of it is the load generator's. It then

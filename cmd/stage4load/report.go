@@ -27,6 +27,10 @@ type results struct {
 	// rounds of (c), in ms, across rounds.
 	Stage4Fsync1 *stat  `json:"stage4_fsync_one_caller_ms,omitempty"`
 	GoBench      string `json:"go_bench_file,omitempty"`
+	// PG describes the PostgreSQL server of (d) and (e); PGRatios compare
+	// them with (c). Both are empty when PostgreSQL was left out.
+	PG       *pgInfo      `json:"postgres,omitempty"`
+	PGRatios []pgRatioRow `json:"postgres_ratios,omitempty"`
 }
 
 // meta says where, when and how the run happened.
@@ -81,6 +85,9 @@ type summaryRow struct {
 	GatewayCPUPer1k *stat  `json:"gateway_cpu_ms_per_1k_req,omitempty"` // nil for (a), which has no gateway
 	Stage3CPUPer1k  stat   `json:"stage3_cpu_ms_per_1k_req"`
 	LoadgenCPUPer1k stat   `json:"loadgen_cpu_ms_per_1k_req"`
+	// PostgresCPUPer1k is the CPU of the database's sessions, for (d)
+	// and (e) on a server on this machine.
+	PostgresCPUPer1k *stat `json:"postgres_cpu_ms_per_1k_req,omitempty"`
 }
 
 // ratioRow compares (c) with (a) and (b) at one concurrency, pairing the
@@ -160,7 +167,7 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 		return func(x roundResult) float64 { return x.CPUPer1k[role] }
 	}
 	for _, conc := range cfg.concurrency {
-		for _, c := range []string{cfgDirect, cfgProxy, cfgStage4} {
+		for _, c := range []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4PG, cfgStage4PG2} {
 			rs := pick(c, conc)
 			if len(rs) == 0 {
 				continue
@@ -180,6 +187,10 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 			if c != cfgDirect {
 				g := over(rs, cpu(roleGateway))
 				row.GatewayCPUPer1k = &g
+			}
+			if _, ok := rs[0].CPU[rolePostgres]; ok {
+				p := over(rs, cpu(rolePostgres))
+				row.PostgresCPUPer1k = &p
 			}
 			r.Summary = append(r.Summary, row)
 		}
@@ -235,6 +246,7 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 			}
 		}
 	}
+	r.summarizePG(cfg, pick)
 }
 
 // writeOutputs prints the tables and writes the report and the JSON.
@@ -288,6 +300,9 @@ var configNames = map[string]string{
 	cfgDirect: "(a) direct to Stage-3",
 	cfgProxy:  "(b) bare proxy",
 	cfgStage4: "(c) stage4 serve",
+	// (c) is on the file store; (d) and (e) say what they are on.
+	cfgStage4PG:  "(d) stage4 serve, PostgreSQL",
+	cfgStage4PG2: "(e) 2 x stage4 serve, one PostgreSQL",
 }
 
 // writeMarkdown renders the report. Values across rounds read
@@ -339,6 +354,8 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 		fmt.Fprintf(w, "| %d | %s | %s | %s | %s |\n", x.Concurrency, fmtStat(x.RPSCOverB, "%.3f"), fmtStat(x.RPSCOverA, "%.3f"),
 			fmtStat(x.AddedP50OverA, "%+.3f"), fmtStat(x.AddedP50OverB, "%+.3f"))
 	}
+
+	writePGMarkdown(w, r, cfg)
 
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\n## Targets\n\n| target | measured | met |\n|---|---|---|\n")

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/server"
@@ -97,6 +98,10 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
+	// PGStoreOptions are added to pgstore.Open's when AuditLog is a
+	// database URL. Tests shorten the grace period with them; the binary
+	// sets none.
+	PGStoreOptions []pgstore.Option
 }
 
 // Addrs are the addresses Run actually bound, which differ from the

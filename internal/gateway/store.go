@@ -25,6 +25,7 @@ func OpenStore(ctx context.Context, cfg Config, logger *slog.Logger) (audit.Stor
 		if cfg.ReplicaName != "" {
 			opts = append(opts, pgstore.WithReplicaName(cfg.ReplicaName))
 		}
+		opts = append(opts, cfg.PGStoreOptions...)
 		s, err := pgstore.Open(ctx, auditLog, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("open audit log %s: %w", RedactURL(auditLog), err)
