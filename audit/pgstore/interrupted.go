@@ -20,22 +20,24 @@ import (
 // An instance is gone when it has no heartbeat newer than the grace
 // period, or when it has this replica's name while this process holds
 // the name's lock (it is an earlier process of this replica). An
-// execution may be taken when it is not this instance's, when nobody
-// live has claimed it, and either its owner was an earlier process of
-// this replica, or its deadline plus the grace period has passed and its
-// owner is gone. An execution without a deadline (open_until NULL) is
-// never taken by another replica's name: only by its own replica's next
-// process.
+// execution may be taken when nobody live has claimed it, and either its
+// owner was an earlier process of this replica, or its deadline plus the
+// grace period has passed and its owner is gone or is this very process.
+// The owner's own expired executions are those whose terminal event
+// could not be stored (the database was down when the call ended): the
+// call is over, since a call ends by its deadline, and only a close by
+// the owner or a successor would otherwise end them. An execution without
+// a deadline (open_until NULL) is never taken by another replica's name:
+// only by its own replica's next process.
 const claimable = `
-	o.owner_instance <> $1
-	AND (o.claimed_by IS NULL OR (o.claimed_by <> $1 AND NOT EXISTS (
+	(o.claimed_by IS NULL OR (o.claimed_by <> $1 AND NOT EXISTS (
 		SELECT 1 FROM audit_replicas r WHERE r.instance_id = o.claimed_by
 			AND r.last_seen >= now() - make_interval(secs => $4)
 			AND NOT ($3 AND r.name = $2))))
-	AND (($3 AND o.owner_name = $2)
-		OR (o.open_until < now() - make_interval(secs => $4) AND NOT EXISTS (
+	AND (($3 AND o.owner_name = $2 AND o.owner_instance <> $1)
+		OR (o.open_until < now() - make_interval(secs => $4) AND (o.owner_instance = $1 OR NOT EXISTS (
 			SELECT 1 FROM audit_replicas r WHERE r.instance_id = o.owner_instance
-				AND r.last_seen >= now() - make_interval(secs => $4))))`
+				AND r.last_seen >= now() - make_interval(secs => $4)))))`
 
 // Interrupted claims and returns, in the order of their first event, the
 // open executions this replica must now close with EXECUTION_FAILED of
@@ -46,7 +48,8 @@ const claimable = `
 //     advisory lock, which no live process of that name can hold;
 //   - those of any replica whose deadline (the OpenUntil of their last
 //     event) and the grace period have passed and whose owner has not
-//     sent a heartbeat (Ping) for the grace period.
+//     sent a heartbeat (Ping) for the grace period, or is this process
+//     (its terminal event was lost to a database outage).
 //
 // A claim is exactly-once across replicas: the candidates are locked
 // FOR UPDATE SKIP LOCKED, then claimed with a second statement that

@@ -95,6 +95,29 @@ func TestInterruptedDeadReplica(t *testing.T) {
 	require.Equal(t, []string{"running"}, openRows(t, url))
 }
 
+// TestInterruptedOwnExpired: an execution whose terminal event its owner
+// could not store (the database was down when the call ended) is closed
+// by the owner itself once its deadline and the grace period have passed,
+// never before, and never by a live other replica.
+func TestInterruptedOwnExpired(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	a := open(t, url, pgstore.WithReplicaName("a"), pgstore.WithGracePeriod(grace))
+	b := open(t, url, pgstore.WithReplicaName("b"), pgstore.WithGracePeriod(grace))
+	appendOpen(t, a, time.Now().Add(-2*grace), event(received, "lost-terminal", "u"), event(started, "lost-terminal", "u"))
+	appendOpen(t, a, time.Now().Add(time.Hour), event(received, "running", "u"), event(started, "running", "u"))
+	require.NoError(t, a.Ping(testCtx(t)))
+
+	got, err := b.Interrupted(testCtx(t))
+	require.NoError(t, err)
+	require.Empty(t, ids(got), "A is alive: B never takes its executions")
+	got, err = a.Interrupted(testCtx(t))
+	require.NoError(t, err)
+	require.Equal(t, []string{"lost-terminal"}, ids(got), "the owner closes its own expired execution, not the running one")
+	mustAppend(t, a, event(failed, "lost-terminal", "u"))
+	require.Equal(t, []string{"running"}, openRows(t, url))
+}
+
 // TestInterruptedClaimerDied: a replica that claimed an execution and died
 // before closing it leaves it to the next live replica.
 func TestInterruptedClaimerDied(t *testing.T) {

@@ -150,6 +150,10 @@ func (s *Store) Close() error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM audit_replicas WHERE instance_id = $1`, s.instance)
 	s.nameMu.Lock()
 	if s.nameConn != nil {
+		// Unlock explicitly: the server drops a closed session's locks
+		// only once its backend has exited, after Close returns, and the
+		// next process of this name would find the name still taken.
+		_, _ = s.nameConn.Exec(ctx, "SELECT pg_advisory_unlock_all()")
 		s.nameConn.Close(ctx)
 		s.nameConn = nil
 	}
