@@ -5,7 +5,9 @@
 // written and, when durable, fsynced; the first write or fsync error fails
 // the store for good, because after a failed fsync the kernel may have
 // dropped the dirty pages and a retry could report success for data that
-// is gone. One process at a time: Open takes an exclusive lock on the file.
+// is gone. So does a file changed under the store (removed, renamed,
+// replaced or truncated), which every append and every Ping checks for.
+// One process at a time: Open takes an exclusive lock on the file.
 package filestore
 
 import (
@@ -40,13 +42,16 @@ type File interface {
 type Store struct {
 	path     string
 	file     File
+	ident    os.FileInfo // the open file, for checkIdentity
 	recovery Recovery
 
 	failed atomic.Pointer[error]
 	// size is the length of the durable records; List never reads past it.
 	size atomic.Int64
 
-	// Owned by Append, which the log never calls concurrently.
+	// ioMu guards what Append owns (it is never called concurrently) against
+	// Ping's and Close's identity checks.
+	ioMu    sync.Mutex
 	head    audit.Head
 	written int64 // file length, durable or not
 	wbuf    []byte
@@ -112,11 +117,16 @@ func Open(path string, opts ...Option) (*Store, error) {
 		f.Close()
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
+	ident, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
 	var file File = f
 	if c.wrapFile != nil {
 		file = c.wrapFile(f)
 	}
-	s := &Store{path: path, file: file, open: map[string]*audit.OpenExecution{}}
+	s := &Store{path: path, file: file, ident: ident, open: map[string]*audit.OpenExecution{}}
 	if err := s.load(); err != nil {
 		file.Close()
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
@@ -192,11 +202,15 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 }
 
 // Append writes the batch and, when durable, fsyncs the file, which makes
-// every earlier write durable too.
+// every earlier write durable too. Then it checks that the path still names
+// the file it wrote, at the length it wrote: otherwise the batch went
+// somewhere the log at path will never show, and the store fails for good.
 func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
 	if err := s.Err(); err != nil {
 		return err
 	}
+	s.ioMu.Lock()
+	defer s.ioMu.Unlock()
 	recs, err := build(s.head)
 	if err != nil || len(recs) == 0 {
 		return err
@@ -216,22 +230,33 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	}
 	s.written += int64(len(buf))
 	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash}
-	if !durable {
-		return nil
+	if durable {
+		if err := s.file.Sync(); err != nil {
+			return s.fail(fmt.Errorf("fsync: %w", err))
+		}
 	}
-	if err := s.file.Sync(); err != nil {
-		return s.fail(fmt.Errorf("fsync: %w", err))
+	// After the fsync, so that a change during it is seen too. One stat per
+	// batch (see BenchmarkAppend in docs/PERFORMANCE.md).
+	if err := s.checkIdentity(); err != nil {
+		return err
 	}
-	s.size.Store(s.written) // the fsync covered every earlier write too
+	if durable {
+		s.size.Store(s.written) // the fsync covered every earlier write too
+	}
 	return nil
 }
 
 // keepBufBytes bounds the write buffer kept between batches.
 const keepBufBytes = 4 << 20
 
-// fail records err as the store's permanent failure.
+// fail records the I/O error err as the store's permanent failure.
 func (s *Store) fail(err error) error {
-	err = fmt.Errorf("audit log %s failed: %w", s.path, err)
+	return s.latch(fmt.Errorf("audit log %s failed: %w", s.path, err))
+}
+
+// latch records err as the store's permanent failure, unless there is one
+// already, and returns the failure.
+func (s *Store) latch(err error) error {
 	s.failed.CompareAndSwap(nil, &err)
 	return *s.failed.Load()
 }
@@ -246,7 +271,9 @@ func (s *Store) Err() error {
 
 // Ping returns the store's permanent failure, if any: a file store never
 // recovers without a restart, whose start-up check is what makes
-// appending safe again.
+// appending safe again. It also checks that the file is still in place
+// (see Append), so that a log removed or truncated while no plans arrive
+// turns the health NOT_SERVING within a ping.
 func (s *Store) Ping(context.Context) error {
 	s.mu.Lock()
 	closed := s.closed
@@ -254,7 +281,19 @@ func (s *Store) Ping(context.Context) error {
 	if closed {
 		return audit.ErrClosed
 	}
-	return s.Err()
+	if err := s.Err(); err != nil {
+		return err
+	}
+	// An append in progress checks the file itself before it returns; Ping
+	// does not wait behind its fsync.
+	if s.ioMu.TryLock() {
+		err := s.checkIdentity()
+		s.ioMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close syncs what was written and closes the file.
