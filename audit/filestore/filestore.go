@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -48,6 +49,11 @@ type Store struct {
 	failed atomic.Pointer[error]
 	// size is the length of the durable records; List never reads past it.
 	size atomic.Int64
+	// durable is the head after the durable records.
+	durable atomic.Pointer[audit.Head]
+	// savedHead is the head in the head file (zero: none), guarded by headMu.
+	headMu    sync.Mutex
+	savedHead audit.Head
 
 	// ioMu guards what Append owns (it is never called concurrently) against
 	// Ping's and Close's identity checks.
@@ -69,37 +75,49 @@ type Recovery struct {
 	TruncatedBytes int64
 	// Records is the number of records the file held.
 	Records uint64
+	// OldHeadFile is where WithNewLog set aside a head file that the log
+	// did not match, and HeadMismatch what did not match; both are empty
+	// when the log matched its head file or had none.
+	OldHeadFile  string
+	HeadMismatch string
 }
 
 var _ audit.Store = (*Store)(nil)
-
-// Option configures Open.
-type Option func(*config)
-
-type config struct {
-	wrapFile func(File) File
-}
-
-// WithFileWrapper routes all of the store's file access through wrap(f),
-// where f is the opened file. It exists for fault injection (a File whose
-// Write or Sync fails) and for benchmarks; production code has no reason
-// to use it, and a wrapper whose Sync does not reach the disk voids the
-// log's durability.
-func WithFileWrapper(wrap func(File) File) Option {
-	return func(c *config) { c.wrapFile = wrap }
-}
 
 // Open opens or creates the log file at path, locks it against other
 // processes, verifies the whole chain and cuts an incomplete last line (a
 // crash's trace). Any other damage is refused with a *audit.ChainError
 // naming the first bad sequence, because appending to a broken chain would
 // hide the break. Executions left open are handed out by Interrupted.
+//
+// Beside the log, Open checks the head file (HeadSuffix): a log that no
+// longer holds the record its head file names is refused with
+// ErrHeadMismatch, unless WithNewLog.
 func Open(path string, opts ...Option) (*Store, error) {
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	headPath := path + HeadSuffix
+	saved, hasHead, mismatch := readHead(headPath)
+	if mismatch != nil {
+		mismatch = fmt.Errorf("open audit log %s: %w", path, mismatch)
+		if !errors.Is(mismatch, ErrHeadMismatch) {
+			return nil, mismatch
+		}
+	}
+	// A log whose head file names records is not created anew, unless
+	// told so: it was lost.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		if hasHead && saved.Sequence > 0 {
+			mismatch = headMismatch(path, saved, fmt.Errorf("%s does not exist", path))
+			if !c.newLog {
+				return nil, mismatch
+			}
+		}
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -127,44 +145,90 @@ func Open(path string, opts ...Option) (*Store, error) {
 		file = c.wrapFile(f)
 	}
 	s := &Store{path: path, file: file, ident: ident, open: map[string]*audit.OpenExecution{}}
-	if err := s.load(); err != nil {
+	if err := s.start(&c, saved, hasHead, mismatch); err != nil {
 		file.Close()
-		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+		return nil, err
 	}
 	return s, nil
+}
+
+// start reads the key, verifies the log and checks it against its head
+// file; mismatch is readHead's complaint about the head file, if any.
+func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error) error {
+	want := uint64(0)
+	if hasHead {
+		want = saved.Sequence
+	}
+	hashAtWant, err := s.load(want)
+	if err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	if mismatch == nil && want > 0 {
+		if err := checkHead(s.path, saved, s.recovery.Records, hashAtWant); err != nil {
+			mismatch = headMismatch(s.path, saved, err)
+		}
+	}
+	if mismatch != nil {
+		if !c.newLog {
+			return mismatch
+		}
+		old, err := setAside(s.path + HeadSuffix)
+		if err != nil {
+			return fmt.Errorf("open audit log %s: set the head file aside for a new log: %w", s.path, err)
+		}
+		s.recovery.OldHeadFile, s.recovery.HeadMismatch = old, mismatch.Error()
+		hasHead = false
+	}
+	if hasHead {
+		s.savedHead = saved
+	}
+	// Record where the log now ends, so that a log removed before the
+	// first ping is still noticed at the next start.
+	if err := s.saveHead(); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// headMismatch is Open's refusal of a log that lost the head file's record.
+func headMismatch(path string, saved audit.Head, found error) error {
+	return fmt.Errorf("open audit log %s: %w: head file %s names record %d (hash %s), but %w",
+		path, ErrHeadMismatch, path+HeadSuffix, saved.Sequence, audit.FormatHash(saved.Hash), found)
 }
 
 // ErrLocked: another process has the log file open.
 var ErrLocked = errors.New("the file is locked by another process (flock): another stage4 is using this audit log")
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// load verifies the file, cuts a torn tail, finds open executions and
+// returns the hash of record want ("" if the log ends before it).
+func (s *Store) load(want uint64) (hashAtWant string, err error) {
+	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(func(ev *stage4v1.AuditEvent) {
+		s.track(ev)
+		if ev.GetSequence() == want {
+			hashAtWant = ev.GetHash()
+		}
+	}))
 	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// load verifies the file, cuts a torn tail and finds open executions.
-func (s *Store) load() error {
-	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(s.track))
-	if err != nil {
-		return err
+		return "", err
 	}
 	if res.TrailingBytes > 0 {
 		if err := s.file.Truncate(res.Bytes); err != nil {
-			return fmt.Errorf("cut incomplete last line: %w", err)
+			return "", fmt.Errorf("cut incomplete last line: %w", err)
 		}
+	}
+	// What was read may not be durable yet (the last process may have
+	// stopped before an fsync): the head file must name durable records only.
+	if res.Records > 0 || res.TrailingBytes > 0 {
 		if err := s.file.Sync(); err != nil {
-			return fmt.Errorf("cut incomplete last line: %w", err)
+			return "", fmt.Errorf("fsync: %w", err)
 		}
 	}
 	s.recovery = Recovery{TruncatedBytes: res.TrailingBytes, Records: res.Records}
 	s.head = res.Head
+	s.durable.Store(&res.Head)
 	s.size.Store(res.Bytes)
 	s.written = res.Bytes
-	return nil
+	return hashAtWant, nil
 }
 
 // track follows the executions of the records read at start-up.
@@ -242,6 +306,8 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	}
 	if durable {
 		s.size.Store(s.written) // the fsync covered every earlier write too
+		head := s.head
+		s.durable.Store(&head)
 	}
 	return nil
 }
@@ -293,10 +359,13 @@ func (s *Store) Ping(context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// Not latched: a head file that cannot be written now (a full disk)
+	// may be written at the next ping.
+	return s.saveHead()
 }
 
-// Close syncs what was written and closes the file.
+// Close syncs what was written, checks that the file is still in place,
+// writes the head file and closes the file.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -308,9 +377,18 @@ func (s *Store) Close() error {
 	var err error
 	// The last records may have been written without a sync.
 	if s.Err() == nil {
-		err = s.file.Sync()
+		s.ioMu.Lock()
+		if err = s.file.Sync(); err == nil {
+			if err = s.checkIdentity(); err == nil {
+				head := s.head
+				s.durable.Store(&head)
+			}
+		}
+		s.ioMu.Unlock()
 	}
-	return errors.Join(err, s.file.Close())
+	// Also after a failure: the head file then names the last record that
+	// was durable in place, so that the next start sees what was lost.
+	return errors.Join(err, s.saveHead(), s.file.Close())
 }
 
 // Verify verifies the log file at path; see audit.Verify.
