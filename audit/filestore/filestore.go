@@ -55,6 +55,8 @@ type Store struct {
 	headMu    sync.Mutex
 	savedHead audit.Head
 
+	key []byte // the fingerprint key, read or created by Open
+
 	// ioMu guards what Append owns (it is never called concurrently) against
 	// Ping's and Close's identity checks.
 	ioMu    sync.Mutex
@@ -90,9 +92,12 @@ var _ audit.Store = (*Store)(nil)
 // naming the first bad sequence, because appending to a broken chain would
 // hide the break. Executions left open are handed out by Interrupted.
 //
-// Beside the log, Open checks the head file (HeadSuffix): a log that no
-// longer holds the record its head file names is refused with
-// ErrHeadMismatch, unless WithNewLog.
+// Beside the log, Open reads or creates the key file (KeySuffix) and
+// checks the head file (HeadSuffix): a log that no longer holds the record
+// its head file names is refused with ErrHeadMismatch, unless WithNewLog.
+// A key file alone does not show that the log held records (a store may
+// have been opened and closed without an append), so only the head file
+// counts.
 func Open(path string, opts ...Option) (*Store, error) {
 	var c config
 	for _, o := range opts {
@@ -155,6 +160,10 @@ func Open(path string, opts ...Option) (*Store, error) {
 // start reads the key, verifies the log and checks it against its head
 // file; mismatch is readHead's complaint about the head file, if any.
 func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error) error {
+	var err error
+	if s.key, err = loadOrCreateKey(s.path + KeySuffix); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
 	want := uint64(0)
 	if hasHead {
 		want = saved.Sequence

@@ -180,7 +180,7 @@ func TestRestartAcceptsAMatchingLog(t *testing.T) {
 			require.NoError(t, lg.store.Ping(context.Background()))
 			mustAppend(t, lg, event(failed, "e", "u"), event(failed, "e", "u"))
 			copied := logPath(t)
-			for _, suffix := range []string{"", filestore.HeadSuffix} {
+			for _, suffix := range []string{"", filestore.HeadSuffix, filestore.KeySuffix} {
 				data, err := os.ReadFile(path + suffix)
 				require.NoError(t, err)
 				require.NoError(t, os.WriteFile(copied+suffix, data, 0o600))
@@ -192,8 +192,11 @@ func TestRestartAcceptsAMatchingLog(t *testing.T) {
 			require.Equal(t, uint64(1), seq)
 			return 4
 		}},
-		{name: "empty log that never had records", setup: func(t *testing.T, path string) uint64 {
+		{name: "empty log that never had records, key file only", setup: func(t *testing.T, path string) uint64 {
+			// The key file shows that a store was opened here, not that
+			// it ever held records: only the head file counts.
 			writeLog(t, path, 0)
+			require.FileExists(t, path+filestore.KeySuffix)
 			require.NoError(t, os.Remove(path))
 			return 1
 		}},
