@@ -56,6 +56,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.Listen, "listen", defaultListen, "`host:port` of the gRPC server")
 	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
 	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
+	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
+	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; the audit store's own key (<audit-log>.key) when empty")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")

@@ -65,6 +65,15 @@ type Config struct {
 	// AuditLog is where the audit log lives: a file path, or a
 	// postgres:// or postgresql:// URL (see OpenStore).
 	AuditLog string
+	// NewAuditLog lets a file log that lost records since the last start
+	// (removed, renamed, truncated) be taken as it is, beginning a new
+	// chain where needed, instead of refusing to start: the operator's
+	// explicit decision (filestore.WithNewLog).
+	NewAuditLog bool
+	// FingerprintKeyFile, when set, holds the key of the keyed
+	// fingerprints of tokens and plans, instead of the audit store's own
+	// (see FingerprintKey).
+	FingerprintKeyFile string
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -123,7 +132,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	store := cfg.Store
 	if store == nil {
-		if store, err = OpenStore(ctx, cfg.AuditLog, logger); err != nil {
+		if store, err = OpenStore(ctx, cfg, logger); err != nil {
 			return err
 		}
 	}
