@@ -308,8 +308,8 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 			return s.fail(fmt.Errorf("fsync: %w", err))
 		}
 	}
-	// After the fsync, so that a change during it is seen too. One stat per
-	// batch (see BenchmarkAppend in docs/PERFORMANCE.md).
+	// After the fsync, so that a change during it is seen too. It costs one
+	// stat per batch, about a microsecond next to the fsync's hundreds.
 	if err := s.checkIdentity(); err != nil {
 		return err
 	}
