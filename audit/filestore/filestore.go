@@ -49,8 +49,6 @@ type Store struct {
 	failed atomic.Pointer[error]
 	// size is the length of the durable records; List never reads past it.
 	size atomic.Int64
-	// durable is the head after the durable records.
-	durable atomic.Pointer[audit.Head]
 	// savedHead is the head in the head file (zero: none), guarded by headMu.
 	headMu    sync.Mutex
 	savedHead audit.Head
@@ -58,11 +56,12 @@ type Store struct {
 	key []byte // the fingerprint key, read or created by Open
 
 	// ioMu guards what Append owns (it is never called concurrently) against
-	// Ping's and Close's identity checks.
-	ioMu    sync.Mutex
-	head    audit.Head
-	written int64 // file length, durable or not
-	wbuf    []byte
+	// Ping and Close.
+	ioMu        sync.Mutex
+	head        audit.Head
+	durableHead audit.Head // the head after the durable records
+	written     int64      // file length, durable or not
+	wbuf        []byte
 
 	mu     sync.Mutex // guards open and closed
 	open   map[string]*audit.OpenExecution
@@ -193,16 +192,10 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 	}
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
-	if err := s.saveHead(); err != nil {
+	if err := s.saveHead(s.durableHead); err != nil {
 		return fmt.Errorf("open audit log %s: %w", s.path, err)
 	}
 	return nil
-}
-
-// headMismatch is Open's refusal of a log that lost the head file's record.
-func headMismatch(path string, saved audit.Head, found error) error {
-	return fmt.Errorf("open audit log %s: %w: head file %s names record %d (hash %s), but %w",
-		path, ErrHeadMismatch, path+HeadSuffix, saved.Sequence, audit.FormatHash(saved.Hash), found)
 }
 
 // ErrLocked: another process has the log file open.
@@ -234,7 +227,7 @@ func (s *Store) load(want uint64) (hashAtWant string, err error) {
 	}
 	s.recovery = Recovery{TruncatedBytes: res.TrailingBytes, Records: res.Records}
 	s.head = res.Head
-	s.durable.Store(&res.Head)
+	s.durableHead = res.Head
 	s.size.Store(res.Bytes)
 	s.written = res.Bytes
 	return hashAtWant, nil
@@ -315,8 +308,7 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	}
 	if durable {
 		s.size.Store(s.written) // the fsync covered every earlier write too
-		head := s.head
-		s.durable.Store(&head)
+		s.durableHead = s.head
 	}
 	return nil
 }
@@ -359,18 +351,17 @@ func (s *Store) Ping(context.Context) error {
 	if err := s.Err(); err != nil {
 		return err
 	}
-	// An append in progress checks the file itself before it returns; Ping
-	// does not wait behind its fsync.
-	if s.ioMu.TryLock() {
-		err := s.checkIdentity()
-		s.ioMu.Unlock()
-		if err != nil {
-			return err
-		}
+	// At most one batch's wait, once a second.
+	s.ioMu.Lock()
+	err := s.checkIdentity()
+	head := s.durableHead
+	s.ioMu.Unlock()
+	if err != nil {
+		return err
 	}
 	// Not latched: a head file that cannot be written now (a full disk)
 	// may be written at the next ping.
-	return s.saveHead()
+	return s.saveHead(head)
 }
 
 // Close syncs what was written, checks that the file is still in place,
@@ -384,20 +375,20 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	var err error
+	s.ioMu.Lock()
 	// The last records may have been written without a sync.
 	if s.Err() == nil {
-		s.ioMu.Lock()
 		if err = s.file.Sync(); err == nil {
 			if err = s.checkIdentity(); err == nil {
-				head := s.head
-				s.durable.Store(&head)
+				s.durableHead = s.head
 			}
 		}
-		s.ioMu.Unlock()
 	}
+	head := s.durableHead
+	s.ioMu.Unlock()
 	// Also after a failure: the head file then names the last record that
 	// was durable in place, so that the next start sees what was lost.
-	return errors.Join(err, s.saveHead(), s.file.Close())
+	return errors.Join(err, s.saveHead(head), s.file.Close())
 }
 
 // Verify verifies the log file at path; see audit.Verify.

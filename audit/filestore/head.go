@@ -74,6 +74,12 @@ func writeHead(path string, h audit.Head) error {
 	return replaceFile(path, append(data, '\n'))
 }
 
+// headMismatch is Open's refusal of a log that lost the head file's record.
+func headMismatch(path string, saved audit.Head, found error) error {
+	return fmt.Errorf("open audit log %s: %w: head file %s names record %d (hash %s), but %w",
+		path, ErrHeadMismatch, path+HeadSuffix, saved.Sequence, audit.FormatHash(saved.Hash), found)
+}
+
 // checkHead compares the head file's head with what load found: nil when
 // the log holds that record, else what the log holds instead.
 func checkHead(path string, want audit.Head, records uint64, hashAtWant string) error {
@@ -113,13 +119,12 @@ func setAside(path string) (string, error) {
 	}
 }
 
-// saveHead writes the durable head to the head file if it moved since the
-// last write. An empty log has nothing to protect and gets no head file.
-func (s *Store) saveHead() error {
+// saveHead writes h, a durable head, to the head file if it moved since
+// the last write. An empty log has nothing to protect and gets no head file.
+func (s *Store) saveHead(h audit.Head) error {
 	s.headMu.Lock()
 	defer s.headMu.Unlock()
-	h := *s.durable.Load()
-	if h == s.savedHead || h.Sequence == 0 {
+	if h.Sequence <= s.savedHead.Sequence {
 		return nil
 	}
 	if err := writeHead(s.path+HeadSuffix, h); err != nil {
