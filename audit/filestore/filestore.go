@@ -340,7 +340,9 @@ func (s *Store) Err() error {
 // recovers without a restart, whose start-up check is what makes
 // appending safe again. It also checks that the file is still in place
 // (see Append), so that a log removed or truncated while no plans arrive
-// turns the health NOT_SERVING within a ping.
+// turns the health NOT_SERVING within a ping, and writes the head file
+// when the durable head moved (see HeadSuffix): the log pings about once
+// a second, which bounds how often that happens.
 func (s *Store) Ping(context.Context) error {
 	s.mu.Lock()
 	closed := s.closed
