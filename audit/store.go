@@ -65,6 +65,14 @@ type Store interface {
 	// restarted (see the store's documentation).
 	Interrupted(ctx context.Context) ([]OpenExecution, error)
 
+	// FingerprintKey returns the store's secret key for keyed fingerprints
+	// (HMAC-SHA256) of tokens and plans: 32 random bytes created at first
+	// use and kept with the store, so that every process sharing the store
+	// uses the same key and equal plans keep equal fingerprints across
+	// restarts. Whoever can read it can confirm guessed tokens and
+	// parameter values against the log.
+	FingerprintKey(ctx context.Context) ([]byte, error)
+
 	// Close releases the store. Appends after Close fail.
 	Close() error
 }

@@ -5,7 +5,9 @@
 // written and, when durable, fsynced; the first write or fsync error fails
 // the store for good, because after a failed fsync the kernel may have
 // dropped the dirty pages and a retry could report success for data that
-// is gone. One process at a time: Open takes an exclusive lock on the file.
+// is gone. So does a file changed under the store (removed, renamed,
+// replaced or truncated), which every append and every Ping checks for.
+// One process at a time: Open takes an exclusive lock on the file.
 package filestore
 
 import (
@@ -13,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -40,16 +43,25 @@ type File interface {
 type Store struct {
 	path     string
 	file     File
+	ident    os.FileInfo // the open file, for checkIdentity
 	recovery Recovery
 
 	failed atomic.Pointer[error]
 	// size is the length of the durable records; List never reads past it.
 	size atomic.Int64
+	// savedHead is the head in the head file (zero: none), guarded by headMu.
+	headMu    sync.Mutex
+	savedHead audit.Head
 
-	// Owned by Append, which the log never calls concurrently.
-	head    audit.Head
-	written int64 // file length, durable or not
-	wbuf    []byte
+	key []byte // the fingerprint key, read or created by Open
+
+	// ioMu guards what Append owns (it is never called concurrently) against
+	// Ping and Close.
+	ioMu        sync.Mutex
+	head        audit.Head
+	durableHead audit.Head // the head after the durable records
+	written     int64      // file length, durable or not
+	wbuf        []byte
 
 	mu     sync.Mutex // guards open and closed
 	open   map[string]*audit.OpenExecution
@@ -64,37 +76,52 @@ type Recovery struct {
 	TruncatedBytes int64
 	// Records is the number of records the file held.
 	Records uint64
+	// OldHeadFile is where WithNewLog set aside a head file that the log
+	// did not match, and HeadMismatch what did not match; both are empty
+	// when the log matched its head file or had none.
+	OldHeadFile  string
+	HeadMismatch string
 }
 
 var _ audit.Store = (*Store)(nil)
-
-// Option configures Open.
-type Option func(*config)
-
-type config struct {
-	wrapFile func(File) File
-}
-
-// WithFileWrapper routes all of the store's file access through wrap(f),
-// where f is the opened file. It exists for fault injection (a File whose
-// Write or Sync fails) and for benchmarks; production code has no reason
-// to use it, and a wrapper whose Sync does not reach the disk voids the
-// log's durability.
-func WithFileWrapper(wrap func(File) File) Option {
-	return func(c *config) { c.wrapFile = wrap }
-}
 
 // Open opens or creates the log file at path, locks it against other
 // processes, verifies the whole chain and cuts an incomplete last line (a
 // crash's trace). Any other damage is refused with a *audit.ChainError
 // naming the first bad sequence, because appending to a broken chain would
 // hide the break. Executions left open are handed out by Interrupted.
+//
+// Beside the log, Open reads or creates the key file (KeySuffix) and
+// checks the head file (HeadSuffix): a log that no longer holds the record
+// its head file names is refused with ErrHeadMismatch, unless WithNewLog.
+// A key file alone does not show that the log held records (a store may
+// have been opened and closed without an append), so only the head file
+// counts.
 func Open(path string, opts ...Option) (*Store, error) {
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	headPath := path + HeadSuffix
+	saved, hasHead, mismatch := readHead(headPath)
+	if mismatch != nil {
+		mismatch = fmt.Errorf("open audit log %s: %w", path, mismatch)
+		if !errors.Is(mismatch, ErrHeadMismatch) {
+			return nil, mismatch
+		}
+	}
+	// A log whose head file names records is not created anew, unless
+	// told so: it was lost.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		if hasHead && saved.Sequence > 0 {
+			mismatch = headMismatch(path, saved, fmt.Errorf("%s does not exist", path))
+			if !c.newLog {
+				return nil, mismatch
+			}
+		}
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -112,49 +139,98 @@ func Open(path string, opts ...Option) (*Store, error) {
 		f.Close()
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
+	ident, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
 	var file File = f
 	if c.wrapFile != nil {
 		file = c.wrapFile(f)
 	}
-	s := &Store{path: path, file: file, open: map[string]*audit.OpenExecution{}}
-	if err := s.load(); err != nil {
+	s := &Store{path: path, file: file, ident: ident, open: map[string]*audit.OpenExecution{}}
+	if err := s.start(&c, saved, hasHead, mismatch); err != nil {
 		file.Close()
-		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+		return nil, err
 	}
 	return s, nil
+}
+
+// start reads the key, verifies the log and checks it against its head
+// file; mismatch is readHead's complaint about the head file, if any.
+func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error) error {
+	var err error
+	if s.key, err = loadOrCreateKey(s.path + KeySuffix); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	want := uint64(0)
+	if hasHead {
+		want = saved.Sequence
+	}
+	hashAtWant, err := s.load(want)
+	if err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	if mismatch == nil && want > 0 {
+		if err := checkHead(s.path, saved, s.recovery.Records, hashAtWant); err != nil {
+			mismatch = headMismatch(s.path, saved, err)
+		}
+	}
+	if mismatch != nil {
+		if !c.newLog {
+			return mismatch
+		}
+		old, err := setAside(s.path + HeadSuffix)
+		if err != nil {
+			return fmt.Errorf("open audit log %s: set the head file aside for a new log: %w", s.path, err)
+		}
+		s.recovery.OldHeadFile, s.recovery.HeadMismatch = old, mismatch.Error()
+		hasHead = false
+	}
+	if hasHead {
+		s.savedHead = saved
+	}
+	// Record where the log now ends, so that a log removed before the
+	// first ping is still noticed at the next start.
+	if err := s.saveHead(s.durableHead); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	return nil
 }
 
 // ErrLocked: another process has the log file open.
 var ErrLocked = errors.New("the file is locked by another process (flock): another stage4 is using this audit log")
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// load verifies the file, cuts a torn tail, finds open executions and
+// returns the hash of record want ("" if the log ends before it).
+func (s *Store) load(want uint64) (hashAtWant string, err error) {
+	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(func(ev *stage4v1.AuditEvent) {
+		s.track(ev)
+		if ev.GetSequence() == want {
+			hashAtWant = ev.GetHash()
+		}
+	}))
 	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// load verifies the file, cuts a torn tail and finds open executions.
-func (s *Store) load() error {
-	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(s.track))
-	if err != nil {
-		return err
+		return "", err
 	}
 	if res.TrailingBytes > 0 {
 		if err := s.file.Truncate(res.Bytes); err != nil {
-			return fmt.Errorf("cut incomplete last line: %w", err)
+			return "", fmt.Errorf("cut incomplete last line: %w", err)
 		}
+	}
+	// What was read may not be durable yet (the last process may have
+	// stopped before an fsync): the head file must name durable records only.
+	if res.Records > 0 || res.TrailingBytes > 0 {
 		if err := s.file.Sync(); err != nil {
-			return fmt.Errorf("cut incomplete last line: %w", err)
+			return "", fmt.Errorf("fsync: %w", err)
 		}
 	}
 	s.recovery = Recovery{TruncatedBytes: res.TrailingBytes, Records: res.Records}
 	s.head = res.Head
+	s.durableHead = res.Head
 	s.size.Store(res.Bytes)
 	s.written = res.Bytes
-	return nil
+	return hashAtWant, nil
 }
 
 // track follows the executions of the records read at start-up.
@@ -192,7 +268,9 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 }
 
 // Append writes the batch and, when durable, fsyncs the file, which makes
-// every earlier write durable too.
+// every earlier write durable too. Then it checks that the path still names
+// the file it wrote, at the length it wrote: otherwise the batch went
+// somewhere the log at path will never show, and the store fails for good.
 func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
 	s.mu.Lock()
 	closed := s.closed
@@ -203,6 +281,8 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	if err := s.Err(); err != nil {
 		return err
 	}
+	s.ioMu.Lock()
+	defer s.ioMu.Unlock()
 	recs, err := build(s.head)
 	if err != nil || len(recs) == 0 {
 		return err
@@ -222,22 +302,34 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	}
 	s.written += int64(len(buf))
 	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash}
-	if !durable {
-		return nil
+	if durable {
+		if err := s.file.Sync(); err != nil {
+			return s.fail(fmt.Errorf("fsync: %w", err))
+		}
 	}
-	if err := s.file.Sync(); err != nil {
-		return s.fail(fmt.Errorf("fsync: %w", err))
+	// After the fsync, so that a change during it is seen too. It costs one
+	// stat per batch, about a microsecond next to the fsync's hundreds.
+	if err := s.checkIdentity(); err != nil {
+		return err
 	}
-	s.size.Store(s.written) // the fsync covered every earlier write too
+	if durable {
+		s.size.Store(s.written) // the fsync covered every earlier write too
+		s.durableHead = s.head
+	}
 	return nil
 }
 
 // keepBufBytes bounds the write buffer kept between batches.
 const keepBufBytes = 4 << 20
 
-// fail records err as the store's permanent failure.
+// fail records the I/O error err as the store's permanent failure.
 func (s *Store) fail(err error) error {
-	err = fmt.Errorf("audit log %s failed: %w", s.path, err)
+	return s.latch(fmt.Errorf("audit log %s failed: %w", s.path, err))
+}
+
+// latch records err as the store's permanent failure, unless there is one
+// already, and returns the failure.
+func (s *Store) latch(err error) error {
 	s.failed.CompareAndSwap(nil, &err)
 	return *s.failed.Load()
 }
@@ -252,7 +344,11 @@ func (s *Store) Err() error {
 
 // Ping returns the store's permanent failure, if any: a file store never
 // recovers without a restart, whose start-up check is what makes
-// appending safe again.
+// appending safe again. It also checks that the file is still in place
+// (see Append), so that a log removed or truncated while no plans arrive
+// turns the health NOT_SERVING within a ping, and writes the head file
+// when the durable head moved (see HeadSuffix): the log pings about once
+// a second, which bounds how often that happens.
 func (s *Store) Ping(context.Context) error {
 	s.mu.Lock()
 	closed := s.closed
@@ -260,10 +356,24 @@ func (s *Store) Ping(context.Context) error {
 	if closed {
 		return audit.ErrClosed
 	}
-	return s.Err()
+	if err := s.Err(); err != nil {
+		return err
+	}
+	// At most one batch's wait, once a second.
+	s.ioMu.Lock()
+	err := s.checkIdentity()
+	head := s.durableHead
+	s.ioMu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Not latched: a head file that cannot be written now (a full disk)
+	// may be written at the next ping.
+	return s.saveHead(head)
 }
 
-// Close syncs what was written and closes the file.
+// Close syncs what was written, checks that the file is still in place,
+// writes the head file and closes the file.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -273,11 +383,20 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	var err error
+	s.ioMu.Lock()
 	// The last records may have been written without a sync.
 	if s.Err() == nil {
-		err = s.file.Sync()
+		if err = s.file.Sync(); err == nil {
+			if err = s.checkIdentity(); err == nil {
+				s.durableHead = s.head
+			}
+		}
 	}
-	return errors.Join(err, s.file.Close())
+	head := s.durableHead
+	s.ioMu.Unlock()
+	// Also after a failure: the head file then names the last record that
+	// was durable in place, so that the next start sees what was lost.
+	return errors.Join(err, s.saveHead(head), s.file.Close())
 }
 
 // Verify verifies the log file at path; see audit.Verify.

@@ -22,6 +22,10 @@ const migrationLockKey int64 = 0x5354_4734_4155_4431 // "STG4AUD1"
 // page tokens carry it so that another database's tokens are refused.
 const logIDLen = 8
 
+// fingerprintKeyLen is the length of the log's fingerprint key, made with
+// its schema and shared by every replica (see Store.FingerprintKey).
+const fingerprintKeyLen = 32
+
 // migrations are applied in order; migrations[i] brings the schema to
 // version i+1. Released versions are never edited, only appended to.
 var migrations = [...]string{
@@ -72,8 +76,9 @@ CREATE TABLE audit_replicas (
 );
 
 CREATE TABLE audit_meta (
-	id     smallint PRIMARY KEY CHECK (id = 1),
-	log_id bytea NOT NULL
+	id              smallint PRIMARY KEY CHECK (id = 1),
+	log_id          bytea NOT NULL,
+	fingerprint_key bytea NOT NULL CHECK (length(fingerprint_key) = 32)
 );
 `,
 }
@@ -118,7 +123,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) ([logIDLen]byte, error) {
 	}
 	if current == 0 {
 		_, _ = rand.Read(logID[:]) // never fails (crypto/rand documents it)
-		if _, err := tx.Exec(ctx, "INSERT INTO audit_meta (id, log_id) VALUES (1, $1)", logID[:]); err != nil {
+		key := make([]byte, fingerprintKeyLen)
+		_, _ = rand.Read(key)
+		if _, err := tx.Exec(ctx, "INSERT INTO audit_meta (id, log_id, fingerprint_key) VALUES (1, $1, $2)", logID[:], key); err != nil {
 			return logID, fmt.Errorf("migrate schema: %w", dbErrorNoReset(err))
 		}
 	} else {

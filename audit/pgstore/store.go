@@ -137,6 +137,25 @@ func (s *Store) heartbeat(ctx context.Context) error {
 	return s.dbError(err)
 }
 
+// FingerprintKey returns the log's secret key for keyed fingerprints, made
+// at random with the schema and kept in audit_meta, so that every replica
+// of the database computes the same plan_id for the same plan. Whoever can
+// read audit_meta holds it: grant readers of the audit tables no access
+// to that table.
+func (s *Store) FingerprintKey(ctx context.Context) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, audit.ErrClosed
+	}
+	var key []byte
+	if err := s.pool.QueryRow(ctx, "SELECT fingerprint_key FROM audit_meta WHERE id = 1").Scan(&key); err != nil {
+		return nil, fmt.Errorf("read fingerprint key: %w", s.dbError(err))
+	}
+	if len(key) != fingerprintKeyLen {
+		return nil, fmt.Errorf("read fingerprint key: audit_meta.fingerprint_key has %d bytes, want %d", len(key), fingerprintKeyLen)
+	}
+	return key, nil
+}
+
 // Close releases the name, removes this replica's heartbeat (its open
 // executions, if any are left, are then anybody's to close once their
 // deadline passes) and closes the pool. Appends after Close fail with

@@ -46,6 +46,7 @@ func Run(t *testing.T, newLog func(t *testing.T) Opener) {
 		{"InterruptedClaimEndsWithClaimer", testInterruptedClaimEndsWithClaimer},
 		{"Ping", testPing},
 		{"AppendAfterCloseFails", testAppendAfterClose},
+		{"FingerprintKeyIsKept", testFingerprintKeyIsKept},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -427,4 +428,18 @@ func testAppendAfterClose(t *testing.T, open Opener) {
 		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{event(failed, "a", "p", "u")})
 	})
 	require.ErrorIs(t, err, audit.ErrClosed)
+}
+
+// testFingerprintKeyIsKept: a store has one secret key of 32 random bytes,
+// the same after a restart, so that equal plans keep equal plan_ids.
+func testFingerprintKeyIsKept(t *testing.T, open Opener) {
+	s := openStore(t, open)
+	key, err := s.FingerprintKey(ctx(t))
+	require.NoError(t, err)
+	require.Len(t, key, 32)
+	require.NotEqual(t, make([]byte, 32), key)
+	s = restart(t, s, open)
+	again, err := s.FingerprintKey(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, key, again)
 }

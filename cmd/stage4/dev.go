@@ -33,6 +33,7 @@ type devFlags struct {
 	stage3Listen  string
 	metricsListen string
 	auditLog      string
+	newAuditLog   bool
 	log           logFlags
 }
 
@@ -50,6 +51,7 @@ func newDevFlags() (*flag.FlagSet, *devFlags) {
 	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
 	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
 	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log")
+	fs.BoolVar(&f.newAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (as stage4 serve)")
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")
 	return fs, f
@@ -90,6 +92,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Listen:          f.listen,
 		MetricsListen:   f.metricsListen,
 		AuditLog:        f.auditLog,
+		NewAuditLog:     f.newAuditLog,
 		MaxMessageBytes: defaultMaxMessageBytes,
 		ShutdownGrace:   defaultShutdownGrace,
 		Stage3: stage3client.Config{

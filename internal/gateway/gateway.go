@@ -75,6 +75,15 @@ type Config struct {
 	// name in Kubernetes). A process that starts under the name of one
 	// that died takes over its open executions at once.
 	ReplicaName string
+	// NewAuditLog lets a file log that lost records since the last start
+	// (removed, renamed, truncated) be taken as it is, beginning a new
+	// chain where needed, instead of refusing to start: the operator's
+	// explicit decision (filestore.WithNewLog).
+	NewAuditLog bool
+	// FingerprintKeyFile, when set, holds the key of the keyed
+	// fingerprints of tokens and plans, instead of the audit store's own
+	// (see FingerprintKey).
+	FingerprintKeyFile string
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
