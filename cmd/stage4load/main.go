@@ -39,5 +39,8 @@ func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "proxy" {
 		return runProxy(ctx, args[1:])
 	}
+	if len(args) > 0 && args[0] == "burst" {
+		return runBurstCommand(ctx, args[1:], os.Stdout, os.Stderr)
+	}
 	return runBench(ctx, args, os.Stdout, os.Stderr)
 }
