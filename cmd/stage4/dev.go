@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -87,6 +88,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		auditLog:        f.auditLog,
 		maxMessageBytes: defaultMaxMessageBytes,
 		shutdownGrace:   defaultShutdownGrace,
+		auditReaders:    authz.Everyone(), // a local tryout; serve denies by default
 		stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process

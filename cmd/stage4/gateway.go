@@ -26,6 +26,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -62,6 +63,9 @@ type gatewayConfig struct {
 	tlsClientCAFile string // when set, clients must present a cert it signed
 	maxMessageBytes int
 	shutdownGrace   time.Duration
+	// auditReaders may call the RPCs that read the audit log; the zero
+	// value allows nobody.
+	auditReaders authz.Readers
 	// auditOptions are added to audit.Open's; tests inject storage faults
 	// with them.
 	auditOptions []audit.Option
@@ -133,7 +137,8 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, auditLog, serverMetrics)...)
+	guard := newHardening(cfg, reg, logger)
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, auditLog, serverMetrics, guard)...)
 	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
@@ -172,7 +177,7 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, logger *slog.Logger, auditLog *audit.Log, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, logger *slog.Logger, auditLog *audit.Log, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
 	callLogger := grpcLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(recoveredPanic(logger))
 
@@ -184,7 +189,9 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		//  3. recovery sits inside both so that they record the INTERNAL it
 		//     makes of a panic, and outside audit so that a panic in audit
 		//     or the handler is caught too;
-		//  4. audit is innermost, next to the handler: it validates the
+		//  4. authz refuses audit reads to callers not on --audit-readers,
+		//     inside logging and metrics so that denials show in both;
+		//  5. audit is innermost, next to the handler: it validates the
 		//     plan and makes PLAN_RECEIVED and EXECUTION_STARTED durable
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
@@ -192,6 +199,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 			logging.UnaryServerInterceptor(callLogger, gatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
+			guard.authz,
 			audit.UnaryServerInterceptor(auditLog,
 				audit.WithValidator(func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }),
 				audit.WithPlanID(server.PlanID),

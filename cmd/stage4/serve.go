@@ -58,6 +58,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.tlsCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.tlsKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
 	fs.StringVar(&g.tlsClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
+	fs.Var(&g.auditReaders, "audit-readers", "comma-separated `identities` that may read the audit log: URI SANs (SPIFFE IDs) or DNS SANs of client certificates verified with --tls-client-ca-file, or * for every caller (a mesh that enforces its own policy); empty denies everyone")
 
 	s3 := &g.stage3
 	fs.StringVar(&s3.Target, "stage3-addr", "", "`host:port` (or gRPC target) of the Stage-3 executor; required")
@@ -87,6 +88,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.maxMessageBytes <= 0 {
 		return usageError("serve: --max-message-bytes must be positive")
+	}
+	if len(f.gateway.auditReaders.Identities()) > 0 && f.gateway.tlsClientCAFile == "" {
+		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
 	}
 	f.gateway.stage3.MaxMessageBytes = f.gateway.maxMessageBytes
 	logger, err := newLogger(stderr, f.log)

@@ -41,6 +41,9 @@ const (
 	// AuditReadFailed (UNAVAILABLE or DATA_LOSS): the log could not be read
 	// back for ListAuditEvents.
 	AuditReadFailed = "AUDIT_READ_FAILED"
+	// AuditReadDenied (PERMISSION_DENIED): the caller's identity is not
+	// allowed to read the audit log (--audit-readers).
+	AuditReadDenied = "AUDIT_READ_DENIED"
 	// NoServerStream (INTERNAL): the audit interceptor ran outside a gRPC
 	// server call and could not send the execution id header.
 	NoServerStream = "NO_SERVER_STREAM"
