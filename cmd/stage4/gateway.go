@@ -189,9 +189,11 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 		//  3. recovery sits inside both so that they record the INTERNAL it
 		//     makes of a panic, and outside audit so that a panic in audit
 		//     or the handler is caught too;
-		//  4. authz refuses audit reads to callers not on --audit-readers,
+		//  4. malformed refuses requests that did not decode (its codec let
+		//     them through empty), before anything reads them;
+		//  5. authz refuses audit reads to callers not on --audit-readers,
 		//     inside logging and metrics so that denials show in both;
-		//  5. audit is innermost, next to the handler: it validates the
+		//  6. audit is innermost, next to the handler: it validates the
 		//     plan and makes PLAN_RECEIVED and EXECUTION_STARTED durable
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
@@ -199,6 +201,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 			logging.UnaryServerInterceptor(callLogger, gatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
+			guard.malformed.UnaryServerInterceptor(),
 			guard.authz,
 			audit.UnaryServerInterceptor(auditLog,
 				audit.WithValidator(func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }),
@@ -228,6 +231,7 @@ func serverOptions(cfg gatewayConfig, creds credentials.TransportCredentials, lo
 			Timeout:           keepaliveTimeout,
 		}),
 	}
+	opts = append(opts, guard.serverOptions()...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
