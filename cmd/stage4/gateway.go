@@ -66,6 +66,9 @@ type gatewayConfig struct {
 	// auditReaders may call the RPCs that read the audit log; the zero
 	// value allows nobody.
 	auditReaders authz.Readers
+	// maxHeaderListBytes bounds the header list of a request; 0 means
+	// defaultMaxHeaderListBytes.
+	maxHeaderListBytes int
 	// auditOptions are added to audit.Open's; tests inject storage faults
 	// with them.
 	auditOptions []audit.Option

@@ -25,7 +25,8 @@ const warningInterval = 10 * time.Second
 // does not decode gets, and the rate limit on the warnings those callers
 // cause.
 type hardening struct {
-	warnings *ratelog.Logger
+	maxHeaderListBytes uint32
+	warnings           *ratelog.Logger
 	// authz refuses the audit-reading RPCs to callers not on
 	// cfg.auditReaders.
 	authz grpc.UnaryServerInterceptor
@@ -38,7 +39,10 @@ type hardening struct {
 // newHardening builds the gateway's protections from cfg, registering their
 // metrics with reg and logging through logger.
 func newHardening(cfg gatewayConfig, reg prometheus.Registerer, logger *slog.Logger) *hardening {
-	h := &hardening{warnings: ratelog.New(logger, warningInterval)}
+	h := &hardening{maxHeaderListBytes: defaultMaxHeaderListBytes, warnings: ratelog.New(logger, warningInterval)}
+	if cfg.maxHeaderListBytes > 0 {
+		h.maxHeaderListBytes = uint32(cfg.maxHeaderListBytes) // serve checked the range
+	}
 	h.authz = authz.UnaryServerInterceptor(cfg.auditReaders, authz.WithRegisterer(reg), authz.WithLogger(h.warnings))
 	h.malformed = malformed.New(
 		[]protoreflect.ServiceDescriptor{stage4v1.File_stage4_v1_stage4_proto.Services().ByName("Stage4Service")},
@@ -49,5 +53,10 @@ func newHardening(cfg gatewayConfig, reg prometheus.Registerer, logger *slog.Log
 // serverOptions are the gRPC server options the protections need besides
 // their interceptors.
 func (h *hardening) serverOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{h.malformed.ServerOption()}
+	return []grpc.ServerOption{
+		h.malformed.ServerOption(),
+		// Announced to clients in SETTINGS_MAX_HEADER_LIST_SIZE; a header
+		// list beyond it is read no further and its stream is reset.
+		grpc.MaxHeaderListSize(h.maxHeaderListBytes),
+	}
 }

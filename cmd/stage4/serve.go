@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"math"
 	"time"
 
 	"github.com/stage4/stage4/stage3client"
@@ -17,6 +18,10 @@ const (
 	defaultMaxDeadline     = stage3client.DefaultMaxDeadline
 	defaultMaxMessageBytes = stage3client.DefaultMaxMessageBytes
 	defaultShutdownGrace   = 15 * time.Second
+	// defaultMaxHeaderListBytes is far above what real metadata needs
+	// (tokens, trace context) and far below gRPC's own 16 MiB, which let a
+	// caller make the server hold megabytes per call.
+	defaultMaxHeaderListBytes = 64 << 10
 )
 
 const serveUsage = `Usage: stage4 serve --stage3-addr HOST:PORT [flags]
@@ -54,6 +59,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
 	fs.StringVar(&g.auditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
 	fs.IntVar(&g.maxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
+	fs.IntVar(&g.maxHeaderListBytes, "max-header-list-bytes", defaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
 	fs.DurationVar(&g.shutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.tlsCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.tlsKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
@@ -88,6 +94,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.maxMessageBytes <= 0 {
 		return usageError("serve: --max-message-bytes must be positive")
+	}
+	if f.gateway.maxHeaderListBytes <= 0 || f.gateway.maxHeaderListBytes > math.MaxUint32 {
+		return usageError("serve: --max-header-list-bytes must be positive and below 4 GiB")
 	}
 	if len(f.gateway.auditReaders.Identities()) > 0 && f.gateway.tlsClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
