@@ -106,41 +106,6 @@ func TestDevAllowsEveryAuditReader(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestServeAuditReadersFlagErrors(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name       string
-		args       []string
-		env        []string
-		wantStderr string
-	}{
-		{
-			name:       "identities without client certificates",
-			args:       []string{"--audit-readers", "spiffe://stage4.test/auditor"},
-			wantStderr: "--audit-readers names identities, which only verified client certificates carry",
-		},
-		{
-			name:       "star with identities",
-			env:        []string{"STAGE4_AUDIT_READERS=*,auditor.stage4.test"},
-			wantStderr: "cannot be combined with identities",
-		},
-		{
-			name:       "empty entry",
-			args:       []string{"--audit-readers", "a.stage4.test,,b.stage4.test"},
-			wantStderr: "empty entry",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			args := append([]string{"serve", "--stage3-addr", "127.0.0.1:1", "--stage3-insecure"}, tt.args...)
-			code, stdout, stderr := runStage4(t, tt.env, args...)
-			require.Equal(t, exitUsage, code, "stdout: %s\nstderr: %s", stdout, stderr)
-			require.Contains(t, stderr, tt.wantStderr)
-		})
-	}
-}
-
 // scrape returns the text of the /metrics page at addr.
 func scrape(t *testing.T, addr string) string {
 	t.Helper()

@@ -69,6 +69,9 @@ type gatewayConfig struct {
 	// maxHeaderListBytes bounds the header list of a request; 0 means
 	// defaultMaxHeaderListBytes.
 	maxHeaderListBytes int
+	// maxInflightRequestBytes bounds the request bytes that calls hold
+	// together; 0 means inflightRequestsPerBudget maximum-size requests.
+	maxInflightRequestBytes int64
 	// auditOptions are added to audit.Open's; tests inject storage faults
 	// with them.
 	auditOptions []audit.Option
@@ -140,9 +143,12 @@ func runGateway(ctx context.Context, cfg gatewayConfig, logger *slog.Logger, rea
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	guard := newHardening(cfg, reg, logger)
+	guard, err := newHardening(cfg, reg, logger)
+	if err != nil {
+		return err
+	}
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, auditLog, serverMetrics, guard)...)
-	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog))
+	stage4v1.RegisterStage4ServiceServer(guard.inflight.Registrar(srv), server.New(stage3, auditLog))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	serverMetrics.InitializeMetrics(srv)

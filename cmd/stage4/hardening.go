@@ -9,8 +9,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-
 	"github.com/stage4/stage4/internal/authz"
+	"github.com/stage4/stage4/internal/inflight"
 	"github.com/stage4/stage4/internal/malformed"
 	"github.com/stage4/stage4/internal/ratelog"
 )
@@ -20,10 +20,23 @@ import (
 // the first is logged at once, the rest are counted into the next line.
 const warningInterval = 10 * time.Second
 
+// HTTP/2 flow-control windows. The stream window bounds how much of a
+// request's body the transport takes in before the handler asks for it,
+// that is while the call waits for the in-flight budget; gRPC's default
+// dynamic window grows to several MiB per stream. Once the handler reads,
+// gRPC opens the window to the whole message, so large requests are not
+// slowed. The connection window bounds nothing (gRPC acknowledges it on
+// receipt) and is sized for many streams per connection.
+const (
+	streamWindowBytes = 64 << 10
+	connWindowBytes   = 1 << 20
+)
+
 // hardening is what protects the gateway from hostile and careless callers,
 // built once per gateway: who may read the audit log, what a request that
-// does not decode gets, and the rate limit on the warnings those callers
-// cause.
+// does not decode gets, how many request bytes calls may hold at once, how
+// large a header list may be, and the rate limit on the warnings those
+// callers cause.
 type hardening struct {
 	maxHeaderListBytes uint32
 	warnings           *ratelog.Logger
@@ -34,11 +47,14 @@ type hardening struct {
 	// INVALID_ARGUMENT; its codec is among serverOptions, its interceptor
 	// goes into the chain.
 	malformed *malformed.Guard
+	// inflight bounds the request bytes that calls hold at once; register
+	// Stage4Service through its Registrar.
+	inflight *inflight.Limiter
 }
 
 // newHardening builds the gateway's protections from cfg, registering their
 // metrics with reg and logging through logger.
-func newHardening(cfg gatewayConfig, reg prometheus.Registerer, logger *slog.Logger) *hardening {
+func newHardening(cfg gatewayConfig, reg prometheus.Registerer, logger *slog.Logger) (*hardening, error) {
 	h := &hardening{maxHeaderListBytes: defaultMaxHeaderListBytes, warnings: ratelog.New(logger, warningInterval)}
 	if cfg.maxHeaderListBytes > 0 {
 		h.maxHeaderListBytes = uint32(cfg.maxHeaderListBytes) // serve checked the range
@@ -47,7 +63,17 @@ func newHardening(cfg gatewayConfig, reg prometheus.Registerer, logger *slog.Log
 	h.malformed = malformed.New(
 		[]protoreflect.ServiceDescriptor{stage4v1.File_stage4_v1_stage4_proto.Services().ByName("Stage4Service")},
 		malformed.WithRegisterer(reg), malformed.WithLogger(h.warnings))
-	return h
+	budget := cfg.maxInflightRequestBytes
+	if budget == 0 {
+		budget = inflightRequestsPerBudget * int64(cfg.maxMessageBytes)
+	}
+	var err error
+	h.inflight, err = inflight.New(budget, int64(cfg.maxMessageBytes), inflight.WithRegisterer(reg),
+		inflight.WithAfterBurst((&memoryReleaser{logger: logger}).afterBurst))
+	if err != nil {
+		return nil, usageError("--max-inflight-request-bytes: %w", err)
+	}
+	return h, nil
 }
 
 // serverOptions are the gRPC server options the protections need besides
@@ -58,5 +84,7 @@ func (h *hardening) serverOptions() []grpc.ServerOption {
 		// Announced to clients in SETTINGS_MAX_HEADER_LIST_SIZE; a header
 		// list beyond it is read no further and its stream is reset.
 		grpc.MaxHeaderListSize(h.maxHeaderListBytes),
+		grpc.StaticStreamWindowSize(streamWindowBytes),
+		grpc.StaticConnWindowSize(connWindowBytes),
 	}
 }

@@ -22,6 +22,12 @@ const (
 	// (tokens, trace context) and far below gRPC's own 16 MiB, which let a
 	// caller make the server hold megabytes per call.
 	defaultMaxHeaderListBytes = 64 << 10
+	// inflightRequestsPerBudget is how many maximum-size requests the
+	// default in-flight budget lets in at once. Measured with
+	// "stage4load burst" (docs/DESIGN.md): 8 keeps the peak RSS of 200
+	// concurrent 4 MiB requests of the worst shape under 1 GiB; more only
+	// adds memory, since large requests are CPU-bound anyway.
+	inflightRequestsPerBudget = 8
 )
 
 const serveUsage = `Usage: stage4 serve --stage3-addr HOST:PORT [flags]
@@ -60,6 +66,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.auditLog, "audit-log", defaultAuditLog, "`path` of the append-only audit log, created when missing")
 	fs.IntVar(&g.maxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.IntVar(&g.maxHeaderListBytes, "max-header-list-bytes", defaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
+	fs.Int64Var(&g.maxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts --max-message-bytes while its request is read and decoded, then 16 x the request's size, at most --max-message-bytes, until it ends, and waits while the budget is spent")
 	fs.DurationVar(&g.shutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.tlsCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.tlsKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
@@ -97,6 +104,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.maxHeaderListBytes <= 0 || f.gateway.maxHeaderListBytes > math.MaxUint32 {
 		return usageError("serve: --max-header-list-bytes must be positive and below 4 GiB")
+	}
+	if b := f.gateway.maxInflightRequestBytes; b < 0 || (b > 0 && b < int64(f.gateway.maxMessageBytes)) {
+		return usageError("serve: --max-inflight-request-bytes must be 0 (the default) or at least --max-message-bytes")
 	}
 	if len(f.gateway.auditReaders.Identities()) > 0 && f.gateway.tlsClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
