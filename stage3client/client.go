@@ -33,6 +33,20 @@ const (
 // authorization, stays in Stage-4.
 var forwardedMetadata = []string{"x-request-id", "traceparent", "tracestate"}
 
+// Bounds on the forwarded metadata, whatever the caller's header list may
+// hold: an id or a trace context is short (a W3C traceparent is 55 bytes, a
+// tracestate at most 512), and a caller must not be able to make Stage-4
+// send Stage-3 megabytes of headers. Values beyond them are dropped, not
+// cut: a shortened id would correlate with the wrong request, and the call
+// must not fail for a correlation header.
+const (
+	// MaxForwardedValueBytes is the longest metadata value forwarded.
+	MaxForwardedValueBytes = 1024
+	// MaxForwardedValues is how many values of one key are forwarded; the
+	// first ones are kept.
+	MaxForwardedValues = 4
+)
+
 // Config says how to reach Stage-3.
 type Config struct {
 	// Target is the gRPC target, for example "127.0.0.1:9000" or
@@ -166,13 +180,18 @@ func (c *Client) Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPl
 }
 
 // outgoingMetadata is a new metadata holding only the allow-listed keys of the
-// caller's incoming metadata; outgoing metadata already in ctx is dropped too.
+// caller's incoming metadata, within the bounds above; outgoing metadata
+// already in ctx is dropped too.
 func outgoingMetadata(ctx context.Context) metadata.MD {
 	in, _ := metadata.FromIncomingContext(ctx)
 	out := metadata.MD{}
 	for _, k := range forwardedMetadata {
-		if v := in.Get(k); len(v) > 0 {
-			out.Append(k, v...)
+		n := 0
+		for _, v := range in.Get(k) {
+			if len(v) <= MaxForwardedValueBytes && n < MaxForwardedValues {
+				out.Append(k, v)
+				n++
+			}
 		}
 	}
 	return out

@@ -13,6 +13,12 @@
 // plan at most once. DialOptions passed to New come first and cannot undo
 // these settings, and must not add a retrying interceptor.
 //
+// # Metadata
+//
+// Only x-request-id, traceparent and tracestate of the caller's metadata go
+// on to Stage-3, at most MaxForwardedValues values per key, each at most
+// MaxForwardedValueBytes long; longer values are dropped, not cut.
+//
 // # Errors
 //
 // Execute returns Stage-3's response unchanged or a status error carrying a

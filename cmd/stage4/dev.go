@@ -12,6 +12,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
@@ -93,6 +94,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		MetricsListen:   f.metricsListen,
 		AuditLog:        f.auditLog,
 		NewAuditLog:     f.newAuditLog,
+		AuditReaders:    authz.Everyone(), // a local tryout; serve denies by default
 		MaxMessageBytes: defaultMaxMessageBytes,
 		ShutdownGrace:   defaultShutdownGrace,
 		Stage3: stage3client.Config{

@@ -36,6 +36,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	setDefaultMemoryLimit()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	// The first signal starts a graceful shutdown; restoring the default
 	// handling then lets a second one end the process at once. The audit

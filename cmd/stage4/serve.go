@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"math"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -64,6 +65,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
 	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>.key beside a file, a table in PostgreSQL)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
+	fs.IntVar(&g.MaxHeaderListBytes, "max-header-list-bytes", gateway.DefaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
+	fs.Int64Var(&g.MaxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts --max-message-bytes while its request is read and decoded, then 16 x the request's size, at most --max-message-bytes, until it ends, and waits while the budget is spent")
+	fs.Var(&g.AuditReaders, "audit-readers", "comma-separated `identities` that may read the audit log: URI SANs (SPIFFE IDs) or DNS SANs of client certificates verified with --tls-client-ca-file, or * for every caller (a mesh that enforces its own policy); empty denies everyone")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.TLSKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
@@ -97,6 +101,15 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.MaxMessageBytes <= 0 {
 		return usageError("serve: --max-message-bytes must be positive")
+	}
+	if f.gateway.MaxHeaderListBytes <= 0 || f.gateway.MaxHeaderListBytes > math.MaxUint32 {
+		return usageError("serve: --max-header-list-bytes must be positive and below 4 GiB")
+	}
+	if b := f.gateway.MaxInflightRequestBytes; b < 0 || (b > 0 && b < int64(f.gateway.MaxMessageBytes)) {
+		return usageError("serve: --max-inflight-request-bytes must be 0 (the default) or at least --max-message-bytes")
+	}
+	if len(f.gateway.AuditReaders.Identities()) > 0 && f.gateway.TLSClientCAFile == "" {
+		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)

@@ -18,6 +18,9 @@
 // measures ExecutePlan against plan size through (c), optionally a soak for
 // memory growth and an open-loop run, and writes a markdown report and the
 // raw results as JSON.
+//
+// "stage4load burst" measures something else: stage4's resident set under
+// a burst of concurrent maximum-size requests, and after it.
 package main
 
 import (
@@ -38,10 +41,14 @@ func main() {
 	}
 }
 
-// run dispatches to the hidden proxy subcommand or runs the benchmark.
+// run dispatches to the hidden proxy subcommand, the burst subcommand or
+// the benchmark.
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "proxy" {
 		return runProxy(ctx, args[1:])
+	}
+	if len(args) > 0 && args[0] == "burst" {
+		return runBurstCommand(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	return runBench(ctx, args, os.Stdout, os.Stderr)
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
@@ -101,6 +102,15 @@ type Config struct {
 	// Store, when not nil, is used instead of opening AuditLog: tests
 	// inject storage faults with it. Run closes it.
 	Store audit.Store
+	// AuditReaders may call the RPCs that read the audit log; the zero
+	// value allows nobody.
+	AuditReaders authz.Readers
+	// MaxHeaderListBytes bounds the header list of a request; 0 means
+	// DefaultMaxHeaderListBytes.
+	MaxHeaderListBytes int
+	// MaxInflightRequestBytes bounds the request bytes that calls hold at
+	// once; 0 means InflightRequestsPerBudget x MaxMessageBytes.
+	MaxInflightRequestBytes int64
 	// TracerProvider records the spans of Stage-4's calls and of its calls
 	// to Stage-3 (telemetry.Setup makes it from OTEL_* variables). Nil
 	// records none, but trace context still flows from callers to Stage-3.
@@ -222,10 +232,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
+	guard, err := newHardening(cfg, reg, logger)
+	if err != nil {
+		return err
+	}
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
-		server.WithAbort(abortCtx)), serverMetrics)...)
-	stage4v1.RegisterStage4ServiceServer(srv, server.New(stage3, auditLog, fp))
+		server.WithAbort(abortCtx)), serverMetrics, guard)...)
+	stage4v1.RegisterStage4ServiceServer(guard.inflight.Registrar(srv), server.New(stage3, auditLog, fp))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	serverMetrics.InitializeMetrics(srv)
@@ -270,7 +284,7 @@ const openForMargin = 30 * time.Second
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
 	callLogger := GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
@@ -285,7 +299,11 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 		//  3. recovery sits inside both so that they record the INTERNAL it
 		//     makes of a panic, and outside audit so that a panic in audit
 		//     or the handler is caught too;
-		//  4. audit is innermost, next to the handler: it validates the
+		//  4. malformed refuses requests that did not decode (its codec let
+		//     them through empty), before anything reads them;
+		//  5. authz refuses audit reads to callers not on --audit-readers,
+		//     inside logging and metrics so that denials show in both;
+		//  6. audit is innermost, next to the handler: it validates the
 		//     plan and makes PLAN_RECEIVED and EXECUTION_STARTED durable
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
@@ -293,6 +311,8 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 			logging.UnaryServerInterceptor(callLogger, GatewayCallLogOptions...),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
+			guard.malformed.UnaryServerInterceptor(),
+			guard.authz,
 			auditInterceptor,
 		),
 		// Streams (health Watch, reflection) are not audited: they carry no
@@ -318,6 +338,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 			Timeout:           keepaliveTimeout,
 		}),
 	}
+	opts = append(opts, guard.serverOptions()...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}

@@ -41,6 +41,13 @@ const (
 	// AuditReadFailed (UNAVAILABLE or DATA_LOSS): the log could not be read
 	// back for ListAuditEvents.
 	AuditReadFailed = "AUDIT_READ_FAILED"
+	// AuditReadDenied (PERMISSION_DENIED): the caller's identity is not
+	// allowed to read the audit log (--audit-readers).
+	AuditReadDenied = "AUDIT_READ_DENIED"
+	// RequestMalformed (INVALID_ARGUMENT): the request could not be decoded
+	// as its message: invalid wire data, a string that is not UTF-8, or
+	// nesting beyond the decoder's limit.
+	RequestMalformed = "REQUEST_MALFORMED"
 	// NoServerStream (INTERNAL): the audit interceptor ran outside a gRPC
 	// server call and could not send the execution id header.
 	NoServerStream = "NO_SERVER_STREAM"

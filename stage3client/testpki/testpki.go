@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -57,8 +58,8 @@ func NewCA(t testing.TB, name string) *CA {
 }
 
 // Issue signs a certificate named name for usage, valid for hosts (IP
-// addresses or DNS names), and writes it and its key as name.pem and
-// name-key.pem.
+// addresses, DNS names, or URIs such as SPIFFE IDs, which become URI SANs),
+// and writes it and its key as name.pem and name-key.pem.
 func (ca *CA) Issue(t testing.TB, name string, usage x509.ExtKeyUsage, hosts ...string) (certFile, keyFile string) {
 	t.Helper()
 	key := newKey(t)
@@ -73,6 +74,8 @@ func (ca *CA) Issue(t testing.TB, name string, usage x509.ExtKeyUsage, hosts ...
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if u, err := url.Parse(h); err == nil && u.Scheme != "" {
+			tmpl.URIs = append(tmpl.URIs, u)
 		} else {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
