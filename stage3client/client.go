@@ -29,14 +29,15 @@ const (
 )
 
 // forwardedMetadata is the allow-list of incoming metadata keys passed on to
-// Stage-3: request correlation and W3C trace context. Anything else, notably
-// authorization, stays in Stage-4.
-var forwardedMetadata = []string{"x-request-id", "traceparent", "tracestate"}
+// Stage-3: request correlation. Anything else, notably authorization, stays
+// in Stage-4. W3C trace context is not copied here: an OpenTelemetry stats
+// handler among New's options (the gateway installs one) writes it, parsed
+// and bounded by its propagator, and as the child of Stage-4's own span.
+var forwardedMetadata = []string{"x-request-id"}
 
 // Bounds on the forwarded metadata, whatever the caller's header list may
-// hold: an id or a trace context is short (a W3C traceparent is 55 bytes, a
-// tracestate at most 512), and a caller must not be able to make Stage-4
-// send Stage-3 megabytes of headers. Values beyond them are dropped, not
+// hold: an id is short, and a caller must not be able to make Stage-4 send
+// Stage-3 megabytes of headers. Values beyond them are dropped, not
 // cut: a shortened id would correlate with the wrong request, and the call
 // must not fail for a correlation header.
 const (

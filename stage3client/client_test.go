@@ -3,12 +3,15 @@ package stage3client_test
 import (
 	"context"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -19,6 +22,7 @@ import (
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -259,16 +263,24 @@ func TestExecuteForwardsOnlyAllowListedMetadata(t *testing.T) {
 		seen <- md
 		return handler(ctx, req)
 	}
-	client := newBufconn(t, stage3ref.NewService(), stage3client.Config{}, grpc.UnaryInterceptor(capture))
+	// As the gateway wires it: trace context flows through OpenTelemetry's
+	// propagator, from the server's stats handler to the client's.
+	cfg := stage3client.Config{Target: "passthrough:///bufnet", Insecure: true}
+	client := newClient(t, cfg, serveBufconn(t, stage3ref.NewService(), grpc.UnaryInterceptor(capture)),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithPropagators(telemetry.Propagator()))))
 
-	ctx := metadata.NewIncomingContext(t.Context(), metadata.Pairs(
+	incoming := metadata.Pairs(
 		"authorization", "Bearer secret",
 		"x-request-id", "req-1",
 		"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 		"tracestate", "vendor=1",
 		"x-custom", "leak",
 		"cookie", "session=1",
-	))
+	)
+	// What otelgrpc's server handler does with a caller's metadata.
+	ctx := telemetry.Propagator().Extract(metadata.NewIncomingContext(t.Context(), incoming), propagation.HeaderCarrier(http.Header{
+		"Traceparent": incoming.Get("traceparent"), "Tracestate": incoming.Get("tracestate"),
+	}))
 	ctx = metadata.AppendToOutgoingContext(ctx, "x-outgoing", "leak")
 	_, err := client.Execute(ctx, upperPlan(t, "x"))
 	require.NoError(t, err)

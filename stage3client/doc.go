@@ -15,9 +15,11 @@
 //
 // # Metadata
 //
-// Only x-request-id, traceparent and tracestate of the caller's metadata go
-// on to Stage-3, at most MaxForwardedValues values per key, each at most
-// MaxForwardedValueBytes long; longer values are dropped, not cut.
+// Only x-request-id of the caller's metadata goes on to Stage-3, at most
+// MaxForwardedValues values, each at most MaxForwardedValueBytes long;
+// longer values are dropped, not cut. Trace context (traceparent,
+// tracestate) is OpenTelemetry's to propagate: pass an otelgrpc client
+// stats handler to New, as the gateway does.
 //
 // # Errors
 //
