@@ -26,7 +26,7 @@ import (
 // name, in front of the Stage-3 at stage3Addr, and connects a client.
 func startPGServe(t *testing.T, stage3Addr, url, name string) (*proc, *grpc.ClientConn) {
 	t.Helper()
-	s4 := start(t, nil, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+	s4 := start(t, nil, "serve", "--audit-readers", "*", "--listen", "127.0.0.1:0", "--metrics-listen", "",
 		"--stage3-addr", stage3Addr, "--stage3-insecure",
 		"--audit-log", url, "--replica-name", name)
 	addr, _ := s4.servingAddr(t)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -49,6 +50,11 @@ func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	}
 	if cfg.AuditLog == "" && cfg.Store == nil {
 		cfg.AuditLog = filepath.Join(t.TempDir(), "audit.jsonl")
+	}
+	if !cfg.AuditReaders.AllowsAnyone() && len(cfg.AuditReaders.Identities()) == 0 {
+		// These tests read the log through ListAuditEvents; who may is
+		// internal/authz's and cmd/stage4's tests' concern.
+		cfg.AuditReaders = authz.Everyone()
 	}
 	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = stage3client.DefaultMaxMessageBytes

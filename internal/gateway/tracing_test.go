@@ -95,8 +95,6 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	require.Equal(t, stage4Span.SpanContext().SpanID(), toStage3.Parent().SpanID())
 	require.Equal(t, toStage3.SpanContext().SpanID(), inStage3.Parent().SpanID())
 
-	// ListAuditEvents is open to everyone in this configuration's tests
-	// only if readers allow it; read the log through the store instead.
 	events, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
 	require.NoError(t, err)
 	require.NotEmpty(t, events.GetAuditEvents())
