@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,10 @@ type Config struct {
 	Listen string
 	// MetricsListen is the host:port of /metrics; "" turns metrics off.
 	MetricsListen string
+	// Pprof serves Go's runtime profiles (net/http/pprof) at /debug/pprof/
+	// on MetricsListen, for profiling under load. Off by default: profiles
+	// show internals and a CPU profile costs CPU while it runs.
+	Pprof bool
 	// AuditLog is where the audit log lives: a file path, or a
 	// postgres:// or postgresql:// URL (see OpenStore).
 	AuditLog string
@@ -142,6 +147,9 @@ var ErrConfig = errors.New("invalid configuration")
 // gets its terminal event. ready, if not nil, is called once the server
 // accepts calls.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)) (err error) {
+	if cfg.Pprof && cfg.MetricsListen == "" {
+		return fmt.Errorf("%w: --pprof needs --metrics-listen", ErrConfig)
+	}
 	creds, err := serverCredentials(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile)
 	if err != nil {
 		return err
@@ -251,7 +259,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	addrs := Addrs{GRPC: lis.Addr()}
 
 	if cfg.MetricsListen != "" {
-		stopMetrics, maddr, err := serveMetrics(cfg.MetricsListen, reg, logger)
+		stopMetrics, maddr, err := serveMetrics(cfg.MetricsListen, reg, cfg.Pprof, logger)
 		if err != nil {
 			lis.Close()
 			return err
@@ -345,15 +353,25 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 	return opts
 }
 
-// serveMetrics serves reg at /metrics on addr in the background. stop shuts
-// the listener down, waiting briefly for a scrape in progress.
-func serveMetrics(addr string, reg *prometheus.Registry, logger *slog.Logger) (stop func(), bound net.Addr, err error) {
+// serveMetrics serves reg at /metrics on addr in the background, and with
+// pprof Go's runtime profiles at /debug/pprof/. stop shuts the listener
+// down, waiting briefly for a scrape in progress.
+func serveMetrics(addr string, reg *prometheus.Registry, pprof bool, logger *slog.Logger) (stop func(), bound net.Addr, err error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if pprof {
+		// On this mux only: importing net/http/pprof for its side effect
+		// would register the handlers on http.DefaultServeMux.
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
