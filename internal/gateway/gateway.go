@@ -316,7 +316,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, GatewayCallLogOptions...),
+			UnaryCallLogger(logger),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			guard.malformed.UnaryServerInterceptor(),
