@@ -24,9 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -37,7 +35,6 @@ import (
 	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
-	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -208,17 +205,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}()
 
 	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = noop.NewTracerProvider()
-	}
 	// Stage-3 call latency by code, measured on the client side; its span
 	// is a child of the ExecutePlan span, and OpenTelemetry's propagator
-	// writes the trace context into the call's metadata.
+	// writes the trace context into the call's metadata. Without tracing
+	// there is no span, and only the propagator runs (see tracingOptions).
 	clientMetrics := grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram())
 	reg.MustRegister(clientMetrics)
-	stage3, err := stage3client.New(cfg.Stage3,
-		grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))))
+	stage3, err := stage3client.New(cfg.Stage3, append(clientTracingOptions(tp),
+		grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()))...)
 	if err != nil {
 		return fmt.Errorf("stage3 client: %w", err)
 	}
@@ -296,11 +290,9 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 	callLogger := GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
-	opts := []grpc.ServerOption{
-		// The span of every call starts before any interceptor runs, so
-		// that the call log line and the audit events can name its trace.
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()))),
-		// The one interceptor chain, outermost first:
+	opts := append(serverTracingOptions(tp), []grpc.ServerOption{
+		// The one interceptor chain, outermost first (after the trace
+		// context's, see serverTracingOptions):
 		//  1. logging sees every call, including those refused further in,
 		//     with its final code and total duration;
 		//  2. metrics likewise count every call by its final code;
@@ -345,7 +337,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 			Time:              keepaliveTime,
 			Timeout:           keepaliveTimeout,
 		}),
-	}
+	}...)
 	opts = append(opts, guard.serverOptions()...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
