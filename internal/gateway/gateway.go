@@ -63,9 +63,12 @@ const (
 	// then protovalidate's recursion) is deeper than a new goroutine's: that
 	// was ~10 µs of CPU per call at 64 callers. A worker keeps its grown
 	// stack from call to call. Calls beyond this many at once get a
-	// goroutine of their own, as without workers; idle workers cost their
-	// stacks, which the collector shrinks while they are unused.
-	streamWorkers = 256
+	// goroutine of their own, as without workers. Not more: every
+	// collection halves the stacks of idle workers, which then grow again
+	// when next used, so workers that are rarely all busy cost more than
+	// they save (64 copied fewer stacks than 128 or 256 at 64 callers).
+	// grpc.NumStreamWorkers is marked experimental in grpc-go.
+	streamWorkers = 64
 )
 
 // Config is everything Run needs; serve fills it from flags and the
