@@ -74,6 +74,24 @@ func (f *Fingerprinter) PlanID(plan *stage4v1.Plan) string {
 	return planIDPrefix + hex.EncodeToString(sum[:])
 }
 
+// PlanIDEncoded returns PlanID(plan) and the encoding it digests, which the
+// caller keeps: the deterministic binary encoding of plan, which is also
+// the encoding of the Stage-3 request ToStage3 makes of it, so that the
+// audit interceptor can hand Stage-3 the very bytes plan_id names instead
+// of encoding the plan a second time. Both are empty when PlanID's are.
+func (f *Fingerprinter) PlanIDEncoded(plan *stage4v1.Plan) (string, []byte) {
+	if plan == nil {
+		return "", nil
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(plan)
+	if err != nil {
+		return "", nil
+	}
+	var sum [sha256.Size]byte
+	f.sum(b, &sum)
+	return planIDPrefix + hex.EncodeToString(sum[:]), b
+}
+
 // Short returns a short keyed fingerprint of s ("hmac-sha256:" and 16 hex
 // digits): enough to match a value an investigator already holds, too
 // short and too keyed to search for one.
