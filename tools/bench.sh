@@ -33,7 +33,8 @@
 # ROUNDS (default 3), DURATION (default 3s), OPEN_FRACTIONS (default
 # 0.5,0.8 of stage4's closed-loop maximum at 64 callers; empty skips the
 # open loop), OPEN_DURATION (default 5s), PROFILE_DURATION (default 10s; 0
-# skips the profiles), BIN_DIR (default bin), PG_CONCURRENCY (default
+# skips the profiles), APPEND_PAIRS (default 6: extra runs of the durable
+# and volatile BenchmarkAppend at 64 writers), BIN_DIR (default bin), PG_CONCURRENCY (default
 # 16,64; empty leaves PostgreSQL out), STAGE4_TEST_POSTGRES_URL (the server
 # on which the run creates and drops its databases; default
 # postgres://postgres@127.0.0.1:5432/postgres).
@@ -90,6 +91,7 @@ DURATION=${DURATION:-3s}
 OPEN_FRACTIONS=${OPEN_FRACTIONS-0.5,0.8}
 OPEN_DURATION=${OPEN_DURATION:-5s}
 PROFILE_DURATION=${PROFILE_DURATION:-10s}
+APPEND_PAIRS=${APPEND_PAIRS:-6}
 BIN_DIR=${BIN_DIR:-bin}
 PG_CONCURRENCY=${PG_CONCURRENCY-16,64}
 
@@ -103,6 +105,18 @@ go build -o "$BIN_DIR/stage4load" ./cmd/stage4load
 echo "== go micro-benchmarks (-benchtime $BENCHTIME)" >&2
 # A failed benchmark fails the script (pipefail); its output is still shown.
 go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" -timeout 5m ./... | tee "$OUT/gobench.txt"
+# The durable-append target compares fsync=true with fsync=false at 64
+# writers. go test -count would run each of them n times in a row; running
+# the test binary n times runs the pair n times, so that each pair meets the
+# same machine, and the report takes the median of the pairs' ratios.
+echo "== durable against volatile appends at 64 writers, ${APPEND_PAIRS} more pairs" >&2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+go test -c -o "$work/filestore.test" ./audit/filestore
+for _ in $(seq "$APPEND_PAIRS"); do
+	(cd audit/filestore && "$work/filestore.test" -test.run '^$' -test.bench '^BenchmarkAppend$/^fsync=/^writers=64$' \
+		-test.benchmem -test.benchtime "$BENCHTIME") | grep -v '^PASS$' | tee -a "$OUT/gobench.txt"
+done
 
 profile_args=()
 if [[ $PROFILE_DURATION != 0 && $PROFILE_DURATION != 0s ]]; then

@@ -305,3 +305,25 @@ func TestProfileAll(t *testing.T) {
 	writeComponents(&md, runs)
 	require.Contains(t, md.String(), "| the Stage-3 call (rest) |")
 }
+
+func TestDurableTarget(t *testing.T) {
+	t.Parallel()
+	out := `goos: linux
+pkg: github.com/stage4/stage4/audit/filestore
+BenchmarkAppend/fsync=true/writers=1-2         	    1237	    199856 ns/op	    1649 B/op	      15 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	     10000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      4000 ns/op	    1644 B/op	      13 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	      6000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      3600 ns/op	    1644 B/op	      13 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	      8000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      4400 ns/op	    1644 B/op	      13 allocs/op
+pkg: github.com/stage4/stage4/audit/pgstore
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	     99999 ns/op	    1648 B/op	      13 allocs/op
+`
+	got, ok := durableTarget([]byte(out))
+	require.True(t, ok)
+	require.True(t, got.Met, "pairs 0.40, 0.60, 0.55: median 0.55")
+	require.Contains(t, got.Measured, "0.55x (median of 3 pairs; min 0.40, max 0.60")
+	_, ok = durableTarget([]byte("pkg: github.com/stage4/stage4/server\nBenchmarkX-2 1 1 ns/op\n"))
+	require.False(t, ok)
+}

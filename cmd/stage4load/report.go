@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -136,11 +137,18 @@ type soakResult struct {
 	sample
 }
 
-// gateway targets from the project's performance brief.
+// The gateway's targets (issue 11).
 const (
 	targetRatio      = 0.85
 	targetRatioConc  = 64
-	targetAddedP50ms = 0.36 // two fsyncs (~0.26 ms) + 0.1 ms
+	targetAddedP50ms = 0.5
+	// targetCPUGapUS is the most gateway CPU per ExecutePlan, in µs, that
+	// (c) may use beyond (b) at targetRatioConc callers.
+	targetCPUGapUS = 30
+	// targetDurableRatio is the least throughput of durable appends, as a
+	// fraction of appends without fsync, at 64 writers (BenchmarkAppend of
+	// audit/filestore).
+	targetDurableRatio = 0.5
 )
 
 // summarize fills Summary, Ratios and Targets from Rounds. fsyncP50 is
@@ -218,6 +226,17 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 				Measured: fmt.Sprintf("%.3fx (median; min %.3f, max %.3f)", x.RPSCOverB.Median, x.RPSCOverB.Min, x.RPSCOverB.Max),
 				Met:      x.RPSCOverB.Median >= targetRatio,
 			})
+			b, c := pick(cfgProxy, x.Concurrency), pick(cfgStage4, x.Concurrency)
+			gaps := make([]float64, len(c))
+			for i := range c {
+				gaps[i] = c[i].CPUPer1k[roleGateway] - b[i].CPUPer1k[roleGateway]
+			}
+			g := newStat(gaps)
+			r.Targets = append(r.Targets, targetCheck{
+				Target:   fmt.Sprintf("gateway CPU per request of (c) <= (b)'s + %d µs at %d callers", targetCPUGapUS, targetRatioConc),
+				Measured: fmt.Sprintf("+%.0f µs (median; min %+.0f, max %+.0f)", g.Median, g.Min, g.Max),
+				Met:      g.Median <= targetCPUGapUS,
+			})
 		case 1:
 			r.Targets = append(r.Targets, targetCheck{
 				Target:   fmt.Sprintf("p50 of (c) <= p50 of (b) + %.2f ms at 1 caller", targetAddedP50ms),
@@ -257,6 +276,9 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 			return fmt.Errorf("read go benchmarks: %w", err)
 		}
 		r.GoBench = cfg.gobench
+		if t, ok := durableTarget(gobench); ok {
+			r.Targets = append(r.Targets, t)
+		}
 	}
 	var md bytes.Buffer
 	writeMarkdown(&md, r, cfg)
@@ -282,6 +304,53 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// durableTarget checks the durable-append target against the go benchmark
+// output: the ns/op of audit/filestore's BenchmarkAppend at 64 writers,
+// with and without fsync, paired in the order they ran (go test -count
+// runs the pair again each time), so that a pair saw the same machine.
+func durableTarget(gobench []byte) (targetCheck, bool) {
+	var pkg string
+	var durable, volatile []float64
+	for line := range strings.SplitSeq(string(gobench), "\n") {
+		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
+			pkg = strings.TrimSpace(p)
+			continue
+		}
+		if !strings.HasSuffix(pkg, "/audit/filestore") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "ns/op" {
+			continue
+		}
+		ns, err := strconv.ParseFloat(f[2], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=true/writers=64-"):
+			durable = append(durable, ns)
+		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=false/writers=64-"):
+			volatile = append(volatile, ns)
+		}
+	}
+	n := min(len(durable), len(volatile))
+	if n == 0 {
+		return targetCheck{}, false
+	}
+	ratios := make([]float64, n)
+	for i := range n {
+		ratios[i] = volatile[i] / durable[i]
+	}
+	st := newStat(ratios)
+	return targetCheck{
+		Target: fmt.Sprintf("durable appends >= %.1fx the throughput of appends without fsync at 64 writers (audit/filestore BenchmarkAppend)", targetDurableRatio),
+		Measured: fmt.Sprintf("%.2fx (median of %d pairs; min %.2f, max %.2f; %.0f against %.0f ns/op, medians)",
+			st.Median, n, st.Min, st.Max, newStat(durable).Median, newStat(volatile).Median),
+		Met: st.Median >= targetDurableRatio,
+	}, true
 }
 
 func writeFile(path string, b []byte) error {
