@@ -267,18 +267,23 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 	return list, nil
 }
 
-// Append writes the batch and, when durable, fsyncs the file, which makes
-// every earlier write durable too. Then it checks that the path still names
-// the file it wrote, at the length it wrote: otherwise the batch went
-// somewhere the log at path will never show, and the store fails for good.
-func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+// usable returns why the store may not be used: closed, or failed for good.
+func (s *Store) usable() error {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
 		return audit.ErrClosed
 	}
-	if err := s.Err(); err != nil {
+	return s.Err()
+}
+
+// Append writes the batch and, when durable, fsyncs the file, which makes
+// every earlier write durable too. Then it checks that the path still names
+// the file it wrote, at the length it wrote: otherwise the batch went
+// somewhere the log at path will never show, and the store fails for good.
+func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+	if err := s.usable(); err != nil {
 		return err
 	}
 	s.ioMu.Lock()
@@ -350,13 +355,7 @@ func (s *Store) Err() error {
 // when the durable head moved (see HeadSuffix): the log pings about once
 // a second, which bounds how often that happens.
 func (s *Store) Ping(context.Context) error {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return audit.ErrClosed
-	}
-	if err := s.Err(); err != nil {
+	if err := s.usable(); err != nil {
 		return err
 	}
 	// At most one batch's wait, once a second.

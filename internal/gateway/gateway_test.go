@@ -14,6 +14,7 @@ import (
 	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -60,7 +61,7 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus())
 
 	file.fail.Store(true)
-	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.Error(t, err)
 	require.Zero(t, ref.Service.Calls(), "nothing unaudited reaches Stage-3")
 	for _, svc := range []string{"", "stage4.v1.Stage4Service"} {

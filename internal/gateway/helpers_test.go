@@ -8,10 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/types/known/structpb"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
@@ -79,31 +75,6 @@ func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	}
 	t.Cleanup(func() { _ = g.stop() })
 	return g
-}
-
-// testPlan is a valid three-step plan with data bindings that the
-// reference Stage-3 executes for alice.
-func testPlan(t *testing.T) *stage4v1.Plan {
-	t.Helper()
-	params := func(m map[string]any) *structpb.Struct {
-		s, err := structpb.NewStruct(m)
-		require.NoError(t, err)
-		return s
-	}
-	return &stage4v1.Plan{
-		UserId:      "alice",
-		TokenHash:   "alice-token",
-		TriggerType: "manual",
-		Steps: []*stage4v1.Step{
-			{Domain: "text", Method: "upper", Parameters: params(map[string]any{"text": "hello"})},
-			{Domain: "text", Method: "concat", Parameters: params(map[string]any{"right": "!"})},
-			{Domain: "text", Method: "length", Parameters: params(map[string]any{})},
-		},
-		DataBindings: []*stage4v1.DataBinding{
-			{SourceStep: 0, SourceOutput: "text", TargetStep: 1, TargetParameter: "left"},
-			{SourceStep: 1, SourceOutput: "text", TargetStep: 2, TargetParameter: "text"},
-		},
-	}
 }
 
 func testContext(t *testing.T) context.Context {

@@ -16,6 +16,7 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/telemetry"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -50,7 +51,7 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
 
-	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 
 	byName := map[string]sdktrace.ReadOnlySpan{}
