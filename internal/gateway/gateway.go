@@ -285,7 +285,7 @@ const openForMargin = 30 * time.Second
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
 func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
-	callLogger := GRPCLogger(logger)
+	callLogger := gatewayCallLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
 	opts := []grpc.ServerOption{

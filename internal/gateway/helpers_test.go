@@ -41,6 +41,13 @@ func (g *runningGateway) stop() error {
 // end of the test.
 func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	t.Helper()
+	return startGatewayLogging(t, cfg, slog.New(slog.DiscardHandler))
+}
+
+// startGatewayLogging is startGateway with the gateway's log going to
+// logger.
+func startGatewayLogging(t *testing.T, cfg gateway.Config, logger *slog.Logger) *runningGateway {
+	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
@@ -62,7 +69,7 @@ func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	g := &runningGateway{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan gateway.Addrs, 1)
 	go func() {
-		g.done <- gateway.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a gateway.Addrs) { ready <- a })
+		g.done <- gateway.Run(ctx, cfg, logger, func(a gateway.Addrs) { ready <- a })
 	}()
 	select {
 	case g.addrs = <-ready:

@@ -5,12 +5,55 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/stage4/stage4/internal/ratelog"
 )
+
+// callLogInterval is the least time between two call log lines of one
+// method, code and level: a caller repeating a failing call (or every
+// caller, while the audit store is down) gets one line a second with the
+// count of the ones left out, not one line per call.
+const callLogInterval = time.Second
+
+// gatewayCallLogger is GRPCLogger with the call lines of failed calls
+// rate-limited per method, code and level (see callLogInterval). Debug
+// lines (successful calls) are not limited: they are off unless asked for.
+func gatewayCallLogger(l *slog.Logger) logging.Logger {
+	plain := GRPCLogger(l)
+	limited := map[logging.Level]*ratelog.Logger{}
+	for _, lvl := range []logging.Level{logging.LevelInfo, logging.LevelWarn, logging.LevelError} {
+		limited[lvl] = ratelog.New(l, callLogInterval, ratelog.WithLevel(slog.Level(lvl)))
+	}
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		rl, ok := limited[lvl]
+		if !ok {
+			plain.Log(ctx, lvl, msg, fields...)
+			return
+		}
+		// Method and code come from the server's own registry and the
+		// status code set, never from caller data: a bounded set of keys.
+		var method, code string
+		kept := fields[:0:0]
+		for i := 0; i+1 < len(fields); i += 2 {
+			switch fields[i] {
+			case "grpc.error":
+				continue
+			case "grpc.method":
+				method = fmt.Sprint(fields[i+1])
+			case "grpc.code":
+				code = fmt.Sprint(fields[i+1])
+			}
+			kept = append(kept, fields[i], fields[i+1])
+		}
+		rl.LogKey(ctx, msg+" "+method+" "+code, msg, kept...)
+	})
+}
 
 // GRPCLogger adapts slog to go-grpc-middleware's logging interceptor. It
 // drops the interceptor's grpc.error field: error messages can quote user
