@@ -48,7 +48,7 @@ func Plan(t *testing.T) *stage4v1.Plan {
 type FaultyFile struct {
 	filestore.File
 	FailRecordAt, FailSyncAt int32
-	Records, Writes, Syncs    atomic.Int32
+	Records, Writes, Syncs   atomic.Int32
 }
 
 // ErrInjected is the error FaultyFile injects.
@@ -72,4 +72,3 @@ func (f *FaultyFile) Sync() error {
 	}
 	return f.File.Sync()
 }
-
