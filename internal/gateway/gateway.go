@@ -264,6 +264,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if auditLog.Err() == nil {
 		SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	}
+	// Liveness says only that the process serves: an audit store that can
+	// recover (a database) must not get the pod restarted while it is
+	// down, since a restart cannot help and kills the calls in flight.
+	hs.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	// Operators and tests read the bound addresses from this line when a
 	// port was 0.
 	metricsAddr := ""
@@ -277,6 +281,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
+
+// LivenessService is the grpc.health.v1 service name of a liveness probe:
+// SERVING from start to shutdown, whatever the audit store's state. The
+// overall status ("") and stage4.v1.Stage4Service are NOT_SERVING also
+// while the audit store cannot record, for readiness probes and for
+// liveness where a restart is the recovery (a failed log file).
+const LivenessService = "liveness"
 
 // openForMargin is how long after its Stage-3 deadline an execution may
 // still be writing its terminal event.

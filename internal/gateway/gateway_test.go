@@ -75,6 +75,9 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, res.GetStatus(), "service %q", svc)
 	}
+	res, err = hc.Check(callCtx, &healthpb.HealthCheckRequest{Service: gateway.LivenessService})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus(), "liveness follows the process, not the store")
 
 	gw.stop() // the failed log may make shutdown report an error; the status is what matters here
 }
