@@ -67,6 +67,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if fs.NArg() > 0 {
 		return usageError("dev: unexpected arguments %q", fs.Args())
 	}
+	// Ctrl-C is for stage4 alone, so that `make run` ends with status 0.
+	defer takeTerminal()()
 	logger, err := newLogger(stderr, f.log)
 	if err != nil {
 		return err
