@@ -62,7 +62,7 @@ type Store struct {
 	durableHead audit.Head // the head after the durable records
 	written     int64      // file length, durable or not
 	wbuf        []byte
-	treeState              // the tree file, written under ioMu too
+	treeState   // the tree file, written under ioMu too
 
 	// durable is durableHead for readers that must not wait for a batch's
 	// fsync under ioMu: DurableHead and ReadHashes.
