@@ -270,15 +270,51 @@ func (s *Store) isClosed() bool {
 	return s.closed
 }
 
-// ReadHashes reads the stored hashes at indexes from the tree file of the
-// log at path, without opening the store (a running stage4 may hold it):
-// for tools that prove a record offline. Whatever it returns is to be
-// checked against a signed checkpoint, never trusted.
-func ReadHashes(path string, indexes []int64) ([]tlog.Hash, error) {
-	f, err := os.Open(path + TreeSuffix)
-	if err != nil {
-		return nil, fmt.Errorf("read tree file: %w", err)
-	}
-	defer f.Close()
-	return readHashesAt(f, indexes)
+// Reader reads the records and tree hashes of the log at a path without
+// opening the store (no lock: a running stage4 may hold it): for tools
+// that prove a record offline. Whatever it returns is to be checked
+// against a signed checkpoint, never trusted.
+type Reader struct {
+	log, tree *os.File
 }
+
+// OpenReader opens the log at path and its tree file for reading.
+func OpenReader(path string) (*Reader, error) {
+	log, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	tree, err := os.Open(path + TreeSuffix)
+	if err != nil {
+		log.Close()
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	return &Reader{log: log, tree: tree}, nil
+}
+
+// Record returns the bytes of the record of sequence seq (without its
+// newline), reading the log from its start: records have no index.
+func (r *Reader) Record(seq uint64) ([]byte, error) {
+	lr := audit.NewLineReader(io.NewSectionReader(r.log, 0, 1<<62))
+	for n := uint64(1); ; n++ {
+		line, complete, err := lr.Next()
+		if !complete {
+			if errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("the log holds no record %d (it ends at %d)", seq, n-1)
+			}
+			return nil, fmt.Errorf("read audit log: %w", err)
+		}
+		if n == seq {
+			return slices.Clone(line[:len(line)-1]), nil
+		}
+	}
+}
+
+// ReadHashes reads stored hashes from the tree file; it is a
+// tlog.HashReader.
+func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	return readHashesAt(r.tree, indexes)
+}
+
+// Close closes the files.
+func (r *Reader) Close() error { return errors.Join(r.log.Close(), r.tree.Close()) }

@@ -117,32 +117,51 @@ func (s *Store) LoadCheckpoint(ctx context.Context) ([]byte, error) {
 	return cp, nil
 }
 
-// ReadProof reads, without opening a store (no schema change, no
-// heartbeat), the record of sequence seq and the stored hashes at indexes
-// from the database at rawURL: for tools that prove a record offline.
-// Whatever it returns is to be checked against a signed checkpoint, never
-// trusted.
-func ReadProof(ctx context.Context, rawURL string, seq uint64, indexes []int64) (record []byte, hashes []tlog.Hash, err error) {
+// Reader reads the records and tree hashes of the log in a database
+// without opening a store (no schema change, no heartbeat): for tools
+// that prove a record offline. Whatever it returns is to be checked
+// against a signed checkpoint, never trusted.
+type Reader struct {
+	conn *pgx.Conn
+	// ctx bounds the reads of ReadHashes, whose signature is
+	// tlog.HashReader's and has no context of its own.
+	ctx context.Context
+}
+
+// OpenReader connects to the database at rawURL; ctx bounds every read.
+func OpenReader(ctx context.Context, rawURL string) (*Reader, error) {
 	if !IsURL(rawURL) {
-		return nil, nil, errors.New("read audit store: the URL must start with postgres:// or postgresql://")
+		return nil, errors.New("read audit store: the URL must start with postgres:// or postgresql://")
 	}
 	cfg, err := pgx.ParseConfig(rawURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read audit store: %w", err)
+		return nil, fmt.Errorf("read audit store: %w", err)
 	}
 	applyDefaults(cfg)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read audit store %s: %w", redact(rawURL), dbErrorNoReset(err))
+		return nil, fmt.Errorf("read audit store %s: %w", redact(rawURL), dbErrorNoReset(err))
 	}
-	defer conn.Close(context.Background())
-	err = conn.QueryRow(ctx, "SELECT record FROM audit_records WHERE sequence = $1", int64(seq)).Scan(&record)
+	return &Reader{conn: conn, ctx: ctx}, nil
+}
+
+// Record returns the bytes of the record of sequence seq.
+func (r *Reader) Record(seq uint64) ([]byte, error) {
+	var record []byte
+	err := r.conn.QueryRow(r.ctx, "SELECT record FROM audit_records WHERE sequence = $1", int64(seq)).Scan(&record)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil, fmt.Errorf("the log holds no record %d", seq)
+		return nil, fmt.Errorf("the log holds no record %d", seq)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read record %d: %w", seq, dbErrorNoReset(err))
+		return nil, fmt.Errorf("read record %d: %w", seq, dbErrorNoReset(err))
 	}
-	hashes, err = readHashes(ctx, conn, indexes, dbErrorNoReset)
-	return record, hashes, err
+	return record, nil
 }
+
+// ReadHashes reads stored hashes from audit_tree; it is a tlog.HashReader.
+func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	return readHashes(r.ctx, r.conn, indexes, dbErrorNoReset)
+}
+
+// Close disconnects.
+func (r *Reader) Close() error { return r.conn.Close(context.Background()) }

@@ -63,6 +63,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
 	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>.key beside a file, a table in PostgreSQL)")
+	fs.StringVar(&g.AuditSigningKeyFile, "audit-signing-key", "", "`file` holding the note private key (PRIVATE+KEY+..., from stage4 audit keygen, mode 0600) that\nsigns the audit log's checkpoints; when empty, the tree is kept and proofs served, but nothing is signed")
+	fs.DurationVar(&g.CheckpointInterval, "checkpoint-interval", gateway.DefaultCheckpointInterval, "how often, at most, a checkpoint is signed while the audit log grows (and once at shutdown)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
@@ -97,6 +99,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.MaxMessageBytes <= 0 {
 		return usageError("serve: --max-message-bytes must be positive")
+	}
+	if f.gateway.CheckpointInterval <= 0 {
+		return usageError("serve: --checkpoint-interval must be positive")
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)
