@@ -40,7 +40,8 @@ type Log struct {
 	unhealthy atomic.Pointer[error]
 	healthMu  sync.Mutex
 
-	buf []byte // the writer's, reused between batches
+	buf  []byte   // the writer's, reused between batches
+	edge treeEdge // the writer's, reset from each batch's head
 
 	checkpoints checkpointer
 
@@ -342,8 +343,8 @@ func (l *Log) commit(batch []*request) {
 	recs := make([]Record, len(batch))
 	build := func(head Head) ([]Record, error) {
 		// The tree grows from the head's edge alone: no stored hash is read.
-		tree, err := newTreeEdge(int64(head.Sequence), head.Tree)
-		if err != nil {
+		tree := &l.edge
+		if err := tree.reset(int64(head.Sequence), head.Tree); err != nil {
 			return nil, fmt.Errorf("resume the audit tree: %w", err)
 		}
 		buf := l.buf[:0]
@@ -355,6 +356,7 @@ func (l *Log) commit(batch []*request) {
 			results[i] = result{seq: head.Sequence, time: now, prev: prev, hash: head.Hash}
 			recs[i] = newRecord(nil, head, now, r.ev)
 			recs[i].Line = buf[start : len(buf)-1 : len(buf)-1]
+			var err error
 			if recs[i].TreeHashes, err = tree.add(recs[i].Line); err != nil {
 				return nil, fmt.Errorf("audit tree: %w", err)
 			}

@@ -30,8 +30,8 @@ type Store interface {
 	// two batches can fork the chain or reuse a sequence number. When build
 	// returns an error, nothing is stored and Append returns that error.
 	// With the records the store keeps their TreeHashes and the tree's new
-	// edge (NextTree), in the same atomic batch, and returns that edge in
-	// the next head's Tree.
+	// edge (NextTree), in the same batch, and returns that edge in the
+	// next head's Tree.
 	//
 	// With durable set, Append returns nil only once the batch, and every
 	// batch before it, is durable. Without it, the batch may still be
@@ -146,8 +146,9 @@ type Record struct {
 	// TreeHashes are the Merkle tree's stored hashes that this record's
 	// leaf adds (its leaf hash, LeafHash(Line), first, then one per
 	// subtree it completes), at tlog stored indexes from
-	// tlog.StoredHashCount(Sequence-1) on. A store keeps them, durably with
-	// the record, for ReadHashes.
+	// tlog.StoredHashCount(Sequence-1) on. A store keeps them with the
+	// record, for ReadHashes: durably, or (the file store) where it can
+	// recompute whatever a crash lost from the durable records.
 	TreeHashes []tlog.Hash
 	// OpenUntil is set on the non-terminal events of an execution
 	// (PLAN_RECEIVED, EXECUTION_STARTED): the latest time at which the

@@ -28,13 +28,21 @@ type treeEdge struct {
 }
 
 func newTreeEdge(size int64, edge []tlog.Hash) (*treeEdge, error) {
+	e := &treeEdge{}
+	return e, e.reset(size, edge)
+}
+
+// reset makes e the edge of a tree of size leaves, so that the log's
+// writer reuses one treeEdge (2 KiB) for every batch.
+func (e *treeEdge) reset(size int64, edge []tlog.Hash) error {
 	if size < 0 {
-		return nil, fmt.Errorf("tree of negative size %d", size)
+		return fmt.Errorf("tree of negative size %d", size)
 	}
 	if want := edgeLen(size); len(edge) != want {
-		return nil, fmt.Errorf("tree edge of size %d has %d hashes, want %d", size, len(edge), want)
+		return fmt.Errorf("tree edge of size %d has %d hashes, want %d", size, len(edge), want)
 	}
-	e := &treeEdge{size: size}
+	e.size = size
+	clear(e.nodes[:])
 	i := 0
 	for level := 63; level >= 0; level-- {
 		if size&(1<<level) != 0 {
@@ -42,7 +50,7 @@ func newTreeEdge(size int64, edge []tlog.Hash) (*treeEdge, error) {
 			i++
 		}
 	}
-	return e, nil
+	return nil
 }
 
 // ReadHashes implements tlog.HashReader over the edge: tlog asks only for
@@ -66,14 +74,19 @@ func (e *treeEdge) add(line []byte) ([]tlog.Hash, error) {
 	if err != nil {
 		return nil, err
 	}
-	// hashes[k] is the subtree of 2^k leaves that the new leaf completes;
-	// the last one is the new edge's smallest subtree, and the subtrees
-	// below it merged into it.
+	e.advance(hashes)
+	return hashes, nil
+}
+
+// advance moves the edge past the next leaf, given the stored hashes that
+// leaf adds (as add computed them, or as a store got them): hashes[k] is
+// the subtree of 2^k leaves that the leaf completes, the last one the new
+// edge's smallest subtree, into which the subtrees below it merged.
+func (e *treeEdge) advance(hashes []tlog.Hash) {
 	top := len(hashes) - 1
 	e.nodes[top] = hashes[top]
 	clear(e.nodes[:top])
 	e.size++
-	return hashes, nil
 }
 
 // edge returns the edge's hashes, largest subtree first.
@@ -160,43 +173,20 @@ func (b *TreeBuilder) Root() (tlog.Hash, error) { return b.e.root() }
 // to keep the new edge with the batch, so that its next head resumes the
 // tree without reading any stored hash.
 func NextTree(head Head, recs []Record) ([]tlog.Hash, error) {
-	size := int64(head.Sequence)
-	old := edgeIndexes(size)
-	if len(old) != len(head.Tree) {
-		return nil, fmt.Errorf("tree edge of size %d has %d hashes, want %d", size, len(head.Tree), len(old))
+	var e treeEdge // on the stack: it is never a HashReader here
+	if err := e.reset(int64(head.Sequence), head.Tree); err != nil {
+		return nil, err
 	}
-	known := make(map[int64]tlog.Hash, len(old)+2*len(recs))
-	for i, x := range old {
-		known[x] = head.Tree[i]
-	}
-	next := tlog.StoredHashCount(size)
 	for i := range recs {
 		r := &recs[i]
-		if r.Sequence != uint64(size)+1 {
-			return nil, fmt.Errorf("record %d of the batch has sequence %d, want %d", i, r.Sequence, size+1)
+		if r.Sequence != uint64(e.size)+1 {
+			return nil, fmt.Errorf("record %d of the batch has sequence %d, want %d", i, r.Sequence, e.size+1)
 		}
-		size++
-		if want := tlog.StoredHashCount(size) - next; int64(len(r.TreeHashes)) != want {
+		// Leaf n adds its leaf hash and one hash per trailing 1 bit of n.
+		if want := 1 + bits.TrailingZeros64(^uint64(e.size)); len(r.TreeHashes) != want {
 			return nil, fmt.Errorf("record %d carries %d tree hashes, want %d", r.Sequence, len(r.TreeHashes), want)
 		}
-		for _, h := range r.TreeHashes {
-			known[next] = h
-			next++
-		}
+		e.advance(r.TreeHashes)
 	}
-	idx := edgeIndexes(size)
-	if len(idx) == 0 {
-		return nil, nil
-	}
-	edge := make([]tlog.Hash, len(idx))
-	for i, x := range idx {
-		h, ok := known[x]
-		if !ok {
-			// Cannot happen: a subtree on the new edge was either on the
-			// old edge or completed by this batch.
-			return nil, fmt.Errorf("tree hash %d of the new edge is unknown", x)
-		}
-		edge[i] = h
-	}
-	return edge, nil
+	return e.edge(), nil
 }

@@ -20,18 +20,23 @@ import (
 // 32 bytes each, in golang.org/x/mod/sumdb/tlog's stored-hash order, so
 // that stored hash i is at byte offset 32*i and a log of n records has
 // tlog.StoredHashCount(n) of them. Append writes a batch's hashes with
-// its records and fsyncs both before a durable batch is acknowledged.
+// its records, in the same call.
 //
-// The tree file is derived from the log, which stays the truth. After a
-// crash it may be ahead of the log (hashes of a torn last line) or behind
-// it (records written, their hashes not), and unfsynced hashes of records
-// that survived may be lost. So Open trusts it only up to the head file's
-// record (written from fsynced state only, see HeadSuffix), after
-// checking that record's leaf hash against the log, cuts what follows and
-// recomputes it from the log: the records of the last second or so
-// before a crash, none after a clean stop. A tree file that is missing,
-// shorter than the head file's record, or whose leaf there disagrees with
-// the log is rebuilt from the whole log (Recovery.TreeRebuilt).
+// The tree file is derived from the log, which stays the truth, so it is
+// not fsynced with every durable batch (that would double the fsyncs on
+// the append path): it is fsynced just before the head file is written
+// (at start, about once a second while the log grows, at Close), so that
+// the head file's record vouches for the tree hashes up to it. After a
+// crash the tree file may be ahead of the log (hashes of a torn last
+// line) or behind it, and hashes not yet fsynced may be lost or zeroed.
+// So Open trusts it only up to the head file's record, after checking
+// that record's leaf hash against the log, cuts what follows and
+// recomputes it from the log: the records of the last second or so before
+// a crash, none after a clean stop. A tree file that is missing, shorter
+// than the head file's record, or whose leaf there disagrees with the log
+// is rebuilt from the whole log (Recovery.TreeRebuilt). Until then, the
+// hashes of durable records are read from the page cache: the same bytes
+// a recomputation would give, since they are a function of those records.
 const TreeSuffix = ".tree"
 
 // treeState is the tree file's part of a Store.
@@ -207,23 +212,6 @@ func (s *Store) appendTree(recs []audit.Record) error {
 	}
 	if _, err := s.tree.Write(buf); err != nil {
 		return s.fail(fmt.Errorf("write tree file: %w", err))
-	}
-	return nil
-}
-
-// syncBoth fsyncs the log and the tree file at once: on most file systems
-// two concurrent fsyncs share a journal commit, so the tree costs little
-// of the batch's latency (see BenchmarkAppend).
-func (s *Store) syncBoth() error {
-	treeDone := make(chan error, 1)
-	go func() { treeDone <- s.tree.Sync() }()
-	err := s.file.Sync()
-	terr := <-treeDone
-	if err != nil {
-		return s.fail(fmt.Errorf("fsync: %w", err))
-	}
-	if terr != nil {
-		return s.fail(fmt.Errorf("fsync tree file: %w", terr))
 	}
 	return nil
 }

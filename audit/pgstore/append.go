@@ -27,9 +27,9 @@ import (
 //     across all replicas and build always sees the true head: sequences
 //     stay gapless from 1 and there is one chain.
 //  2. build(head) makes the records, in this process, under the lock.
-//  3. Insert the records and their tree hashes (audit_tree), move the
-//     head with the tree's new edge and maintain the open executions (one
-//     pipelined round trip).
+//  3. Insert the records with their tree hashes, move the head with the
+//     tree's new edge and maintain the open executions (one pipelined
+//     round trip).
 //  4. COMMIT on its own (one round trip), so that a lost connection is
 //     ambiguous only here: a failure before it certainly stored nothing.
 //
@@ -152,8 +152,8 @@ func checkBatch(head audit.Head, recs []audit.Record) error {
 	return nil
 }
 
-const insertRecords = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record)
-SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[])`
+const insertRecords = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record, tree)
+SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::bytea[])`
 
 // upsertOpen records executions that a batch opens or continues. A row
 // already there keeps its first sequence; the latest event sets its type,
@@ -173,31 +173,29 @@ func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Reco
 	times := make([]time.Time, n)
 	types := make([]string, n)
 	execs, plans, users := make([]string, n), make([]string, n), make([]string, n)
-	hashes, lines := make([][]byte, n), make([][]byte, n)
+	hashes, lines, trees := make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	for i := range recs {
 		r := &recs[i]
 		seqs[i] = int64(r.Sequence)
 		times[i] = r.Time
 		types[i] = r.Type.String()
 		execs[i], plans[i], users[i] = column(r.ExecutionID), column(r.PlanID), column(r.UserID)
-		hashes[i], lines[i] = r.Hash[:], r.Line
+		hashes[i], lines[i], trees[i] = r.Hash[:], r.Line, concat(r.TreeHashes)
 	}
 	b := &pgx.Batch{}
 	if s.cfg.copyFrom {
 		rows := make([][]any, n)
 		for i := range rows {
-			rows[i] = []any{seqs[i], times[i], types[i], execs[i], plans[i], users[i], hashes[i], lines[i]}
+			rows[i] = []any{seqs[i], times[i], types[i], execs[i], plans[i], users[i], hashes[i], lines[i], trees[i]}
 		}
 		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"audit_records"},
-			[]string{"sequence", "time", "type", "execution_id", "plan_id", "user_id", "hash", "record"},
+			[]string{"sequence", "time", "type", "execution_id", "plan_id", "user_id", "hash", "record", "tree"},
 			pgx.CopyFromRows(rows)); err != nil {
 			return err
 		}
 	} else {
-		b.Queue(insertRecords, seqs, times, types, execs, plans, users, hashes, lines)
+		b.Queue(insertRecords, seqs, times, types, execs, plans, users, hashes, lines, trees)
 	}
-	idx, hashes := treeRows(recs)
-	b.Queue(insertTree, idx, hashes)
 	last := &recs[n-1]
 	b.Queue("UPDATE audit_head SET sequence = $1, hash = $2, tree = $3 WHERE id = 1", int64(last.Sequence), last.Hash[:], concat(tree))
 	open, closed := openChanges(recs)
@@ -217,25 +215,8 @@ func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Reco
 	return conn.SendBatch(ctx, b).Close()
 }
 
-const insertTree = `INSERT INTO audit_tree (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])`
-
-// treeRows are the audit_tree rows of a batch: its records' stored hashes
-// at consecutive indexes from the first record's.
-func treeRows(recs []audit.Record) ([]int64, [][]byte) {
-	next := tlog.StoredHashCount(int64(recs[0].Sequence) - 1)
-	var idx []int64
-	var hashes [][]byte
-	for i := range recs {
-		for j := range recs[i].TreeHashes {
-			idx = append(idx, next)
-			hashes = append(hashes, recs[i].TreeHashes[j][:])
-			next++
-		}
-	}
-	return idx, hashes
-}
-
-// concat is a tree edge as audit_head.tree holds it.
+// concat is a list of hashes as audit_records.tree and audit_head.tree
+// hold it: back to back.
 func concat(tree []tlog.Hash) []byte {
 	b := make([]byte, 0, len(tree)*tlog.HashSize)
 	for _, h := range tree {

@@ -39,7 +39,12 @@ CREATE TABLE audit_records (
 	plan_id      text NOT NULL,
 	user_id      text NOT NULL,
 	hash         bytea NOT NULL CHECK (length(hash) = 32),
-	record       bytea NOT NULL
+	record       bytea NOT NULL,
+	-- The Merkle tree's stored hashes that this record adds (its leaf hash,
+	-- then one per subtree it completes), 32 bytes each, at stored indexes
+	-- from tlog.StoredHashCount(sequence - 1): in the record's own row, so
+	-- that the tree costs no index and no row of its own.
+	tree         bytea NOT NULL CHECK (length(tree) >= 32 AND length(tree) % 32 = 0)
 );
 -- (column, sequence) serves WHERE column = $1 AND sequence >= $2 ORDER BY
 -- sequence: one execution is an index range scan however long the log.
@@ -57,13 +62,6 @@ CREATE TABLE audit_head (
 	tree     bytea NOT NULL CHECK (length(tree) % 32 = 0)
 );
 INSERT INTO audit_head (id, sequence, hash, tree) VALUES (1, 0, decode(repeat('00', 32), 'hex'), ''::bytea);
-
--- The Merkle tree's stored hashes (golang.org/x/mod/sumdb/tlog's layout),
--- inserted with the records that add them.
-CREATE TABLE audit_tree (
-	idx  bigint PRIMARY KEY CHECK (idx >= 0),
-	hash bytea NOT NULL CHECK (length(hash) = 32)
-);
 
 -- The latest signed checkpoint of any replica: one row, replaced only by
 -- a checkpoint of a larger tree.

@@ -11,10 +11,11 @@ import (
 	"github.com/stage4/stage4/audit"
 )
 
-// ReadHashes reads stored hashes of the Merkle tree from audit_tree. Rows
-// are written with their records and never change, so a hash of a durable
-// tree read now is the hash that was committed; one that is missing was
-// deleted (audit.ErrDataLoss), or lies beyond the tree.
+// ReadHashes reads stored hashes of the Merkle tree from the tree column
+// of the records that added them, by primary key. Rows are written once
+// and never change, so a hash of a durable tree read now is the hash that
+// was committed; one that is missing was deleted (audit.ErrDataLoss), or
+// lies beyond the tree.
 func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error) {
 	if s.closed.Load() {
 		return nil, audit.ErrClosed
@@ -28,31 +29,52 @@ type querier interface {
 }
 
 func readHashes(ctx context.Context, q querier, indexes []int64, dbError func(error) error) ([]tlog.Hash, error) {
-	rows, err := q.Query(ctx, "SELECT idx, hash FROM audit_tree WHERE idx = ANY($1::bigint[])", indexes)
+	seqs := make([]int64, len(indexes))
+	for i, x := range indexes {
+		if x < 0 {
+			return nil, fmt.Errorf("tree hash %d: a negative index", x)
+		}
+		seqs[i], _ = locateHash(x)
+	}
+	rows, err := q.Query(ctx, "SELECT sequence, tree FROM audit_records WHERE sequence = ANY($1::bigint[])", seqs)
 	if err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", dbError(err))
 	}
-	found := make(map[int64][]byte, len(indexes))
+	trees := make(map[int64][]byte, len(indexes))
 	for rows.Next() {
-		var idx int64
-		var hash []byte
-		if err := rows.Scan(&idx, &hash); err != nil {
+		var seq int64
+		var tree []byte
+		if err := rows.Scan(&seq, &tree); err != nil {
 			return nil, fmt.Errorf("read tree hashes: %w", dbError(err))
 		}
-		found[idx] = hash
+		trees[seq] = tree
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", dbError(err))
 	}
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
-		h, ok := found[x]
-		if !ok || len(h) != tlog.HashSize {
-			return nil, fmt.Errorf("%w: tree hash %d is missing from audit_tree", audit.ErrDataLoss, x)
+		seq, pos := locateHash(x)
+		tree, ok := trees[seq]
+		if !ok {
+			return nil, fmt.Errorf("%w: tree hash %d: no record %d", audit.ErrDataLoss, x, seq)
 		}
-		copy(out[i][:], h)
+		if len(tree) < (pos+1)*tlog.HashSize {
+			return nil, fmt.Errorf("%w: tree hash %d: record %d holds %d bytes of tree hashes", audit.ErrDataLoss, x, seq, len(tree))
+		}
+		copy(out[i][:], tree[pos*tlog.HashSize:])
 	}
 	return out, nil
+}
+
+// locateHash returns the record that stored the hash at a stored index,
+// and the hash's place among that record's tree hashes: the hash of the
+// subtree of 2^level leaves at position n is added by the subtree's last
+// leaf, as the level-th of its hashes (its leaf hash is the 0th).
+func locateHash(index int64) (seq int64, pos int) {
+	level, n := tlog.SplitStoredHashIndex(index)
+	// The subtree's last leaf is (n+1)*2^level - 1, its sequence one more.
+	return (n + 1) << level, level
 }
 
 // DurableHead reads the head and then makes it durable: a transaction
@@ -158,7 +180,8 @@ func (r *Reader) Record(seq uint64) ([]byte, error) {
 	return record, nil
 }
 
-// ReadHashes reads stored hashes from audit_tree; it is a tlog.HashReader.
+// ReadHashes reads stored hashes from the records' tree column; it is a
+// tlog.HashReader.
 func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return readHashes(r.ctx, r.conn, indexes, dbErrorNoReset)
 }

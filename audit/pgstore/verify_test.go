@@ -39,11 +39,15 @@ func headAt(t *testing.T, recs []audit.Record, seq, hashOf int) audit.Head {
 	return audit.Head{Sequence: uint64(seq), Hash: recs[hashOf-1].Hash, Tree: tree}
 }
 
-const insertRow = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+const insertRow = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record, tree)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 
 func rowArgs(r audit.Record) []any {
-	return []any{int64(r.Sequence), r.Time, r.Type.String(), r.ExecutionID, r.PlanID, r.UserID, r.Hash[:], r.Line}
+	var tree []byte
+	for _, h := range r.TreeHashes {
+		tree = append(tree, h[:]...)
+	}
+	return []any{int64(r.Sequence), r.Time, r.Type.String(), r.ExecutionID, r.PlanID, r.UserID, r.Hash[:], r.Line, tree}
 }
 
 // TestVerify damages a log behind the store's back in each way a table
