@@ -150,9 +150,9 @@ func (l *Log) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, err
 	return l.store.ReadHashes(ctx, indexes)
 }
 
-// HashReader is the tlog.HashReader of the log's durable tree, for
-// tlog.ProveRecord and tlog.ProveTree; ctx bounds its reads.
-func (l *Log) HashReader(ctx context.Context) tlog.HashReader {
+// hashReader is the tlog.HashReader of the log's durable tree; ctx bounds
+// its reads.
+func (l *Log) hashReader(ctx context.Context) tlog.HashReader {
 	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
 		return l.ReadHashes(ctx, indexes)
 	})
@@ -234,7 +234,7 @@ func (l *Log) checkStoredCheckpoint(ctx context.Context, th TreeHead) error {
 	if cp.Size > th.Size {
 		return fmt.Errorf("%w: it names %d records, the log holds %d", ErrCheckpointMismatch, cp.Size, th.Size)
 	}
-	root, err := tlog.TreeHash(int64(cp.Size), l.HashReader(ctx))
+	root, err := tlog.TreeHash(int64(cp.Size), l.hashReader(ctx))
 	if err != nil {
 		return fmt.Errorf("tree hash at the latest checkpoint's size %d: %w", cp.Size, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -193,4 +194,34 @@ func TestLoadSigningKey(t *testing.T) {
 			require.Equal(t, "stage4.test/audit", signer.Name())
 		})
 	}
+}
+
+// TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint: a log replaced by
+// another (with its head and tree files, so that nothing else notices) is
+// refused at start: signing on would sign a fork of what auditors hold.
+func TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint(t *testing.T) {
+	t.Parallel()
+	ref := startReference(t)
+	keyFile, _ := writeSigningKey(t, "stage4.test/audit")
+	dir := t.TempDir()
+	run := func(auditLog string) gateway.Config {
+		cfg := gateway.Config{
+			AuditLog:            auditLog,
+			Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
+			AuditSigningKeyFile: keyFile,
+		}
+		gw := startGateway(t, cfg)
+		_, err := stage4v1.NewStage4ServiceClient(dialGateway(t, gw)).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		require.NoError(t, err)
+		require.NoError(t, gw.stop())
+		return cfg
+	}
+	cfg := run(filepath.Join(dir, "audit.jsonl"))
+	other := run(filepath.Join(dir, "other.jsonl")).AuditLog
+	for _, suffix := range []string{"", ".head", ".tree"} {
+		require.NoError(t, os.Rename(other+suffix, cfg.AuditLog+suffix))
+	}
+	cfg.Listen, cfg.MaxMessageBytes = "127.0.0.1:0", stage3client.DefaultMaxMessageBytes
+	err := gateway.Run(testContext(t), cfg, slog.New(slog.DiscardHandler), nil)
+	require.ErrorIs(t, err, audit.ErrCheckpointMismatch)
 }
