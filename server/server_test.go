@@ -49,6 +49,8 @@ type harnessOptions struct {
 	noAudit      bool // register the service without the audit interceptor
 	// inner runs between the audit interceptor and the handler.
 	inner grpc.UnaryServerInterceptor
+	// auditOptions are audit.New's (a checkpoint signer).
+	auditOptions []audit.Option
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -78,7 +80,7 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	}
 	store, err := filestore.Open(h.logPath, fileOpts...)
 	require.NoError(t, err)
-	h.log, err = audit.New(store)
+	h.log, err = audit.New(store, o.auditOptions...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })
 

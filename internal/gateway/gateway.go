@@ -85,6 +85,13 @@ type Config struct {
 	// fingerprints of tokens and plans, instead of the audit store's own
 	// (see FingerprintKey).
 	FingerprintKeyFile string
+	// AuditSigningKeyFile, when set, holds the note key that signs the
+	// audit log's checkpoints (see LoadSigningKey); without it the tree is
+	// kept and proofs are served, but no checkpoint is signed.
+	AuditSigningKeyFile string
+	// CheckpointInterval is how often, at most, a checkpoint is signed
+	// while the log grows; 0 is DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -146,6 +153,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if err != nil {
 		return err
 	}
+	signer, err := LoadSigningKey(cfg.AuditSigningKeyFile)
+	if err != nil {
+		return err
+	}
 
 	// A registry of our own, rather than the global default, so that
 	// /metrics holds exactly what this process registered.
@@ -174,6 +185,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		// the terminal event. Only then may another replica close the
 		// execution as interrupted.
 		audit.WithOpenFor(cfg.Stage3.EffectiveMaxDeadline() + openForMargin),
+		audit.WithCheckpointSigner(signer),
 		// While the store cannot record, ExecutePlan refuses every plan
 		// (fail closed); NOT_SERVING tells load balancers to send them
 		// elsewhere. A store that recovers (a database back online) turns
@@ -198,6 +210,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			err = errors.Join(err, fmt.Errorf("close audit log: %w", cerr))
 		}
 	}()
+	// Deferred after the log's Close, so run before it: the last
+	// checkpoint covers every call's terminal event.
+	stopCheckpoints, err := startCheckpoints(auditLog, signer, cfg.CheckpointInterval, logger)
+	if err != nil {
+		return err
+	}
+	defer stopCheckpoints()
 
 	tp := cfg.TracerProvider
 	if tp == nil {
