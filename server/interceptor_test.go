@@ -417,6 +417,7 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 
 	info, err := os.Stat(path)
 	require.NoError(t, err)
+	t.Logf("both events of the invalid plan: %d bytes", info.Size())
 	require.Less(t, info.Size(), int64(2048), "both events of a hostile invalid plan fit in a few KiB")
 }
 
