@@ -56,9 +56,16 @@ example-python: ## Run the Python client of examples/ against make run (ADDR=hos
 example-deps: ## Install what the TypeScript and Python examples need (npm ci; apt-get as root).
 	tools/examples.sh deps
 
+# Where make bench writes its results; make bench-publish reads them.
+OUT ?= bench-out
+
 .PHONY: bench
-bench: ## Run the micro-benchmarks and the load comparison; writes docs/PERFORMANCE.md.
-	tools/bench.sh
+bench: ## Run the micro-benchmarks and the load comparison into OUT=dir (default bench-out).
+	tools/bench.sh --out $(OUT)
+
+.PHONY: bench-publish
+bench-publish: ## Make the run in OUT=dir docs/PERFORMANCE.md (keeping its hand-written notes).
+	tools/bench.sh --publish $(OUT)
 
 .PHONY: lint
 lint: protodeps ## go vet, buf lint, buf format and buf breaking.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -299,6 +300,14 @@ func (l *Log) run() {
 	for {
 		select {
 		case r := <-l.requests:
+			// Sending r made this goroutine runnable first, ahead of the
+			// callers woken with the last batch's answers; yielding once
+			// lets them queue their records too, so that one commit (and
+			// fsync) takes them all rather than r alone. Measured: stage4
+			// at 64 callers went from ~0.3 to ~0.1 commits per ExecutePlan,
+			// BenchmarkAppend at 64 writers from ~30 to ~44 records per
+			// fsync and from ~1.5 to ~20 per write without fsync.
+			runtime.Gosched()
 			l.commit(l.gather(append(batch[:0], r)))
 		case <-l.closing:
 			for {

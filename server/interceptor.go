@@ -50,6 +50,10 @@ type execution struct {
 	// receives this very request need not validate it again; any other
 	// request (a middle interceptor replaced it) must be validated.
 	Validated *stage4v1.ExecutePlanRequest
+	// Encoded is the encoding of Validated's plan that PlanID digests
+	// (Fingerprinter.PlanIDEncoded), which is also the encoding of its
+	// Stage-3 request; nil when there is none.
+	Encoded []byte
 }
 
 type executionKey struct{}
@@ -126,8 +130,9 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 	verr, panicked := safeValidate(c.validate, r)
 	valid := verr == nil && panicked == nil
 	var bd bounder
+	var encoded []byte
 	if plan := r.GetPlan(); plan != nil {
-		ex.ev.PlanId = c.fp.PlanID(plan)
+		ex.ev.PlanId, encoded = c.fp.PlanIDEncoded(plan)
 		ex.ev.UserId = plan.GetUserId()
 		if !valid && !isUserID(ex.ev.UserId) {
 			ex.ev.UserId = ""
@@ -171,7 +176,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 		return nil, ex.unavailable()
 	}
 
-	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r}))
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r, Encoded: encoded}))
 	stopAbort := context.AfterFunc(c.abort, cancel)
 	began := time.Now()
 	resp, err := handler(hctx, req)

@@ -25,6 +25,14 @@ type Executor interface {
 	Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPlanRequest) (*stage3v1.ExecuteMultiDomainPlanResponse, error)
 }
 
+// EncodedExecutor is an Executor that can also send a request already in its
+// binary encoding; *stage3client.Client is one. ExecutePlan then sends the
+// plan's encoding that plan_id digests, instead of encoding it again.
+type EncodedExecutor interface {
+	Executor
+	ExecuteEncoded(ctx context.Context, req []byte) (*stage3v1.ExecuteMultiDomainPlanResponse, error)
+}
+
 // AuditLister serves the audit log's records; *audit.Log is the
 // implementation.
 type AuditLister interface {
@@ -75,7 +83,15 @@ func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanReque
 			return nil, err
 		}
 	}
-	res, err := s.stage3.Execute(ctx, ToStage3(req.GetPlan()))
+	var res *stage3v1.ExecuteMultiDomainPlanResponse
+	var err error
+	if enc, ok := s.stage3.(EncodedExecutor); ok && exec.Validated == req && exec.Encoded != nil {
+		// The interceptor encoded this very plan for plan_id: Stage-3 gets
+		// those bytes, ToStage3's request in its wire form.
+		res, err = enc.ExecuteEncoded(ctx, exec.Encoded)
+	} else {
+		res, err = s.stage3.Execute(ctx, ToStage3(req.GetPlan()))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -564,6 +564,23 @@ func TestExecutePlanValidatesAReplacedRequest(t *testing.T) {
 	require.Zero(t, h.stage3.Calls())
 }
 
+// TestExecutePlanForwardsAReplacedRequest: Stage-3 normally gets the plan's
+// encoding that the audit interceptor made for plan_id; a valid request
+// swapped in after the interceptor is forwarded as it is, never the
+// encoding of the one it replaced.
+func TestExecutePlanForwardsAReplacedRequest(t *testing.T) {
+	t.Parallel()
+	replacement := runnablePlan("replacement")
+	h := newHarness(t, harnessOptions{inner: func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return handler(ctx, &stage4v1.ExecutePlanRequest{Plan: proto.CloneOf(replacement)})
+	}})
+	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: runnablePlan("original")})
+	require.NoError(t, err)
+	got := h.stage3.Requests()
+	require.Len(t, got, 1)
+	require.True(t, proto.Equal(wireStage3(t, replacement), got[0]), "Stage-3 got %v", got[0])
+}
+
 // TestAuditLogHoldsNoSecrets: neither the token nor any parameter value
 // reaches the audit log, not even through Stage-3's error message, which
 // quotes the missing key here.

@@ -30,9 +30,10 @@ const (
 
 // forwardedMetadata is the allow-list of incoming metadata keys passed on to
 // Stage-3: request correlation. Anything else, notably authorization, stays
-// in Stage-4. W3C trace context is not copied here: an OpenTelemetry stats
-// handler among New's options (the gateway installs one) writes it, parsed
-// and bounded by its propagator, and as the child of Stage-4's own span.
+// in Stage-4. W3C trace context is not copied here: OpenTelemetry's
+// propagator writes it, parsed and bounded, from an option of New's (the
+// gateway passes otelgrpc's stats handler when it traces, as the child of
+// Stage-4's own span, and telemetry.InjectUnaryClientInterceptor when not).
 var forwardedMetadata = []string{"x-request-id"}
 
 // Bounds on the forwarded metadata, whatever the caller's header list may
@@ -164,16 +165,53 @@ func transportCredentials(cfg Config) (credentials.TransportCredentials, error) 
 func (c *Client) Execute(ctx context.Context, req *stage3v1.ExecuteMultiDomainPlanRequest) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
 	// grpc-go would refuse an oversized plan only after opening the stream,
 	// which would look like an unknown outcome.
-	if size := proto.Size(req); size > c.maxMessageBytes {
-		return nil, rpcerr.New(codes.InvalidArgument, rpcerr.PlanInvalid,
+	if err := c.checkSize(proto.Size(req)); err != nil {
+		return nil, err
+	}
+	return c.call(ctx, func(ctx context.Context, opts ...grpc.CallOption) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
+		return c.stage3.ExecuteMultiDomainPlan(ctx, req, opts...)
+	})
+}
+
+// ExecuteEncoded is Execute for a request already in its binary protobuf
+// encoding, which is sent as it is: no second encoding of a plan that the
+// caller has encoded anyway. A stage4.v1.Plan's encoding is such a request
+// (the two messages share field numbers and types, see server.ToStage3).
+// req must not change during the call.
+func (c *Client) ExecuteEncoded(ctx context.Context, req []byte) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
+	if err := c.checkSize(len(req)); err != nil {
+		return nil, err
+	}
+	return c.call(ctx, func(ctx context.Context, opts ...grpc.CallOption) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
+		// What the generated client does, with a message only the
+		// encoded codec can send.
+		resp := new(stage3v1.ExecuteMultiDomainPlanResponse)
+		err := c.conn.Invoke(ctx, stage3v1.Stage3Service_ExecuteMultiDomainPlan_FullMethodName, encodedMessage(req), resp,
+			append([]grpc.CallOption{grpc.StaticMethod(), encodedCallOption}, opts...)...)
+		if err != nil {
+			return nil, err
+		}
+		return resp, nil
+	})
+}
+
+func (c *Client) checkSize(size int) error {
+	if size > c.maxMessageBytes {
+		return rpcerr.New(codes.InvalidArgument, rpcerr.PlanInvalid,
 			fmt.Sprintf("plan is %d bytes, over the %d-byte limit for Stage-3", size, c.maxMessageBytes), nil)
 	}
+	return nil
+}
+
+// call makes the one attempt of Execute and ExecuteEncoded with invoke,
+// within the deadline and with only the allow-listed metadata.
+func (c *Client) call(ctx context.Context, invoke func(context.Context, ...grpc.CallOption) (*stage3v1.ExecuteMultiDomainPlanResponse, error)) (*stage3v1.ExecuteMultiDomainPlanResponse, error) {
 	callCtx, cancel := context.WithTimeout(ctx, c.maxDeadline)
 	defer cancel()
 	callCtx = metadata.NewOutgoingContext(callCtx, outgoingMetadata(ctx))
 
 	var p peer.Peer
-	resp, err := c.stage3.ExecuteMultiDomainPlan(callCtx, req, grpc.Peer(&p))
+	resp, err := invoke(callCtx, grpc.Peer(&p))
 	if err != nil {
 		return nil, mapError(err, p.Addr != nil, errors.Is(ctx.Err(), context.Canceled))
 	}

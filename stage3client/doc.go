@@ -19,12 +19,15 @@
 // MaxForwardedValues values, each at most MaxForwardedValueBytes long;
 // longer values are dropped, not cut. Trace context (traceparent,
 // tracestate) is OpenTelemetry's to propagate: pass an otelgrpc client
-// stats handler to New, as the gateway does.
+// stats handler to New, or only its propagator in an interceptor
+// (telemetry.InjectUnaryClientInterceptor), as the gateway does with
+// tracing on and off.
 //
 // # Errors
 //
-// Execute returns Stage-3's response unchanged or a status error carrying a
-// google.rpc.ErrorInfo with domain rpcerr.Domain and one of these reasons:
+// Execute and ExecuteEncoded return Stage-3's response unchanged or a status
+// error carrying a google.rpc.ErrorInfo with domain rpcerr.Domain and one of
+// these reasons:
 //
 //   - rpcerr.Stage3Rejected, with Stage-3's own code (PERMISSION_DENIED,
 //     UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) and

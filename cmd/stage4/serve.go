@@ -60,6 +60,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	g := &f.gateway
 	fs.StringVar(&g.Listen, "listen", defaultListen, "`host:port` of the gRPC server")
 	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
+	fs.BoolVar(&g.Pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on --metrics-listen, for profiling;\nthey show internals, so keep it off where others can reach that address")
 	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "where the audit log lives: a file `path` (created when missing) or a postgres:// URL shared by several replicas")
 	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")

@@ -62,11 +62,21 @@ type config struct {
 	soakConc     int
 	openRate     float64
 	openDuration time.Duration
-	out          string
-	jsonOut      string
-	gobench      string
-	cpuprofile   string
-	workDir      string
+	// openFractions are open-loop rates as fractions of (c)'s closed-loop
+	// throughput at openBaseConc callers (the median of the rounds).
+	openFractions []float64
+	openBaseConc  int
+	openWarmup    time.Duration
+	out           string
+	jsonOut       string
+	gobench       string
+	cpuprofile    string
+	// profileDir, when set, receives CPU profiles of (b) and (c), taken
+	// after the rounds during runs of profileConc callers.
+	profileDir      string
+	profileConc     int
+	profileDuration time.Duration
+	workDir         string
 	// pgURL is the PostgreSQL server on which each run creates its own
 	// databases for (d) and (e), and drops them afterwards.
 	pgURL string
@@ -95,12 +105,18 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.scaleMeasure, "scale-duration", 3*time.Second, "measured time per plan size")
 	fs.DurationVar(&c.soak, "soak", 0, "run (c) this long and compare stage4's RSS before and after; 0 skips it")
 	fs.IntVar(&c.soakConc, "soak-concurrency", 16, "callers for the soak")
-	fs.Float64Var(&c.openRate, "open-rate", 0, "requests/s for an open-loop run of (b) and (c); 0 skips it")
-	fs.DurationVar(&c.openDuration, "open-duration", 3*time.Second, "duration of each open-loop run")
+	fs.Float64Var(&c.openRate, "open-rate", 0, "requests/s for an open-loop run of (b) and (c) in every round; 0 skips it")
+	openFractions := fs.String("open-fractions", "", "open-loop rates for (b) and (c) in every round, as fractions of (c)'s closed-loop req/s at --open-base-concurrency callers, e.g. 0.5,0.8; empty skips them")
+	fs.IntVar(&c.openBaseConc, "open-base-concurrency", 64, "the closed-loop caller count whose (c) throughput --open-fractions scale")
+	fs.DurationVar(&c.openDuration, "open-duration", 3*time.Second, "measured duration of each open-loop run")
+	fs.DurationVar(&c.openWarmup, "open-warmup", 500*time.Millisecond, "warm-up at the same rate before each open-loop run (not recorded)")
 	fs.StringVar(&c.out, "out", "", "write the markdown report here (e.g. docs/PERFORMANCE.md)")
 	fs.StringVar(&c.jsonOut, "json", "", "write the raw results as JSON here (e.g. docs/performance.json)")
 	fs.StringVar(&c.gobench, "gobench", "", "a file of \"go test -bench\" output to embed in the report")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of this load tool (its own side only) here")
+	fs.StringVar(&c.profileDir, "profile-dir", "", "after the rounds, CPU-profile the proxy's and stage4's processes (served with --pprof) under load and write proxy-cpu.pprof and stage4-cpu.pprof here; empty skips it")
+	fs.IntVar(&c.profileConc, "profile-concurrency", 64, "callers for the profiled runs")
+	fs.DurationVar(&c.profileDuration, "profile-duration", 10*time.Second, "length of each profile (whole seconds)")
 	fs.StringVar(&c.workDir, "work-dir", "", "keep logs and the audit log here instead of a removed temp dir")
 	fs.StringVar(&c.pgURL, "postgres-url", defaultPGURL(), "PostgreSQL `server` for (d) and (e): each run creates databases of its own there and drops them; default $"+envPGURL+" or "+pgDefaultURL)
 	pgConc := fs.String("pg-concurrency", "16,64", "caller counts at which (d) one and (e) two stage4 replicas on PostgreSQL run; empty leaves PostgreSQL out")
@@ -110,12 +126,19 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	var err1, err2, err3 error
+	var err1, err2, err3, err4 error
 	c.concurrency, err1 = parseInts(*conc)
 	c.scaleSizes, err2 = parseInts(*sizes)
 	c.pgConcurrency, err3 = parseInts(*pgConc)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	c.openFractions, err4 = parseFractions(*openFractions)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return c, err
+	}
+	if len(c.openFractions) > 0 && !slices.Contains(c.concurrency, c.openBaseConc) {
+		return c, fmt.Errorf("--open-base-concurrency %d: not in --concurrency, so there is no closed-loop throughput to scale", c.openBaseConc)
+	}
+	if c.openRate < 0 || c.openDuration <= 0 || c.openWarmup < 0 {
+		return c, errors.New("--open-rate must not be negative, --open-duration must be positive and --open-warmup not negative")
 	}
 	if len(c.concurrency) == 0 || c.rounds < 1 || c.measure <= 0 || c.warmup < 0 {
 		return c, errors.New("need at least one concurrency, one round and a positive --duration")
@@ -130,8 +153,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 			return c, fmt.Errorf("--scale-steps %d: a plan has 1 to 256 steps", n)
 		}
 	}
-	if c.scaleConc < 1 || c.soakConc < 1 {
-		return c, errors.New("--scale-concurrency and --soak-concurrency must be at least 1")
+	if c.scaleConc < 1 || c.soakConc < 1 || c.profileConc < 1 {
+		return c, errors.New("--scale-concurrency, --soak-concurrency and --profile-concurrency must be at least 1")
 	}
 	return c, nil
 }
@@ -149,6 +172,23 @@ func parseInts(s string) ([]int, error) {
 			return nil, fmt.Errorf("%q: want positive integers separated by commas", s)
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+// parseFractions parses "0.5,0.8"; an empty string is an empty list.
+func parseFractions(s string) ([]float64, error) {
+	var out []float64
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || v <= 0 || v > 2 {
+			return nil, fmt.Errorf("%q: want fractions above 0 and at most 2, separated by commas", s)
+		}
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -237,6 +277,9 @@ type env struct {
 	children   []*child
 	// stage4Metrics is stage4's /metrics URL; empty when there is none.
 	stage4Metrics string
+	// proxyPprof and stage4Pprof are the CPU profile endpoints of (b) and
+	// (c); empty unless --profile-dir asked for them.
+	proxyPprof, stage4Pprof string
 }
 
 // startProcesses spawns the reference Stage-3, the proxy and stage4 on
@@ -269,7 +312,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 		err = errors.Join(err, aerr)
 		return a
 	}
-	stage3Addr, proxyAddr, stage4Addr, metricsAddr := addr(), addr(), addr(), addr()
+	stage3Addr, proxyAddr, stage4Addr, metricsAddr, proxyPprofAddr := addr(), addr(), addr(), addr(), addr()
 	if err != nil {
 		return e, stop, err
 	}
@@ -281,8 +324,15 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 		return e, stop, err
 	}
 	e.children = append(e.children, s3)
-	px, err := spawn("proxy", proxyAddr, filepath.Join(dir, "proxy.log"),
-		self, "proxy", "--listen", proxyAddr, "--stage3-addr", stage3Addr)
+	pxArgs := []string{"proxy", "--listen", proxyAddr, "--stage3-addr", stage3Addr}
+	s4Extra := []string{}
+	if cfg.profileDir != "" {
+		pxArgs = append(pxArgs, "--pprof-listen", proxyPprofAddr)
+		s4Extra = append(s4Extra, "--pprof")
+		e.proxyPprof = "http://" + proxyPprofAddr + "/debug/pprof/profile"
+		e.stage4Pprof = "http://" + metricsAddr + "/debug/pprof/profile"
+	}
+	px, err := spawn("proxy", proxyAddr, filepath.Join(dir, "proxy.log"), self, pxArgs...)
 	if err != nil {
 		return e, stop, err
 	}
@@ -294,7 +344,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 		"--audit-log", filepath.Join(dir, "audit.log"),
 		"--metrics-listen", metricsAddr,
 		"--log-level", "info",
-	}, cfg.stage4Args...)
+	}, append(s4Extra, cfg.stage4Args...)...)
 	s4, err := spawn("stage4", stage4Addr, filepath.Join(dir, "stage4.log"), cfg.stage4Bin, s4args...)
 	if err != nil {
 		return e, stop, err
@@ -538,6 +588,16 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 	}
 	res.summarize(cfg, fsyncP50)
 
+	if err := runOpenLoops(ctx, res, cfg, callers, progress); err != nil {
+		return nil, err
+	}
+
+	if cfg.profileDir != "" {
+		if res.Profiles, err = profileAll(ctx, e, cfg, callers, progress); err != nil {
+			return nil, err
+		}
+	}
+
 	for _, n := range cfg.scaleSizes {
 		p := scalePlan(n)
 		s, err := closedLoop(ctx, e.caller(cfgStage4, p), cfg.scaleConc, cfg.scaleWarmup, cfg.scaleMeasure, e.watcher(cfgStage4))
@@ -550,21 +610,6 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 			return nil, fmt.Errorf("scaling, %d steps: %d requests failed, first: %s", n, s.Errors, s.FirstError)
 		}
 		res.Scaling = append(res.Scaling, scaleResult{Steps: n, Bindings: len(p.GetDataBindings()), Concurrency: cfg.scaleConc, sample: s})
-	}
-
-	if cfg.openRate > 0 {
-		for _, c := range []string{cfgProxy, cfgStage4} {
-			s, err := openLoop(ctx, callers[c], cfg.openRate, cfg.openDuration)
-			if err != nil {
-				return nil, fmt.Errorf("open loop, %s: %w", c, err)
-			}
-			fmt.Fprintf(progress, "open loop %-8s %6.0f req/s offered: %8.0f achieved  p50 %7.3f ms  p99 %7.3f ms  dropped %d\n",
-				c, s.Rate, s.Achieved, s.P50, s.P99, s.Dropped)
-			if s.Errors > 0 {
-				return nil, fmt.Errorf("open loop, %s: %d requests failed", c, s.Errors)
-			}
-			res.OpenLoop = append(res.OpenLoop, openResult{Config: c, openSample: s})
-		}
 	}
 
 	if cfg.soak > 0 {

@@ -6,7 +6,6 @@ import (
 	"math"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,6 +38,7 @@ type sample struct {
 	P50        float64            `json:"p50_ms"`
 	P90        float64            `json:"p90_ms"`
 	P99        float64            `json:"p99_ms"`
+	P999       float64            `json:"p999_ms"`
 	Max        float64            `json:"max_ms"`
 	CPU        map[string]float64 `json:"cpu_s"`             // CPU seconds used during the measurement, by role
 	CPUPer1k   map[string]float64 `json:"cpu_ms_per_1k_req"` // the same per 1000 requests, in ms
@@ -173,6 +173,7 @@ func summarize(lats []time.Duration, elapsed time.Duration) sample {
 	s.P50 = ms(percentile(lats, 0.50))
 	s.P90 = ms(percentile(lats, 0.90))
 	s.P99 = ms(percentile(lats, 0.99))
+	s.P999 = ms(percentile(lats, 0.999))
 	s.Max = ms(lats[len(lats)-1])
 	return s
 }
@@ -200,74 +201,4 @@ func cpuTimes(procs []watched) (map[watched]time.Duration, error) {
 		m[p] = t
 	}
 	return m, nil
-}
-
-// openSample is the outcome of an open-loop run at a fixed rate.
-type openSample struct {
-	Rate     float64 `json:"rate"`
-	Sent     int     `json:"sent"`
-	Errors   int     `json:"errors"`
-	Dropped  int     `json:"dropped"` // not sent: maxInFlight calls were already outstanding
-	Achieved float64 `json:"achieved_rps"`
-	P50      float64 `json:"p50_ms"`
-	P90      float64 `json:"p90_ms"`
-	P99      float64 `json:"p99_ms"`
-	Max      float64 `json:"max_ms"`
-}
-
-// maxInFlight caps outstanding open-loop calls, so that an overloaded server
-// sheds load (counted as dropped) instead of growing goroutines unboundedly.
-const maxInFlight = 1024
-
-// openLoop sends calls at a fixed rate for d, whether or not earlier calls
-// have returned. Latency is measured from each call's scheduled send time,
-// so a stall is charged to every call it delays (no coordinated omission).
-func openLoop(ctx context.Context, call callFunc, rate float64, d time.Duration) (openSample, error) {
-	if rate <= 0 {
-		return openSample{}, fmt.Errorf("rate %v: must be positive", rate)
-	}
-	interval := time.Duration(float64(time.Second) / rate)
-	var (
-		mu       sync.Mutex
-		lats     []time.Duration
-		errs     errCount
-		inFlight atomic.Int64
-		wg       sync.WaitGroup
-		dropped  int
-	)
-	start := time.Now()
-	for i := 0; ; i++ {
-		at := start.Add(time.Duration(i) * interval)
-		if at.Sub(start) >= d || ctx.Err() != nil {
-			break
-		}
-		if wait := time.Until(at); wait > 0 {
-			time.Sleep(wait)
-		}
-		if inFlight.Load() >= maxInFlight {
-			dropped++
-			continue
-		}
-		inFlight.Add(1)
-		wg.Go(func() {
-			defer inFlight.Add(-1)
-			cctx, cancel := context.WithTimeout(ctx, callTimeout)
-			defer cancel()
-			if err := call(cctx); err != nil {
-				errs.add(err)
-				return
-			}
-			lat := time.Since(at)
-			mu.Lock()
-			lats = append(lats, lat)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	// The schedule spans d; the last sends go out just before its end.
-	s := summarize(lats, max(time.Since(start), d))
-	return openSample{
-		Rate: rate, Sent: s.Requests + errs.n, Errors: errs.n, Dropped: dropped,
-		Achieved: s.RPS, P50: s.P50, P90: s.P90, P99: s.P99, Max: s.Max,
-	}, nil
 }

@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	httppprof "net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,20 +65,22 @@ func TestMeasureAll(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg := config{
-		concurrency:  []int{1, 4},
-		rounds:       2,
-		warmup:       5 * time.Millisecond,
-		measure:      30 * time.Millisecond,
-		scaleSizes:   []int{1, 8},
-		scaleConc:    2,
-		scaleMeasure: 30 * time.Millisecond,
-		soak:         30 * time.Millisecond,
-		soakConc:     2,
-		openRate:     200,
-		openDuration: 30 * time.Millisecond,
-		out:          filepath.Join(dir, "docs", "PERFORMANCE.md"),
-		jsonOut:      filepath.Join(dir, "docs", "performance.json"),
-		gobench:      filepath.Join(dir, "gobench.txt"),
+		concurrency:   []int{1, 4},
+		rounds:        2,
+		warmup:        5 * time.Millisecond,
+		measure:       30 * time.Millisecond,
+		scaleSizes:    []int{1, 8},
+		scaleConc:     2,
+		scaleMeasure:  30 * time.Millisecond,
+		soak:          30 * time.Millisecond,
+		soakConc:      2,
+		openRate:      200,
+		openFractions: []float64{0.5},
+		openBaseConc:  4,
+		openDuration:  30 * time.Millisecond,
+		out:           filepath.Join(dir, "docs", "PERFORMANCE.md"),
+		jsonOut:       filepath.Join(dir, "docs", "performance.json"),
+		gobench:       filepath.Join(dir, "gobench.txt"),
 	}
 	require.NoError(t, os.WriteFile(cfg.gobench, []byte("BenchmarkX-2 100 10 ns/op\n"), 0o644))
 
@@ -93,7 +99,13 @@ func TestMeasureAll(t *testing.T) {
 	require.Len(t, res.Ratios, 2)
 	require.Len(t, res.Targets, 2) // only the 1-caller targets: 64 callers did not run
 	require.Len(t, res.Scaling, 2)
-	require.Len(t, res.OpenLoop, 2)
+	require.Len(t, res.OpenLoop, 2*2*2) // rounds x rates x (b) and (c)
+	require.Len(t, res.OpenSummary, 2*2)
+	require.Positive(t, res.OpenBase)
+	require.InDelta(t, 0.5*res.OpenBase, res.OpenSummary[0].Rate, 1e-9)
+	for _, o := range res.OpenSummary {
+		require.LessOrEqual(t, o.P50.Median, o.P999.Median)
+	}
 	require.NotNil(t, res.Memory.Soak)
 	require.Positive(t, res.Memory.Soak.AfterKiB)
 
@@ -205,6 +217,9 @@ func TestFlags(t *testing.T) {
 		{name: "bad concurrency", args: []string{"--concurrency", "1,x"}, wantErr: "positive integers"},
 		{name: "too many steps", args: []string{"--scale-steps", "257"}, wantErr: "1 to 256"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+		{name: "open fractions", args: []string{"--open-fractions", "0.5,0.8"}},
+		{name: "bad open fraction", args: []string{"--open-fractions", "0.5,x"}, wantErr: "fractions"},
+		{name: "open base not run", args: []string{"--open-fractions", "0.5", "--open-base-concurrency", "32"}, wantErr: "not in --concurrency"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,4 +262,68 @@ func TestParseFsync(t *testing.T) {
 			require.Equal(t, tt.want, got)
 		})
 	}
+}
+
+// TestProfileAll profiles two in-process gateways: this process stands in
+// for both, its profile served as stage4 serve --pprof serves stage4's.
+func TestProfileAll(t *testing.T) {
+	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+	pprofSrv := httptest.NewServer(mux)
+	t.Cleanup(pprofSrv.Close)
+
+	pid := os.Getpid()
+	e := env{
+		proxy: startProxy(t, ref.Addr), stage4: startProxy(t, ref.Addr),
+		stage3PID: pid, proxyPID: pid, stage4PID: pid,
+		proxyPprof: pprofSrv.URL + "/debug/pprof/profile", stage4Pprof: pprofSrv.URL + "/debug/pprof/profile",
+	}
+	cfg := config{profileDir: t.TempDir(), profileConc: 2, profileDuration: time.Second, warmup: 5 * time.Millisecond}
+	callers := map[string]callFunc{cfgProxy: e.caller(cfgProxy, benchPlan()), cfgStage4: e.caller(cfgStage4, benchPlan())}
+	runs, err := profileAll(t.Context(), e, cfg, callers, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Len(t, runs, 2)
+	for _, r := range runs {
+		require.Positive(t, r.Requests)
+		b, err := os.ReadFile(filepath.Join(cfg.profileDir, r.Profile))
+		require.NoError(t, err)
+		require.True(t, bytes.HasPrefix(b, []byte{0x1f, 0x8b}), "a pprof profile is gzipped protobuf")
+		require.Len(t, r.Components, len(componentNames()))
+		prof, err := readCPUProfile(filepath.Join(cfg.profileDir, r.Profile))
+		require.NoError(t, err)
+		require.NotEmpty(t, prof.stacks, "the calls took CPU while the profile ran")
+		var found bool
+		for _, st := range prof.stacks {
+			found = found || slices.ContainsFunc(st, func(fn string) bool { return strings.Contains(fn, "stage3client.(*Client).Execute") })
+		}
+		require.True(t, found, "function names are read")
+	}
+	var md bytes.Buffer
+	writeComponents(&md, runs)
+	require.Contains(t, md.String(), "| the Stage-3 call (rest) |")
+}
+
+func TestDurableTarget(t *testing.T) {
+	t.Parallel()
+	out := `goos: linux
+pkg: github.com/stage4/stage4/audit/filestore
+BenchmarkAppend/fsync=true/writers=1-2         	    1237	    199856 ns/op	    1649 B/op	      15 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	     10000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      4000 ns/op	    1644 B/op	      13 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	      6000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      3600 ns/op	    1644 B/op	      13 allocs/op
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	      8000 ns/op	    1648 B/op	      13 allocs/op
+BenchmarkAppend/fsync=false/writers=64-2       	  107364	      4400 ns/op	    1644 B/op	      13 allocs/op
+pkg: github.com/stage4/stage4/audit/pgstore
+BenchmarkAppend/fsync=true/writers=64-2        	   22533	     99999 ns/op	    1648 B/op	      13 allocs/op
+`
+	got, ok := durableTarget([]byte(out))
+	require.True(t, ok)
+	require.True(t, got.Met, "pairs 0.40, 0.60, 0.55: median 0.55")
+	require.Contains(t, got.Measured, "0.55x (median of 3 pairs; min 0.40, max 0.60")
+	_, ok = durableTarget([]byte("pkg: github.com/stage4/stage4/server\nBenchmarkX-2 1 1 ns/op\n"))
+	require.False(t, ok)
 }

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"google.golang.org/grpc"
@@ -70,6 +72,7 @@ func runProxy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve Stage4Service on (loopback only)")
 	stage3Addr := fs.String("stage3-addr", "", "Stage-3 address")
+	pprofListen := fs.String("pprof-listen", "", "address to serve Go's runtime profiles on at /debug/pprof/ (loopback only); empty serves none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,6 +81,21 @@ func runProxy(ctx context.Context, args []string) error {
 	}
 	if err := checkLoopback(*listen); err != nil {
 		return err
+	}
+	if *pprofListen != "" {
+		if err := checkLoopback(*pprofListen); err != nil {
+			return err
+		}
+		plis, err := net.Listen("tcp", *pprofListen)
+		if err != nil {
+			return fmt.Errorf("listen pprof: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = hsrv.Serve(plis) }()
+		defer hsrv.Close()
 	}
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -20,8 +21,13 @@ type results struct {
 	Ratios   []ratioRow    `json:"ratios"`
 	Targets  []targetCheck `json:"targets"`
 	Scaling  []scaleResult `json:"scaling"`
-	OpenLoop []openResult  `json:"open_loop,omitempty"`
-	Memory   memory        `json:"memory"`
+	OpenLoop []openRun     `json:"open_loop,omitempty"`
+	// OpenBase is (c)'s closed-loop req/s that the open-loop fractions
+	// scale; OpenSummary summarizes OpenLoop across rounds.
+	OpenBase    float64       `json:"open_loop_base_rps,omitempty"`
+	OpenSummary []openRow     `json:"open_loop_summary,omitempty"`
+	Profiles    []profiledRun `json:"profiled_runs,omitempty"`
+	Memory      memory        `json:"memory"`
 	// Stage4Fsync1 is the mean duration of stage4's own audit fsyncs (from
 	// its stage4_audit_commit_duration_seconds metric) during the one-caller
 	// rounds of (c), in ms, across rounds.
@@ -115,12 +121,6 @@ type scaleResult struct {
 	sample
 }
 
-// openResult is one open-loop run.
-type openResult struct {
-	Config string `json:"config"`
-	openSample
-}
-
 // memory is stage4's resident memory over the run.
 type memory struct {
 	StartKiB int64       `json:"start_rss_kib"` // after start-up, before any load
@@ -137,11 +137,18 @@ type soakResult struct {
 	sample
 }
 
-// gateway targets from the project's performance brief.
+// The gateway's targets (issue 11).
 const (
 	targetRatio      = 0.85
 	targetRatioConc  = 64
-	targetAddedP50ms = 0.36 // two fsyncs (~0.26 ms) + 0.1 ms
+	targetAddedP50ms = 0.5
+	// targetCPUGapUS is the most gateway CPU per ExecutePlan, in µs, that
+	// (c) may use beyond (b) at targetRatioConc callers.
+	targetCPUGapUS = 30
+	// targetDurableRatio is the least throughput of durable appends, as a
+	// fraction of appends without fsync, at 64 writers (BenchmarkAppend of
+	// audit/filestore).
+	targetDurableRatio = 0.5
 )
 
 // summarize fills Summary, Ratios and Targets from Rounds. fsyncP50 is
@@ -219,6 +226,17 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 				Measured: fmt.Sprintf("%.3fx (median; min %.3f, max %.3f)", x.RPSCOverB.Median, x.RPSCOverB.Min, x.RPSCOverB.Max),
 				Met:      x.RPSCOverB.Median >= targetRatio,
 			})
+			b, c := pick(cfgProxy, x.Concurrency), pick(cfgStage4, x.Concurrency)
+			gaps := make([]float64, len(c))
+			for i := range c {
+				gaps[i] = c[i].CPUPer1k[roleGateway] - b[i].CPUPer1k[roleGateway]
+			}
+			g := newStat(gaps)
+			r.Targets = append(r.Targets, targetCheck{
+				Target:   fmt.Sprintf("gateway CPU per request of (c) <= (b)'s + %d µs at %d callers", targetCPUGapUS, targetRatioConc),
+				Measured: fmt.Sprintf("+%.0f µs (median; min %+.0f, max %+.0f)", g.Median, g.Min, g.Max),
+				Met:      g.Median <= targetCPUGapUS,
+			})
 		case 1:
 			r.Targets = append(r.Targets, targetCheck{
 				Target:   fmt.Sprintf("p50 of (c) <= p50 of (b) + %.2f ms at 1 caller", targetAddedP50ms),
@@ -258,6 +276,9 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 			return fmt.Errorf("read go benchmarks: %w", err)
 		}
 		r.GoBench = cfg.gobench
+		if t, ok := durableTarget(gobench); ok {
+			r.Targets = append(r.Targets, t)
+		}
 	}
 	var md bytes.Buffer
 	writeMarkdown(&md, r, cfg)
@@ -283,6 +304,53 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// durableTarget checks the durable-append target against the go benchmark
+// output: the ns/op of audit/filestore's BenchmarkAppend at 64 writers,
+// with and without fsync, paired in the order they ran (go test -count
+// runs the pair again each time), so that a pair saw the same machine.
+func durableTarget(gobench []byte) (targetCheck, bool) {
+	var pkg string
+	var durable, volatile []float64
+	for line := range strings.SplitSeq(string(gobench), "\n") {
+		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
+			pkg = strings.TrimSpace(p)
+			continue
+		}
+		if !strings.HasSuffix(pkg, "/audit/filestore") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "ns/op" {
+			continue
+		}
+		ns, err := strconv.ParseFloat(f[2], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=true/writers=64-"):
+			durable = append(durable, ns)
+		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=false/writers=64-"):
+			volatile = append(volatile, ns)
+		}
+	}
+	n := min(len(durable), len(volatile))
+	if n == 0 {
+		return targetCheck{}, false
+	}
+	ratios := make([]float64, n)
+	for i := range n {
+		ratios[i] = volatile[i] / durable[i]
+	}
+	st := newStat(ratios)
+	return targetCheck{
+		Target: fmt.Sprintf("durable appends >= %.1fx the throughput of appends without fsync at 64 writers (audit/filestore BenchmarkAppend)", targetDurableRatio),
+		Measured: fmt.Sprintf("%.2fx (median of %d pairs; min %.2f, max %.2f; %.0f against %.0f ns/op, medians)",
+			st.Median, n, st.Min, st.Max, newStat(durable).Median, newStat(volatile).Median),
+		Met: st.Median >= targetDurableRatio,
+	}, true
 }
 
 func writeFile(path string, b []byte) error {
@@ -390,13 +458,35 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 		}
 	}
 
-	if len(r.OpenLoop) > 0 {
-		fmt.Fprintf(w, "\n## Open loop\n\nRequests sent at a fixed rate for %v whatever the server's pace; latency counts from the scheduled send time.\n\n", cfg.openDuration)
-		fmt.Fprintf(w, "| configuration | offered req/s | achieved req/s | p50 ms | p90 ms | p99 ms | max ms | dropped |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
-		for _, o := range r.OpenLoop {
-			fmt.Fprintf(w, "| %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %d |\n", configNames[o.Config], o.Rate, o.Achieved,
-				o.P50, o.P90, o.P99, o.Max, o.Dropped)
+	if len(r.OpenSummary) > 0 {
+		fmt.Fprintf(w, "\n## Open loop\n\nRequests sent at fixed rates whatever the server's pace, for %v after %v at the same rate (not recorded), "+
+			"(b) and (c) one after another at each rate, in %d interleaved rounds. Latency counts from each request's scheduled send time, not "+
+			"from when it went out: a stall is charged to every request it delayed (no coordinated omission), the load generator's own lateness "+
+			"included (send lag). Rates are fractions of (c)'s closed-loop throughput at %d callers (median of the rounds above, %.0f req/s). "+
+			"Percentiles are nearest-rank within a run; values are the median of the rounds (min–max).\n\n",
+			cfg.openDuration, cfg.openWarmup, cfg.rounds, cfg.openBaseConc, r.OpenBase)
+		fmt.Fprintf(w, "| configuration | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | send lag p99 ms | dropped |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, o := range r.OpenSummary {
+			offered := fmt.Sprintf("%.0f", o.Rate)
+			if o.Fraction > 0 {
+				offered = fmt.Sprintf("%.0f (%.0f%%)", o.Rate, 100*o.Fraction)
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", configNames[o.Config], offered,
+				fmtStat(o.Achieved, "%.0f"), fmtStat(o.P50, "%.3f"), fmtStat(o.P99, "%.3f"), fmtStat(o.P999, "%.3f"),
+				fmtStat(o.Max, "%.3f"), fmtStat(o.LagP99, "%.3f"), o.Dropped)
 		}
+	}
+
+	if len(r.Profiles) > 0 {
+		fmt.Fprintf(w, "\n## CPU profiles\n\nAfter the rounds, each gateway ran %d callers for %v more while its own process took a CPU profile "+
+			"(Go's runtime/pprof, served by `stage4 serve --pprof` and `stage4load proxy --pprof-listen`). The profiler costs a few per cent, "+
+			"so these runs are not compared with the rounds.\n\n", cfg.profileConc, cfg.profileDuration)
+		fmt.Fprintf(w, "| configuration | callers | req/s | gateway CPU µs/req (/proc) | in the profile | profile |\n|---|--:|--:|--:|--:|---|\n")
+		for _, p := range r.Profiles {
+			fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %.0f | %s |\n", configNames[p.Config], p.Concurrency, p.RPS,
+				p.CPUPer1k[roleGateway], p.ProfiledCPU, p.Profile)
+		}
+		writeComponents(w, r.Profiles)
 	}
 
 	mem := r.Memory
@@ -408,6 +498,30 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 			s.Duration, s.Concurrency, s.Requests, s.RPS, mib(s.AfterKiB))
 	}
 	fmt.Fprintf(w, "| end of the run | %.1f |\n", mib(mem.EndKiB))
+}
+
+// writeComponents renders the profiles' CPU by component side by side.
+func writeComponents(w io.Writer, runs []profiledRun) {
+	fmt.Fprintf(w, "\nCPU per request by component, µs: each profile sample goes to the first component, in this order, "+
+		"that a function on its stack belongs to (cmd/stage4load/pprofparse.go).\n\n| component |")
+	for _, p := range runs {
+		fmt.Fprintf(w, " %s |", configNames[p.Config])
+	}
+	fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("--:|", len(runs)))
+	for i, name := range componentNames() {
+		fmt.Fprintf(w, "| %s |", name)
+		for _, p := range runs {
+			if i < len(p.Components) {
+				fmt.Fprintf(w, " %.1f |", p.Components[i])
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "| total |")
+	for _, p := range runs {
+		fmt.Fprintf(w, " %.1f |", p.ProfiledCPU)
+	}
+	fmt.Fprintln(w)
 }
 
 func fmtStat(s stat, f string) string {

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"net"
 	"testing"
 
@@ -9,8 +10,10 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -103,4 +106,50 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	require.Equal(t, toStage3.SpanContext().SpanID(), inStage3.Parent().SpanID())
 
 	require.Equal(t, traceID.String(), received.GetDetails().GetFields()["trace_id"].GetStringValue())
+}
+
+// TestTraceContextFlowsWithoutTracing checks the gateway with tracing off
+// (no tracer provider, as serve runs without OTEL_* exporters): no span is
+// made, but the caller's trace context and baggage reach Stage-3 unchanged,
+// and the audit events name the caller's trace.
+func TestTraceContextFlowsWithoutTracing(t *testing.T) {
+	t.Parallel()
+	seen := make(chan metadata.MD, 1)
+	capture := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		seen <- md
+		return handler(ctx, req)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s3 := grpc.NewServer(grpc.UnaryInterceptor(capture))
+	stage3v1.RegisterStage3ServiceServer(s3, stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
+	go func() { _ = s3.Serve(lis) }()
+	t.Cleanup(s3.Stop)
+
+	for _, tp := range []trace.TracerProvider{nil, noop.NewTracerProvider()} {
+		gw := startGateway(t, gateway.Config{
+			Stage3:         stage3client.Config{Target: lis.Addr().String(), Insecure: true},
+			TracerProvider: tp,
+		})
+		conn, err := grpc.NewClient(gw.addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		t.Cleanup(func() { conn.Close() })
+		client := stage4v1.NewStage4ServiceClient(conn)
+		const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+		ctx := metadata.AppendToOutgoingContext(testContext(t),
+			"traceparent", traceparent, "tracestate", "vendor=1", "baggage", "tenant=acme")
+		res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+		require.NoError(t, err)
+
+		md := <-seen
+		require.Equal(t, []string{traceparent}, md.Get("traceparent"))
+		require.Equal(t, []string{"vendor=1"}, md.Get("tracestate"))
+		require.Equal(t, []string{"tenant=acme"}, md.Get("baggage"))
+
+		events, err := client.ListAuditEvents(testContext(t), &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
+		require.NoError(t, err)
+		require.NotEmpty(t, events.GetAuditEvents())
+		require.Equal(t, "0af7651916cd43dd8448eb211c80319c", events.GetAuditEvents()[0].GetDetails().GetFields()["trace_id"].GetStringValue())
+	}
 }
