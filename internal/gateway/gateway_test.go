@@ -39,22 +39,29 @@ func (f *failingSync) Sync() error {
 	return f.File.Sync()
 }
 
-// TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
-// binary cannot show from outside: when the audit log fails, the plan is
-// refused and health reports NOT_SERVING, overall and for the service.
-func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
-	t.Parallel()
+// startFailableGateway runs a gateway in front of a reference Stage-3 on
+// an audit file whose fsync fails once the returned file's fail is set.
+func startFailableGateway(t *testing.T, logger *slog.Logger) (*runningGateway, *stage3ref.Server, *failingSync) {
+	t.Helper()
 	ref, err := stage3ref.NewServer(stage3ref.NewService())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ref.Close() })
-
 	var file *failingSync
 	store, err := filestore.Open(filepath.Join(t.TempDir(), "audit.jsonl"), filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 		file = &failingSync{File: f}
 		return file
 	}))
 	require.NoError(t, err)
-	gw := startGateway(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store})
+	gw := startGatewayLogging(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store}, logger)
+	return gw, ref, file
+}
+
+// TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
+// binary cannot show from outside: when the audit log fails, the plan is
+// refused and health reports NOT_SERVING, overall and for the service.
+func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
+	t.Parallel()
+	gw, ref, file := startFailableGateway(t, slog.New(slog.DiscardHandler))
 	addrs := gw.addrs
 
 	conn, err := grpc.NewClient(addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -113,18 +120,8 @@ func (b *syncBuffer) lines() []map[string]any {
 // and code a second with a count of the ones left out, not one per call.
 func TestRefusedCallsAreLoggedRateLimited(t *testing.T) {
 	t.Parallel()
-	ref, err := stage3ref.NewServer(stage3ref.NewService())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = ref.Close() })
-	var file *failingSync
-	store, err := filestore.Open(filepath.Join(t.TempDir(), "audit.jsonl"), filestore.WithFileWrapper(func(f filestore.File) filestore.File {
-		file = &failingSync{File: f}
-		return file
-	}))
-	require.NoError(t, err)
 	var logs syncBuffer
-	gw := startGatewayLogging(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store},
-		slog.New(slog.NewJSONHandler(&logs, nil)))
+	gw, _, file := startFailableGateway(t, slog.New(slog.NewJSONHandler(&logs, nil)))
 	conn, err := grpc.NewClient(gw.addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
