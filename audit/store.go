@@ -59,8 +59,9 @@ type Store interface {
 	// reports the answer as the gateway's health.
 	Ping(ctx context.Context) error
 
-	// Interrupted returns the executions that this process must now close
-	// with EXECUTION_FAILED of phase "interrupted": open executions (a
+	// Interrupted returns, in the order of their first event, the
+	// executions that this process must now close with EXECUTION_FAILED of
+	// phase "interrupted": open executions (a
 	// PLAN_RECEIVED or EXECUTION_STARTED without a terminal event) of a
 	// process that stopped. Each open execution is returned exactly once,
 	// to exactly one process, across every process that shares the store,

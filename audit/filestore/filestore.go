@@ -11,6 +11,7 @@
 package filestore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -300,6 +302,8 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 		list = append(list, *e)
 	}
 	clear(s.open)
+	// In the order of their first event, as every store hands them out.
+	slices.SortFunc(list, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	return list, nil
 }
 
