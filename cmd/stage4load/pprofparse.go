@@ -229,7 +229,9 @@ var components = []component{
 	{"audit record encoding", regexp.MustCompile(`/audit\.(encodeFields|\(\*encoder\))`)},
 	{"audit writer (encode, hash, write, fsync)", regexp.MustCompile(`/audit\.\(\*Log\)\.run`)},
 	{"audit append and wait", regexp.MustCompile(`/audit\.\(\*Log\)\.(append|Append|AppendUnsynced)`)},
-	{"call log", regexp.MustCompile(`interceptors/logging\.|interceptors\.CommonReportableFunc|^log/slog\.`)},
+	// The call log's own work, not go-grpc-middleware's interceptor, whose
+	// frame is under everything the call does.
+	{"call log", regexp.MustCompile(`interceptors/logging\.(\(\*reporter\)|Fields\.|ExtractFields|InjectFields|DurationToTimeMillisFields|newCommonFields|UnaryServerInterceptor\.reportable|LoggerFunc)|interceptors\.CommonReportableFunc|gateway\.(GRPCLogger|traceFields)|^log/slog\.`)},
 	{"metrics (gRPC, Prometheus)", regexp.MustCompile(`providers/prometheus\.\(\*report|interceptors\.New(Server|Client)CallMeta|prometheus/client_golang`)},
 	{"in-flight budget", regexp.MustCompile(`internal/inflight\.(requestSize|\(\*Limiter\)\.(acquire|keep|release))|x/sync/semaphore`)},
 	{"request and response decoding", regexp.MustCompile(`protobuf/proto\.Unmarshal|codecV2\)\.Unmarshal`)},
