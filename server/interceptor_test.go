@@ -421,6 +421,11 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 	require.Less(t, info.Size(), int64(2048), "both events of a hostile invalid plan fit in a few KiB")
 }
 
+func TestTestkitKnowsTheExecutionIDHeader(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, HeaderExecutionID, testkit.ExecutionIDHeader)
+}
+
 func TestExecutionFromContextWithoutInterceptor(t *testing.T) {
 	t.Parallel()
 	_, ok := executionFromContext(context.Background())

@@ -22,7 +22,6 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/internal/testkit"
-	"github.com/stage4/stage4/server"
 )
 
 // stage4Process is a running "stage4 serve" in front of a running
@@ -208,18 +207,11 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 	gw := startGateway(t, []string{"--hang"}, []string{"--shutdown-grace", "1s"})
 	ctx := testContext(t)
 
-	stream, err := gw.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
-	require.NoError(t, err)
-	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)}))
-	require.NoError(t, stream.CloseSend())
-	header, err := stream.Header()
-	require.NoError(t, err)
-	ids := header.Get(server.HeaderExecutionID)
-	require.Len(t, ids, 1, "the execution id is sent before Stage-3 answers")
+	stream, id := testkit.StartExecutePlan(ctx, t, gw.conn, testkit.Plan(t))
 	gw.stage3.stderr.waitForLog(t, "started call", map[string]any{"grpc.method": "ExecuteMultiDomainPlan"})
 	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
 
-	err = stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
+	err := stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
 	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
 	require.Equal(t, rpcerr.OutcomeUnknown, rpcerr.Reason(err))
 	require.Equal(t, 0, gw.stage4.exitCode(t))
@@ -233,7 +225,7 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-	}, execs[ids[0]])
+	}, execs[id])
 }
 
 // executions reads the audit log (JSON lines in AuditEvent's protojson

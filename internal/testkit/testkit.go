@@ -5,11 +5,13 @@ package testkit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit/filestore"
@@ -72,3 +74,24 @@ func (f *FaultyFile) Sync() error {
 	}
 	return f.File.Sync()
 }
+
+// StartExecutePlan sends an ExecutePlan on conn without waiting for its
+// answer and returns the stream, to receive the answer later, and the
+// execution id that the header carries before Stage-3 is called.
+func StartExecutePlan(ctx context.Context, t *testing.T, conn *grpc.ClientConn, plan *stage4v1.Plan) (grpc.ClientStream, string) {
+	t.Helper()
+	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
+	require.NoError(t, err)
+	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: plan}))
+	require.NoError(t, stream.CloseSend())
+	header, err := stream.Header()
+	require.NoError(t, err)
+	ids := header.Get(ExecutionIDHeader)
+	require.Len(t, ids, 1, "the execution id is sent before Stage-3 answers")
+	return stream, ids[0]
+}
+
+// ExecutionIDHeader is server.HeaderExecutionID, which testkit cannot
+// import (server's own tests use testkit); server's tests check that the
+// two agree.
+const ExecutionIDHeader = "x-stage4-execution-id"
