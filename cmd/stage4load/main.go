@@ -20,7 +20,9 @@
 // raw results as JSON.
 //
 // "stage4load burst" measures something else: stage4's resident set under
-// a burst of concurrent maximum-size requests, and after it.
+// a burst of concurrent maximum-size requests, and after it. "stage4load
+// calls" makes a fixed number of calls to a running gateway, for
+// tools/callgrind.sh.
 package main
 
 import (
@@ -41,14 +43,17 @@ func main() {
 	}
 }
 
-// run dispatches to the hidden proxy subcommand, the burst subcommand or
-// the benchmark.
+// run dispatches to the hidden proxy subcommand, the burst and calls
+// subcommands or the benchmark.
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "proxy" {
 		return runProxy(ctx, args[1:])
 	}
 	if len(args) > 0 && args[0] == "burst" {
 		return runBurstCommand(ctx, args[1:], os.Stdout, os.Stderr)
+	}
+	if len(args) > 0 && args[0] == "calls" {
+		return runCalls(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	return runBench(ctx, args, os.Stdout, os.Stderr)
 }

@@ -327,3 +327,21 @@ BenchmarkAppend/fsync=true/writers=64-2        	   22533	     99999 ns/op	    16
 	_, ok = durableTarget([]byte("pkg: github.com/stage4/stage4/server\nBenchmarkX-2 1 1 ns/op\n"))
 	require.False(t, ok)
 }
+
+func TestCalls(t *testing.T) {
+	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveProxy(ctx, lis, ref.Addr) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+
+	var out bytes.Buffer
+	require.NoError(t, runCalls(t.Context(), []string{"--addr", lis.Addr().String(), "--n", "25", "--concurrency", "4"}, &out, &bytes.Buffer{}))
+	require.Contains(t, out.String(), "25 calls from 4 callers")
+	require.Equal(t, 25, ref.Service.Calls())
+	require.ErrorContains(t, runCalls(t.Context(), []string{"--addr", "0.0.0.0:1"}, &out, &bytes.Buffer{}), "only 127.0.0.1")
+}

@@ -58,11 +58,7 @@ func InjectUnaryClientInterceptor(p propagation.TextMapPropagator) grpc.UnaryCli
 }
 
 func extract(ctx context.Context, p propagation.TextMapPropagator) context.Context {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ctx
-	}
-	return p.Extract(ctx, mdCarrier(md))
+	return p.Extract(ctx, incomingCarrier{ctx})
 }
 
 // contextStream is a server stream with another context.
@@ -73,22 +69,25 @@ type contextStream struct {
 
 func (s *contextStream) Context() context.Context { return s.ctx }
 
-// mdCarrier reads a propagator's fields from incoming metadata, whose keys
-// gRPC has lowercased.
-type mdCarrier metadata.MD
+// incomingCarrier reads a propagator's fields from the call's incoming
+// metadata one key at a time, without the copy of all of it that
+// metadata.FromIncomingContext makes.
+type incomingCarrier struct{ ctx context.Context }
 
-func (c mdCarrier) Get(key string) string {
-	if v := metadata.MD(c).Get(key); len(v) > 0 {
+func (c incomingCarrier) Get(key string) string {
+	if v := metadata.ValueFromIncomingContext(c.ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
 
-func (c mdCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
+// Set does nothing: extracting never writes.
+func (incomingCarrier) Set(string, string) {}
 
-func (c mdCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
+func (c incomingCarrier) Keys() []string {
+	md, _ := metadata.FromIncomingContext(c.ctx)
+	keys := make([]string, 0, len(md))
+	for k := range md {
 		keys = append(keys, k)
 	}
 	return keys
