@@ -21,7 +21,9 @@ run: build ## Run Stage-4 with a local reference Stage-3 and audit log on loopba
 	@# first use; -n builds and caches it now, so that they answer at once.
 	@echo "Building grpcurl into the Go build cache (about a minute the first time)..."
 	go tool -modfile=tools/go.mod -n grpcurl >/dev/null
-	@# exec, not go run: go run exits 1 when stage4 stops on Ctrl-C.
+	@# exec, not go run: go run exits 1 when stage4 stops on Ctrl-C. stage4
+	@# dev takes the terminal's foreground, so that Ctrl-C reaches it alone
+	@# and make, which would exit 130 after an interrupt, sees status 0.
 	exec bin/stage4 dev
 
 .PHONY: build

@@ -13,6 +13,18 @@ import (
 // database rows ordered by sequence.
 type ChainChecker struct {
 	head Head
+	cfg  verifyConfig
+}
+
+// NewChainChecker returns a checker that also calls the functions that
+// opts set (WithRecordFunc, WithLineFunc) with every good record; the
+// zero ChainChecker calls none. WithProgress is Verify's alone.
+func NewChainChecker(opts ...VerifyOption) *ChainChecker {
+	c := &ChainChecker{}
+	for _, o := range opts {
+		o(&c.cfg)
+	}
+	return c
 }
 
 // Check verifies line (one record without its newline) as the next record
@@ -35,6 +47,12 @@ func (c *ChainChecker) Check(line []byte) (*stage4v1.AuditEvent, error) {
 		return nil, &ChainError{Sequence: want, Reason: reason}
 	}
 	c.head = Head{Sequence: want, Hash: sum}
+	if c.cfg.onLine != nil {
+		c.cfg.onLine(want, line)
+	}
+	if c.cfg.onRecord != nil {
+		c.cfg.onRecord(ev)
+	}
 	return ev, nil
 }
 

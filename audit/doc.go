@@ -3,6 +3,11 @@
 // verifier that walks the chain, and Log, which group-commits events into
 // a Store and closes executions that a stopped process left open.
 //
+// The records are also the leaves of an RFC 6962 Merkle tree (tree.go):
+// stores keep its stored hashes (golang.org/x/mod/sumdb/tlog's layout)
+// with the records, Log signs C2SP checkpoints of it (checkpoint.go), and
+// proofs are made from the stored hashes with tlog.
+//
 // A Store keeps the records: package audit/filestore in one local file,
 // package audit/pgstore in a PostgreSQL database that several replicas
 // share. Package audit/storetest is the conformance suite both pass. The

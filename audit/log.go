@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -40,7 +41,10 @@ type Log struct {
 	unhealthy atomic.Pointer[error]
 	healthMu  sync.Mutex
 
-	buf []byte // the writer's, reused between batches
+	buf  []byte   // the writer's, reused between batches
+	edge treeEdge // the writer's, reset from each batch's head
+
+	checkpoints checkpointer
 
 	recovered []string
 }
@@ -347,6 +351,11 @@ func (l *Log) commit(batch []*request) {
 	results := make([]result, len(batch))
 	recs := make([]Record, len(batch))
 	build := func(head Head) ([]Record, error) {
+		// The tree grows from the head's edge alone: no stored hash is read.
+		tree := &l.edge
+		if err := tree.reset(int64(head.Sequence), head.Tree); err != nil {
+			return nil, fmt.Errorf("resume the audit tree: %w", err)
+		}
 		buf := l.buf[:0]
 		for i, r := range batch {
 			start := len(buf)
@@ -356,6 +365,10 @@ func (l *Log) commit(batch []*request) {
 			results[i] = result{seq: head.Sequence, time: now, prev: prev, hash: head.Hash}
 			recs[i] = newRecord(nil, head, now, r.ev)
 			recs[i].Line = buf[start : len(buf)-1 : len(buf)-1]
+			var err error
+			if recs[i].TreeHashes, err = tree.add(recs[i].Line); err != nil {
+				return nil, fmt.Errorf("audit tree: %w", err)
+			}
 			if !IsTerminal(r.ev.GetType()) {
 				recs[i].OpenUntil = now.Add(l.cfg.openFor)
 			}
@@ -447,6 +460,7 @@ type logConfig struct {
 	appendTimeout time.Duration
 	pingInterval  time.Duration
 	sweepInterval time.Duration
+	signer        note.Signer
 }
 
 func defaultLogConfig() logConfig {

@@ -37,7 +37,11 @@ func (g *gatedStore) Append(_ context.Context, _ bool, build func(Head) ([]Recor
 	if err != nil {
 		return err
 	}
-	g.head = Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash}
+	tree, err := NextTree(g.head, recs)
+	if err != nil {
+		return err
+	}
+	g.head = Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash, Tree: tree}
 	return nil
 }
 

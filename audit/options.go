@@ -73,6 +73,9 @@ type verifyConfig struct {
 	// onRecord sees every good record; the file store uses it to find
 	// executions left without a terminal event.
 	onRecord func(*stage4v1.AuditEvent)
+	// onLine sees every good record's bytes; stores use it to recompute
+	// tree hashes, verifiers to rehash the log.
+	onLine func(seq uint64, line []byte)
 }
 
 // WithProgress calls f with the number of bytes read so far, about once per
@@ -82,8 +85,15 @@ func WithProgress(f func(bytesRead int64)) VerifyOption {
 	return func(c *verifyConfig) { c.progress = f }
 }
 
-// WithRecordFunc calls f with every good record, in order, as Verify
-// passes it.
+// WithRecordFunc calls f with every good record, in order, as Verify or a
+// ChainChecker passes it.
 func WithRecordFunc(f func(*stage4v1.AuditEvent)) VerifyOption {
 	return func(c *verifyConfig) { c.onRecord = f }
+}
+
+// WithLineFunc calls f with the sequence and the bytes (without the
+// newline) of every good record, in order, as Verify or a ChainChecker
+// passes it. line is valid only during the call.
+func WithLineFunc(f func(seq uint64, line []byte)) VerifyOption {
+	return func(c *verifyConfig) { c.onLine = f }
 }

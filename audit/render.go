@@ -9,10 +9,16 @@ import (
 
 // RenderRecords renders events as the records that follow head, all with
 // time t: sequences head.Sequence+1, +2, ..., each chained to the one
-// before. The events' own sequence, time and hash members are ignored.
+// before, with the tree hashes that grow head.Tree (which must be the
+// edge of head.Sequence leaves). The events' own sequence, time and hash
+// members are ignored.
 // Stores and their tests use it to make records exactly as a Log would;
 // OpenUntil is left zero.
 func RenderRecords(head Head, t time.Time, events []*stage4v1.AuditEvent) ([]Record, error) {
+	tree, err := newTreeEdge(int64(head.Sequence), head.Tree)
+	if err != nil {
+		return nil, fmt.Errorf("resume the audit tree: %w", err)
+	}
 	recs := make([]Record, len(events))
 	var buf []byte
 	for i, ev := range events {
@@ -25,6 +31,9 @@ func RenderRecords(head Head, t time.Time, events []*stage4v1.AuditEvent) ([]Rec
 		buf, head.Hash = appendRecord(buf, seq, t, fields, &head.Hash)
 		head.Sequence = seq
 		recs[i] = newRecord(buf[start:len(buf)-1], head, t, ev)
+		if recs[i].TreeHashes, err = tree.add(recs[i].Line); err != nil {
+			return nil, fmt.Errorf("audit tree: %w", err)
+		}
 	}
 	return recs, nil
 }

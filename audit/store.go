@@ -7,6 +7,8 @@ import (
 	"errors"
 	"time"
 
+	"golang.org/x/mod/sumdb/tlog"
+
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -27,6 +29,9 @@ type Store interface {
 	// by every replica), so that the records extend the true head and no
 	// two batches can fork the chain or reuse a sequence number. When build
 	// returns an error, nothing is stored and Append returns that error.
+	// With the records the store keeps their TreeHashes and the tree's new
+	// edge (NextTree), in the same batch, and returns that edge in the
+	// next head's Tree.
 	//
 	// With durable set, Append returns nil only once the batch, and every
 	// batch before it, is durable. Without it, the batch may still be
@@ -54,8 +59,9 @@ type Store interface {
 	// reports the answer as the gateway's health.
 	Ping(ctx context.Context) error
 
-	// Interrupted returns the executions that this process must now close
-	// with EXECUTION_FAILED of phase "interrupted": open executions (a
+	// Interrupted returns, in the order of their first event, the
+	// executions that this process must now close with EXECUTION_FAILED of
+	// phase "interrupted": open executions (a
 	// PLAN_RECEIVED or EXECUTION_STARTED without a terminal event) of a
 	// process that stopped. Each open execution is returned exactly once,
 	// to exactly one process, across every process that shares the store,
@@ -64,6 +70,29 @@ type Store interface {
 	// OpenUntil has passed and its owner is gone, or once the owner has
 	// restarted (see the store's documentation).
 	Interrupted(ctx context.Context) ([]OpenExecution, error)
+
+	// ReadHashes returns the Merkle tree's stored hashes at indexes
+	// (golang.org/x/mod/sumdb/tlog's stored-hash layout, see
+	// Record.TreeHashes), in the order asked. Callers ask only for hashes
+	// of a durable tree (indexes below tlog.StoredHashCount of DurableHead's
+	// Sequence), which tlog.ProveRecord and tlog.ProveTree do for a tree
+	// size within it. A hash that should be there and is not is an
+	// ErrDataLoss.
+	ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error)
+
+	// DurableHead returns the head after the records that are durable now,
+	// with its tree edge: what a checkpoint may be signed for, because no
+	// crash can take it back.
+	DurableHead(ctx context.Context) (Head, error)
+
+	// SaveCheckpoint keeps checkpoint, a signed note for a tree of size
+	// leaves, as the log's latest checkpoint, unless the store holds one
+	// for a larger tree already (another replica's).
+	SaveCheckpoint(ctx context.Context, size uint64, checkpoint []byte) error
+
+	// LoadCheckpoint returns the latest checkpoint that SaveCheckpoint
+	// kept, or ErrNoCheckpoint.
+	LoadCheckpoint(ctx context.Context) ([]byte, error)
 
 	// FingerprintKey returns the store's secret key for keyed fingerprints
 	// (HMAC-SHA256) of tokens and plans: 32 random bytes created at first
@@ -85,6 +114,12 @@ type Head struct {
 	// Hash is the hash of the last record, all zeros when the log is empty
 	// (the previous_hash of sequence 1 is GenesisHash).
 	Hash [sha256.Size]byte
+	// Tree is the right edge of the log's Merkle tree after Sequence
+	// leaves: the hashes at EdgeIndexes(Sequence), largest subtree first
+	// (one per set bit of Sequence, none for an empty log). A store keeps
+	// it with the head, as NextTree computes it, so that the next batch's
+	// tree hashes are computed from it alone.
+	Tree []tlog.Hash
 }
 
 // Record is one audit record as a store keeps it: its exact bytes, which
@@ -109,6 +144,13 @@ type Record struct {
 	ExecutionID string
 	PlanID      string
 	UserID      string
+	// TreeHashes are the Merkle tree's stored hashes that this record's
+	// leaf adds (its leaf hash, LeafHash(Line), first, then one per
+	// subtree it completes), at tlog stored indexes from
+	// tlog.StoredHashCount(Sequence-1) on. A store keeps them with the
+	// record, for ReadHashes: durably, or (the file store) where it can
+	// recompute whatever a crash lost from the durable records.
+	TreeHashes []tlog.Hash
 	// OpenUntil is set on the non-terminal events of an execution
 	// (PLAN_RECEIVED, EXECUTION_STARTED): the latest time at which the
 	// writing process may still be running the execution, after which a
@@ -193,6 +235,8 @@ var (
 	// ErrDataLoss: records read back are not what was written (the log was
 	// changed under the server).
 	ErrDataLoss = errors.New("the audit log changed under the server")
+	// ErrNoCheckpoint: the store holds no checkpoint yet.
+	ErrNoCheckpoint = errors.New("no checkpoint has been signed for this audit log")
 )
 
 // FilterDigestLen is the length of Query.FilterDigest.

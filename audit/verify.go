@@ -51,7 +51,7 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 		o(&c)
 	}
 	res := VerifyResult{LastHash: GenesisHash}
-	var chain ChainChecker
+	chain := NewChainChecker(opts...)
 	lr := NewLineReader(r)
 	nextProgress := int64(progressStep)
 	for {
@@ -73,9 +73,6 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 				ce.Offset = res.Bytes
 			}
 			return res, err
-		}
-		if c.onRecord != nil {
-			c.onRecord(ev)
 		}
 		res.Records = ev.GetSequence()
 		res.LastHash = ev.GetHash()

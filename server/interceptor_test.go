@@ -25,6 +25,7 @@ import (
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // fakeStage4 stands in for the server: like the real one, it refuses to
@@ -286,9 +287,9 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 			path := logPath(t)
 			lg := openLog(t, path, filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 				if tt.op == "write" {
-					return &faultyFile{File: f, failRecordAt: tt.failAt}
+					return &testkit.FaultyFile{File: f, FailRecordAt: tt.failAt}
 				}
-				return &faultyFile{File: f, failSyncAt: tt.failAt}
+				return &testkit.FaultyFile{File: f, FailSyncAt: tt.failAt}
 			}))
 			fake := &fakeStage4{}
 			client := startServer(t, lg, fake)
@@ -416,7 +417,13 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 
 	info, err := os.Stat(path)
 	require.NoError(t, err)
+	t.Logf("both events of the invalid plan: %d bytes", info.Size())
 	require.Less(t, info.Size(), int64(2048), "both events of a hostile invalid plan fit in a few KiB")
+}
+
+func TestTestkitKnowsTheExecutionIDHeader(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, HeaderExecutionID, testkit.ExecutionIDHeader)
 }
 
 func TestExecutionFromContextWithoutInterceptor(t *testing.T) {

@@ -33,9 +33,17 @@ type EncodedExecutor interface {
 	ExecuteEncoded(ctx context.Context, req []byte) (*stage3v1.ExecuteMultiDomainPlanResponse, error)
 }
 
-// AuditLister serves the audit log; *audit.Log is the implementation.
+// AuditLister serves the audit log's records; *audit.Log is the
+// implementation.
 type AuditLister interface {
 	List(ctx context.Context, q audit.Query) (audit.Page, error)
+}
+
+// AuditLog serves the audit log's records and its Merkle tree;
+// *audit.Log is the implementation.
+type AuditLog interface {
+	AuditLister
+	AuditTree
 }
 
 // Server implements stage4v1.Stage4ServiceServer. It must be registered
@@ -45,15 +53,16 @@ type Server struct {
 	stage4v1.UnimplementedStage4ServiceServer
 
 	stage3 Executor
-	log    AuditLister
+	log    AuditLog
 	fp     *Fingerprinter
 }
 
 var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
 
-// New returns a Server that forwards to stage3, lists events from log and
-// computes ValidatePlan's plan_id with fp, as the audit interceptor does.
-func New(stage3 Executor, log AuditLister, fp *Fingerprinter) *Server {
+// New returns a Server that forwards to stage3, serves the audit log's
+// events, checkpoints and proofs from log and computes ValidatePlan's
+// plan_id with fp, as the audit interceptor does.
+func New(stage3 Executor, log AuditLog, fp *Fingerprinter) *Server {
 	return &Server{stage3: stage3, log: log, fp: fp}
 }
 
@@ -100,7 +109,7 @@ func (s *Server) ValidatePlan(_ context.Context, req *stage4v1.ValidatePlanReque
 // ListAuditEvents serves the audit log.
 func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEventsRequest) (*stage4v1.ListAuditEventsResponse, error) {
 	if err := protovalidate.Validate(req); err != nil {
-		return nil, invalidArgument(err)
+		return nil, invalidArgument(err, rpcerr.InvalidListRequest)
 	}
 	page, err := s.log.List(ctx, audit.Query{
 		ExecutionID: req.GetExecutionId(),
@@ -166,8 +175,9 @@ func ToStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
 }
 
 // invalidArgument turns a protovalidate failure of a request without a plan
-// into INVALID_ARGUMENT with the same details as plan violations.
-func invalidArgument(err error) error {
+// into INVALID_ARGUMENT with reason and the same details as plan
+// violations.
+func invalidArgument(err error, reason string) error {
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
 		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate request: validator failed", nil)
@@ -176,5 +186,5 @@ func invalidArgument(err error) error {
 	for i, v := range verr.Violations {
 		found[i] = v.Proto
 	}
-	return violationsError(rpcerr.InvalidListRequest, found, len(found))
+	return violationsError(reason, found, len(found))
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,6 +50,8 @@ type harnessOptions struct {
 	noAudit      bool // register the service without the audit interceptor
 	// inner runs between the audit interceptor and the handler.
 	inner grpc.UnaryServerInterceptor
+	// auditOptions are audit.New's (a checkpoint signer).
+	auditOptions []audit.Option
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -78,7 +81,7 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	}
 	store, err := filestore.Open(h.logPath, fileOpts...)
 	require.NoError(t, err)
-	h.log, err = audit.New(store)
+	h.log, err = audit.New(store, o.auditOptions...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })
 
@@ -603,4 +606,31 @@ func TestAuditLogHoldsNoSecrets(t *testing.T) {
 	for _, secret := range []string{"alice-token", "secret-text-value", "secret-object-value", "secret-missing-key"} {
 		require.NotContains(t, string(raw), secret)
 	}
+}
+
+// TestInvalidPlanEventsAreSmall: the flood of the first version (a 257-step
+// plan with long names wrote ~198 KB of audit record) is bounded: with the
+// real validator, both events of a hostile invalid plan take under 2 KiB,
+// and they count the violations instead of quoting them.
+func TestInvalidPlanEventsAreSmall(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	p := runnablePlan("x")
+	p.UserId = strings.Repeat("u", 5000)
+	p.TriggerType = strings.Repeat("T", 5000)
+	for range 300 {
+		p.Steps = append(p.Steps, &stage4v1.Step{Domain: strings.Repeat("D", 5000), Method: strings.Repeat("M", 5000), Parameters: &structpb.Struct{}})
+	}
+	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: p})
+	requireStatus(t, err, codes.InvalidArgument, "PLAN_INVALID")
+
+	info, err := os.Stat(h.logPath)
+	require.NoError(t, err)
+	t.Logf("both events of the invalid plan: %d bytes", info.Size())
+	require.Less(t, info.Size(), int64(2048))
+	evs := h.events(t, "")
+	require.Len(t, evs, 2)
+	failedDetails := evs[1].GetDetails().GetFields()
+	require.Greater(t, failedDetails["violation_count"].GetNumberValue(), float64(3))
+	require.Len(t, failedDetails["violations"].GetListValue().GetValues(), 3)
 }

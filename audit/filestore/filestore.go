@@ -11,6 +11,7 @@
 package filestore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,6 +64,13 @@ type Store struct {
 	durableHead audit.Head // the head after the durable records
 	written     int64      // file length, durable or not
 	wbuf        []byte
+	treeState   // the tree file, written under ioMu too
+
+	// durable is durableHead for readers that must not wait for a batch's
+	// fsync under ioMu: DurableHead and ReadHashes.
+	durable atomic.Pointer[audit.Head]
+
+	checkpoint checkpointState
 
 	mu     sync.Mutex // guards open and closed
 	open   map[string]*audit.OpenExecution
@@ -81,6 +90,14 @@ type Recovery struct {
 	// when the log matched its head file or had none.
 	OldHeadFile  string
 	HeadMismatch string
+	// TreeRecomputed is the number of records whose tree hashes Open
+	// recomputed from the log (see TreeSuffix): 0 after a clean stop, the
+	// records of about the last second before a crash, all of them when
+	// the tree was rebuilt.
+	TreeRecomputed uint64
+	// TreeRebuilt says why Open rebuilt the tree file from the whole log
+	// (it was missing, or did not match the log); empty when it did not.
+	TreeRebuilt string
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -151,6 +168,9 @@ func Open(path string, opts ...Option) (*Store, error) {
 	s := &Store{path: path, file: file, ident: ident, open: map[string]*audit.OpenExecution{}}
 	if err := s.start(&c, saved, hasHead, mismatch); err != nil {
 		file.Close()
+		if s.tree != nil {
+			s.tree.Close()
+		}
 		return nil, err
 	}
 	return s, nil
@@ -167,7 +187,13 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 	if hasHead {
 		want = saved.Sequence
 	}
-	hashAtWant, err := s.load(want)
+	// The tree file is trusted up to the head file's record, which load
+	// notes on its way through the log.
+	var tail trustedTail
+	if hasHead && mismatch == nil {
+		tail.seq = saved.Sequence
+	}
+	hashAtWant, err := s.load(want, audit.WithLineFunc(tail.lineFunc()))
 	if err != nil {
 		return fmt.Errorf("open audit log %s: %w", s.path, err)
 	}
@@ -186,10 +212,22 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 		}
 		s.recovery.OldHeadFile, s.recovery.HeadMismatch = old, mismatch.Error()
 		hasHead = false
+		// The tree and the checkpoint were those of the lost log.
+		tail = trustedTail{}
+		if err := setAsideCheckpoint(s.path + CheckpointSuffix); err != nil {
+			return fmt.Errorf("open audit log %s: set the checkpoint aside for a new log: %w", s.path, err)
+		}
 	}
 	if hasHead {
 		s.savedHead = saved
 	}
+	if err := s.openTree(tail); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	if err := s.loadCheckpoint(); err != nil {
+		return fmt.Errorf("open audit log %s: %w", s.path, err)
+	}
+	s.publishDurable(s.durableHead)
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
 	if err := s.saveHead(s.durableHead); err != nil {
@@ -203,13 +241,13 @@ var ErrLocked = errors.New("the file is locked by another process (flock): anoth
 
 // load verifies the file, cuts a torn tail, finds open executions and
 // returns the hash of record want ("" if the log ends before it).
-func (s *Store) load(want uint64) (hashAtWant string, err error) {
-	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), audit.WithRecordFunc(func(ev *stage4v1.AuditEvent) {
+func (s *Store) load(want uint64, opts ...audit.VerifyOption) (hashAtWant string, err error) {
+	res, err := audit.Verify(io.NewSectionReader(s.file, 0, math.MaxInt64), append(opts, audit.WithRecordFunc(func(ev *stage4v1.AuditEvent) {
 		s.track(ev)
 		if ev.GetSequence() == want {
 			hashAtWant = ev.GetHash()
 		}
-	}))
+	}))...)
 	if err != nil {
 		return "", err
 	}
@@ -264,7 +302,20 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 		list = append(list, *e)
 	}
 	clear(s.open)
+	// In the order of their first event, as every store hands them out.
+	slices.SortFunc(list, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	return list, nil
+}
+
+// usable returns why the store may not be used: closed, or failed for good.
+func (s *Store) usable() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return audit.ErrClosed
+	}
+	return s.Err()
 }
 
 // Append writes the batch and, when durable, fsyncs the file, which makes
@@ -272,13 +323,7 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 // the file it wrote, at the length it wrote: otherwise the batch went
 // somewhere the log at path will never show, and the store fails for good.
 func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return audit.ErrClosed
-	}
-	if err := s.Err(); err != nil {
+	if err := s.usable(); err != nil {
 		return err
 	}
 	s.ioMu.Lock()
@@ -286,6 +331,11 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	recs, err := build(s.head)
 	if err != nil || len(recs) == 0 {
 		return err
+	}
+	// Checks every record's tree hashes before anything is written.
+	tree, err := audit.NextTree(s.head, recs)
+	if err != nil {
+		return fmt.Errorf("append audit records: %w", err)
 	}
 	buf := s.wbuf[:0]
 	for i := range recs {
@@ -301,8 +351,14 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 		return s.fail(fmt.Errorf("write: %w", err))
 	}
 	s.written += int64(len(buf))
-	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash}
+	if err := s.appendTree(recs); err != nil {
+		return err
+	}
+	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash, Tree: tree}
 	if durable {
+		// Only the log: the tree file, derived from it, is fsynced before
+		// the head file names its records (see TreeSuffix), which keeps a
+		// second fsync off every batch.
 		if err := s.file.Sync(); err != nil {
 			return s.fail(fmt.Errorf("fsync: %w", err))
 		}
@@ -314,7 +370,7 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	}
 	if durable {
 		s.size.Store(s.written) // the fsync covered every earlier write too
-		s.durableHead = s.head
+		s.publishDurable(s.head)
 	}
 	return nil
 }
@@ -350,13 +406,7 @@ func (s *Store) Err() error {
 // when the durable head moved (see HeadSuffix): the log pings about once
 // a second, which bounds how often that happens.
 func (s *Store) Ping(context.Context) error {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return audit.ErrClosed
-	}
-	if err := s.Err(); err != nil {
+	if err := s.usable(); err != nil {
 		return err
 	}
 	// At most one batch's wait, once a second.
@@ -372,8 +422,9 @@ func (s *Store) Ping(context.Context) error {
 	return s.saveHead(head)
 }
 
-// Close syncs what was written, checks that the file is still in place,
-// writes the head file and closes the file.
+// Close syncs what was written, checks that the log is still in place,
+// writes the head file (after fsyncing the tree file) and closes the
+// files.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -388,7 +439,7 @@ func (s *Store) Close() error {
 	if s.Err() == nil {
 		if err = s.file.Sync(); err == nil {
 			if err = s.checkIdentity(); err == nil {
-				s.durableHead = s.head
+				s.publishDurable(s.head)
 			}
 		}
 	}
@@ -396,7 +447,7 @@ func (s *Store) Close() error {
 	s.ioMu.Unlock()
 	// Also after a failure: the head file then names the last record that
 	// was durable in place, so that the next start sees what was lost.
-	return errors.Join(err, s.saveHead(head), s.file.Close())
+	return errors.Join(err, s.saveHead(head), s.file.Close(), s.tree.Close())
 }
 
 // Verify verifies the log file at path; see audit.Verify.

@@ -127,6 +127,12 @@ func (s *Store) saveHead(h audit.Head) error {
 	if h.Sequence <= s.savedHead.Sequence {
 		return nil
 	}
+	// The head file vouches for the tree hashes of its records too (see
+	// TreeSuffix): they were written before h became durable, and are
+	// fsynced now, before the head file names them.
+	if err := s.tree.Sync(); err != nil {
+		return s.fail(fmt.Errorf("fsync tree file: %w", err))
+	}
 	if err := writeHead(s.path+HeadSuffix, h); err != nil {
 		return fmt.Errorf("write head file %s: %w", s.path+HeadSuffix, err)
 	}

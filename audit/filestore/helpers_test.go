@@ -5,11 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -20,35 +18,6 @@ import (
 	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
-
-// faultyFile fails the Write that carries its Nth record (counting from 1,
-// 0 = never; a group commit writes several records at once) or its Nth
-// Sync, the way a full or dying disk would. This is how other packages
-// inject faults.
-type faultyFile struct {
-	filestore.File
-	failRecordAt, failSyncAt int32
-	records, writes, syncs   atomic.Int32
-}
-
-var errInjected = errors.New("injected I/O error")
-
-func (f *faultyFile) Write(p []byte) (int, error) {
-	f.writes.Add(1)
-	n := int32(bytes.Count(p, []byte{'\n'}))
-	last := f.records.Add(n)
-	if f.failRecordAt > last-n && f.failRecordAt <= last {
-		return 0, errInjected
-	}
-	return f.File.Write(p)
-}
-
-func (f *faultyFile) Sync() error {
-	if f.syncs.Add(1) == f.failSyncAt {
-		return errInjected
-	}
-	return f.File.Sync()
-}
 
 func logPath(t *testing.T) string {
 	t.Helper()

@@ -21,6 +21,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 const (
@@ -191,14 +192,14 @@ func TestFailedLogStaysFailed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var ff *faultyFile
+			var ff *testkit.FaultyFile
 			var notified []error
 			reg := prometheus.NewRegistry()
 			lg := openLog(t, logPath(t),
 				audit.WithRegisterer(reg),
 				audit.WithHealthFunc(func(err error) { notified = append(notified, err) }),
 				filestore.WithFileWrapper(func(f filestore.File) filestore.File {
-					ff = &faultyFile{File: f, failRecordAt: tt.failRecordAt, failSyncAt: tt.failSyncAt}
+					ff = &testkit.FaultyFile{File: f, FailRecordAt: tt.failRecordAt, FailSyncAt: tt.failSyncAt}
 					return ff
 				}))
 			okAppends := max(tt.failRecordAt, tt.failSyncAt) - 1
@@ -207,17 +208,17 @@ func TestFailedLogStaysFailed(t *testing.T) {
 			}
 			require.NoError(t, lg.Err())
 			_, err := lg.Append(context.Background(), event(received, "e", "u"))
-			require.ErrorIs(t, err, errInjected)
-			require.ErrorIs(t, lg.Err(), errInjected)
-			writes, syncs := ff.writes.Load(), ff.syncs.Load()
+			require.ErrorIs(t, err, testkit.ErrInjected)
+			require.ErrorIs(t, lg.Err(), testkit.ErrInjected)
+			writes, syncs := ff.Writes.Load(), ff.Syncs.Load()
 			for range 3 {
 				_, err := lg.Append(context.Background(), event(received, "e", "u"))
-				require.ErrorIs(t, err, errInjected)
+				require.ErrorIs(t, err, testkit.ErrInjected)
 			}
-			require.Equal(t, writes, ff.writes.Load(), "a failed log must not write again")
-			require.Equal(t, syncs, ff.syncs.Load(), "a failed log must never retry fsync")
+			require.Equal(t, writes, ff.Writes.Load(), "a failed log must not write again")
+			require.Equal(t, syncs, ff.Syncs.Load(), "a failed log must never retry fsync")
 			require.Len(t, notified, 1)
-			require.ErrorIs(t, notified[0], errInjected)
+			require.ErrorIs(t, notified[0], testkit.ErrInjected)
 			require.Equal(t, float64(okAppends), metricValue(t, reg, "stage4_audit_appends_total"))
 			require.Equal(t, float64(4), metricValue(t, reg, "stage4_audit_append_failures_total"))
 		})

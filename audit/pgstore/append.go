@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -25,8 +27,9 @@ import (
 //     across all replicas and build always sees the true head: sequences
 //     stay gapless from 1 and there is one chain.
 //  2. build(head) makes the records, in this process, under the lock.
-//  3. Insert the records, move the head and maintain the open executions
-//     (one pipelined round trip).
+//  3. Insert the records with their tree hashes, move the head with the
+//     tree's new edge and maintain the open executions (one pipelined
+//     round trip).
 //  4. COMMIT on its own (one round trip), so that a lost connection is
 //     ambiguous only here: a failure before it certainly stored nothing.
 //
@@ -67,9 +70,14 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		s.rollback(conn)
 		return nil
 	}
+	tree, err := audit.NextTree(head, recs)
+	if err != nil {
+		s.rollback(conn)
+		return fmt.Errorf("append audit records: %w", err)
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.writeTimeout)
 	defer cancel()
-	if err := s.write(wctx, conn, recs); err != nil {
+	if err := s.write(wctx, conn, recs, tree); err != nil {
 		s.rollback(conn)
 		return fmt.Errorf("append audit records: %w", s.dbError(err))
 	}
@@ -87,27 +95,45 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 // lockHead begins the transaction and reads the head under its row lock,
 // in one simple-protocol round trip.
 func (s *Store) lockHead(ctx context.Context, conn *pgxpool.Conn, durable bool) (audit.Head, error) {
-	var head audit.Head
-	q := "BEGIN; SELECT sequence, encode(hash, 'hex') FROM audit_head WHERE id = 1 FOR UPDATE"
+	q := "BEGIN; " + selectHead + " FOR UPDATE"
 	if !durable && !s.cfg.syncNonDurable {
-		q = "BEGIN; SET LOCAL synchronous_commit = off; SELECT sequence, encode(hash, 'hex') FROM audit_head WHERE id = 1 FOR UPDATE"
+		q = "BEGIN; SET LOCAL synchronous_commit = off; " + selectHead + " FOR UPDATE"
 	}
 	res, err := conn.Conn().PgConn().Exec(ctx, q).ReadAll()
 	if err != nil {
-		return head, err
+		return audit.Head{}, err
 	}
-	last := res[len(res)-1]
-	if len(last.Rows) != 1 || len(last.Rows[0]) != 2 {
+	return parseHead(res[len(res)-1])
+}
+
+// selectHead reads the head in text form, for the simple protocol.
+const selectHead = "SELECT sequence, encode(hash, 'hex'), encode(tree, 'hex') FROM audit_head WHERE id = 1"
+
+// parseHead parses the result of selectHead.
+func parseHead(res *pgconn.Result) (audit.Head, error) {
+	var head audit.Head
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
 		return head, errors.New("the audit_head row is missing: the schema was damaged")
 	}
-	seq, err := strconv.ParseUint(string(last.Rows[0][0]), 10, 64)
+	row := res.Rows[0]
+	seq, err := strconv.ParseUint(string(row[0]), 10, 64)
 	if err != nil {
 		return head, fmt.Errorf("read audit_head: %w", err)
 	}
-	if n, err := hex.Decode(head.Hash[:], last.Rows[0][1]); err != nil || n != len(head.Hash) {
+	if n, err := hex.Decode(head.Hash[:], row[1]); err != nil || n != len(head.Hash) {
 		return head, errors.New("read audit_head: the hash is not 32 bytes")
 	}
+	tree := make([]byte, hex.DecodedLen(len(row[2])))
+	if _, err := hex.Decode(tree, row[2]); err != nil {
+		return head, fmt.Errorf("read audit_head: tree: %w", err)
+	}
 	head.Sequence = seq
+	for i := 0; i+tlog.HashSize <= len(tree); i += tlog.HashSize {
+		head.Tree = append(head.Tree, tlog.Hash(tree[i:i+tlog.HashSize]))
+	}
+	if want := len(audit.EdgeIndexes(int64(seq))); len(head.Tree) != want {
+		return head, fmt.Errorf("%w: audit_head holds %d tree hashes for %d records, want %d", audit.ErrDataLoss, len(head.Tree), seq, want)
+	}
 	return head, nil
 }
 
@@ -126,8 +152,8 @@ func checkBatch(head audit.Head, recs []audit.Record) error {
 	return nil
 }
 
-const insertRecords = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record)
-SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[])`
+const insertRecords = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record, tree)
+SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::bytea[])`
 
 // upsertOpen records executions that a batch opens or continues. A row
 // already there keeps its first sequence; the latest event sets its type,
@@ -141,37 +167,37 @@ ON CONFLICT (execution_id) DO UPDATE SET
 	owner_instance = excluded.owner_instance`
 
 // write sends the batch's statements in one pipelined round trip.
-func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Record) error {
+func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Record, tree []tlog.Hash) error {
 	n := len(recs)
 	seqs := make([]int64, n)
 	times := make([]time.Time, n)
 	types := make([]string, n)
 	execs, plans, users := make([]string, n), make([]string, n), make([]string, n)
-	hashes, lines := make([][]byte, n), make([][]byte, n)
+	hashes, lines, trees := make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	for i := range recs {
 		r := &recs[i]
 		seqs[i] = int64(r.Sequence)
 		times[i] = r.Time
 		types[i] = r.Type.String()
 		execs[i], plans[i], users[i] = column(r.ExecutionID), column(r.PlanID), column(r.UserID)
-		hashes[i], lines[i] = r.Hash[:], r.Line
+		hashes[i], lines[i], trees[i] = r.Hash[:], r.Line, concat(r.TreeHashes)
 	}
 	b := &pgx.Batch{}
 	if s.cfg.copyFrom {
 		rows := make([][]any, n)
 		for i := range rows {
-			rows[i] = []any{seqs[i], times[i], types[i], execs[i], plans[i], users[i], hashes[i], lines[i]}
+			rows[i] = []any{seqs[i], times[i], types[i], execs[i], plans[i], users[i], hashes[i], lines[i], trees[i]}
 		}
 		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"audit_records"},
-			[]string{"sequence", "time", "type", "execution_id", "plan_id", "user_id", "hash", "record"},
+			[]string{"sequence", "time", "type", "execution_id", "plan_id", "user_id", "hash", "record", "tree"},
 			pgx.CopyFromRows(rows)); err != nil {
 			return err
 		}
 	} else {
-		b.Queue(insertRecords, seqs, times, types, execs, plans, users, hashes, lines)
+		b.Queue(insertRecords, seqs, times, types, execs, plans, users, hashes, lines, trees)
 	}
 	last := &recs[n-1]
-	b.Queue("UPDATE audit_head SET sequence = $1, hash = $2 WHERE id = 1", int64(last.Sequence), last.Hash[:])
+	b.Queue("UPDATE audit_head SET sequence = $1, hash = $2, tree = $3 WHERE id = 1", int64(last.Sequence), last.Hash[:], concat(tree))
 	open, closed := openChanges(recs)
 	if len(closed) > 0 {
 		b.Queue("DELETE FROM audit_open WHERE execution_id = ANY($1::text[])", closed)
@@ -187,6 +213,16 @@ func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Reco
 		b.Queue(upsertOpen, ids, seqs, plans, users, types, until, s.cfg.name, s.instance)
 	}
 	return conn.SendBatch(ctx, b).Close()
+}
+
+// concat is a list of hashes as audit_records.tree and audit_head.tree
+// hold it: back to back.
+func concat(tree []tlog.Hash) []byte {
+	b := make([]byte, 0, len(tree)*tlog.HashSize)
+	for _, h := range tree {
+		b = append(b, h[:]...)
+	}
+	return b
 }
 
 type openChange struct {

@@ -22,10 +22,10 @@ func TestListUsesIndexes(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewDatabase(t)
 	open(t, url)
-	pgtest.Exec(t, url, `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record)
+	pgtest.Exec(t, url, `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record, tree)
 		SELECT i, now(), (ARRAY['AUDIT_EVENT_TYPE_PLAN_RECEIVED', 'AUDIT_EVENT_TYPE_EXECUTION_STARTED',
 			'AUDIT_EVENT_TYPE_EXECUTION_COMPLETED', 'AUDIT_EVENT_TYPE_EXECUTION_FAILED'])[1 + i % 4],
-			'exec-' || (i / 3), 'plan-' || (i % 5000), 'user-' || (i % 1000), sha256(int8send(i)), '{}'
+			'exec-' || (i / 3), 'plan-' || (i % 5000), 'user-' || (i % 1000), sha256(int8send(i)), '{}', sha256(int8send(i))
 		FROM generate_series(1, 50000) AS i`)
 	pgtest.Exec(t, url, "ANALYZE audit_records")
 	tests := []struct {

@@ -39,7 +39,12 @@ CREATE TABLE audit_records (
 	plan_id      text NOT NULL,
 	user_id      text NOT NULL,
 	hash         bytea NOT NULL CHECK (length(hash) = 32),
-	record       bytea NOT NULL
+	record       bytea NOT NULL,
+	-- The Merkle tree's stored hashes that this record adds (its leaf hash,
+	-- then one per subtree it completes), 32 bytes each, at stored indexes
+	-- from tlog.StoredHashCount(sequence - 1): in the record's own row, so
+	-- that the tree costs no index and no row of its own.
+	tree         bytea NOT NULL CHECK (length(tree) >= 32 AND length(tree) % 32 = 0)
 );
 -- (column, sequence) serves WHERE column = $1 AND sequence >= $2 ORDER BY
 -- sequence: one execution is an index range scan however long the log.
@@ -48,12 +53,24 @@ CREATE INDEX audit_records_plan_id ON audit_records (plan_id, sequence);
 CREATE INDEX audit_records_user_id ON audit_records (user_id, sequence);
 CREATE INDEX audit_records_type ON audit_records (type, sequence);
 
+-- tree: the right edge of the Merkle tree after sequence leaves, one
+-- 32-byte hash per set bit of sequence, largest subtree first.
 CREATE TABLE audit_head (
 	id       smallint PRIMARY KEY CHECK (id = 1),
 	sequence bigint NOT NULL CHECK (sequence >= 0),
-	hash     bytea NOT NULL CHECK (length(hash) = 32)
+	hash     bytea NOT NULL CHECK (length(hash) = 32),
+	tree     bytea NOT NULL CHECK (length(tree) % 32 = 0)
 );
-INSERT INTO audit_head (id, sequence, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+INSERT INTO audit_head (id, sequence, hash, tree) VALUES (1, 0, decode(repeat('00', 32), 'hex'), ''::bytea);
+
+-- The latest signed checkpoint of any replica: one row, replaced only by
+-- a checkpoint of a larger tree.
+CREATE TABLE audit_checkpoint (
+	id         smallint PRIMARY KEY CHECK (id = 1),
+	tree_size  bigint NOT NULL CHECK (tree_size >= 0),
+	checkpoint bytea NOT NULL,
+	signed_at  timestamptz NOT NULL
+);
 
 CREATE TABLE audit_open (
 	execution_id   text PRIMARY KEY,

@@ -131,11 +131,14 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 func (s *Store) heartbeat(ctx context.Context) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO audit_replicas (instance_id, name, started_at, last_seen)
-		VALUES ($1, $2, now(), now())
-		ON CONFLICT (instance_id) DO UPDATE SET last_seen = now()`, s.instance, s.cfg.name)
+	_, err := s.pool.Exec(ctx, upsertHeartbeat, s.instance, s.cfg.name)
 	return s.dbError(err)
 }
+
+// upsertHeartbeat records that instance $1 of replica name $2 is alive.
+const upsertHeartbeat = `INSERT INTO audit_replicas (instance_id, name, started_at, last_seen)
+	VALUES ($1, $2, now(), now())
+	ON CONFLICT (instance_id) DO UPDATE SET last_seen = now()`
 
 // FingerprintKey returns the log's secret key for keyed fingerprints, made
 // at random with the schema and kept in audit_meta, so that every replica

@@ -24,12 +24,15 @@ import (
 // (sequence, ctid) order, so it needs constant memory and can run while
 // replicas append.
 //
+// opts' WithRecordFunc and WithLineFunc see every good record, as
+// audit.Verify's do.
+//
 // Damage is reported as a *audit.ChainError naming the first bad
 // sequence (Offset is 0: rows have no byte offset), together with the
 // result for the good records before it. Any other error means the log
 // could not be read: the database is unreachable or holds no audit
 // schema.
-func Verify(ctx context.Context, rawURL string) (audit.VerifyResult, error) {
+func Verify(ctx context.Context, rawURL string, opts ...audit.VerifyOption) (audit.VerifyResult, error) {
 	res := audit.VerifyResult{LastHash: audit.GenesisHash}
 	if !IsURL(rawURL) {
 		return res, errors.New("verify audit store: the URL must start with postgres:// or postgresql://")
@@ -74,7 +77,7 @@ func Verify(ctx context.Context, rawURL string) (audit.VerifyResult, error) {
 		return res, fmt.Errorf("verify audit store: %w", dbErrorNoReset(err))
 	}
 	defer rows.Close()
-	v := verifier{res: &res}
+	v := verifier{res: &res, checker: audit.NewChainChecker(opts...)}
 	for rows.Next() {
 		var r verifyRow
 		if err := rows.Scan(&r.seq, &r.time, &r.typ, &r.execID, &r.planID, &r.userID, &r.hash, &r.record); err != nil {
@@ -109,7 +112,7 @@ type verifyRow struct {
 }
 
 type verifier struct {
-	checker audit.ChainChecker
+	checker *audit.ChainChecker
 	res     *audit.VerifyResult
 	prev    []byte // the previous row's record, to tell a copy from a fork
 }

@@ -30,11 +30,24 @@ func render(t *testing.T, head audit.Head, ev *stage4v1.AuditEvent) audit.Record
 	return recs[0]
 }
 
-const insertRow = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+// headAt is a head of seq records (with their tree) whose hash is that
+// of record hashOf: a forger's starting point.
+func headAt(t *testing.T, recs []audit.Record, seq, hashOf int) audit.Head {
+	t.Helper()
+	tree, err := audit.NextTree(audit.Head{}, recs[:seq])
+	require.NoError(t, err)
+	return audit.Head{Sequence: uint64(seq), Hash: recs[hashOf-1].Hash, Tree: tree}
+}
+
+const insertRow = `INSERT INTO audit_records (sequence, time, type, execution_id, plan_id, user_id, hash, record, tree)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 
 func rowArgs(r audit.Record) []any {
-	return []any{int64(r.Sequence), r.Time, r.Type.String(), r.ExecutionID, r.PlanID, r.UserID, r.Hash[:], r.Line}
+	var tree []byte
+	for _, h := range r.TreeHashes {
+		tree = append(tree, h[:]...)
+	}
+	return []any{int64(r.Sequence), r.Time, r.Type.String(), r.ExecutionID, r.PlanID, r.UserID, r.Hash[:], r.Line, tree}
 }
 
 // TestVerify damages a log behind the store's back in each way a table
@@ -93,7 +106,7 @@ func TestVerify(t *testing.T) {
 			name: "fork: a second record at one sequence with the same previous_hash",
 			damage: func(t *testing.T, url string, recs []audit.Record) {
 				pgtest.Exec(t, url, `ALTER TABLE audit_records DROP CONSTRAINT audit_records_pkey`)
-				fork := render(t, audit.Head{Sequence: 2, Hash: recs[1].Hash}, event(completed, "e9", "mallory"))
+				fork := render(t, headAt(t, recs, 2, 2), event(completed, "e9", "mallory"))
 				pgtest.Exec(t, url, insertRow, rowArgs(fork)...)
 			},
 			wantSeq: 3, wantReason: "fork", wantGood: 3,
@@ -103,7 +116,7 @@ func TestVerify(t *testing.T) {
 			damage: func(t *testing.T, url string, recs []audit.Record) {
 				// Record 4 replaced by one that extends record 2, as record
 				// 3 does: correctly hashed, columns consistent.
-				fork := render(t, audit.Head{Sequence: 3, Hash: recs[1].Hash}, event(completed, "e9", "mallory"))
+				fork := render(t, headAt(t, recs, 3, 2), event(completed, "e9", "mallory"))
 				pgtest.Exec(t, url, `DELETE FROM audit_records WHERE sequence = 4`)
 				pgtest.Exec(t, url, insertRow, rowArgs(fork)...)
 			},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/term"
 
@@ -15,7 +16,7 @@ import (
 	"github.com/stage4/stage4/audit/pgstore"
 )
 
-const auditVerifyUsage = `Usage: stage4 audit verify FILE|URL
+const auditVerifyUsage = `Usage: stage4 audit verify [--checkpoint FILE --verifier-key KEY] FILE|URL
 
 Walks the hash chain of an audit log from its first record and checks every
 record's hash, sequence and previous_hash. The log is a file, or a
@@ -30,46 +31,91 @@ is the trace of a crash mid-write, which was never acknowledged: it is
 reported but is not damage. Progress goes to stderr when stderr is a
 terminal.
 
-Exit status: 0 intact, 1 damaged, 2 missing or unreadable file, unreachable
-database or a wrong number of arguments.
+With --checkpoint (a checkpoint kept from GetCheckpoint) and --verifier-key
+(the verifier key, or a file holding it), it also checks the checkpoint's
+signature and that the log's first records, rehashed here into their Merkle
+tree (no stored tree hash is trusted), reproduce the root the checkpoint
+signs: a log changed after the checkpoint was signed fails this, even when
+its hash chain was recomputed and is intact.
+
+Exit status: 0 intact, 1 damaged (or, with --checkpoint, not matching it or
+a bad signature), 2 missing or unreadable file, unreachable database or a
+wrong number of arguments.
 `
 
-// newAuditVerifyFlags declares audit verify's (empty) flag set, for -h.
-func newAuditVerifyFlags() *flag.FlagSet {
-	return newFlagSet("audit verify", auditVerifyUsage)
+// auditVerifyFlags holds audit verify's flag values.
+type auditVerifyFlags struct {
+	checkpoint, verifierKey string
 }
 
-// runAudit dispatches the audit subcommands; verify is the only one.
+// newAuditVerifyFlags declares audit verify's flags.
+func newAuditVerifyFlags() (*flag.FlagSet, *auditVerifyFlags) {
+	fs := newFlagSet("audit verify", auditVerifyUsage)
+	f := &auditVerifyFlags{}
+	fs.StringVar(&f.checkpoint, "checkpoint", "", "`file` holding a signed checkpoint that the log must reproduce")
+	fs.StringVar(&f.verifierKey, "verifier-key", "", "the checkpoint's verifier `key` (NAME+hash+key), or a file holding it")
+	return fs, f
+}
+
+const auditUsage = `Usage: stage4 audit verify|keygen|prove ...
+
+  stage4 audit verify [--checkpoint FILE --verifier-key KEY] FILE|URL
+  stage4 audit keygen NAME --out FILE
+  stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N FILE|URL
+
+stage4 help audit COMMAND shows a command's help.
+`
+
+// runAudit dispatches the audit subcommands.
 func runAudit(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		fmt.Fprint(stderr, auditVerifyUsage)
-		return silentExit(exitUsage)
+	if len(args) > 0 {
+		switch args[0] {
+		case "verify":
+			return runAuditVerify(args[1:], stdout, stderr)
+		case "keygen":
+			return runAuditKeygen(args[1:], stdout, stderr)
+		case "prove":
+			return runAuditProve(args[1:], stdout, stderr)
+		}
 	}
-	return runAuditVerify(args[1:], stdout, stderr)
+	fmt.Fprint(stderr, auditUsage)
+	return silentExit(exitUsage)
 }
 
 // runAuditVerify is the audit verify command.
 func runAuditVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newAuditVerifyFlags()
-	if err := parseFlags(fs, args, stderr, false); err != nil {
+	fs, f := newAuditVerifyFlags()
+	pos, err := parseInterspersed(fs, args, stderr)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fs.Usage()
 		return silentExit(exitUsage)
 	}
-	path := fs.Arg(0)
+	if (f.checkpoint == "") != (f.verifierKey == "") {
+		return usageError("audit verify: --checkpoint and --verifier-key go together")
+	}
+	path := pos[0]
 	var opts []audit.VerifyOption
+	var check *checkpointCheck
+	if f.checkpoint != "" {
+		cp, err := openCheckpointFile(f.checkpoint, f.verifierKey)
+		if err != nil {
+			return err
+		}
+		check = newCheckpointCheck(cp)
+		opts = append(opts, check.option())
+	}
 	progress := progressPrinter(path, stderr)
 	if progress != nil {
 		opts = append(opts, audit.WithProgress(progress))
 	}
 
 	var res audit.VerifyResult
-	var err error
 	isDB := pgstore.IsURL(path)
 	if isDB {
-		res, err = pgstore.Verify(context.Background(), path)
+		res, err = pgstore.Verify(context.Background(), path, opts...)
 	} else {
 		res, err = filestore.Verify(path, opts...)
 	}
@@ -88,6 +134,18 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		return silentExit(exitFailure)
 	case err != nil:
 		return usageError("audit verify: %w", err)
+	}
+	if check != nil {
+		var cpOut strings.Builder
+		if err := check.report(&cpOut, res.Records); err != nil {
+			if !errors.Is(err, errCheckpointNotMatched) {
+				return fmt.Errorf("audit verify: %w", err)
+			}
+			fmt.Fprint(stdout, cpOut.String())
+			fmt.Fprintf(stdout, "  the hash chain of %d records is intact, last hash %s: the chain was recomputed after the change\n", res.Records, res.LastHash)
+			return silentExit(exitFailure)
+		}
+		defer fmt.Fprint(stdout, cpOut.String())
 	}
 	fmt.Fprintf(stdout, "OK %d records, last hash %s\n", res.Records, res.LastHash)
 	if res.TrailingBytes > 0 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // TestServeFailsClosedWhenTheAuditLogIsRemoved deletes the audit log under
@@ -30,7 +31,7 @@ func TestServeFailsClosedWhenTheAuditLogIsRemoved(t *testing.T) {
 	t.Parallel()
 	gw := startGateway(t, nil, nil)
 	ctx := testContext(t)
-	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -43,7 +44,7 @@ func TestServeFailsClosedWhenTheAuditLogIsRemoved(t *testing.T) {
 
 	require.NoError(t, os.Remove(gw.auditLog))
 
-	_, err = gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err = gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	st := status.Convert(err)
 	require.Equal(t, codes.Unavailable, st.Code(), "%v", err)
 	var reason string

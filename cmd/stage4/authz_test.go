@@ -17,6 +17,7 @@ import (
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client/testpki"
 )
 
@@ -28,9 +29,9 @@ func TestServeDeniesAuditReadsByDefault(t *testing.T) {
 	gw := startGateway(t, nil, nil)
 	ctx := testContext(t)
 
-	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
-	_, err = gw.client.ValidatePlan(ctx, &stage4v1.ValidatePlanRequest{Plan: testPlan(t)})
+	_, err = gw.client.ValidatePlan(ctx, &stage4v1.ValidatePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 	_, err = gw.client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{})
 	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
@@ -84,7 +85,7 @@ func TestServeAuditReadersByClientCertificate(t *testing.T) {
 			defer conn.Close()
 			client := stage4v1.NewStage4ServiceClient(conn)
 			ctx := testContext(t)
-			_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+			_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 			require.NoError(t, err)
 			_, err = client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{})
 			require.Equal(t, tt.wantCode, status.Code(err), "%v", err)

@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/gateway"
 )
 
 // The deployment kit cannot run here (no container engine, no cluster), so
@@ -291,7 +292,8 @@ func TestDeploymentKit(t *testing.T) {
 			require.NotNil(t, c.LivenessProbe)
 			require.NotNil(t, c.LivenessProbe.GRPC, "a native gRPC liveness probe")
 			require.Equal(t, listenPort, c.LivenessProbe.GRPC.Port)
-			require.Contains(t, []string{"", healthService}, c.LivenessProbe.GRPC.Service)
+			require.Equal(t, gateway.LivenessService, c.LivenessProbe.GRPC.Service,
+				"on PostgreSQL a restart cannot bring the database back: liveness must not follow the audit store")
 		}},
 		{"the Service selects the pods and targets the --listen port", func(t *testing.T) {
 			services := k.objects["Service"]

@@ -67,12 +67,18 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if fs.NArg() > 0 {
 		return usageError("dev: unexpected arguments %q", fs.Args())
 	}
+	// Ctrl-C is for stage4 alone, so that `make run` ends with status 0.
+	defer takeTerminal()()
 	logger, err := newLogger(stderr, f.log)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(f.auditLog), 0o700); err != nil {
 		return fmt.Errorf("create audit log folder: %w", err)
+	}
+	signingKey, verifierKey, err := devSigningKey(filepath.Dir(f.auditLog))
+	if err != nil {
+		return err
 	}
 
 	lis, err := net.Listen("tcp", f.stage3Listen)
@@ -104,10 +110,13 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			MaxMessageBytes: defaultMaxMessageBytes,
 		},
 	}
+	// A key of its own, so that dev signs checkpoints and shows proofs.
+	cfg.AuditSigningKeyFile = signingKey
 	err = withTracing(ctx, logger, func(tp trace.TracerProvider) error {
 		cfg.TracerProvider = tp
 		return gateway.Run(ctx, cfg, logger.With("component", "stage4"), func(a gateway.Addrs) {
 			printDevBanner(stdout, a, lis.Addr(), f.auditLog)
+			printDevCheckpointBanner(stdout, a, f.auditLog, verifierKey)
 		})
 	})
 	stopRef()

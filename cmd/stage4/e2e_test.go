@@ -18,11 +18,10 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
-	"github.com/stage4/stage4/server"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // stage4Process is a running "stage4 serve" in front of a running
@@ -60,31 +59,6 @@ func startGateway(t *testing.T, stage3Args, serveArgs []string) *stage4Process {
 	return &stage4Process{
 		stage3: s3, stage4: s4, addr: addr, metricsAddr: metricsAddr, auditLog: auditLog,
 		client: stage4v1.NewStage4ServiceClient(conn), conn: conn,
-	}
-}
-
-// testPlan is a valid three-step plan with a data binding that the
-// reference Stage-3 executes for alice.
-func testPlan(t *testing.T) *stage4v1.Plan {
-	t.Helper()
-	params := func(m map[string]any) *structpb.Struct {
-		s, err := structpb.NewStruct(m)
-		require.NoError(t, err)
-		return s
-	}
-	return &stage4v1.Plan{
-		UserId:      "alice",
-		TokenHash:   "alice-token",
-		TriggerType: "manual",
-		Steps: []*stage4v1.Step{
-			{Domain: "text", Method: "upper", Parameters: params(map[string]any{"text": "hello"})},
-			{Domain: "text", Method: "concat", Parameters: params(map[string]any{"right": "!"})},
-			{Domain: "text", Method: "length", Parameters: params(map[string]any{})},
-		},
-		DataBindings: []*stage4v1.DataBinding{
-			{SourceStep: 0, SourceOutput: "text", TargetStep: 1, TargetParameter: "left"},
-			{SourceStep: 1, SourceOutput: "text", TargetStep: 2, TargetParameter: "text"},
-		},
 	}
 }
 
@@ -129,7 +103,7 @@ func TestServeEndToEnd(t *testing.T) {
 	})
 
 	t.Run("a valid plan executes", func(t *testing.T) {
-		res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		require.NoError(t, err)
 		require.NotEmpty(t, res.GetExecutionId())
 		require.Regexp(t, `^hmac-sha256:[0-9a-f]{64}$`, res.GetPlanId())
@@ -138,7 +112,7 @@ func TestServeEndToEnd(t *testing.T) {
 	})
 
 	t.Run("an invalid plan is refused", func(t *testing.T) {
-		plan := testPlan(t)
+		plan := testkit.Plan(t)
 		plan.Steps = nil
 		_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: plan})
 		require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
@@ -195,7 +169,7 @@ func TestServeShutdownFinishesInFlightCall(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		done <- result{res, err}
 	}()
 	// The reference Stage-3 logs the call's start before its delay: from
@@ -233,18 +207,11 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 	gw := startGateway(t, []string{"--hang"}, []string{"--shutdown-grace", "1s"})
 	ctx := testContext(t)
 
-	stream, err := gw.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
-	require.NoError(t, err)
-	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
-	require.NoError(t, stream.CloseSend())
-	header, err := stream.Header()
-	require.NoError(t, err)
-	ids := header.Get(server.HeaderExecutionID)
-	require.Len(t, ids, 1, "the execution id is sent before Stage-3 answers")
+	stream, id := testkit.StartExecutePlan(ctx, t, gw.conn, testkit.Plan(t))
 	gw.stage3.stderr.waitForLog(t, "started call", map[string]any{"grpc.method": "ExecuteMultiDomainPlan"})
 	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
 
-	err = stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
+	err := stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
 	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
 	require.Equal(t, rpcerr.OutcomeUnknown, rpcerr.Reason(err))
 	require.Equal(t, 0, gw.stage4.exitCode(t))
@@ -258,7 +225,7 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
 		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-	}, execs[ids[0]])
+	}, execs[id])
 }
 
 // executions reads the audit log (JSON lines in AuditEvent's protojson

@@ -106,12 +106,17 @@ func commandFlagSets() map[string]*flag.FlagSet {
 	serveFS, _ := newServeFlags()
 	devFS, _ := newDevFlags()
 	refFS, _ := newReferenceStage3Flags()
+	verifyFS, _ := newAuditVerifyFlags()
+	keygenFS, _ := newAuditKeygenFlags()
+	proveFS, _ := newAuditProveFlags()
 	return map[string]*flag.FlagSet{
 		"serve":            serveFS,
 		"dev":              devFS,
 		"validate":         newValidateFlags(),
-		"audit verify":     newAuditVerifyFlags(),
-		"audit":            newAuditVerifyFlags(),
+		"audit verify":     verifyFS,
+		"audit keygen":     keygenFS,
+		"audit prove":      proveFS,
+		"audit":            newFlagSet("audit", auditUsage),
 		"reference-stage3": refFS,
 		"version":          newVersionFlags(),
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // TestServeBoundsHeaderLists: the header list of a request is capped at
@@ -47,7 +48,7 @@ func TestServeBoundsHeaderLists(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := metadata.AppendToOutgoingContext(testContext(t), "x-request-id", strings.Repeat("a", tt.idBytes))
-			_, err := tt.gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+			_, err := tt.gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 			require.Equal(t, tt.wantCode, status.Code(err), "%v", err)
 			if tt.wantCode != codes.OK {
 				// grpc-go's own refusal: nothing was sent.
@@ -65,7 +66,7 @@ func TestServeBoundsHeaderLists(t *testing.T) {
 		// 10 x 16 MiB would be 160 MiB; the server reads a few frames past
 		// the cap and drops the connection.
 		require.Less(t, peak, int64(100<<10), "peak RSS %d KiB", peak)
-		_, err := gw.client.ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		_, err := gw.client.ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		require.NoError(t, err, "the server goes on serving")
 	})
 }

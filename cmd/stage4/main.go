@@ -1,7 +1,7 @@
 // Binary stage4 is the Stage-4 plan gateway and its tools: the production
 // gRPC server (serve), a self-contained local setup (dev), an offline plan
-// validator (validate), an audit-log verifier (audit verify) and the
-// reference Stage-3 executor (reference-stage3).
+// validator (validate), the audit log's tools (audit verify, keygen and
+// prove) and the reference Stage-3 executor (reference-stage3).
 //
 // main only turns signals into a context, calls run and maps its error to an
 // exit status, so that every command can be tested through run or the real
@@ -156,7 +156,9 @@ Usage:
   stage4 serve --stage3-addr HOST:PORT [flags]   run the production gRPC server
   stage4 dev [flags]                             run Stage-4 and a reference Stage-3 locally
   stage4 validate PLAN.json                      validate a plan offline
-  stage4 audit verify FILE                       verify an audit log's hash chain
+  stage4 audit verify FILE                       verify an audit log's hash chain (and a checkpoint)
+  stage4 audit keygen NAME --out FILE            make a key that signs the audit log's checkpoints
+  stage4 audit prove --sequence N ... FILE       prove one record against a signed checkpoint
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
   stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command

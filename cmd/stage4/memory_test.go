@@ -16,6 +16,7 @@ import (
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // TestServeBurstOfMaximumSizeRequests sends 200 concurrent requests of the
@@ -77,7 +78,7 @@ func TestServeBurstOfMaximumSizeRequests(t *testing.T) {
 // most of it one string parameter.
 func maximumSizeRequest(t *testing.T, size int) *stage4v1.ExecutePlanRequest {
 	t.Helper()
-	req := &stage4v1.ExecutePlanRequest{Plan: testPlan(t)}
+	req := &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)}
 	text := structpb.NewStringValue("")
 	req.Plan.Steps[0].Parameters.Fields["text"] = text
 	text.Kind = &structpb.Value_StringValue{StringValue: strings.Repeat("x", size-proto.Size(req)-64)} // each enclosing length grows with it

@@ -19,7 +19,7 @@ import (
 	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
-	"github.com/stage4/stage4/server"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // startPGServe starts "stage4 serve" on the database at url under replica
@@ -107,14 +107,8 @@ func TestServeKilledWithCallsInFlight(t *testing.T) {
 	const inFlight = 3
 	var ids []string
 	for range inFlight {
-		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
-		require.NoError(t, err)
-		require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
-		require.NoError(t, stream.CloseSend())
-		header, err := stream.Header()
-		require.NoError(t, err)
-		require.Len(t, header.Get(server.HeaderExecutionID), 1)
-		ids = append(ids, header.Get(server.HeaderExecutionID)[0])
+		_, id := testkit.StartExecutePlan(ctx, t, conn, testkit.Plan(t))
+		ids = append(ids, id)
 	}
 	// Stage-3 logs "started call" as each arrives: all are in flight.
 	started := 0

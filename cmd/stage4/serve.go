@@ -65,6 +65,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
 	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>.key beside a file, a table in PostgreSQL)")
+	fs.StringVar(&g.AuditSigningKeyFile, "audit-signing-key", "", "`file` holding the note private key (PRIVATE+KEY+..., from stage4 audit keygen, mode 0600) that\nsigns the audit log's checkpoints; when empty, the tree is kept and proofs served, but nothing is signed")
+	fs.DurationVar(&g.CheckpointInterval, "checkpoint-interval", gateway.DefaultCheckpointInterval, "how often, at most, a checkpoint is signed while the audit log grows (and once at shutdown)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.IntVar(&g.MaxHeaderListBytes, "max-header-list-bytes", gateway.DefaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
 	fs.Int64Var(&g.MaxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts --max-message-bytes while its request is read and decoded, then 16 x the request's size, at most --max-message-bytes, until it ends, and waits while the budget is spent")
@@ -111,6 +113,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if len(f.gateway.AuditReaders.Identities()) > 0 && f.gateway.TLSClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
+	}
+	if f.gateway.CheckpointInterval <= 0 {
+		return usageError("serve: --checkpoint-interval must be positive")
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)

@@ -24,6 +24,9 @@ import (
 // later that returns audit events or proofs over them belongs here.
 var AuditReadMethods = []string{
 	stage4v1.Stage4Service_ListAuditEvents_FullMethodName,
+	stage4v1.Stage4Service_GetCheckpoint_FullMethodName,
+	stage4v1.Stage4Service_GetInclusionProof_FullMethodName,
+	stage4v1.Stage4Service_GetConsistencyProof_FullMethodName,
 }
 
 // deniedLogMsg is the warning for a denied call; ratelog limits it as one

@@ -166,6 +166,25 @@ func TestListAuditEventsNeedsAnAllowedIdentity(t *testing.T) {
 			}
 			require.InDelta(t, wantDenied, deniedCount(t, reg), 0)
 
+			// The proofs read the audit log too.
+			for name, call := range map[string]func() error{
+				"GetCheckpoint": func() error {
+					_, err := client.GetCheckpoint(t.Context(), &stage4v1.GetCheckpointRequest{})
+					return err
+				},
+				"GetInclusionProof": func() error {
+					_, err := client.GetInclusionProof(t.Context(), &stage4v1.GetInclusionProofRequest{Sequence: 1})
+					return err
+				},
+				"GetConsistencyProof": func() error {
+					_, err := client.GetConsistencyProof(t.Context(), &stage4v1.GetConsistencyProofRequest{FirstSize: 1, SecondSize: 2})
+					return err
+				},
+			} {
+				denied := status.Code(call()) == codes.PermissionDenied
+				require.Equal(t, !tt.allowed, denied, name)
+			}
+
 			// The other methods never ask who calls.
 			_, err = client.ExecutePlan(t.Context(), &stage4v1.ExecutePlanRequest{})
 			require.NoError(t, err)

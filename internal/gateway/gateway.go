@@ -99,6 +99,13 @@ type Config struct {
 	// fingerprints of tokens and plans, instead of the audit store's own
 	// (see FingerprintKey).
 	FingerprintKeyFile string
+	// AuditSigningKeyFile, when set, holds the note key that signs the
+	// audit log's checkpoints (see LoadSigningKey); without it the tree is
+	// kept and proofs are served, but no checkpoint is signed.
+	AuditSigningKeyFile string
+	// CheckpointInterval is how often, at most, a checkpoint is signed
+	// while the log grows; 0 is DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -163,6 +170,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if err != nil {
 		return err
 	}
+	signer, err := LoadSigningKey(cfg.AuditSigningKeyFile)
+	if err != nil {
+		return err
+	}
 
 	// A registry of our own, rather than the global default, so that
 	// /metrics holds exactly what this process registered.
@@ -191,6 +202,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		// the terminal event. Only then may another replica close the
 		// execution as interrupted.
 		audit.WithOpenFor(cfg.Stage3.EffectiveMaxDeadline() + openForMargin),
+		audit.WithCheckpointSigner(signer),
 		// While the store cannot record, ExecutePlan refuses every plan
 		// (fail closed); NOT_SERVING tells load balancers to send them
 		// elsewhere. A store that recovers (a database back online) turns
@@ -215,6 +227,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			err = errors.Join(err, fmt.Errorf("close audit log: %w", cerr))
 		}
 	}()
+	// Deferred after the log's Close, so run before it: the last
+	// checkpoint covers every call's terminal event.
+	stopCheckpoints, err := startCheckpoints(auditLog, signer, cfg.CheckpointInterval, logger)
+	if err != nil {
+		return err
+	}
+	defer stopCheckpoints()
 
 	tp := cfg.TracerProvider
 	// Stage-3 call latency by code, measured on the client side; its span
@@ -278,6 +297,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if auditLog.Err() == nil {
 		SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	}
+	// Liveness says only that the process serves: an audit store that can
+	// recover (a database) must not get the pod restarted while it is
+	// down, since a restart cannot help and kills the calls in flight.
+	hs.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	// Operators and tests read the bound addresses from this line when a
 	// port was 0.
 	metricsAddr := ""
@@ -292,6 +315,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
 
+// LivenessService is the grpc.health.v1 service name of a liveness probe:
+// SERVING from start to shutdown, whatever the audit store's state. The
+// overall status ("") and stage4.v1.Stage4Service are NOT_SERVING also
+// while the audit store cannot record, for readiness probes and for
+// liveness where a restart is the recovery (a failed log file).
+const LivenessService = "liveness"
+
 // openForMargin is how long after its Stage-3 deadline an execution may
 // still be writing its terminal event.
 const openForMargin = 30 * time.Second
@@ -299,7 +329,7 @@ const openForMargin = 30 * time.Second
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
 func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
-	callLogger := GRPCLogger(logger)
+	callLogger := gatewayCallLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
 	opts := append(serverTracingOptions(tp), []grpc.ServerOption{

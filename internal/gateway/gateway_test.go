@@ -1,19 +1,26 @@
 package gateway_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit/filestore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -32,22 +39,29 @@ func (f *failingSync) Sync() error {
 	return f.File.Sync()
 }
 
-// TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
-// binary cannot show from outside: when the audit log fails, the plan is
-// refused and health reports NOT_SERVING, overall and for the service.
-func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
-	t.Parallel()
+// startFailableGateway runs a gateway in front of a reference Stage-3 on
+// an audit file whose fsync fails once the returned file's fail is set.
+func startFailableGateway(t *testing.T, logger *slog.Logger) (*runningGateway, *stage3ref.Server, *failingSync) {
+	t.Helper()
 	ref, err := stage3ref.NewServer(stage3ref.NewService())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ref.Close() })
-
 	var file *failingSync
 	store, err := filestore.Open(filepath.Join(t.TempDir(), "audit.jsonl"), filestore.WithFileWrapper(func(f filestore.File) filestore.File {
 		file = &failingSync{File: f}
 		return file
 	}))
 	require.NoError(t, err)
-	gw := startGateway(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store})
+	gw := startGatewayLogging(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store}, logger)
+	return gw, ref, file
+}
+
+// TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
+// binary cannot show from outside: when the audit log fails, the plan is
+// refused and health reports NOT_SERVING, overall and for the service.
+func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
+	t.Parallel()
+	gw, ref, file := startFailableGateway(t, slog.New(slog.DiscardHandler))
 	addrs := gw.addrs
 
 	conn, err := grpc.NewClient(addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -60,7 +74,7 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus())
 
 	file.fail.Store(true)
-	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.Error(t, err)
 	require.Zero(t, ref.Service.Calls(), "nothing unaudited reaches Stage-3")
 	for _, svc := range []string{"", "stage4.v1.Stage4Service"} {
@@ -68,6 +82,65 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, res.GetStatus(), "service %q", svc)
 	}
+	res, err = hc.Check(callCtx, &healthpb.HealthCheckRequest{Service: gateway.LivenessService})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus(), "liveness follows the process, not the store")
 
 	gw.stop() // the failed log may make shutdown report an error; the status is what matters here
+}
+
+// syncBuffer is a log destination that tests read while the gateway
+// writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) lines() []map[string]any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, l := range bytes.Split(bytes.TrimSpace(b.buf.Bytes()), []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(l, &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestRefusedCallsAreLoggedRateLimited: while the audit store is down,
+// every ExecutePlan is refused, but the call log gets one line per method
+// and code a second with a count of the ones left out, not one per call.
+func TestRefusedCallsAreLoggedRateLimited(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	gw, _, file := startFailableGateway(t, slog.New(slog.NewJSONHandler(&logs, nil)))
+	conn, err := grpc.NewClient(gw.addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	client := stage4v1.NewStage4ServiceClient(conn)
+	ctx := testContext(t)
+
+	file.fail.Store(true)
+	const calls = 200
+	for range calls {
+		_, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+		require.Equal(t, codes.Unavailable, status.Code(err))
+	}
+	_ = gw.stop() // a failed log may make shutdown report an error; the log lines are what matter here
+	var refused int
+	for _, l := range logs.lines() {
+		if l["msg"] == "finished call" && l["grpc.code"] == "Unavailable" {
+			refused++
+		}
+	}
+	require.GreaterOrEqual(t, refused, 1, "the refusals are in the log")
+	require.Less(t, refused, calls/10, "but not one line per refused call")
 }

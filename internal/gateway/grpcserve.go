@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -80,7 +81,9 @@ func ServeGRPC(ctx context.Context, srv *grpc.Server, hs *health.Server, lis net
 		srv.Stop()
 		<-stopped
 	}
-	if err := <-served; err != nil {
+	// A signal right after start may stop the server before its goroutine
+	// called Serve, which then reports ErrServerStopped: a clean stop too.
+	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve grpc on %s: %w", lis.Addr(), err)
 	}
 	logger.Info("stopped")

@@ -8,10 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/types/known/structpb"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
@@ -45,6 +41,13 @@ func (g *runningGateway) stop() error {
 // end of the test.
 func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	t.Helper()
+	return startGatewayLogging(t, cfg, slog.New(slog.DiscardHandler))
+}
+
+// startGatewayLogging is startGateway with the gateway's log going to
+// logger.
+func startGatewayLogging(t *testing.T, cfg gateway.Config, logger *slog.Logger) *runningGateway {
+	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
@@ -66,7 +69,7 @@ func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	g := &runningGateway{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan gateway.Addrs, 1)
 	go func() {
-		g.done <- gateway.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a gateway.Addrs) { ready <- a })
+		g.done <- gateway.Run(ctx, cfg, logger, func(a gateway.Addrs) { ready <- a })
 	}()
 	select {
 	case g.addrs = <-ready:
@@ -79,31 +82,6 @@ func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	}
 	t.Cleanup(func() { _ = g.stop() })
 	return g
-}
-
-// testPlan is a valid three-step plan with data bindings that the
-// reference Stage-3 executes for alice.
-func testPlan(t *testing.T) *stage4v1.Plan {
-	t.Helper()
-	params := func(m map[string]any) *structpb.Struct {
-		s, err := structpb.NewStruct(m)
-		require.NoError(t, err)
-		return s
-	}
-	return &stage4v1.Plan{
-		UserId:      "alice",
-		TokenHash:   "alice-token",
-		TriggerType: "manual",
-		Steps: []*stage4v1.Step{
-			{Domain: "text", Method: "upper", Parameters: params(map[string]any{"text": "hello"})},
-			{Domain: "text", Method: "concat", Parameters: params(map[string]any{"right": "!"})},
-			{Domain: "text", Method: "length", Parameters: params(map[string]any{})},
-		},
-		DataBindings: []*stage4v1.DataBinding{
-			{SourceStep: 0, SourceOutput: "text", TargetStep: 1, TargetParameter: "left"},
-			{SourceStep: 1, SourceOutput: "text", TargetStep: 2, TargetParameter: "text"},
-		},
-	}
 }
 
 func testContext(t *testing.T) context.Context {

@@ -15,7 +15,56 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/stage4/stage4/internal/ratelog"
 )
+
+// callLogInterval is the least time between two call log lines of one
+// method, code and level: a caller repeating a failing call (or every
+// caller, while the audit store is down) gets one line a second with the
+// count of the ones left out, not one line per call.
+const callLogInterval = time.Second
+
+// gatewayCallLogger is GRPCLogger with the call lines of failed calls
+// rate-limited per method, code and level (see callLogInterval). Debug
+// lines (successful calls) are not limited: they are off unless asked for.
+func gatewayCallLogger(l *slog.Logger) logging.Logger {
+	plain := GRPCLogger(l)
+	limited := callLogLimiters(l)
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		rl, ok := limited[lvl]
+		if !ok {
+			plain.Log(ctx, lvl, msg, fields...)
+			return
+		}
+		// Method and code come from the server's own registry and the
+		// status code set, never from caller data: a bounded set of keys.
+		var method, code string
+		kept := fields[:0:0]
+		for i := 0; i+1 < len(fields); i += 2 {
+			switch fields[i] {
+			case "grpc.error":
+				continue
+			case "grpc.method":
+				method = fmt.Sprint(fields[i+1])
+			case "grpc.code":
+				code = fmt.Sprint(fields[i+1])
+			}
+			kept = append(kept, fields[i], fields[i+1])
+		}
+		rl.LogKey(ctx, msg+" "+method+" "+code, msg, kept...)
+	})
+}
+
+// callLogLimiters are the rate limiters of failed calls' log lines, one per
+// level those lines use.
+func callLogLimiters(l *slog.Logger) map[logging.Level]*ratelog.Logger {
+	limited := map[logging.Level]*ratelog.Logger{}
+	for _, lvl := range []logging.Level{logging.LevelInfo, logging.LevelWarn, logging.LevelError} {
+		limited[lvl] = ratelog.New(l, callLogInterval, ratelog.WithLevel(slog.Level(lvl)))
+	}
+	return limited
+}
 
 // GRPCLogger adapts slog to go-grpc-middleware's logging interceptor. It
 // drops the interceptor's grpc.error field: error messages can quote user
@@ -87,8 +136,12 @@ func traceFields(ctx context.Context) logging.Fields {
 // logger's level, which cost about 8 µs per successful ExecutePlan under
 // load for a line that info level then dropped. With debug enabled every
 // call is logged, and the middleware itself writes the lines.
+//
+// Lines of failed calls are rate-limited per method, code and level (see
+// callLogInterval) on both paths.
 func UnaryCallLogger(l *slog.Logger) grpc.UnaryServerInterceptor {
-	full := logging.UnaryServerInterceptor(GRPCLogger(l), GatewayCallLogOptions...)
+	full := logging.UnaryServerInterceptor(gatewayCallLogger(l), GatewayCallLogOptions...)
+	limited := callLogLimiters(l)
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if l.Enabled(ctx, slog.LevelDebug) {
 			return full(ctx, req, info, handler)
@@ -129,7 +182,15 @@ func UnaryCallLogger(l *slog.Logger) grpc.UnaryServerInterceptor {
 			// As logging.DurationToTimeMillisFields renders it.
 			slog.String("grpc.time_ms", fmt.Sprintf("%v", float32(duration.Nanoseconds()/1000)/1000)),
 		)
-		l.LogAttrs(ctx, lvl, "finished call", attrs...)
+		args := make([]any, len(attrs))
+		for i, a := range attrs {
+			args[i] = a
+		}
+		if rl, ok := limited[logging.Level(lvl)]; ok {
+			rl.LogKey(ctx, "finished call "+info.FullMethod+" "+code.String(), "finished call", args...)
+		} else {
+			l.Log(ctx, lvl, "finished call", args...)
+		}
 		return resp, err
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/pgtest"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
@@ -163,7 +164,7 @@ func TestReplicasShareOneLog(t *testing.T) {
 				for range callsPerReplica {
 					wg.Go(func() {
 						<-start
-						res, err := c.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+						res, err := c.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 						if err == nil && len(res.GetResult().GetResults()) != 3 {
 							err = fmt.Errorf("replica %d: %d step results, want 3", r, len(res.GetResult().GetResults()))
 						}
@@ -260,7 +261,7 @@ func TestDatabaseOutage(t *testing.T) {
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
 
-	_, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	_, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 	waitHealth(t, conn, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
 
@@ -269,7 +270,7 @@ func TestDatabaseOutage(t *testing.T) {
 	ref.Service.SetFault(stage3ref.Fault{Hang: true})
 	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
 	require.NoError(t, err)
-	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
+	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)}))
 	require.NoError(t, stream.CloseSend())
 	header, err := stream.Header()
 	require.NoError(t, err)
@@ -298,7 +299,7 @@ func TestDatabaseOutage(t *testing.T) {
 	callsBefore := ref.Service.Calls()
 
 	for range 2 {
-		_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 		require.Equal(t, rpcerr.AuditUnavailable, rpcerr.Reason(err))
 	}
@@ -307,7 +308,7 @@ func TestDatabaseOutage(t *testing.T) {
 	cluster.Start()
 	took = waitHealth(t, conn, healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 	t.Logf("health SERVING %v after the database started", took)
-	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 	require.Equal(t, callsBefore+1, ref.Service.Calls())
 
@@ -373,7 +374,7 @@ func TestConcurrentFirstStart(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = conn.Close() })
 		waitHealth(t, conn, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
-		_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		require.NoError(t, err)
 	}
 	res, err := pgstore.Verify(testContext(t), url)

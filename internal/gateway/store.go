@@ -55,6 +55,13 @@ func OpenStore(ctx context.Context, cfg Config, logger *slog.Logger) (audit.Stor
 		logger.Warn("audit log repaired after an unclean stop: cut an incomplete last line",
 			"truncated_bytes", rec.TruncatedBytes)
 	}
+	if rec.TreeRebuilt != "" {
+		logger.Warn("rebuilt the audit log's Merkle tree file from the whole log",
+			"audit_log", cfg.AuditLog, "reason", rec.TreeRebuilt, "records", rec.TreeRecomputed)
+	} else if rec.TreeRecomputed > 0 {
+		logger.Info("recomputed the tree hashes of the audit log's last records after an unclean stop",
+			"records", rec.TreeRecomputed)
+	}
 	if rec.OldHeadFile != "" {
 		logger.Warn("began a new audit log (--audit-new-log) although the log lost records; the old head file is kept aside",
 			"audit_log", cfg.AuditLog, "old_head_file", rec.OldHeadFile, "mismatch", rec.HeadMismatch,

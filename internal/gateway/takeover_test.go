@@ -22,7 +22,7 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/pgtest"
-	"github.com/stage4/stage4/server"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -148,14 +148,8 @@ func TestKilledReplicaClosedByOthers(t *testing.T) {
 	ctx := testContext(t)
 	var ids []string
 	for range inFlight {
-		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
-		require.NoError(t, err)
-		require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: testPlan(t)}))
-		require.NoError(t, stream.CloseSend())
-		header, err := stream.Header()
-		require.NoError(t, err)
-		require.Len(t, header.Get(server.HeaderExecutionID), 1)
-		ids = append(ids, header.Get(server.HeaderExecutionID)[0])
+		_, id := testkit.StartExecutePlan(ctx, t, conn, testkit.Plan(t))
+		ids = append(ids, id)
 	}
 	select {
 	case <-svc.Received(inFlight): // in Stage-3: EXECUTION_STARTED is durable

@@ -19,6 +19,7 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/telemetry"
+	"github.com/stage4/stage4/internal/testkit"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
@@ -31,12 +32,12 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	t.Parallel()
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	handler := func(server bool) otelgrpc.Option { return otelgrpc.WithTracerProvider(tp) }
+	withTP := otelgrpc.WithTracerProvider(tp)
 
 	// The reference Stage-3, instrumented as a traced service would be.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s3 := grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler(handler(true), otelgrpc.WithPropagators(telemetry.Propagator()))))
+	s3 := grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler(withTP, otelgrpc.WithPropagators(telemetry.Propagator()))))
 	stage3v1.RegisterStage3ServiceServer(s3, stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
 	go func() { _ = s3.Serve(lis) }()
 	t.Cleanup(s3.Stop)
@@ -47,23 +48,29 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	})
 	conn, err := grpc.NewClient(gw.addrs.GRPC.String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(handler(false), otelgrpc.WithPropagators(telemetry.Propagator()))))
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(withTP, otelgrpc.WithPropagators(telemetry.Propagator()))))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
 
-	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 
-	byName := map[string]sdktrace.ReadOnlySpan{}
+	events, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
+	require.NoError(t, err)
+	require.NotEmpty(t, events.GetAuditEvents())
+	received := events.GetAuditEvents()[0]
+
+	// A server span ends after its response is sent, which may be after
+	// the client has it: stopping both servers waits for their handlers.
+	require.NoError(t, gw.stop())
+	s3.GracefulStop()
 	var execute []sdktrace.ReadOnlySpan
 	for _, s := range spans.Ended() {
 		if s.Name() == "stage4.v1.Stage4Service/ExecutePlan" {
 			execute = append(execute, s)
-			continue
 		}
-		byName[s.Name()] = s
 	}
 	require.Len(t, execute, 2, "the caller's client span and Stage-4's server span")
 	var callerSpan, stage4Span sdktrace.ReadOnlySpan
@@ -98,10 +105,6 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	require.Equal(t, stage4Span.SpanContext().SpanID(), toStage3.Parent().SpanID())
 	require.Equal(t, toStage3.SpanContext().SpanID(), inStage3.Parent().SpanID())
 
-	events, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
-	require.NoError(t, err)
-	require.NotEmpty(t, events.GetAuditEvents())
-	received := events.GetAuditEvents()[0]
 	require.Equal(t, traceID.String(), received.GetDetails().GetFields()["trace_id"].GetStringValue())
 }
 
@@ -136,7 +139,7 @@ func TestTraceContextFlowsWithoutTracing(t *testing.T) {
 		const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 		ctx := metadata.AppendToOutgoingContext(testContext(t),
 			"traceparent", traceparent, "tracestate", "vendor=1", "baggage", "tenant=acme")
-		res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testPlan(t)})
+		res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 		require.NoError(t, err)
 
 		md := <-seen

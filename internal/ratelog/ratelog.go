@@ -29,6 +29,7 @@ type Logger struct {
 
 // window is the state of one message.
 type window struct {
+	msg        string          // the message of the key's lines
 	next       time.Time       // no line before this, unless flushed
 	suppressed int             // occurrences left out since the last line
 	lastCtx    context.Context // of the last occurrence left out, for the flush
@@ -53,15 +54,22 @@ func New(l *slog.Logger, interval time.Duration, opts ...Option) *Logger {
 // the key of the limit, so it must come from a fixed set (a constant), never
 // from user data, or the Logger would keep state per distinct message.
 func (r *Logger) Log(ctx context.Context, msg string, args ...any) {
+	r.LogKey(ctx, msg, msg, args...)
+}
+
+// LogKey is Log with the limit kept per key rather than per message, for
+// one message with a few kinds of occurrence (a call log line per method
+// and code, say). key must come from a fixed set too.
+func (r *Logger) LogKey(ctx context.Context, key, msg string, args ...any) {
 	if !r.l.Enabled(ctx, r.level) {
 		return
 	}
 	now := r.now()
 	r.mu.Lock()
-	w, ok := r.msgs[msg]
+	w, ok := r.msgs[key]
 	if !ok {
-		w = &window{}
-		r.msgs[msg] = w
+		w = &window{msg: msg}
+		r.msgs[key] = w
 	}
 	if now.Before(w.next) {
 		w.suppressed++
@@ -69,7 +77,7 @@ func (r *Logger) Log(ctx context.Context, msg string, args ...any) {
 		// of log attributes; the flush never waits on it.
 		w.lastCtx, w.lastArgs = context.WithoutCancel(ctx), args
 		if w.timer == nil && !r.noFlush {
-			w.timer = time.AfterFunc(w.next.Sub(now), func() { r.flush(msg) })
+			w.timer = time.AfterFunc(w.next.Sub(now), func() { r.flush(key) })
 		}
 		r.mu.Unlock()
 		return
@@ -79,11 +87,11 @@ func (r *Logger) Log(ctx context.Context, msg string, args ...any) {
 	r.write(ctx, msg, suppressed, args)
 }
 
-// flush writes the count of msg's suppressed occurrences at the end of its
+// flush writes the count of key's suppressed occurrences at the end of its
 // interval, when no later occurrence has done so.
-func (r *Logger) flush(msg string) {
+func (r *Logger) flush(key string) {
 	r.mu.Lock()
-	w, now := r.msgs[msg], r.now()
+	w, now := r.msgs[key], r.now()
 	// A timer that fired while a line of msg was being written is stale:
 	// that line has started a new interval and owns w.timer now.
 	if now.Before(w.next) || w.suppressed == 0 {
@@ -91,7 +99,7 @@ func (r *Logger) flush(msg string) {
 		return
 	}
 	w.timer = nil
-	ctx, args := w.lastCtx, w.lastArgs
+	ctx, args, msg := w.lastCtx, w.lastArgs, w.msg
 	suppressed := w.take(now.Add(r.interval))
 	r.mu.Unlock()
 	r.write(ctx, msg, suppressed, args)

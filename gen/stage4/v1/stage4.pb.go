@@ -804,6 +804,317 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// GetCheckpointRequest asks for the latest signed checkpoint.
+type GetCheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCheckpointRequest) Reset() {
+	*x = GetCheckpointRequest{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCheckpointRequest) ProtoMessage() {}
+
+func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{10}
+}
+
+// GetCheckpointResponse is the latest signed checkpoint.
+type GetCheckpointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The checkpoint as a signed note: the lines "<origin>", "<tree size>" and
+	// "<base64 root hash>", a blank line, then one signature line per key
+	// ("— <key name> <base64 key hash and Ed25519 signature>").
+	Checkpoint    string `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCheckpointResponse) Reset() {
+	*x = GetCheckpointResponse{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCheckpointResponse) ProtoMessage() {}
+
+func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetCheckpointResponse) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+// GetInclusionProofRequest names a record and a tree that should contain it.
+type GetInclusionProofRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record's sequence (its leaf index is sequence - 1); at least 1.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The size of the tree to prove inclusion in: 0 means the latest
+	// checkpoint's size (or, without a signing key, the durable log's size).
+	TreeSize      uint64 `protobuf:"varint,2,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInclusionProofRequest) Reset() {
+	*x = GetInclusionProofRequest{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInclusionProofRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInclusionProofRequest) ProtoMessage() {}
+
+func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
+func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetInclusionProofRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *GetInclusionProofRequest) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+// GetInclusionProofResponse is an RFC 6962 inclusion proof.
+type GetInclusionProofResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size of the tree the proof is for: the request's, or the one that 0
+	// stood for.
+	TreeSize uint64 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	// The record's leaf hash: SHA-256 of 0x00 followed by the record's bytes
+	// (its line without the newline), 32 bytes.
+	LeafHash []byte `protobuf:"bytes,2,opt,name=leaf_hash,json=leafHash,proto3" json:"leaf_hash,omitempty"`
+	// The audit path, from the leaf's sibling up to the root's child, 32 bytes
+	// each: at most ceil(log2(tree_size)) of them.
+	Hashes        [][]byte `protobuf:"bytes,3,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInclusionProofResponse) Reset() {
+	*x = GetInclusionProofResponse{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInclusionProofResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInclusionProofResponse) ProtoMessage() {}
+
+func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
+func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetInclusionProofResponse) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *GetInclusionProofResponse) GetLeafHash() []byte {
+	if x != nil {
+		return x.LeafHash
+	}
+	return nil
+}
+
+func (x *GetInclusionProofResponse) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+// GetConsistencyProofRequest names two tree sizes, the smaller first.
+type GetConsistencyProofRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size of the older tree, such as an earlier checkpoint's; at least 1.
+	FirstSize uint64 `protobuf:"varint,1,opt,name=first_size,json=firstSize,proto3" json:"first_size,omitempty"`
+	// The size of the newer tree, such as the latest checkpoint's; at least
+	// first_size.
+	SecondSize    uint64 `protobuf:"varint,2,opt,name=second_size,json=secondSize,proto3" json:"second_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsistencyProofRequest) Reset() {
+	*x = GetConsistencyProofRequest{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsistencyProofRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsistencyProofRequest) ProtoMessage() {}
+
+func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
+func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetConsistencyProofRequest) GetFirstSize() uint64 {
+	if x != nil {
+		return x.FirstSize
+	}
+	return 0
+}
+
+func (x *GetConsistencyProofRequest) GetSecondSize() uint64 {
+	if x != nil {
+		return x.SecondSize
+	}
+	return 0
+}
+
+// GetConsistencyProofResponse is an RFC 6962 consistency proof.
+type GetConsistencyProofResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The proof's hashes, 32 bytes each, as RFC 6962 section 2.1.2 orders
+	// them; empty when the sizes are equal.
+	Hashes        [][]byte `protobuf:"bytes,1,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsistencyProofResponse) Reset() {
+	*x = GetConsistencyProofResponse{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsistencyProofResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsistencyProofResponse) ProtoMessage() {}
+
+func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
+func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetConsistencyProofResponse) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
 var File_stage4_v1_stage4_proto protoreflect.FileDescriptor
 
 const file_stage4_v1_stage4_proto_rawDesc = "" +
@@ -861,17 +1172,41 @@ const file_stage4_v1_stage4_proto_rawDesc = "" +
 	"\x04type\x18\x06 \x01(\x0e2\x19.stage4.v1.AuditEventTypeB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04type\"{\n" +
 	"\x17ListAuditEventsResponse\x128\n" +
 	"\faudit_events\x18\x01 \x03(\v2\x15.stage4.v1.AuditEventR\vauditEvents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xcf\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x16\n" +
+	"\x14GetCheckpointRequest\"7\n" +
+	"\x15GetCheckpointResponse\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\"\xdb\x01\n" +
+	"\x18GetInclusionProofRequest\x12#\n" +
+	"\bsequence\x18\x01 \x01(\x04B\a\xbaH\x042\x02 \x00R\bsequence\x12\x1b\n" +
+	"\ttree_size\x18\x02 \x01(\x04R\btreeSize:}\xbaHz\x1ax\n" +
+	"\x19sequence_within_tree_size\x12\"sequence must not exceed tree_size\x1a7this.tree_size == 0u || this.sequence <= this.tree_size\"m\n" +
+	"\x19GetInclusionProofResponse\x12\x1b\n" +
+	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12\x1b\n" +
+	"\tleaf_hash\x18\x02 \x01(\fR\bleafHash\x12\x16\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\"\xe1\x01\n" +
+	"\x1aGetConsistencyProofRequest\x12&\n" +
+	"\n" +
+	"first_size\x18\x01 \x01(\x04B\a\xbaH\x042\x02 \x00R\tfirstSize\x12(\n" +
+	"\vsecond_size\x18\x02 \x01(\x04B\a\xbaH\x042\x02 \x00R\n" +
+	"secondSize:q\xbaHn\x1al\n" +
+	"\x1dfirst_size_within_second_size\x12&first_size must not exceed second_size\x1a#this.first_size <= this.second_size\"5\n" +
+	"\x1bGetConsistencyProofResponse\x12\x16\n" +
+	"\x06hashes\x18\x01 \x03(\fR\x06hashes*\xcf\x01\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eAUDIT_EVENT_TYPE_PLAN_RECEIVED\x10\x01\x12&\n" +
 	"\"AUDIT_EVENT_TYPE_EXECUTION_STARTED\x10\x02\x12(\n" +
 	"$AUDIT_EVENT_TYPE_EXECUTION_COMPLETED\x10\x03\x12%\n" +
-	"!AUDIT_EVENT_TYPE_EXECUTION_FAILED\x10\x042\x92\x02\n" +
+	"!AUDIT_EVENT_TYPE_EXECUTION_FAILED\x10\x042\xbb\x04\n" +
 	"\rStage4Service\x12L\n" +
 	"\vExecutePlan\x12\x1d.stage4.v1.ExecutePlanRequest\x1a\x1e.stage4.v1.ExecutePlanResponse\x12T\n" +
 	"\fValidatePlan\x12\x1e.stage4.v1.ValidatePlanRequest\x1a\x1f.stage4.v1.ValidatePlanResponse\"\x03\x90\x02\x01\x12]\n" +
-	"\x0fListAuditEvents\x12!.stage4.v1.ListAuditEventsRequest\x1a\".stage4.v1.ListAuditEventsResponse\"\x03\x90\x02\x01B\x92\x01\n" +
+	"\x0fListAuditEvents\x12!.stage4.v1.ListAuditEventsRequest\x1a\".stage4.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12W\n" +
+	"\rGetCheckpoint\x12\x1f.stage4.v1.GetCheckpointRequest\x1a .stage4.v1.GetCheckpointResponse\"\x03\x90\x02\x01\x12c\n" +
+	"\x11GetInclusionProof\x12#.stage4.v1.GetInclusionProofRequest\x1a$.stage4.v1.GetInclusionProofResponse\"\x03\x90\x02\x01\x12i\n" +
+	"\x13GetConsistencyProof\x12%.stage4.v1.GetConsistencyProofRequest\x1a&.stage4.v1.GetConsistencyProofResponse\"\x03\x90\x02\x01B\x92\x01\n" +
 	"\rcom.stage4.v1B\vStage4ProtoP\x01Z/github.com/stage4/stage4/gen/stage4/v1;stage4v1\xa2\x02\x03SXX\xaa\x02\tStage4.V1\xca\x02\tStage4\\V1\xe2\x02\x15Stage4\\V1\\GPBMetadata\xea\x02\n" +
 	"Stage4::V1b\x06proto3"
 
@@ -888,7 +1223,7 @@ func file_stage4_v1_stage4_proto_rawDescGZIP() []byte {
 }
 
 var file_stage4_v1_stage4_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_stage4_v1_stage4_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_stage4_v1_stage4_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_stage4_v1_stage4_proto_goTypes = []any{
 	(AuditEventType)(0),                       // 0: stage4.v1.AuditEventType
 	(*Plan)(nil),                              // 1: stage4.v1.Plan
@@ -901,30 +1236,42 @@ var file_stage4_v1_stage4_proto_goTypes = []any{
 	(*AuditEvent)(nil),                        // 8: stage4.v1.AuditEvent
 	(*ListAuditEventsRequest)(nil),            // 9: stage4.v1.ListAuditEventsRequest
 	(*ListAuditEventsResponse)(nil),           // 10: stage4.v1.ListAuditEventsResponse
-	(*structpb.Struct)(nil),                   // 11: google.protobuf.Struct
-	(*v1.ExecuteMultiDomainPlanResponse)(nil), // 12: stage3.v1.ExecuteMultiDomainPlanResponse
-	(*timestamppb.Timestamp)(nil),             // 13: google.protobuf.Timestamp
+	(*GetCheckpointRequest)(nil),              // 11: stage4.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),             // 12: stage4.v1.GetCheckpointResponse
+	(*GetInclusionProofRequest)(nil),          // 13: stage4.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),         // 14: stage4.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),        // 15: stage4.v1.GetConsistencyProofRequest
+	(*GetConsistencyProofResponse)(nil),       // 16: stage4.v1.GetConsistencyProofResponse
+	(*structpb.Struct)(nil),                   // 17: google.protobuf.Struct
+	(*v1.ExecuteMultiDomainPlanResponse)(nil), // 18: stage3.v1.ExecuteMultiDomainPlanResponse
+	(*timestamppb.Timestamp)(nil),             // 19: google.protobuf.Timestamp
 }
 var file_stage4_v1_stage4_proto_depIdxs = []int32{
 	2,  // 0: stage4.v1.Plan.steps:type_name -> stage4.v1.Step
 	3,  // 1: stage4.v1.Plan.data_bindings:type_name -> stage4.v1.DataBinding
-	11, // 2: stage4.v1.Step.parameters:type_name -> google.protobuf.Struct
+	17, // 2: stage4.v1.Step.parameters:type_name -> google.protobuf.Struct
 	1,  // 3: stage4.v1.ExecutePlanRequest.plan:type_name -> stage4.v1.Plan
-	12, // 4: stage4.v1.ExecutePlanResponse.result:type_name -> stage3.v1.ExecuteMultiDomainPlanResponse
+	18, // 4: stage4.v1.ExecutePlanResponse.result:type_name -> stage3.v1.ExecuteMultiDomainPlanResponse
 	1,  // 5: stage4.v1.ValidatePlanRequest.plan:type_name -> stage4.v1.Plan
-	13, // 6: stage4.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	19, // 6: stage4.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 7: stage4.v1.AuditEvent.type:type_name -> stage4.v1.AuditEventType
-	11, // 8: stage4.v1.AuditEvent.details:type_name -> google.protobuf.Struct
+	17, // 8: stage4.v1.AuditEvent.details:type_name -> google.protobuf.Struct
 	0,  // 9: stage4.v1.ListAuditEventsRequest.type:type_name -> stage4.v1.AuditEventType
 	8,  // 10: stage4.v1.ListAuditEventsResponse.audit_events:type_name -> stage4.v1.AuditEvent
 	4,  // 11: stage4.v1.Stage4Service.ExecutePlan:input_type -> stage4.v1.ExecutePlanRequest
 	6,  // 12: stage4.v1.Stage4Service.ValidatePlan:input_type -> stage4.v1.ValidatePlanRequest
 	9,  // 13: stage4.v1.Stage4Service.ListAuditEvents:input_type -> stage4.v1.ListAuditEventsRequest
-	5,  // 14: stage4.v1.Stage4Service.ExecutePlan:output_type -> stage4.v1.ExecutePlanResponse
-	7,  // 15: stage4.v1.Stage4Service.ValidatePlan:output_type -> stage4.v1.ValidatePlanResponse
-	10, // 16: stage4.v1.Stage4Service.ListAuditEvents:output_type -> stage4.v1.ListAuditEventsResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
+	11, // 14: stage4.v1.Stage4Service.GetCheckpoint:input_type -> stage4.v1.GetCheckpointRequest
+	13, // 15: stage4.v1.Stage4Service.GetInclusionProof:input_type -> stage4.v1.GetInclusionProofRequest
+	15, // 16: stage4.v1.Stage4Service.GetConsistencyProof:input_type -> stage4.v1.GetConsistencyProofRequest
+	5,  // 17: stage4.v1.Stage4Service.ExecutePlan:output_type -> stage4.v1.ExecutePlanResponse
+	7,  // 18: stage4.v1.Stage4Service.ValidatePlan:output_type -> stage4.v1.ValidatePlanResponse
+	10, // 19: stage4.v1.Stage4Service.ListAuditEvents:output_type -> stage4.v1.ListAuditEventsResponse
+	12, // 20: stage4.v1.Stage4Service.GetCheckpoint:output_type -> stage4.v1.GetCheckpointResponse
+	14, // 21: stage4.v1.Stage4Service.GetInclusionProof:output_type -> stage4.v1.GetInclusionProofResponse
+	16, // 22: stage4.v1.Stage4Service.GetConsistencyProof:output_type -> stage4.v1.GetConsistencyProofResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -941,7 +1288,7 @@ func file_stage4_v1_stage4_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage4_v1_stage4_proto_rawDesc), len(file_stage4_v1_stage4_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

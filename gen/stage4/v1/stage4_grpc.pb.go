@@ -23,9 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Stage4Service_ExecutePlan_FullMethodName     = "/stage4.v1.Stage4Service/ExecutePlan"
-	Stage4Service_ValidatePlan_FullMethodName    = "/stage4.v1.Stage4Service/ValidatePlan"
-	Stage4Service_ListAuditEvents_FullMethodName = "/stage4.v1.Stage4Service/ListAuditEvents"
+	Stage4Service_ExecutePlan_FullMethodName         = "/stage4.v1.Stage4Service/ExecutePlan"
+	Stage4Service_ValidatePlan_FullMethodName        = "/stage4.v1.Stage4Service/ValidatePlan"
+	Stage4Service_ListAuditEvents_FullMethodName     = "/stage4.v1.Stage4Service/ListAuditEvents"
+	Stage4Service_GetCheckpoint_FullMethodName       = "/stage4.v1.Stage4Service/GetCheckpoint"
+	Stage4Service_GetInclusionProof_FullMethodName   = "/stage4.v1.Stage4Service/GetInclusionProof"
+	Stage4Service_GetConsistencyProof_FullMethodName = "/stage4.v1.Stage4Service/GetConsistencyProof"
 )
 
 // Stage4ServiceClient is the client API for Stage4Service service.
@@ -47,6 +50,23 @@ type Stage4ServiceClient interface {
 	// ListAuditEvents returns the audit log in sequence order, filtered and
 	// paged.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// GetCheckpoint returns the audit log's latest signed checkpoint: a C2SP
+	// tlog-checkpoint (origin, tree size and root hash of the log's RFC 6962
+	// Merkle tree, signed with Stage-4's Ed25519 note key; docs/AUDIT_LOG.md).
+	// Keep it: with it, GetInclusionProof and GetConsistencyProof hold the log
+	// to what it was. FAILED_PRECONDITION (reason NO_SIGNING_KEY) when Stage-4
+	// runs without a signing key.
+	GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error)
+	// GetInclusionProof proves that the record of a sequence is a leaf of the
+	// tree of a size (RFC 6962 audit path, checked with tlog.CheckRecord or
+	// any RFC 6962 verifier). OUT_OF_RANGE when the sequence or the size is
+	// beyond the durable log.
+	GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*GetInclusionProofResponse, error)
+	// GetConsistencyProof proves that the tree of second_size extends the tree
+	// of first_size (RFC 6962 consistency proof, checked with tlog.CheckTree):
+	// no record of the smaller tree was changed, removed or reordered since.
+	// OUT_OF_RANGE when second_size is beyond the durable log.
+	GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*GetConsistencyProofResponse, error)
 }
 
 type stage4ServiceClient struct {
@@ -87,6 +107,36 @@ func (c *stage4ServiceClient) ListAuditEvents(ctx context.Context, in *ListAudit
 	return out, nil
 }
 
+func (c *stage4ServiceClient) GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCheckpointResponse)
+	err := c.cc.Invoke(ctx, Stage4Service_GetCheckpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stage4ServiceClient) GetInclusionProof(ctx context.Context, in *GetInclusionProofRequest, opts ...grpc.CallOption) (*GetInclusionProofResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetInclusionProofResponse)
+	err := c.cc.Invoke(ctx, Stage4Service_GetInclusionProof_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stage4ServiceClient) GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*GetConsistencyProofResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConsistencyProofResponse)
+	err := c.cc.Invoke(ctx, Stage4Service_GetConsistencyProof_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Stage4ServiceServer is the server API for Stage4Service service.
 // All implementations must embed UnimplementedStage4ServiceServer
 // for forward compatibility.
@@ -106,6 +156,23 @@ type Stage4ServiceServer interface {
 	// ListAuditEvents returns the audit log in sequence order, filtered and
 	// paged.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// GetCheckpoint returns the audit log's latest signed checkpoint: a C2SP
+	// tlog-checkpoint (origin, tree size and root hash of the log's RFC 6962
+	// Merkle tree, signed with Stage-4's Ed25519 note key; docs/AUDIT_LOG.md).
+	// Keep it: with it, GetInclusionProof and GetConsistencyProof hold the log
+	// to what it was. FAILED_PRECONDITION (reason NO_SIGNING_KEY) when Stage-4
+	// runs without a signing key.
+	GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error)
+	// GetInclusionProof proves that the record of a sequence is a leaf of the
+	// tree of a size (RFC 6962 audit path, checked with tlog.CheckRecord or
+	// any RFC 6962 verifier). OUT_OF_RANGE when the sequence or the size is
+	// beyond the durable log.
+	GetInclusionProof(context.Context, *GetInclusionProofRequest) (*GetInclusionProofResponse, error)
+	// GetConsistencyProof proves that the tree of second_size extends the tree
+	// of first_size (RFC 6962 consistency proof, checked with tlog.CheckTree):
+	// no record of the smaller tree was changed, removed or reordered since.
+	// OUT_OF_RANGE when second_size is beyond the durable log.
+	GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error)
 	mustEmbedUnimplementedStage4ServiceServer()
 }
 
@@ -124,6 +191,15 @@ func (UnimplementedStage4ServiceServer) ValidatePlan(context.Context, *ValidateP
 }
 func (UnimplementedStage4ServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedStage4ServiceServer) GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCheckpoint not implemented")
+}
+func (UnimplementedStage4ServiceServer) GetInclusionProof(context.Context, *GetInclusionProofRequest) (*GetInclusionProofResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetInclusionProof not implemented")
+}
+func (UnimplementedStage4ServiceServer) GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConsistencyProof not implemented")
 }
 func (UnimplementedStage4ServiceServer) mustEmbedUnimplementedStage4ServiceServer() {}
 func (UnimplementedStage4ServiceServer) testEmbeddedByValue()                       {}
@@ -200,6 +276,60 @@ func _Stage4Service_ListAuditEvents_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Stage4Service_GetCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Stage4ServiceServer).GetCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage4Service_GetCheckpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Stage4ServiceServer).GetCheckpoint(ctx, req.(*GetCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage4Service_GetInclusionProof_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetInclusionProofRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Stage4ServiceServer).GetInclusionProof(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage4Service_GetInclusionProof_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Stage4ServiceServer).GetInclusionProof(ctx, req.(*GetInclusionProofRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage4Service_GetConsistencyProof_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConsistencyProofRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Stage4ServiceServer).GetConsistencyProof(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage4Service_GetConsistencyProof_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Stage4ServiceServer).GetConsistencyProof(ctx, req.(*GetConsistencyProofRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Stage4Service_ServiceDesc is the grpc.ServiceDesc for Stage4Service service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -218,6 +348,18 @@ var Stage4Service_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _Stage4Service_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "GetCheckpoint",
+			Handler:    _Stage4Service_GetCheckpoint_Handler,
+		},
+		{
+			MethodName: "GetInclusionProof",
+			Handler:    _Stage4Service_GetInclusionProof_Handler,
+		},
+		{
+			MethodName: "GetConsistencyProof",
+			Handler:    _Stage4Service_GetConsistencyProof_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

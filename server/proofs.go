@@ -1,0 +1,188 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"buf.build/go/protovalidate"
+	"golang.org/x/mod/sumdb/tlog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/rpcerr"
+)
+
+// AuditTree serves the audit log's Merkle tree and its latest signed
+// checkpoint; *audit.Log is the implementation.
+type AuditTree interface {
+	// Tree is the tree over the durable records.
+	Tree(ctx context.Context) (audit.TreeHead, error)
+	// ReadHashes reads stored hashes of the durable tree.
+	ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error)
+	// Checkpoint is the latest signed checkpoint, or audit.ErrNoSigningKey
+	// or audit.ErrNoCheckpoint.
+	Checkpoint(ctx context.Context) ([]byte, error)
+}
+
+// GetCheckpoint returns the latest signed checkpoint, whichever replica
+// signed it.
+func (s *Server) GetCheckpoint(ctx context.Context, _ *stage4v1.GetCheckpointRequest) (*stage4v1.GetCheckpointResponse, error) {
+	cp, err := s.log.Checkpoint(ctx)
+	if err != nil {
+		return nil, treeError(ctx, err)
+	}
+	return &stage4v1.GetCheckpointResponse{Checkpoint: string(cp)}, nil
+}
+
+// GetInclusionProof proves that a record is a leaf of a tree.
+func (s *Server) GetInclusionProof(ctx context.Context, req *stage4v1.GetInclusionProofRequest) (*stage4v1.GetInclusionProofResponse, error) {
+	if err := protovalidate.Validate(req); err != nil {
+		return nil, invalidArgument(err, rpcerr.InvalidProofRequest)
+	}
+	p, err := proveInclusion(ctx, s.log, req.GetSequence(), req.GetTreeSize())
+	if err != nil {
+		return nil, treeError(ctx, err)
+	}
+	return &stage4v1.GetInclusionProofResponse{TreeSize: p.treeSize, LeafHash: p.leaf[:], Hashes: hashBytes(p.proof)}, nil
+}
+
+// GetConsistencyProof proves that a tree extends a smaller one.
+func (s *Server) GetConsistencyProof(ctx context.Context, req *stage4v1.GetConsistencyProofRequest) (*stage4v1.GetConsistencyProofResponse, error) {
+	if err := protovalidate.Validate(req); err != nil {
+		return nil, invalidArgument(err, rpcerr.InvalidProofRequest)
+	}
+	proof, err := proveConsistency(ctx, s.log, req.GetFirstSize(), req.GetSecondSize())
+	if err != nil {
+		return nil, treeError(ctx, err)
+	}
+	return &stage4v1.GetConsistencyProofResponse{Hashes: hashBytes(proof)}, nil
+}
+
+// beyondTreeError is a sequence or size that the durable tree (or the
+// latest checkpoint) does not reach yet.
+type beyondTreeError struct {
+	msg      string
+	treeSize uint64 // how far it reaches
+}
+
+func (e *beyondTreeError) Error() string { return e.msg }
+
+// inclusion is an inclusion proof and what it is for.
+type inclusion struct {
+	treeSize uint64
+	leaf     tlog.Hash
+	proof    tlog.RecordProof
+}
+
+// proveInclusion proves that record seq is in the tree of size leaves,
+// size 0 standing for the latest checkpoint's (or, with no checkpoint, the
+// durable tree's). The request's own rules (seq > 0, seq <= size) are
+// checked already.
+func proveInclusion(ctx context.Context, tree AuditTree, seq, size uint64) (inclusion, error) {
+	var err error
+	latest := size == 0
+	if latest {
+		// The checkpoint before the durable tree: a checkpoint is only
+		// ever signed for a durable tree, so the tree read next reaches it.
+		if size, err = latestSize(ctx, tree); err != nil {
+			return inclusion{}, err
+		}
+	}
+	durable, err := tree.Tree(ctx)
+	if err != nil {
+		return inclusion{}, err
+	}
+	switch {
+	case size > durable.Size:
+		return inclusion{}, &beyondTreeError{fmt.Sprintf("tree_size %d is beyond the durable audit log of %d records", size, durable.Size), durable.Size}
+	case seq > size:
+		return inclusion{}, &beyondTreeError{fmt.Sprintf("sequence %d is beyond the latest checkpoint's tree of %d records; ask again after the next checkpoint", seq, size), size}
+	}
+	r := hashReader(ctx, tree)
+	proof, err := tlog.ProveRecord(int64(size), int64(seq-1), r)
+	if err != nil {
+		return inclusion{}, fmt.Errorf("prove inclusion: %w", err)
+	}
+	leaf, err := tree.ReadHashes(ctx, []int64{tlog.StoredHashIndex(0, int64(seq-1))})
+	if err != nil {
+		return inclusion{}, fmt.Errorf("read leaf hash: %w", err)
+	}
+	return inclusion{treeSize: size, leaf: leaf[0], proof: proof}, nil
+}
+
+// proveConsistency proves that the tree of second leaves extends that of
+// first (0 < first <= second, checked already).
+func proveConsistency(ctx context.Context, tree AuditTree, first, second uint64) (tlog.TreeProof, error) {
+	durable, err := tree.Tree(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if second > durable.Size {
+		return nil, &beyondTreeError{fmt.Sprintf("second_size %d is beyond the durable audit log of %d records", second, durable.Size), durable.Size}
+	}
+	proof, err := tlog.ProveTree(int64(second), int64(first), hashReader(ctx, tree))
+	if err != nil {
+		return nil, fmt.Errorf("prove consistency: %w", err)
+	}
+	return proof, nil
+}
+
+// latestSize is the latest checkpoint's tree size, or the durable tree's
+// when no checkpoint is signed (no signing key, or none yet).
+func latestSize(ctx context.Context, tree AuditTree) (uint64, error) {
+	msg, err := tree.Checkpoint(ctx)
+	if errors.Is(err, audit.ErrNoSigningKey) || errors.Is(err, audit.ErrNoCheckpoint) {
+		durable, err := tree.Tree(ctx)
+		return durable.Size, err
+	}
+	if err != nil {
+		return 0, err
+	}
+	cp, err := audit.ParseCheckpoint(msg)
+	if err != nil {
+		return 0, fmt.Errorf("%w: the stored checkpoint: %w", audit.ErrDataLoss, err)
+	}
+	return cp.Size, nil
+}
+
+func hashReader(ctx context.Context, tree AuditTree) tlog.HashReader {
+	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
+		return tree.ReadHashes(ctx, indexes)
+	})
+}
+
+func hashBytes(hashes []tlog.Hash) [][]byte {
+	out := make([][]byte, len(hashes))
+	for i := range hashes {
+		out[i] = hashes[i][:]
+	}
+	return out
+}
+
+// treeError is the status of a failed checkpoint or proof request: a key
+// that is not configured is FAILED_PRECONDITION, what the tree does not
+// reach yet OUT_OF_RANGE, a tree that no longer matches what was written
+// DATA_LOSS, everything else UNAVAILABLE (retry, maybe elsewhere).
+func treeError(ctx context.Context, err error) error {
+	var beyond *beyondTreeError
+	switch {
+	case errors.Is(err, audit.ErrNoSigningKey):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.NoSigningKey,
+			"this Stage-4 signs no checkpoints (no --audit-signing-key); proofs are served for the tree sizes you name", nil)
+	case errors.Is(err, audit.ErrNoCheckpoint):
+		return rpcerr.New(codes.Unavailable, rpcerr.NoCheckpoint, "no checkpoint has been signed yet", nil)
+	case errors.As(err, &beyond):
+		return rpcerr.New(codes.OutOfRange, rpcerr.BeyondTree, beyond.msg,
+			map[string]string{"tree_size": strconv.FormatUint(beyond.treeSize, 10)})
+	case errors.Is(err, audit.ErrDataLoss):
+		return rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log's tree changed under the server", nil)
+	case ctx.Err() != nil:
+		return rpcerr.New(status.FromContextError(ctx.Err()).Code(), rpcerr.AuditReadFailed, "stopped: "+ctx.Err().Error(), nil)
+	default:
+		return rpcerr.New(codes.Unavailable, rpcerr.AuditReadFailed, "the audit log's tree cannot be read", nil)
+	}
+}
