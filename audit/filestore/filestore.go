@@ -26,6 +26,7 @@ import (
 	"syscall"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -70,7 +71,7 @@ type Store struct {
 	// fsync under ioMu: DurableHead and ReadHashes.
 	durable atomic.Pointer[audit.Head]
 
-	checkpoint checkpointState
+	checkpoint *fsutil.CheckpointFile
 
 	mu     sync.Mutex // guards open and closed
 	open   map[string]*audit.OpenExecution
@@ -120,7 +121,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		o(&c)
 	}
 	headPath := path + HeadSuffix
-	saved, hasHead, mismatch := readHead(headPath)
+	saved, hasHead, mismatch := fsutil.ReadHead(headPath)
 	if mismatch != nil {
 		mismatch = fmt.Errorf("open audit log %s: %w", path, mismatch)
 		if !errors.Is(mismatch, ErrHeadMismatch) {
@@ -152,7 +153,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open audit log %s: lock: %w", path, err)
 	}
 	// A new file's directory entry is durable only once the directory is.
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -180,7 +181,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 // file; mismatch is readHead's complaint about the head file, if any.
 func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error) error {
 	var err error
-	if s.key, err = loadOrCreateKey(s.path + KeySuffix); err != nil {
+	if s.key, err = fsutil.LoadOrCreateKey(s.path + KeySuffix); err != nil {
 		return fmt.Errorf("open audit log %s: %w", s.path, err)
 	}
 	want := uint64(0)
@@ -206,7 +207,7 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 		if !c.newLog {
 			return mismatch
 		}
-		old, err := setAside(s.path + HeadSuffix)
+		old, err := fsutil.SetAside(s.path + HeadSuffix)
 		if err != nil {
 			return fmt.Errorf("open audit log %s: set the head file aside for a new log: %w", s.path, err)
 		}
@@ -214,7 +215,7 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 		hasHead = false
 		// The tree and the checkpoint were those of the lost log.
 		tail = trustedTail{}
-		if err := setAsideCheckpoint(s.path + CheckpointSuffix); err != nil {
+		if err := fsutil.SetAsideIfExists(s.path + CheckpointSuffix); err != nil {
 			return fmt.Errorf("open audit log %s: set the checkpoint aside for a new log: %w", s.path, err)
 		}
 	}
@@ -224,7 +225,7 @@ func (s *Store) start(c *config, saved audit.Head, hasHead bool, mismatch error)
 	if err := s.openTree(tail); err != nil {
 		return fmt.Errorf("open audit log %s: %w", s.path, err)
 	}
-	if err := s.loadCheckpoint(); err != nil {
+	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path + CheckpointSuffix); err != nil {
 		return fmt.Errorf("open audit log %s: %w", s.path, err)
 	}
 	s.publishDurable(s.durableHead)

@@ -1,18 +1,10 @@
 package filestore
 
 import (
-	"bytes"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
 )
 
 // HeadSuffix is appended to the log's path to name its head file: the
@@ -33,46 +25,7 @@ const HeadSuffix = ".head"
 // names (it was removed, renamed, replaced or truncated, while the store
 // was running or stopped), or the head file is unreadable. Open refuses
 // the log unless WithNewLog.
-var ErrHeadMismatch = errors.New("the audit log does not match its head file")
-
-// headFile is the head file's content.
-type headFile struct {
-	Sequence uint64 `json:"sequence"`
-	Hash     string `json:"hash"`
-}
-
-// readHead reads the head file at path; ok is false when there is none.
-func readHead(path string) (h audit.Head, ok bool, err error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return audit.Head{}, false, nil
-	}
-	if err != nil {
-		return audit.Head{}, false, fmt.Errorf("read head file %s: %w", path, err)
-	}
-	var hf headFile
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&hf); err != nil {
-		return audit.Head{}, false, fmt.Errorf("%w: head file %s is unreadable: %w", ErrHeadMismatch, path, err)
-	}
-	sum, err := hex.DecodeString(strings.TrimPrefix(hf.Hash, "sha256:"))
-	if err != nil || len(sum) != len(h.Hash) || !strings.HasPrefix(hf.Hash, "sha256:") {
-		return audit.Head{}, false, fmt.Errorf("%w: head file %s is unreadable: bad hash %q", ErrHeadMismatch, path, hf.Hash)
-	}
-	h.Sequence = hf.Sequence
-	copy(h.Hash[:], sum)
-	return h, true, nil
-}
-
-// writeHead replaces the head file at path with h, atomically and durably.
-func writeHead(path string, h audit.Head) error {
-	data, err := json.Marshal(headFile{Sequence: h.Sequence, Hash: audit.FormatHash(h.Hash)})
-	if err != nil {
-		return err
-	}
-	return replaceFile(path, append(data, '\n'))
-}
+var ErrHeadMismatch = fsutil.ErrHeadMismatch
 
 // headMismatch is Open's refusal of a log that lost the head file's record.
 func headMismatch(path string, saved audit.Head, found error) error {
@@ -94,31 +47,6 @@ func checkHead(path string, want audit.Head, records uint64, hashAtWant string) 
 	return nil
 }
 
-// setAside renames the head file at path to path.<unix time>.old (with a
-// counter should that exist), so that an operator can still read what the
-// log held before a new log began, and returns the new name.
-func setAside(path string) (string, error) {
-	base := fmt.Sprintf("%s.%d", path, time.Now().Unix())
-	for i := 0; ; i++ {
-		old := base + ".old"
-		if i > 0 {
-			old = fmt.Sprintf("%s-%d.old", base, i)
-		}
-		// Link, unlike Rename, never replaces an earlier .old file.
-		err := os.Link(path, old)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		if err := os.Remove(path); err != nil {
-			return "", err
-		}
-		return old, syncDir(filepath.Dir(path))
-	}
-}
-
 // saveHead writes h, a durable head, to the head file if it moved since
 // the last write. An empty log has nothing to protect and gets no head file.
 func (s *Store) saveHead(h audit.Head) error {
@@ -133,7 +61,7 @@ func (s *Store) saveHead(h audit.Head) error {
 	if err := s.tree.Sync(); err != nil {
 		return s.fail(fmt.Errorf("fsync tree file: %w", err))
 	}
-	if err := writeHead(s.path+HeadSuffix, h); err != nil {
+	if err := fsutil.WriteHead(s.path+HeadSuffix, h); err != nil {
 		return fmt.Errorf("write head file %s: %w", s.path+HeadSuffix, err)
 	}
 	s.savedHead = h

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
 )
 
 // TreeSuffix is appended to the log's path to name its tree file: the
@@ -77,7 +78,7 @@ func (s *Store) openTree(tail trustedTail) error {
 	if missing {
 		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 		if err == nil {
-			err = syncDir(filepath.Dir(path))
+			err = fsutil.SyncDir(filepath.Dir(path))
 		}
 	}
 	if err != nil {

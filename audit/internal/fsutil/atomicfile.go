@@ -1,24 +1,24 @@
-package filestore
+package fsutil
 
 import (
 	"os"
 	"path/filepath"
 )
 
-// replaceFile replaces path with a file (mode 0600) holding data, so that a
+// ReplaceFile replaces path with a file (mode 0600) holding data, so that a
 // reader, or the next start after a crash, sees the old content or the new
 // one, never a part: the data is written and fsynced under a temporary
 // name, renamed to path, and the directory fsynced.
-func replaceFile(path string, data []byte) error {
+func ReplaceFile(path string, data []byte) error {
 	return placeFile(path, data, os.Rename)
 }
 
-// createFile creates path (mode 0600) holding data, failing with
+// CreateFile creates path (mode 0600) holding data, failing with
 // fs.ErrExist if it exists. Like O_CREATE|O_EXCL, it never replaces a file;
 // unlike it, a crash never leaves the file empty or short: the data is
 // written and fsynced under a temporary name, hard-linked to path (which
 // fails if path exists), and the directory fsynced.
-func createFile(path string, data []byte) error {
+func CreateFile(path string, data []byte) error {
 	return placeFile(path, data, os.Link)
 }
 
@@ -40,14 +40,14 @@ func placeFile(path string, data []byte, place func(tmp, path string) error) err
 		err = place(tmp.Name(), path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	return err
 }
 
-// syncDir makes the directory's entries durable: a created, renamed or
+// SyncDir makes the directory's entries durable: a created, renamed or
 // removed file's name is durable only once its directory is.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
