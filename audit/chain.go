@@ -7,7 +7,8 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// ChainChecker checks records one by one in log order, from sequence 1:
+// ChainChecker checks records one by one in log order, from sequence 1
+// (or after WithStart's head):
 // each record's own hash, its sequence (gapless) and its previous_hash.
 // It is the one verifier of every store: a file feeds it lines, a
 // database rows ordered by sequence.
@@ -23,6 +24,9 @@ func NewChainChecker(opts ...VerifyOption) *ChainChecker {
 	c := &ChainChecker{}
 	for _, o := range opts {
 		o(&c.cfg)
+	}
+	if c.cfg.start != nil {
+		c.head = *c.cfg.start
 	}
 	return c
 }

@@ -76,6 +76,8 @@ type verifyConfig struct {
 	// onLine sees every good record's bytes; stores use it to recompute
 	// tree hashes, verifiers to rehash the log.
 	onLine func(seq uint64, line []byte)
+	// start, when set, is the head the first record extends.
+	start *Head
 }
 
 // WithProgress calls f with the number of bytes read so far, about once per
@@ -96,4 +98,13 @@ func WithRecordFunc(f func(*stage4v1.AuditEvent)) VerifyOption {
 // passes it. line is valid only during the call.
 func WithLineFunc(f func(seq uint64, line []byte)) VerifyOption {
 	return func(c *verifyConfig) { c.onLine = f }
+}
+
+// WithStart makes Verify or a ChainChecker begin after head instead of at
+// the genesis: the first record must have head's Sequence plus one and
+// head's Hash as its previous_hash. It checks one piece of a log (a
+// segment) on its own; what the piece extends is for the caller to trust
+// or check.
+func WithStart(head Head) VerifyOption {
+	return func(c *verifyConfig) { c.start = &head }
 }

@@ -9,7 +9,8 @@ import (
 
 // VerifyResult describes the intact part of a log.
 type VerifyResult struct {
-	// Records is the number of good records: sequences 1 to Records.
+	// Records is the number of good records: sequences 1 to Records (the
+	// sequence of the last good record, after WithStart).
 	Records uint64
 	// LastHash is the hash of the last good record, or GenesisHash. Keep it
 	// elsewhere to detect later truncation, which a hash chain alone cannot.
@@ -52,6 +53,9 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 	}
 	res := VerifyResult{LastHash: GenesisHash}
 	chain := NewChainChecker(opts...)
+	if c.start != nil {
+		res.Head, res.Records, res.LastHash = *c.start, c.start.Sequence, FormatHash(c.start.Hash)
+	}
 	lr := NewLineReader(r)
 	nextProgress := int64(progressStep)
 	for {

@@ -184,17 +184,7 @@ func (s *Store) recomputeTree(b *audit.TreeBuilder, offset int64) error {
 
 // readTreeHashes reads stored hashes from the tree file.
 func (s *Store) readTreeHashes(indexes []int64) ([]tlog.Hash, error) {
-	return readHashesAt(s.tree, indexes)
-}
-
-func readHashesAt(r io.ReaderAt, indexes []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(indexes))
-	for i, x := range indexes {
-		if _, err := r.ReadAt(out[i][:], x*tlog.HashSize); err != nil {
-			return nil, fmt.Errorf("tree hash %d: %w", x, err)
-		}
-	}
-	return out, nil
+	return fsutil.ReadHashesAt(s.tree, indexes)
 }
 
 // appendTree writes the stored hashes of recs to the tree file (the
@@ -302,7 +292,7 @@ func (r *Reader) Record(seq uint64) ([]byte, error) {
 // ReadHashes reads stored hashes from the tree file; it is a
 // tlog.HashReader.
 func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
-	return readHashesAt(r.tree, indexes)
+	return fsutil.ReadHashesAt(r.tree, indexes)
 }
 
 // Close closes the files.

@@ -1,0 +1,708 @@
+// Package segstore keeps an audit log in a local directory of
+// size-bounded segment files (docs/AUDIT_LOG.md): the file store of
+// Stage-4 at a year's scale.
+//
+// A segment is a file of JSON-lines records named by the sequence of its
+// first record (00000000000000000001.jsonl). The hash chain and the
+// Merkle tree run across segments: a new segment starts where the
+// previous one ended. Only the last segment (the active one) is written;
+// when a batch would take it past the segment size it is sealed: cut to
+// its records, fsynced, and described by a line of the seal file
+// (seals.jsonl) that names its first and last record, the hashes at both
+// ends, the tree's edge after it and the executions still open. Sealed
+// segments never change, so an operator may archive them (see
+// docs/AUDIT_LOG.md), and Open verifies only the active segment: its
+// start-up does not grow with the log.
+//
+// Segments are preallocated (WithPreallocate) so that an append does not
+// change the file's size. ListAuditEvents finds records by execution,
+// plan, user or type through an index kept beside the segments (index/),
+// which is rebuilt when missing.
+//
+// The store is fail-closed like audit/filestore: the first write or fsync
+// error fails it for good, and so does a segment changed under it. Only a
+// segment that cannot be created (a full disk) is not final: nothing was
+// written, and the next append or ping tries again.
+package segstore
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+// The files of a log directory besides its segments.
+const (
+	// SealsFile lists the sealed segments, one JSON line each (see seal).
+	SealsFile = "seals.jsonl"
+	// KeyFile is the store's fingerprint key (audit.Store.FingerprintKey),
+	// fsutil.KeyLen raw random bytes, mode 0600.
+	KeyFile = "key"
+	// HeadFile names the log's last durable record, as audit/filestore's
+	// head file does (filestore.HeadSuffix): a log that no longer reaches
+	// it is refused (ErrHeadMismatch) unless WithNewLog.
+	HeadFile = "head"
+	// TreeFile holds the Merkle tree's stored hashes, as audit/filestore's
+	// tree file (filestore.TreeSuffix), for the whole log.
+	TreeFile = "tree"
+	// CheckpointFile holds the latest signed checkpoint.
+	CheckpointFile = "checkpoint"
+	// IndexDir holds the index runs (package segindex).
+	IndexDir = "index"
+	// lockFile is what Open locks against a second process.
+	lockFile = "lock"
+	// SegmentExt ends a segment's name.
+	SegmentExt = ".jsonl"
+)
+
+// ErrHeadMismatch: the log does not hold the last record its head file
+// names; see fsutil.ErrHeadMismatch. Open refuses the log unless
+// WithNewLog.
+var ErrHeadMismatch = fsutil.ErrHeadMismatch
+
+// ErrLocked: another process has the log open.
+var ErrLocked = errors.New("the directory is locked by another process (flock): another stage4 is using this audit log")
+
+// File is the storage of a segment; *os.File implements it. The store
+// writes with WriteAt at the end of the records, reads with ReadAt, makes
+// writes durable with Sync (or a data-only sync when preallocated) and
+// cuts a sealed segment to its records with Truncate.
+type File interface {
+	io.WriterAt
+	io.ReaderAt
+	Sync() error
+	Truncate(size int64) error
+	Fd() uintptr
+	Close() error
+}
+
+// SegmentName is the file name of the segment whose first record has
+// sequence first.
+func SegmentName(first uint64) string { return fmt.Sprintf("%020d%s", first, SegmentExt) }
+
+// ParseSegmentName returns the first sequence a segment's file name
+// states; ok is false for other names.
+func ParseSegmentName(name string) (first uint64, ok bool) {
+	digits, found := bytes.CutSuffix([]byte(name), []byte(SegmentExt))
+	if !found || len(digits) != 20 {
+		return 0, false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		first = first*10 + uint64(c-'0')
+	}
+	return first, first > 0
+}
+
+// Store is an audit.Store in a directory of segments.
+type Store struct {
+	dir  string
+	cfg  config
+	lock *os.File
+	key  []byte
+
+	recovery Recovery
+	failed   atomic.Pointer[error]
+
+	// ioMu guards what Append owns (it is never called concurrently)
+	// against Ping and Close.
+	ioMu        sync.Mutex
+	active      *segment // nil while the next segment could not be created
+	head        audit.Head
+	durableHead audit.Head
+	wbuf, tbuf  []byte
+	tree        *os.File
+	// sealsFile is the seal file, appended to at every seal.
+	sealsFile *os.File
+	open      map[string]*audit.OpenExecution // open executions at the head, for seals
+
+	// view is what readers go by: the durable head and the segments.
+	view atomic.Pointer[view]
+
+	// headMu guards savedHead, the head in the head file (zero: none).
+	headMu    sync.Mutex
+	savedHead audit.Head
+
+	checkpoint *fsutil.CheckpointFile
+	index      *indexer
+	next       nextState
+
+	mu          sync.Mutex // guards interrupted and closed
+	interrupted []audit.OpenExecution
+	closed      bool
+}
+
+var _ audit.Store = (*Store)(nil)
+
+// segment is the active segment.
+type segment struct {
+	first    uint64
+	path     string
+	file     File
+	ident    os.FileInfo
+	written  int64 // length of the records written, durable or not
+	fileSize int64 // the file's length: written, or the preallocated size
+	prevHash [32]byte // the hash its first record extends
+	mem      *memIndex
+}
+
+// view is a consistent picture of the durable log for readers, replaced
+// (never changed) after every durable batch and every seal.
+type view struct {
+	head audit.Head
+	// sealed are the sealed segments in order; the active segment follows
+	// them, from activeFirst, with activeSize durable bytes.
+	sealed      []seal
+	activeFirst uint64
+	activeSize  int64
+	activeMem   *memIndex
+}
+
+// Recovery is what Open found and repaired.
+type Recovery struct {
+	// Records is the number of records the log holds.
+	Records uint64
+	// SealedSegments is the number of sealed segments the seal file lists,
+	// and ArchivedSegments how many of their files are not in the
+	// directory (moved away by an operator).
+	SealedSegments   int
+	ArchivedSegments int
+	// VerifiedRecords is the number of records Open verified: those of the
+	// active segment, whatever the size of the log.
+	VerifiedRecords uint64
+	// TruncatedBytes is the length of an incomplete last record cut off
+	// the active segment: a record being written when the process stopped,
+	// never acknowledged.
+	TruncatedBytes int64
+	// OldHeadFile is where WithNewLog set aside a head file that the log
+	// did not match, and HeadMismatch what did not match.
+	OldHeadFile  string
+	HeadMismatch string
+	// TreeRecomputed is the number of records whose tree hashes Open
+	// recomputed from the log: those of the active segment. TreeRebuilt
+	// says why Open rebuilt the tree file from every segment (it was
+	// missing, short or did not match the seal file); empty when it did not.
+	TreeRecomputed uint64
+	TreeRebuilt    string
+	// IndexRebuilds is the number of sealed segments whose index was
+	// missing and is being rebuilt in the background.
+	IndexRebuilds int
+}
+
+// Open opens or creates the log directory dir, locks it against other
+// processes, verifies the active segment against the end of the sealed
+// ones, and cuts an incomplete last record (a crash's trace). Any other
+// damage is refused with a *audit.ChainError naming the first bad
+// sequence, because appending to a broken chain would hide the break.
+// Executions left open are handed out by Interrupted.
+func Open(dir string, opts ...Option) (*Store, error) {
+	c := defaultConfig()
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.segmentBytes < MinSegmentBytes {
+		return nil, fmt.Errorf("open audit log %s: segment size %d is below the minimum of %d bytes", dir, c.segmentBytes, MinSegmentBytes)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	// The lock dies with the process, so a crash never leaves it behind.
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("open audit log %s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("open audit log %s: lock: %w", dir, err)
+	}
+	s := &Store{dir: dir, cfg: c, lock: lock, open: map[string]*audit.OpenExecution{}}
+	if err := s.start(); err != nil {
+		if s.index != nil {
+			s.index.close()
+		}
+		s.closeFiles()
+		return nil, fmt.Errorf("open audit log %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
+
+// start reads what the directory holds and brings it to a state Append
+// can extend.
+func (s *Store) start() error {
+	var err error
+	if s.key, err = fsutil.LoadOrCreateKey(s.path(KeyFile)); err != nil {
+		return err
+	}
+	saved, hasHead, mismatch := fsutil.ReadHead(s.path(HeadFile))
+	if mismatch != nil && !errors.Is(mismatch, ErrHeadMismatch) {
+		return mismatch
+	}
+	seals, err := s.openSeals()
+	if err != nil {
+		return err
+	}
+	names, err := s.segmentFiles(seals)
+	if err != nil {
+		return err
+	}
+	// The state at the start of the active segment.
+	var base audit.Head
+	activeFirst := uint64(1)
+	if n := len(seals); n > 0 {
+		last := &seals[n-1]
+		if base, err = last.head(); err != nil {
+			return err
+		}
+		activeFirst = last.Last + 1
+		for _, e := range last.Open {
+			s.open[e.ExecutionID] = e.execution()
+		}
+	}
+	s.initNext()
+	s.recovery.SealedSegments = len(seals)
+	s.recovery.ArchivedSegments = len(seals) - (len(names) - 1)
+	if _, ok := names[activeFirst]; !ok {
+		s.recovery.ArchivedSegments = len(seals) - len(names)
+	}
+	hashAt, err := s.openActive(activeFirst, base, saved.Sequence)
+	if err != nil {
+		return err
+	}
+	if mismatch == nil && hasHead {
+		if err := checkHead(saved, s.head, seals, hashAt); err != nil {
+			mismatch = fmt.Errorf("%w: head file %s names record %d (hash %s), but %w",
+				ErrHeadMismatch, s.path(HeadFile), saved.Sequence, audit.FormatHash(saved.Hash), err)
+		}
+	}
+	if mismatch != nil {
+		if !s.cfg.newLog {
+			return mismatch
+		}
+		old, err := fsutil.SetAside(s.path(HeadFile))
+		if err != nil {
+			return fmt.Errorf("set the head file aside for a new log: %w", err)
+		}
+		s.recovery.OldHeadFile, s.recovery.HeadMismatch = old, mismatch.Error()
+		if err := fsutil.SetAsideIfExists(s.path(CheckpointFile)); err != nil {
+			return fmt.Errorf("set the checkpoint aside for a new log: %w", err)
+		}
+	} else if hasHead {
+		s.savedHead = saved
+	}
+	s.recovery.Records = s.head.Sequence
+	if err := s.openTree(seals); err != nil {
+		return err
+	}
+	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path(CheckpointFile)); err != nil {
+		return err
+	}
+	s.durableHead = s.head
+	// Executions open now belong to the process that stopped.
+	for _, e := range s.open {
+		s.interrupted = append(s.interrupted, *e)
+	}
+	slices.SortFunc(s.interrupted, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	s.view.Store(&view{head: s.head, sealed: seals, activeFirst: activeFirst, activeSize: s.active.written, activeMem: s.active.mem})
+	if s.index, err = startIndexer(s, seals, names); err != nil {
+		return err
+	}
+	// Record where the log now ends, so that a log removed before the
+	// first ping is still noticed at the next start.
+	return s.saveHead(s.head)
+}
+
+// checkHead compares the head file's head with the log: nil when the log
+// holds that record (as far as can be seen without reading sealed
+// segments), else what the log holds instead. hashAt is the hash of the
+// record of that sequence if the active segment holds it.
+func checkHead(want, have audit.Head, seals []seal, hashAt *[32]byte) error {
+	switch {
+	case want.Sequence == 0:
+		return nil
+	case have.Sequence == 0:
+		return errors.New("the directory holds no records")
+	case have.Sequence < want.Sequence:
+		return fmt.Errorf("the log holds only %d records", have.Sequence)
+	case hashAt != nil:
+		if *hashAt != want.Hash {
+			return fmt.Errorf("its record %d has hash %s: another log", want.Sequence, audit.FormatHash(*hashAt))
+		}
+		return nil
+	}
+	// The record is in a sealed segment: its seal knows the hash of its
+	// last record only.
+	i, found := slices.BinarySearchFunc(seals, want.Sequence, func(sl seal, seq uint64) int { return cmp.Compare(sl.Last, seq) })
+	if found && seals[i].LastHash != audit.FormatHash(want.Hash) {
+		return fmt.Errorf("its record %d has hash %s: another log", want.Sequence, seals[i].LastHash)
+	}
+	return nil
+}
+
+// Recovery reports what Open found and repaired.
+func (s *Store) Recovery() Recovery { return s.recovery }
+
+// Dir returns the log's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Interrupted hands out, once, the executions that the log showed open at
+// Open: only one process uses the directory, so every one of them belongs
+// to a process that stopped.
+func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.interrupted
+	s.interrupted = nil
+	return list, nil
+}
+
+// track follows the executions of records in log order: those still
+// open at a seal are written into it, so that Open never reads a sealed
+// segment to find them.
+func (s *Store) track(seq uint64, t stage4v1.AuditEventType, executionID, planID, userID string) {
+	if audit.IsTerminal(t) {
+		delete(s.open, executionID)
+		return
+	}
+	if e, ok := s.open[executionID]; ok {
+		e.LastType = t
+		return
+	}
+	s.open[executionID] = &audit.OpenExecution{
+		ExecutionID: executionID, PlanID: planID, UserID: userID, LastType: t, Sequence: seq,
+	}
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// usable returns why the store may not be used: closed, or failed for good.
+func (s *Store) usable() error {
+	if s.isClosed() {
+		return audit.ErrClosed
+	}
+	return s.Err()
+}
+
+// fail records the I/O error err as the store's permanent failure.
+func (s *Store) fail(err error) error {
+	return s.latch(fmt.Errorf("audit log %s failed: %w", s.dir, err))
+}
+
+// latch records err as the store's permanent failure, unless there is one
+// already, and returns the failure.
+func (s *Store) latch(err error) error {
+	s.failed.CompareAndSwap(nil, &err)
+	return *s.failed.Load()
+}
+
+// Err returns the store's permanent failure, or nil.
+func (s *Store) Err() error {
+	if p := s.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Append writes the batch into the active segment, sealing it first and
+// starting the next one when the batch would take it past the segment
+// size, and, when durable, syncs it, which makes every earlier write
+// durable too. Then it checks that the segment's path still names the
+// file it wrote, at the length it wrote.
+func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	s.ioMu.Lock()
+	defer s.ioMu.Unlock()
+	if s.active == nil {
+		// The last seal could not start a segment (a full disk): again.
+		if err := s.startSegment(); err != nil {
+			return err
+		}
+	}
+	recs, err := build(s.head)
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	tree, err := audit.NextTree(s.head, recs)
+	if err != nil {
+		return fmt.Errorf("append audit records: %w", err)
+	}
+	n := 0
+	for i := range recs {
+		n += len(recs[i].Line) + 1
+	}
+	if a := s.active; a.written > 0 && a.written+int64(n) > s.cfg.segmentBytes {
+		if err := s.seal(); err != nil {
+			return err
+		}
+		if err := s.startSegment(); err != nil {
+			return err
+		}
+	}
+	a := s.active
+	buf := s.wbuf[:0]
+	for i := range recs {
+		r := &recs[i]
+		a.mem.add(r, a.written+int64(len(buf)))
+		buf = append(buf, r.Line...)
+		buf = append(buf, '\n')
+		s.track(r.Sequence, r.Type, r.ExecutionID, r.PlanID, r.UserID)
+	}
+	s.wbuf = keepBuf(buf)
+	if _, err := a.file.WriteAt(buf, a.written); err != nil {
+		return s.fail(fmt.Errorf("write %s: %w", a.path, err))
+	}
+	// Past the preallocated size only when not preallocated, or for a
+	// batch larger than a segment.
+	a.written += int64(len(buf))
+	a.fileSize = max(a.fileSize, a.written)
+	if err := s.appendTree(recs); err != nil {
+		return err
+	}
+	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash, Tree: tree}
+	if durable {
+		if err := s.syncSegment(a); err != nil {
+			return err
+		}
+	}
+	// After the sync, so that a change during it is seen too: one stat,
+	// about a microsecond next to the sync's hundreds.
+	if err := s.checkIdentity(a); err != nil {
+		return err
+	}
+	if durable {
+		s.publish()
+	}
+	return nil
+}
+
+// syncSegment makes the active segment's writes durable with a data-only
+// sync (fdatasync): Linux flushes the metadata needed to read the data
+// back, such as a grown size, and skips the rest (times). On a
+// preallocated segment an append changes no metadata at all.
+func (s *Store) syncSegment(a *segment) error {
+	if err := fdatasync(a.file); err != nil {
+		return s.fail(fmt.Errorf("fsync %s: %w", a.path, err))
+	}
+	return nil
+}
+
+// publish makes the head durable for readers: the caller synced every
+// write up to it, under ioMu.
+func (s *Store) publish() {
+	s.durableHead = s.head
+	var v view
+	if old := s.view.Load(); old != nil {
+		v = *old
+	}
+	v.head = s.head
+	v.activeFirst = s.active.first
+	v.activeSize = s.active.written
+	v.activeMem = s.active.mem
+	s.view.Store(&v)
+}
+
+// keepBufBytes bounds the write buffers kept between batches.
+const keepBufBytes = 4 << 20
+
+func keepBuf(b []byte) []byte {
+	if cap(b) <= keepBufBytes {
+		return b
+	}
+	return nil
+}
+
+// checkIdentity reports, as a permanent failure, that the active
+// segment's path no longer names the file the store writes, or that the
+// file's length is not what the store made it: the segment (or the
+// directory) was removed, renamed, replaced, truncated or written by
+// someone else. Without it, writes would go on into a deleted inode and
+// be acknowledged while the log lost them. The caller holds ioMu.
+func (s *Store) checkIdentity(a *segment) error {
+	fi, err := os.Stat(a.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return s.latch(&changedError{fmt.Sprintf("audit log segment %s was removed or renamed while in use", a.path)})
+	case err != nil:
+		return s.fail(fmt.Errorf("check that the audit log is still in place: %w", err))
+	case !os.SameFile(fi, a.ident):
+		return s.latch(&changedError{fmt.Sprintf("audit log segment %s was replaced by another file while in use", a.path)})
+	case fi.Size() != a.fileSize:
+		return s.latch(&changedError{fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
+	}
+	return nil
+}
+
+// changedError is a segment changed under the store. It is an
+// audit.ErrDataLoss, and says itself what happened to which file.
+type changedError struct{ msg string }
+
+func (e *changedError) Error() string { return e.msg }
+
+func (e *changedError) Is(target error) bool { return target == audit.ErrDataLoss }
+
+// Ping returns the store's permanent failure, if any. It also checks that
+// the active segment is still in place (see Append), starts the next
+// segment if the last seal could not (a disk that was full), and writes
+// the head file when the durable head moved: the log pings about once a
+// second, which bounds how often that happens.
+func (s *Store) Ping(context.Context) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	s.ioMu.Lock()
+	var err error
+	if s.active == nil {
+		err = s.startSegment()
+	} else {
+		err = s.checkIdentity(s.active)
+	}
+	head := s.durableHead
+	s.ioMu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Not latched: a head file that cannot be written now (a full disk)
+	// may be written at the next ping.
+	return s.saveHead(head)
+}
+
+// saveHead writes h, a durable head, to the head file if it moved since
+// the last write. An empty log has nothing to protect and gets no head
+// file.
+func (s *Store) saveHead(h audit.Head) error {
+	s.headMu.Lock()
+	defer s.headMu.Unlock()
+	if h.Sequence <= s.savedHead.Sequence {
+		return nil
+	}
+	if err := fsutil.WriteHead(s.path(HeadFile), h); err != nil {
+		return fmt.Errorf("write head file %s: %w", s.path(HeadFile), err)
+	}
+	s.savedHead = h
+	return nil
+}
+
+// FingerprintKey returns the key read or created by Open.
+func (s *Store) FingerprintKey(context.Context) ([]byte, error) {
+	return slices.Clone(s.key), nil
+}
+
+// SaveCheckpoint replaces the checkpoint file with checkpoint unless the
+// one there is for a larger tree.
+func (s *Store) SaveCheckpoint(_ context.Context, size uint64, checkpoint []byte) error {
+	if s.isClosed() {
+		return audit.ErrClosed
+	}
+	return s.checkpoint.Save(size, checkpoint)
+}
+
+// LoadCheckpoint returns the latest checkpoint.
+func (s *Store) LoadCheckpoint(context.Context) ([]byte, error) {
+	if s.isClosed() {
+		return nil, audit.ErrClosed
+	}
+	return s.checkpoint.Latest()
+}
+
+// DurableHead returns the head after the synced records.
+func (s *Store) DurableHead(context.Context) (audit.Head, error) {
+	if s.isClosed() {
+		return audit.Head{}, audit.ErrClosed
+	}
+	return s.view.Load().head, nil
+}
+
+// ReadHashes reads stored hashes of the durable tree from the tree file.
+func (s *Store) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, error) {
+	if s.isClosed() {
+		return nil, audit.ErrClosed
+	}
+	limit := tlog.StoredHashCount(int64(s.view.Load().head.Sequence))
+	for _, x := range indexes {
+		if x < 0 || x >= limit {
+			return nil, fmt.Errorf("tree hash %d is not in the durable tree (%d hashes)", x, limit)
+		}
+	}
+	hashes, err := readHashesAt(s.tree, indexes)
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: the tree file %s was cut: %w", audit.ErrDataLoss, s.path(TreeFile), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: read the tree file: %w", audit.ErrUnavailable, err)
+	}
+	return hashes, nil
+}
+
+// Close syncs what was written, checks that the active segment is still
+// in place, writes the head file, waits for the index's background work
+// and closes the files.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	var err error
+	s.ioMu.Lock()
+	if s.Err() == nil && s.active != nil {
+		if err = s.syncSegment(s.active); err == nil {
+			if err = s.checkIdentity(s.active); err == nil {
+				s.publish()
+			}
+		}
+	}
+	head := s.durableHead
+	s.ioMu.Unlock()
+	// Also after a failure: the head file then names the last record that
+	// was durable in place, so that the next start sees what was lost.
+	err = errors.Join(err, s.saveHead(head))
+	if s.index != nil {
+		s.index.close()
+	}
+	return errors.Join(err, s.closeFiles())
+}
+
+// closeFiles closes whatever files are open.
+func (s *Store) closeFiles() error {
+	s.next.wg.Wait()
+	var errs []error
+	if s.active != nil {
+		errs = append(errs, s.active.file.Close())
+	}
+	for _, f := range []*os.File{s.tree, s.sealsFile, s.lock} {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
