@@ -72,7 +72,17 @@ type indexer struct {
 	wake chan struct{}
 	done chan struct{}
 	wg   sync.WaitGroup
-	err  error // the last background error, for tests and Recovery
+	// err is the last background error (guarded by mu): the work is
+	// tried again at the next seal, and lookups meanwhile read the
+	// segments concerned.
+	err error
+}
+
+// setErr records a background error.
+func (ix *indexer) setErr(err error) {
+	ix.mu.Lock()
+	ix.err = err
+	ix.mu.Unlock()
 }
 
 // liveRun is an open run; retired once merged away, after which lookups
@@ -199,7 +209,7 @@ func (ix *indexer) step() bool {
 	ix.mu.RUnlock()
 	if p != nil {
 		if err := ix.writePending(*p); err != nil {
-			ix.err = err
+			ix.setErr(err)
 			return false // again at the next seal
 		}
 		return true
@@ -209,7 +219,7 @@ func (ix *indexer) step() bool {
 		return false
 	}
 	if err := ix.merge(merge); err != nil {
-		ix.err = err
+		ix.setErr(err)
 		return false
 	}
 	return true

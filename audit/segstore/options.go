@@ -6,8 +6,10 @@ package segstore
 // second.
 const DefaultSegmentBytes = 64 << 20
 
-// MinSegmentBytes is the smallest segment size Open accepts.
-const MinSegmentBytes = 64 << 10
+// MinSegmentBytes is the smallest segment size Open accepts: a page.
+// Small segments suit tests; a production log wants megabytes (stage4
+// serve refuses less than 1 MiB).
+const MinSegmentBytes = 4 << 10
 
 // Option configures Open.
 type Option func(*config)

@@ -651,7 +651,7 @@ func (s *Store) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, err
 			return nil, fmt.Errorf("tree hash %d is not in the durable tree (%d hashes)", x, limit)
 		}
 	}
-	hashes, err := readHashesAt(s.tree, indexes)
+	hashes, err := fsutil.ReadHashesAt(s.tree, indexes)
 	if errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: the tree file %s was cut: %w", audit.ErrDataLoss, s.path(TreeFile), err)
 	}

@@ -178,8 +178,3 @@ func (s *Store) appendTree(recs []audit.Record) error {
 	}
 	return nil
 }
-
-// readHashesAt reads stored hashes from a tree file.
-func readHashesAt(r io.ReaderAt, indexes []int64) ([]tlog.Hash, error) {
-	return fsutil.ReadHashesAt(r, indexes)
-}

@@ -1,0 +1,346 @@
+package segstore_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/segstore"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+const (
+	received  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED
+	started   = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
+	completed = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED
+)
+
+// small are the options of a log whose segments hold a few dozen records.
+var small = []segstore.Option{segstore.WithSegmentBytes(segstore.MinSegmentBytes)}
+
+func open(t *testing.T, dir string, opts ...segstore.Option) *segstore.Store {
+	t.Helper()
+	s, err := segstore.Open(dir, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// execute appends the three events of a completed execution, as the
+// gateway does: PLAN_RECEIVED without a sync, the others durable.
+func execute(t *testing.T, s *segstore.Store, n int) {
+	t.Helper()
+	id := fmt.Sprintf("exec-%05d", n)
+	for i, typ := range []stage4v1.AuditEventType{received, started, completed} {
+		appendEvent(t, s, i > 0, &stage4v1.AuditEvent{Type: typ, ExecutionId: id,
+			PlanId: fmt.Sprintf("plan-%d", n%7), UserId: fmt.Sprintf("user-%d", n%3)})
+	}
+}
+
+func appendEvent(t *testing.T, s *segstore.Store, durable bool, ev *stage4v1.AuditEvent) {
+	t.Helper()
+	err := s.Append(context.Background(), durable, func(h audit.Head) ([]audit.Record, error) {
+		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{ev})
+	})
+	require.NoError(t, err)
+}
+
+func list(t *testing.T, s *segstore.Store, q audit.Query) []*stage4v1.AuditEvent {
+	t.Helper()
+	q.PageSize = max(q.PageSize, 1)
+	var all []*stage4v1.AuditEvent
+	for range 100000 {
+		page, err := s.List(context.Background(), q)
+		require.NoError(t, err)
+		all = append(all, page.Events...)
+		if page.NextPageToken == "" {
+			return all
+		}
+		q.PageToken = page.NextPageToken
+	}
+	t.Fatal("listing did not end")
+	return nil
+}
+
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "*"+segstore.SegmentExt))
+	require.NoError(t, err)
+	var out []string
+	for _, n := range names {
+		if _, ok := segstore.ParseSegmentName(filepath.Base(n)); ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestSegmentsChainAcrossAndOpenReadsOnlyTheActiveOne: a log of many
+// segments is one chain, verifies as a directory, and a restart verifies
+// only the records of the active segment.
+func TestSegmentsChainAcrossAndOpenReadsOnlyTheActiveOne(t *testing.T) {
+	t.Parallel()
+	for _, prealloc := range []bool{true, false} {
+		t.Run(fmt.Sprintf("preallocate=%v", prealloc), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			opts := append([]segstore.Option{segstore.WithPreallocate(prealloc)}, small...)
+			s := open(t, dir, opts...)
+			for i := range 100 {
+				execute(t, s, i)
+			}
+			require.NoError(t, s.Close())
+			segs := segments(t, dir)
+			require.Greater(t, len(segs), 5)
+			// Sealed segments hold their records only.
+			for _, p := range segs[:len(segs)-1] {
+				data, err := os.ReadFile(p)
+				require.NoError(t, err)
+				require.NotContains(t, string(data), "\x00")
+				require.True(t, strings.HasSuffix(string(data), "}\n"))
+			}
+
+			res, err := segstore.VerifyDir(dir, nil)
+			require.NoError(t, err)
+			require.EqualValues(t, 300, res.Records)
+			require.Equal(t, len(segs), res.Segments)
+			require.Empty(t, res.Archived)
+
+			s = open(t, dir, opts...)
+			rec := s.Recovery()
+			require.EqualValues(t, 300, rec.Records)
+			require.Equal(t, len(segs)-1, rec.SealedSegments)
+			require.Less(t, rec.VerifiedRecords, uint64(60), "Open verified more than the active segment")
+			require.Zero(t, rec.TreeRebuilt)
+			require.Len(t, list(t, s, audit.Query{PageSize: 7}), 300)
+			execute(t, s, 100)
+			require.NoError(t, s.Close())
+			res, err = segstore.VerifyDir(dir, nil)
+			require.NoError(t, err)
+			require.EqualValues(t, 303, res.Records)
+		})
+	}
+}
+
+// TestOpenTrustsSealedSegmentsAndVerifyDoesNot: a record changed inside
+// a sealed segment (same length) does not slow or stop Open, which reads
+// only the active segment; verify finds it. A change in the active
+// segment is refused at Open.
+func TestOpenTrustsSealedSegmentsAndVerifyDoesNot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 60 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	segs := segments(t, dir)
+	flip := func(path string) {
+		data, err := os.ReadFile(path)
+		require.NoError(t, err)
+		i := strings.Index(string(data), "exec-")
+		data[i+5] ^= 1
+		require.NoError(t, os.WriteFile(path, data, 0o600))
+	}
+	flip(segs[1])
+	_, err := segstore.VerifyDir(dir, nil)
+	var ce *audit.ChainError
+	require.ErrorAs(t, err, &ce)
+	require.Contains(t, ce.Reason, filepath.Base(segs[1]))
+	_, err = segstore.VerifySegment(segs[1])
+	require.ErrorAs(t, err, &ce)
+
+	s = open(t, dir, small...)
+	require.NoError(t, s.Close())
+
+	flip(segs[len(segs)-1])
+	_, err = segstore.Open(dir, small...)
+	require.ErrorAs(t, err, &ce)
+}
+
+// TestTornTailIsCleared: after a crash mid-write, the bytes of a record
+// never acknowledged are cleared (and stray bytes of an unsynced batch
+// past them), and the log goes on.
+func TestTornTailIsCleared(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir)
+	for i := range 5 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	seg := segments(t, dir)[0]
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	require.NoError(t, err)
+	res, err := segstore.VerifySegment(seg)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte(`{"sequence":16,"ty`), res.Bytes)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte(`"stray":1}`+"\n"), res.Bytes+4096)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	s = open(t, dir)
+	require.EqualValues(t, 18, s.Recovery().TruncatedBytes)
+	execute(t, s, 5)
+	require.NoError(t, s.Close())
+	v, err := segstore.VerifyDir(dir, nil)
+	require.NoError(t, err)
+	require.EqualValues(t, 18, v.Records)
+	require.Zero(t, v.TrailingBytes)
+}
+
+// TestArchivedSegments: sealed segments moved out of the directory are
+// tolerated by Open, skipped by listings and reported by verify, which
+// still checks every segment left and the archived ones on their own.
+func TestArchivedSegments(t *testing.T) {
+	t.Parallel()
+	dir, archive := t.TempDir(), t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 60 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	segs := segments(t, dir)
+	moved := segs[:2]
+	for _, p := range moved {
+		require.NoError(t, os.Rename(p, filepath.Join(archive, filepath.Base(p))))
+	}
+
+	res, err := segstore.VerifyDir(dir, nil)
+	require.NoError(t, err)
+	require.EqualValues(t, 180, res.Records)
+	require.Len(t, res.Archived, 2)
+	first, _ := segstore.ParseSegmentName(filepath.Base(segs[2]))
+	require.Equal(t, first-1, res.Archived[1].Last)
+
+	s = open(t, dir, small...)
+	require.Equal(t, 2, s.Recovery().ArchivedSegments)
+	all := list(t, s, audit.Query{PageSize: 50})
+	require.Len(t, all, 180-int(first-1))
+	require.Equal(t, first, all[0].GetSequence())
+	require.Empty(t, list(t, s, audit.Query{PageSize: 10, ExecutionID: "exec-00000"}))
+	require.NoError(t, s.Close())
+
+	for _, p := range moved {
+		r, err := segstore.VerifySegment(filepath.Join(archive, filepath.Base(p)))
+		require.NoError(t, err)
+		require.False(t, r.Sealed)
+	}
+	// Beside a copy of the seal file, a segment is checked against its seal.
+	data, err := os.ReadFile(filepath.Join(dir, segstore.SealsFile))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(archive, segstore.SealsFile), data, 0o600))
+	r, err := segstore.VerifySegment(filepath.Join(archive, filepath.Base(moved[1])))
+	require.NoError(t, err)
+	require.True(t, r.Sealed)
+}
+
+// TestLookupsThroughTheIndex: filtered listings find the records of every
+// segment through the index, also after the index was removed (it is
+// rebuilt), and match a full scan.
+func TestLookupsThroughTheIndex(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 120 {
+		execute(t, s, i)
+	}
+	check := func(s *segstore.Store) {
+		t.Helper()
+		for _, tc := range []audit.Query{
+			{ExecutionID: "exec-00007"},
+			{ExecutionID: "exec-00119", Type: completed},
+			{PlanID: "plan-3"},
+			{UserID: "user-1", Type: started},
+			{Type: received},
+			{ExecutionID: "exec-99999"},
+		} {
+			want := 0
+			for _, ev := range list(t, s, audit.Query{PageSize: 100}) {
+				if tc.Matches(ev) {
+					want++
+				}
+			}
+			tc.PageSize = 4
+			got := list(t, s, tc)
+			require.Len(t, got, want, "%+v", tc)
+			for i, ev := range got {
+				require.True(t, tc.Matches(ev))
+				if i > 0 {
+					require.Greater(t, ev.GetSequence(), got[i-1].GetSequence())
+				}
+			}
+		}
+	}
+	check(s)
+	require.NoError(t, s.Close())
+	require.NoError(t, os.RemoveAll(filepath.Join(dir, segstore.IndexDir)))
+	s = open(t, dir, small...)
+	require.Positive(t, s.Recovery().IndexRebuilds)
+	check(s)
+}
+
+// TestChangedSegmentFailsTheStore: an active segment removed or cut while
+// in use fails the next append for good, as a data loss.
+func TestChangedSegmentFailsTheStore(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		change func(path string) error
+	}{
+		{"removed", os.Remove},
+		{"truncated", func(p string) error { return os.Truncate(p, 10) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			s := open(t, dir)
+			execute(t, s, 0)
+			require.NoError(t, tc.change(segments(t, dir)[0]))
+			err := s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
+				return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: "x"}})
+			})
+			require.ErrorIs(t, err, audit.ErrDataLoss)
+			require.ErrorIs(t, s.Ping(context.Background()), audit.ErrDataLoss)
+		})
+	}
+}
+
+// TestLostLogIsRefused: a directory whose segments are gone while its head
+// file remains is refused, unless a new log is asked for.
+func TestLostLogIsRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 30 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	for _, p := range segments(t, dir) {
+		require.NoError(t, os.Remove(p))
+	}
+	require.NoError(t, os.Remove(filepath.Join(dir, segstore.SealsFile)))
+	_, err := segstore.Open(dir, small...)
+	require.ErrorIs(t, err, segstore.ErrHeadMismatch)
+
+	s = open(t, dir, append(small, segstore.WithNewLog())...)
+	require.NotEmpty(t, s.Recovery().OldHeadFile)
+	execute(t, s, 0)
+}
+
+// TestSecondProcessIsLockedOut: one process per directory.
+func TestSecondProcessIsLockedOut(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	open(t, dir)
+	_, err := segstore.Open(dir)
+	require.ErrorIs(t, err, segstore.ErrLocked)
+}

@@ -1,0 +1,274 @@
+package segstore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
+)
+
+// DirResult describes a verified log directory.
+type DirResult struct {
+	audit.VerifyResult
+	// Segments is the number of segment files verified.
+	Segments int
+	// Archived are the sealed segments whose files are not in the
+	// directory, whose records were not checked: the chain is taken
+	// across them from their seals.
+	Archived []ArchivedSegment
+}
+
+// ArchivedSegment is a sealed segment not in the directory.
+type ArchivedSegment struct {
+	Name        string
+	First, Last uint64
+}
+
+// IsDir reports whether path is a log directory (or any directory).
+func IsDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
+}
+
+// VerifyDir verifies the log in directory dir without opening the store
+// (a running stage4 may hold it): the seal file's seals follow each other,
+// every sealed segment in the directory holds exactly the records its
+// seal states, with the hashes at both ends, and the chain runs through
+// every record from sequence 1 (or from the first segment present, across
+// archived ones by their seals) to the end of the active segment. opts
+// (not WithProgress) apply across segments, in log order; progress, when
+// not nil, is called with the bytes of all segments read so far.
+func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyOption) (DirResult, error) {
+	var res DirResult
+	res.LastHash = audit.GenesisHash
+	seals, torn, err := ReadSeals(filepath.Join(dir, SealsFile))
+	if errors.Is(err, fs.ErrNotExist) && IsDir(dir) {
+		err = nil // a log that never sealed a segment
+	}
+	if err != nil {
+		return res, fmt.Errorf("verify audit log: %w", err)
+	}
+	_ = torn // a seal being written at a crash: its segment is still the active one
+	var done int64
+	withProgress := func(opts []audit.VerifyOption) []audit.VerifyOption {
+		if progress == nil {
+			return opts
+		}
+		base := done
+		return append(opts, audit.WithProgress(func(n int64) { progress(base + n) }))
+	}
+	head := audit.Head{}
+	for i := range seals {
+		sl := &seals[i]
+		f, err := os.Open(filepath.Join(dir, SegmentName(sl.First)))
+		if errors.Is(err, fs.ErrNotExist) {
+			res.Archived = append(res.Archived, ArchivedSegment{Name: SegmentName(sl.First), First: sl.First, Last: sl.Last})
+			if head, err = sl.head(); err != nil {
+				return res, err
+			}
+			res.Records, res.LastHash, res.Head = head.Sequence, sl.LastHash, head
+			continue
+		}
+		if err != nil {
+			return res, fmt.Errorf("verify audit log: %w", err)
+		}
+		r, err := audit.Verify(io.NewSectionReader(f, 0, sl.Bytes+1), withProgress(append(opts, audit.WithStart(head)))...)
+		f.Close()
+		res.Segments++
+		done += r.Bytes
+		if r.Records > res.Records {
+			res.Records, res.LastHash, res.Head = r.Records, r.LastHash, r.Head
+		}
+		if err != nil {
+			return res, segmentError(err, sl.First)
+		}
+		switch {
+		case r.Bytes+r.TrailingBytes != sl.Bytes:
+			return res, &audit.ChainError{Sequence: r.Records + 1, Offset: r.Bytes,
+				Reason: fmt.Sprintf("segment %s is not the %d bytes its seal states", SegmentName(sl.First), sl.Bytes)}
+		case r.Records != sl.Last || r.LastHash != sl.LastHash:
+			return res, &audit.ChainError{Sequence: min(r.Records+1, sl.Last), Offset: r.Bytes,
+				Reason: fmt.Sprintf("segment %s ends at record %d with hash %s; its seal says record %d with hash %s",
+					SegmentName(sl.First), r.Records, r.LastHash, sl.Last, sl.LastHash)}
+		}
+		head = r.Head
+	}
+	first := head.Sequence + 1
+	f, err := os.Open(filepath.Join(dir, SegmentName(first)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return res, nil // stopped between a seal and the next segment
+	}
+	if err != nil {
+		return res, fmt.Errorf("verify audit log: %w", err)
+	}
+	defer f.Close()
+	r, err := audit.Verify(&untilZero{r: f}, withProgress(append(opts, audit.WithStart(head)))...)
+	res.Segments++
+	if r.Records > res.Records || err == nil {
+		res.Records, res.LastHash, res.Head = r.Records, r.LastHash, r.Head
+	}
+	res.Bytes = done + r.Bytes
+	res.TrailingBytes = r.TrailingBytes
+	if err != nil {
+		return res, segmentError(err, first)
+	}
+	if progress != nil {
+		progress(res.Bytes + res.TrailingBytes)
+	}
+	return res, nil
+}
+
+// segmentError names the segment in a chain error, whose offset is the
+// segment's.
+func segmentError(err error, first uint64) error {
+	var ce *audit.ChainError
+	if errors.As(err, &ce) {
+		ce.Reason = fmt.Sprintf("%s (in segment %s)", ce.Reason, SegmentName(first))
+		return ce
+	}
+	return fmt.Errorf("verify segment %s: %w", SegmentName(first), err)
+}
+
+// SegmentResult describes one verified segment file.
+type SegmentResult struct {
+	audit.VerifyResult
+	// First is the sequence of its first record, PreviousHash what that
+	// record extends.
+	First        uint64
+	PreviousHash string
+	// Sealed says whether the seal file beside it lists it; its records
+	// were then checked against the seal as well.
+	Sealed bool
+}
+
+// VerifySegment verifies one segment file on its own (an archived one,
+// say): its records' hashes, their sequences from the one its name states,
+// and their chain from its first record's previous_hash. When the seal
+// file beside it lists it, the segment must also match its seal: length,
+// last record and the hashes at both ends.
+func VerifySegment(path string, opts ...audit.VerifyOption) (SegmentResult, error) {
+	first, ok := ParseSegmentName(filepath.Base(path))
+	if !ok {
+		return SegmentResult{}, fmt.Errorf("verify segment: %s is not named as a segment (%s)", path, SegmentName(1))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return SegmentResult{}, fmt.Errorf("verify segment: %w", err)
+	}
+	defer f.Close()
+	res := SegmentResult{First: first}
+	// The first record says what it extends; its own hash covers that.
+	line, complete, err := audit.NewLineReader(&untilZero{r: f}).Next()
+	if !complete {
+		if errors.Is(err, io.EOF) && len(line) == 0 {
+			return res, nil // empty: a new active segment
+		}
+		return res, &audit.ChainError{Sequence: first, Reason: "unparsable first record"}
+	}
+	ev, _, err := audit.ParseRecord(line[:len(line)-1])
+	if err != nil {
+		return res, &audit.ChainError{Sequence: first, Reason: err.Error()}
+	}
+	res.PreviousHash = ev.GetPreviousHash()
+	prev, err := fsutil.ParseHash(res.PreviousHash)
+	if err != nil {
+		return res, &audit.ChainError{Sequence: first, Reason: err.Error()}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return res, err
+	}
+	r, err := audit.Verify(&untilZero{r: f}, append(opts, audit.WithStart(audit.Head{Sequence: first - 1, Hash: prev}))...)
+	res.VerifyResult = r
+	if err != nil {
+		return res, err
+	}
+	seals, _, serr := ReadSeals(filepath.Join(filepath.Dir(path), SealsFile))
+	if serr != nil {
+		return res, nil // no seal file beside it: the segment alone
+	}
+	for _, sl := range seals {
+		if sl.First != first {
+			continue
+		}
+		res.Sealed = true
+		if r.Bytes+r.TrailingBytes != sl.Bytes || r.Records != sl.Last || r.LastHash != sl.LastHash || res.PreviousHash != sl.PreviousHash {
+			return res, &audit.ChainError{Sequence: first, Reason: fmt.Sprintf(
+				"segment does not match its seal in %s (records %d to %d, %d bytes, last hash %s)",
+				SealsFile, sl.First, sl.Last, sl.Bytes, sl.LastHash)}
+		}
+	}
+	return res, nil
+}
+
+// Reader reads the records and tree hashes of the log in a directory
+// without opening the store (no lock: a running stage4 may hold it): for
+// tools that prove a record offline. Whatever it returns is to be checked
+// against a signed checkpoint, never trusted.
+type Reader struct {
+	dir   string
+	seals []seal
+	tree  *os.File
+}
+
+// OpenReader opens the log in dir for reading.
+func OpenReader(dir string) (*Reader, error) {
+	seals, _, err := ReadSeals(filepath.Join(dir, SealsFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	tree, err := os.Open(filepath.Join(dir, TreeFile))
+	if err != nil {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	return &Reader{dir: dir, seals: seals, tree: tree}, nil
+}
+
+// Record returns the bytes of the record of sequence seq (without its
+// newline), reading its segment from the start.
+func (r *Reader) Record(seq uint64) ([]byte, error) {
+	first := uint64(1)
+	if n := len(r.seals); n > 0 {
+		first = r.seals[n-1].Last + 1
+	}
+	for _, sl := range r.seals {
+		if sl.First <= seq && seq <= sl.Last {
+			first = sl.First
+			break
+		}
+	}
+	f, err := os.Open(filepath.Join(r.dir, SegmentName(first)))
+	if err != nil {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	defer f.Close()
+	lr := audit.NewLineReader(&untilZero{r: f})
+	for n := first; ; n++ {
+		line, complete, err := lr.Next()
+		if !complete {
+			if errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("the log holds no record %d (it ends at %d)", seq, n-1)
+			}
+			return nil, fmt.Errorf("read audit log: %w", err)
+		}
+		if n == seq {
+			return slices.Clone(line[:len(line)-1]), nil
+		}
+	}
+}
+
+// ReadHashes reads stored hashes from the tree file; it is a
+// tlog.HashReader.
+func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	return fsutil.ReadHashesAt(r.tree, indexes)
+}
+
+// Close closes the tree file.
+func (r *Reader) Close() error { return r.tree.Close() }
