@@ -36,7 +36,8 @@ func (m *memIndex) add(r *audit.Record, offset int64) {
 }
 
 func (m *memIndex) addFields(seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) {
-	m.m.Add(entries(seq, offset, t, executionID, planID, userID)...)
+	// Sequences only grow, which is all Add can refuse.
+	_ = m.m.Add(entries(seq, offset, t, executionID, planID, userID)...)
 }
 
 // entries are the index entries of one record.

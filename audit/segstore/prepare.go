@@ -35,7 +35,7 @@ func (s *Store) initNext() {
 	fi, err := os.Stat(s.path(nextFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-	case err == nil && s.cfg.preallocate && fi.Size() == s.cfg.segmentBytes:
+	case err == nil && (s.cfg.preallocate && fi.Size() == s.cfg.segmentBytes || !s.cfg.preallocate && fi.Size() == 0):
 		s.next.ready = true
 	default:
 		os.Remove(s.path(nextFile))

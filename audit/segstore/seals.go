@@ -166,17 +166,26 @@ func (s *Store) openSeals() ([]seal, error) {
 	return seals, fsutil.SyncDir(s.dir)
 }
 
-// appendSeal appends sl to the seal file and syncs it.
+// appendSeal appends sl to the seal file and syncs it. A write that
+// fails (a full disk) is taken back by cutting the file to its old length,
+// and is then an audit.ErrUnavailable; any other failure fails the store.
 func (s *Store) appendSeal(sl seal) error {
 	line, err := json.Marshal(sl)
 	if err != nil {
-		return err
+		return s.fail(err)
+	}
+	fi, err := s.sealsFile.Stat()
+	if err != nil {
+		return s.fail(fmt.Errorf("stat %s: %w", SealsFile, err))
 	}
 	if _, err := s.sealsFile.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("write %s: %w", SealsFile, err)
+		if terr := s.sealsFile.Truncate(fi.Size()); terr != nil {
+			return s.fail(fmt.Errorf("write %s: %w; and cut it back: %w", SealsFile, err, terr))
+		}
+		return fmt.Errorf("%w: write %s: %w", audit.ErrUnavailable, SealsFile, err)
 	}
 	if err := s.sealsFile.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", SealsFile, err)
+		return s.fail(fmt.Errorf("fsync %s: %w", SealsFile, err))
 	}
 	return nil
 }

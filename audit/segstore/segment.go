@@ -188,25 +188,121 @@ func fdatasync(f File) error {
 	}
 }
 
-// startSegment starts the active segment after s.head: the prepared
-// next segment renamed into place, or else a new file. It fails, without
-// failing the store, when the file cannot be made (a full disk): nothing
-// was written, and the next append or ping tries again.
+// startSegment starts the active segment after s.head (after a seal
+// that could not start it, or in a new log).
 func (s *Store) startSegment() error {
+	f, err := s.takeNext()
+	if err != nil {
+		return err
+	}
+	return s.install(f)
+}
+
+// roll seals the active segment and starts the next one. It makes the
+// next segment's file and reserves the tree file's space for it first,
+// so that a full disk is found before anything changes: the batch is then
+// refused as unavailable, and the store is as it was.
+func (s *Store) roll() error {
+	f, err := s.takeNext()
+	if err != nil {
+		return err
+	}
+	if err := s.seal(); err != nil {
+		s.putBackNext(f)
+		return err
+	}
+	return s.install(f)
+}
+
+// takeNext returns the next segment's file (nextFile): the one prepared
+// in the background if it is ready, else one made now. A preallocated
+// file gets its space reserved with fallocate (a quarter of a millisecond
+// for 64 MiB): slower to sync into than a zero-filled one, but a full
+// disk is found now, before any record is written, rather than in the
+// middle of one. It also reserves the tree file's space for the segment.
+// Its errors are audit.ErrUnavailable and leave the store as it was.
+func (s *Store) takeNext() (*os.File, error) {
+	s.next.wg.Wait() // a preparation under way finishes first
+	path := s.path(nextFile)
+	var f *os.File
+	var err error
+	if s.next.take() {
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	}
+	if f == nil {
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err == nil && s.cfg.preallocate {
+			err = syscall.Fallocate(int(f.Fd()), 0, 0, s.cfg.segmentBytes)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		if err == nil {
+			err = fsutil.SyncDir(s.dir)
+		}
+		if err != nil && f != nil {
+			f.Close()
+			os.Remove(path)
+		}
+	}
+	if err == nil {
+		if err = s.reserveTree(); err != nil {
+			s.putBackNext(f)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: make the next audit log segment: %w", audit.ErrUnavailable, err)
+	}
+	return f, nil
+}
+
+// putBackNext keeps f, a complete next segment, for the next attempt.
+func (s *Store) putBackNext(f *os.File) {
+	f.Close()
+	s.next.mu.Lock()
+	s.next.ready = true
+	s.next.mu.Unlock()
+}
+
+// reserveTree reserves space in the tree file for a segment's hashes
+// (fallocate with FALLOC_FL_KEEP_SIZE: allocated past its end, its size
+// unchanged), so that appending hashes after a batch's records does not
+// fail on a full disk: a segment's records are at least about 128 bytes
+// each, for 64 bytes of hashes on average. Records smaller than that
+// could outgrow it.
+func (s *Store) reserveTree() error {
+	if s.tree == nil {
+		return nil // Open reserves once the tree file is open
+	}
+	fi, err := s.tree.Stat()
+	if err != nil {
+		return err
+	}
+	const keepSize = 1 // FALLOC_FL_KEEP_SIZE
+	return syscall.Fallocate(int(s.tree.Fd()), keepSize, fi.Size(), s.cfg.segmentBytes/2)
+}
+
+// install makes f, the next segment's file, the active segment: renamed
+// into place under its first sequence. On failure there is no active
+// segment, which the next append or ping starts again.
+func (s *Store) install(f *os.File) error {
 	first := s.head.Sequence + 1
 	path := s.path(SegmentName(first))
-	f, err := s.takeNext(path)
+	err := os.Rename(s.path(nextFile), path)
+	if err == nil {
+		err = fsutil.SyncDir(s.dir)
+	}
+	var ident os.FileInfo
+	if err == nil {
+		ident, err = f.Stat()
+	}
 	if err != nil {
+		f.Close()
 		return fmt.Errorf("%w: start audit log segment %s: %w", audit.ErrUnavailable, path, err)
 	}
 	var file File = f
 	if s.cfg.wrapFile != nil {
 		file = s.cfg.wrapFile(f)
-	}
-	ident, err := f.Stat()
-	if err != nil {
-		file.Close()
-		return fmt.Errorf("%w: start audit log segment %s: %w", audit.ErrUnavailable, path, err)
 	}
 	s.active = &segment{first: first, path: path, file: file, ident: ident, fileSize: ident.Size(),
 		prevHash: s.head.Hash, mem: newMemIndex()}
@@ -215,45 +311,12 @@ func (s *Store) startSegment() error {
 	return nil
 }
 
-// takeNext puts a segment file at path: the prepared next segment if
-// there is one, else a new file, preallocated when configured, with its
-// directory entry durable.
-func (s *Store) takeNext(path string) (*os.File, error) {
-	if s.cfg.preallocate && s.next.take() {
-		if err := os.Rename(s.path(nextFile), path); err == nil {
-			if err := fsutil.SyncDir(s.dir); err != nil {
-				return nil, err
-			}
-			return os.OpenFile(path, os.O_RDWR, 0)
-		}
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if s.cfg.preallocate {
-		// The next segment was not ready: reserve the space at once (a
-		// quarter of a millisecond), so that a full disk is found now,
-		// before any record is written, rather than in the middle of one.
-		err = syscall.Fallocate(int(f.Fd()), 0, 0, s.cfg.segmentBytes)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = fsutil.SyncDir(s.dir)
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, err
-	}
-	return f, nil
-}
-
 // seal ends the active segment: syncs its records, cuts the file to
 // them, syncs the tree file, and appends the segment's seal to the seal
-// file. Any error fails the store for good, as a write error does.
+// file. An I/O error fails the store for good, as a write error does,
+// except a seal line that could not be written and was taken back (a
+// full disk): the segment then stays the active one, cut to its records,
+// and the seal is tried again with the next batch.
 func (s *Store) seal() error {
 	a := s.active
 	if a.fileSize != a.written {
@@ -273,7 +336,7 @@ func (s *Store) seal() error {
 	}
 	sl := newSeal(a, s.head, s.open)
 	if err := s.appendSeal(sl); err != nil {
-		return s.fail(err)
+		return err
 	}
 	s.publish()
 	v := *s.view.Load()

@@ -125,7 +125,10 @@ type Store struct {
 	// ioMu guards what Append owns (it is never called concurrently)
 	// against Ping and Close.
 	ioMu        sync.Mutex
-	active      *segment // nil while the next segment could not be created
+	active      *segment // nil while the next segment could not be started
+	// stalled is why the last roll to a new segment failed (a full disk),
+	// until an append or a ping succeeds in making one.
+	stalled error
 	head        audit.Head
 	durableHead audit.Head
 	wbuf, tbuf  []byte
@@ -316,6 +319,9 @@ func (s *Store) start() error {
 	if err := s.openTree(seals); err != nil {
 		return err
 	}
+	if err := s.reserveTree(); err != nil {
+		s.stalled = fmt.Errorf("%w: reserve space in the tree file: %w", audit.ErrUnavailable, err)
+	}
 	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path(CheckpointFile)); err != nil {
 		return err
 	}
@@ -441,7 +447,7 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	s.ioMu.Lock()
 	defer s.ioMu.Unlock()
 	if s.active == nil {
-		// The last seal could not start a segment (a full disk): again.
+		// The last seal could not start a segment: again.
 		if err := s.startSegment(); err != nil {
 			return err
 		}
@@ -459,13 +465,12 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 		n += len(recs[i].Line) + 1
 	}
 	if a := s.active; a.written > 0 && a.written+int64(n) > s.cfg.segmentBytes {
-		if err := s.seal(); err != nil {
-			return err
-		}
-		if err := s.startSegment(); err != nil {
+		if err := s.roll(); err != nil {
+			s.stalled = err
 			return err
 		}
 	}
+	s.stalled = nil
 	a := s.active
 	buf := s.wbuf[:0]
 	for i := range recs {
@@ -569,8 +574,8 @@ func (e *changedError) Error() string { return e.msg }
 func (e *changedError) Is(target error) bool { return target == audit.ErrDataLoss }
 
 // Ping returns the store's permanent failure, if any. It also checks that
-// the active segment is still in place (see Append), starts the next
-// segment if the last seal could not (a disk that was full), and writes
+// the active segment is still in place (see Append), tries again to make
+// the next segment when the last attempt failed (a full disk), and writes
 // the head file when the durable head moved: the log pings about once a
 // second, which bounds how often that happens.
 func (s *Store) Ping(context.Context) error {
@@ -579,9 +584,19 @@ func (s *Store) Ping(context.Context) error {
 	}
 	s.ioMu.Lock()
 	var err error
-	if s.active == nil {
+	switch {
+	case s.active == nil:
 		err = s.startSegment()
-	} else {
+	case s.stalled != nil:
+		// The disk was full: see whether the next segment can be made
+		// now, and keep it for the append that needs it.
+		var f *os.File
+		if f, err = s.takeNext(); err == nil {
+			s.putBackNext(f)
+			s.stalled = nil
+		}
+	}
+	if err == nil && s.active != nil {
 		err = s.checkIdentity(s.active)
 	}
 	head := s.durableHead

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -343,4 +344,57 @@ func TestSecondProcessIsLockedOut(t *testing.T) {
 	open(t, dir)
 	_, err := segstore.Open(dir)
 	require.ErrorIs(t, err, segstore.ErrLocked)
+}
+
+// smallDisk mounts a tmpfs of size bytes for the test: a disk that fills
+// up. It needs root (mount); without it the test skips, except under
+// CI=true, where the machine is known to allow it.
+func smallDisk(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount a tmpfs for a full disk: %v: %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs for a full disk (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// TestFullDiskRefusesThenRecovers: when the disk is full, the next segment
+// cannot be made: the batch is refused as unavailable with nothing
+// written, and once space is freed the store appends again without a
+// restart; the log stays one intact chain.
+func TestFullDiskRefusesThenRecovers(t *testing.T) {
+	t.Parallel()
+	disk := smallDisk(t, 1<<20)
+	// Ballast that fills the disk after the log's first segments.
+	ballast := filepath.Join(disk, "ballast")
+	require.NoError(t, os.WriteFile(ballast, make([]byte, 700<<10), 0o600))
+	dir := filepath.Join(disk, "log")
+	s := open(t, dir, segstore.WithSegmentBytes(64<<10))
+	var err error
+	n := 0
+	for ; n < 10000; n++ {
+		err = s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
+			return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: fmt.Sprintf("exec-%05d", n)}})
+		})
+		if err != nil {
+			break
+		}
+	}
+	require.ErrorIs(t, err, audit.ErrUnavailable, "after %d records", n)
+	require.NotErrorIs(t, err, audit.ErrDataLoss)
+	require.NoError(t, s.Err(), "a full disk must not fail the store for good")
+	require.Error(t, s.Ping(context.Background()))
+
+	require.NoError(t, os.Remove(ballast))
+	require.NoError(t, s.Ping(context.Background()))
+	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: received, ExecutionId: "after"})
+	require.NoError(t, s.Close())
+	res, err := segstore.VerifyDir(dir, nil)
+	require.NoError(t, err)
+	require.EqualValues(t, n+1, res.Records)
 }

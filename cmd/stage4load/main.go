@@ -43,8 +43,8 @@ func main() {
 	}
 }
 
-// run dispatches to the hidden proxy subcommand, the burst and calls
-// subcommands or the benchmark.
+// run dispatches to the hidden proxy subcommand, the burst, calls, fill
+// and scale subcommands or the benchmark.
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "proxy" {
 		return runProxy(ctx, args[1:])
@@ -54,6 +54,12 @@ func run(ctx context.Context, args []string) error {
 	}
 	if len(args) > 0 && args[0] == "calls" {
 		return runCalls(ctx, args[1:], os.Stdout, os.Stderr)
+	}
+	if len(args) > 0 && args[0] == "fill" {
+		return runFill(ctx, args[1:], os.Stdout, os.Stderr)
+	}
+	if len(args) > 0 && args[0] == "scale" {
+		return runScale(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	return runBench(ctx, args, os.Stdout, os.Stderr)
 }
