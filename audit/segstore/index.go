@@ -338,9 +338,9 @@ func cmpUint(a, b uint64) int {
 // source is where lookups find the records of a range of sequences.
 type source struct {
 	first, last uint64
-	run         *liveRun   // an index run
-	mem         *memIndex  // or a memIndex
-	scan        bool       // or neither: the segment is read
+	run         *liveRun  // an index run
+	mem         *memIndex // or a memIndex
+	scan        bool      // or neither: the segment is read
 }
 
 // sources returns the sources of the sealed segments from sequence from

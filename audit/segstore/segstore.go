@@ -124,11 +124,11 @@ type Store struct {
 
 	// ioMu guards what Append owns (it is never called concurrently)
 	// against Ping and Close.
-	ioMu        sync.Mutex
-	active      *segment // nil while the next segment could not be started
+	ioMu   sync.Mutex
+	active *segment // nil while the next segment could not be started
 	// stalled is why the last roll to a new segment failed (a full disk),
 	// until an append or a ping succeeds in making one.
-	stalled error
+	stalled     error
 	head        audit.Head
 	durableHead audit.Head
 	wbuf, tbuf  []byte
@@ -161,8 +161,8 @@ type segment struct {
 	path     string
 	file     File
 	ident    os.FileInfo
-	written  int64 // length of the records written, durable or not
-	fileSize int64 // the file's length: written, or the preallocated size
+	written  int64    // length of the records written, durable or not
+	fileSize int64    // the file's length: written, or the preallocated size
 	prevHash [32]byte // the hash its first record extends
 	mem      *memIndex
 }
