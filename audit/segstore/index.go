@@ -182,15 +182,35 @@ func (ix *indexer) loop() {
 	for {
 		select {
 		case <-ix.done:
+			ix.drain()
 			return
 		case <-ix.wake:
 		}
 		for ix.step() {
 			select {
 			case <-ix.done:
+				ix.drain()
 				return
 			default:
 			}
+		}
+	}
+}
+
+// drain writes, at Close, the runs of the segments sealed in this process
+// (a fraction of a second each), so that the next start need not rebuild
+// them by reading the segments. Rebuilds and merges wait for the next
+// start.
+func (ix *indexer) drain() {
+	for {
+		ix.mu.RLock()
+		var p *pending
+		if len(ix.pending) > 0 && ix.pending[0].mem != nil {
+			p = &ix.pending[0]
+		}
+		ix.mu.RUnlock()
+		if p == nil || ix.writePending(*p) != nil {
+			return
 		}
 	}
 }

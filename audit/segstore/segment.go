@@ -178,10 +178,15 @@ func zeroFill(f io.WriterAt, from, to int64) error {
 	return nil
 }
 
-// fdatasync syncs f's data and the metadata needed to read it back.
+// fdatasync syncs f's data and the metadata needed to read it back. A
+// wrapped file (WithFileWrapper) is synced with its own Sync.
 func fdatasync(f File) error {
+	osf, ok := f.(*os.File)
+	if !ok {
+		return f.Sync()
+	}
 	for {
-		err := syscall.Fdatasync(int(f.Fd()))
+		err := syscall.Fdatasync(int(osf.Fd()))
 		if !errors.Is(err, syscall.EINTR) {
 			return err
 		}
@@ -215,9 +220,7 @@ func (s *Store) roll() error {
 }
 
 // takeNext returns the next segment's file (nextFile): the one prepared
-// in the background if it is ready, else one made now. A preallocated
-// file gets its space reserved with fallocate (a quarter of a millisecond
-// for 64 MiB): slower to sync into than a zero-filled one, but a full
+// in the background if it is ready, else one made now, so that a full
 // disk is found now, before any record is written, rather than in the
 // middle of one. It also reserves the tree file's space for the segment.
 // Its errors are audit.ErrUnavailable and leave the store as it was.
@@ -232,7 +235,14 @@ func (s *Store) takeNext() (*os.File, error) {
 	if f == nil {
 		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err == nil && s.cfg.preallocate {
+			// Reserve first, so that a full disk is found at once; then
+			// zero-fill, as the background would have (tens of
+			// milliseconds, on the append path only when the background
+			// preparation failed, and for a new log's first segment).
 			err = syscall.Fallocate(int(f.Fd()), 0, 0, s.cfg.segmentBytes)
+			if err == nil {
+				err = zeroFill(f, 0, s.cfg.segmentBytes)
+			}
 		}
 		if err == nil {
 			err = f.Sync()

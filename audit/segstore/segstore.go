@@ -81,14 +81,13 @@ var ErrLocked = errors.New("the directory is locked by another process (flock): 
 
 // File is the storage of a segment; *os.File implements it. The store
 // writes with WriteAt at the end of the records, reads with ReadAt, makes
-// writes durable with Sync (or a data-only sync when preallocated) and
-// cuts a sealed segment to its records with Truncate.
+// writes durable with Sync (a data-only sync, fdatasync, for an *os.File)
+// and cuts a sealed segment to its records with Truncate.
 type File interface {
 	io.WriterAt
 	io.ReaderAt
 	Sync() error
 	Truncate(size int64) error
-	Fd() uintptr
 	Close() error
 }
 
