@@ -112,9 +112,9 @@ go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" -timeout 5m ./... |
 echo "== durable against volatile appends at 64 writers, ${APPEND_PAIRS} more pairs" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-go test -c -o "$work/filestore.test" ./audit/filestore
+go test -c -o "$work/segstore.test" ./audit/segstore
 for _ in $(seq "$APPEND_PAIRS"); do
-	(cd audit/filestore && "$work/filestore.test" -test.run '^$' -test.bench '^BenchmarkAppend$/^fsync=/^writers=64$' \
+	(cd audit/segstore && "$work/segstore.test" -test.run '^$' -test.bench '^BenchmarkAppend$/^fsync=/^writers=64$' \
 		-test.benchmem -test.benchtime "$BENCHTIME") | grep -v '^PASS$' | tee -a "$OUT/gobench.txt"
 done
 

@@ -309,7 +309,7 @@ func TestProfileAll(t *testing.T) {
 func TestDurableTarget(t *testing.T) {
 	t.Parallel()
 	out := `goos: linux
-pkg: github.com/stage4/stage4/audit/filestore
+pkg: github.com/stage4/stage4/audit/segstore
 BenchmarkAppend/fsync=true/writers=1-2         	    1237	    199856 ns/op	    1649 B/op	      15 allocs/op
 BenchmarkAppend/fsync=true/writers=64-2        	   22533	     10000 ns/op	    1648 B/op	      13 allocs/op
 BenchmarkAppend/fsync=false/writers=64-2       	  107364	      4000 ns/op	    1644 B/op	      13 allocs/op

@@ -147,7 +147,7 @@ const (
 	targetCPUGapUS = 30
 	// targetDurableRatio is the least throughput of durable appends, as a
 	// fraction of appends without fsync, at 64 writers (BenchmarkAppend of
-	// audit/filestore).
+	// audit/segstore, the default file store).
 	targetDurableRatio = 0.5
 )
 
@@ -307,7 +307,7 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 }
 
 // durableTarget checks the durable-append target against the go benchmark
-// output: the ns/op of audit/filestore's BenchmarkAppend at 64 writers,
+// output: the ns/op of audit/segstore's BenchmarkAppend at 64 writers,
 // with and without fsync, paired in the order they ran (go test -count
 // runs the pair again each time), so that a pair saw the same machine.
 func durableTarget(gobench []byte) (targetCheck, bool) {
@@ -318,7 +318,7 @@ func durableTarget(gobench []byte) (targetCheck, bool) {
 			pkg = strings.TrimSpace(p)
 			continue
 		}
-		if !strings.HasSuffix(pkg, "/audit/filestore") {
+		if !strings.HasSuffix(pkg, "/audit/segstore") {
 			continue
 		}
 		f := strings.Fields(line)
@@ -346,7 +346,7 @@ func durableTarget(gobench []byte) (targetCheck, bool) {
 	}
 	st := newStat(ratios)
 	return targetCheck{
-		Target: fmt.Sprintf("durable appends >= %.1fx the throughput of appends without fsync at 64 writers (audit/filestore BenchmarkAppend)", targetDurableRatio),
+		Target: fmt.Sprintf("durable appends >= %.1fx the throughput of appends without fsync at 64 writers (audit/segstore BenchmarkAppend)", targetDurableRatio),
 		Measured: fmt.Sprintf("%.2fx (median of %d pairs; min %.2f, max %.2f; %.0f against %.0f ns/op, medians)",
 			st.Median, n, st.Min, st.Max, newStat(durable).Median, newStat(volatile).Median),
 		Met: st.Median >= targetDurableRatio,
