@@ -3,6 +3,8 @@ package segindex
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,7 +27,7 @@ const (
 // Run is an open run file. Its methods are safe for concurrent use; Close
 // must not be called before the other calls return.
 type Run struct {
-	f                  *os.File
+	f                  runFile
 	path               string
 	first, last, count uint64
 
@@ -38,6 +40,14 @@ type Run struct {
 
 type fencePost struct{ key, seq uint64 }
 
+// runFile is what a Run reads: an *os.File, or in tests a wrapper that
+// counts the reads.
+type runFile interface {
+	io.ReaderAt
+	io.Closer
+	Stat() (fs.FileInfo, error)
+}
+
 // OpenRun opens the run file at path and checks its header against its name
 // and size. It does not check the checksum, which needs a read of the whole
 // file: call Verify for a run this process did not write.
@@ -47,11 +57,16 @@ func OpenRun(path string) (*Run, error) {
 
 // openRun is OpenRun with a chosen fence stride (0 for none) and window, for
 // the benchmarks that justify the defaults.
-func openRun(path string, stride, window uint64) (_ *Run, err error) {
+func openRun(path string, stride, window uint64) (*Run, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open index run: %w", err)
 	}
+	return openRunFile(f, path, stride, window)
+}
+
+// openRunFile is openRun on a file already open; it closes f on failure.
+func openRunFile(f runFile, path string, stride, window uint64) (_ *Run, err error) {
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -71,7 +86,7 @@ func openRun(path string, stride, window uint64) (_ *Run, err error) {
 
 // readHeader reads the header of the open run file at path, checks it
 // against the file's name and size, and returns the run without a fence.
-func readHeader(f *os.File, path string) (*Run, error) {
+func readHeader(f runFile, path string) (*Run, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
