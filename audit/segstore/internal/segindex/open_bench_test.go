@@ -27,7 +27,7 @@ func openCounting(t testing.TB, path string) (*Run, int64) {
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	c := &countingFile{File: f}
-	r, err := openRunFile(c, path, defaultFenceStride, defaultWindow)
+	r, err := openRunFile(c, path, defaultWindow)
 	require.NoError(t, err)
 	return r, c.reads.Load()
 }
@@ -37,7 +37,7 @@ func openCounting(t testing.TB, path string) (*Run, int64) {
 // cost of opening a run depends only on its count.
 func writeSequential(t testing.TB, dir string, count uint64) string {
 	t.Helper()
-	path, err := createRun(dir, 1, count, count, func(emit func(Entry) error) error {
+	path, err := createRun(dir, 1, count, count, fenceStride, func(emit func(Entry) error) error {
 		for i := range count {
 			if err := emit(Entry{Key: i * 2654435761, Seq: i + 1, Offset: uint32(i)}); err != nil {
 				return err
@@ -47,6 +47,23 @@ func writeSequential(t testing.TB, dir string, count uint64) string {
 	})
 	require.NoError(t, err)
 	return path
+}
+
+// TestOpenRunReads checks that opening a run takes two reads, the header and
+// the fence, whatever the run's size: on a cold page cache each read is a
+// disk access, and the store opens its runs at start-up.
+func TestOpenRunReads(t *testing.T) {
+	t.Parallel()
+	for _, count := range []uint64{1, fenceStride, fenceStride + 1, 100_000} {
+		t.Run(fmt.Sprint(count), func(t *testing.T) {
+			t.Parallel()
+			r, reads := openCounting(t, writeSequential(t, t.TempDir(), count))
+			defer r.Close()
+			require.Equal(t, int64(2), reads)
+			require.Len(t, r.fence, int(fenceLen(count, fenceStride)))
+			require.NoError(t, r.Verify())
+		})
+	}
 }
 
 // BenchmarkOpenRun opens runs of 1M and 10M entries (20 and 200 MB) with a
