@@ -15,10 +15,21 @@
 //
 // A run file is, big endian:
 //
-//	header   32 bytes  "S4IDX01\n", First uint64, Last uint64, Count uint64
+//	header   40 bytes  "S4IDX02\n", First uint64, Last uint64, Count uint64, Stride uint64
 //	entries  Count × 20 bytes  Key uint64, Seq uint64, Offset uint32
-//	trailer  32 bytes  SHA-256 of the header and the entries
+//	fence    ⌈Count/Stride⌉ × 16 bytes  Key uint64, Seq uint64 of entries 0, Stride, 2·Stride, …
+//	trailer  32 bytes  SHA-256 of the header, the entries and the fence
 //
 // and is named fmt.Sprintf("%020d-%020d.idx", First, Last), so that the
 // directory listing alone says what each run covers.
+//
+// The fence lets a lookup start bisecting from one stride rather than the
+// whole run. The writers see every entry in order, so they collect it as
+// they go; it is stored apart from the entries so that opening a run reads
+// it at once rather than with a read per post scattered across the file,
+// which on a cold page cache is a disk access each. Opening a run checks the
+// header against the name and the file size, and that the posts are in
+// order; Verify checks the rest, and Lookup checks the posts it relies on.
+// The magic names the format version: runs of another version are refused
+// as corrupt, and the store rebuilds them.
 package segindex

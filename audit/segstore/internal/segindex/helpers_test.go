@@ -1,8 +1,11 @@
 package segindex
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -62,4 +65,44 @@ func dirNames(t testing.TB, dir string) []string {
 		names = append(names, de.Name())
 	}
 	return names
+}
+
+// writeStride writes a run of entries as WriteRun does but with a fence post
+// every stride entries, and returns its path.
+func writeStride(t testing.TB, dir string, first, last, stride uint64, entries []Entry) string {
+	t.Helper()
+	entries = slices.Clone(entries)
+	slices.SortFunc(entries, compareEntries)
+	path, err := createRun(dir, first, last, uint64(len(entries)), stride, func(emit func(Entry) error) error {
+		for _, e := range entries {
+			if err := emit(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return path
+}
+
+// writeV1 writes entries in dir as a run of format version 1, valid in
+// that format: a 32-byte header ("S4IDX01\n", First, Last, Count), the
+// entries and the SHA-256 of both, no fence. It returns its path.
+func writeV1(t testing.TB, dir string, first, last uint64, entries []Entry) string {
+	t.Helper()
+	entries = slices.Clone(entries)
+	slices.SortFunc(entries, compareEntries)
+	b := []byte("S4IDX01\n")
+	b = binary.BigEndian.AppendUint64(b, first)
+	b = binary.BigEndian.AppendUint64(b, last)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(entries)))
+	var e [entrySize]byte
+	for _, x := range entries {
+		putEntry(e[:], x)
+		b = append(b, e[:]...)
+	}
+	sum := sha256.Sum256(b)
+	path := filepath.Join(dir, runName(first, last))
+	require.NoError(t, os.WriteFile(path, append(b, sum[:]...), 0o600))
+	return path
 }

@@ -17,6 +17,7 @@ func TestListRuns(t *testing.T) {
 		runs      []rng    // runs to write
 		other     []string // other files to create, with any content
 		damaged   []rng    // runs to write, then damage their header
+		v1        []rng    // runs to write in format version 1
 		wantLive  []rng
 		wantStale []string // base names
 	}{
@@ -56,6 +57,13 @@ func TestListRuns(t *testing.T) {
 			wantStale: []string{runName(1, 20)},
 		},
 		{
+			name:      "a run of format version 1 is stale and leaves a gap",
+			runs:      []rng{{11, 20}},
+			v1:        []rng{{1, 10}},
+			wantLive:  []rng{{11, 20}},
+			wantStale: []string{runName(1, 10)},
+		},
+		{
 			name:      "a partial overlap is dropped and leaves a gap",
 			runs:      []rng{{1, 10}, {5, 15}},
 			wantLive:  []rng{{1, 10}},
@@ -78,6 +86,9 @@ func TestListRuns(t *testing.T) {
 				_, err = f.WriteAt([]byte("XX"), 0)
 				require.NoError(t, err)
 				require.NoError(t, f.Close())
+			}
+			for _, r := range tt.v1 {
+				writeV1(t, dir, r.first, r.last, records(r.first, r.last))
 			}
 			for _, name := range tt.other {
 				require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600))

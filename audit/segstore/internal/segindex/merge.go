@@ -44,7 +44,7 @@ func MergeRuns(dir string, runs []*Run) (string, error) {
 		siftDown(heap, i)
 	}
 	first, last := runs[0].first, runs[len(runs)-1].last
-	return createRun(dir, first, last, count, func(emit func(Entry) error) error {
+	return createRun(dir, first, last, count, fenceStride, func(emit func(Entry) error) error {
 		for len(heap) > 0 {
 			in := heap[0]
 			if err := emit(in.cur); err != nil {

@@ -84,20 +84,32 @@ func TestMergeRunsRefuses(t *testing.T) {
 }
 
 // TestMergeRunsRefusesDamage flips a byte of an input that OpenRun cannot
-// see: the merge fails instead of writing a run with a valid checksum over
-// the damage.
+// see (its entries, or its fence after it was opened): the merge fails
+// instead of writing a run with a valid checksum over the damage.
 func TestMergeRunsRefusesDamage(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	a := writeOpen(t, dir, 1, 100, records(1, 100))
-	b := writeOpen(t, dir, 101, 200, records(101, 200))
-	raw, err := os.ReadFile(b.Path())
-	require.NoError(t, err)
-	raw[entryOffset(17)+10] ^= 0x04
-	require.NoError(t, os.WriteFile(b.Path(), raw, 0o600))
+	tests := []struct {
+		name string
+		off  int64 // of the byte to flip in the second input
+	}{
+		{"entry", entryOffset(17) + 10},
+		{"fence post", fenceOffset(4*100) + 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			a := writeOpen(t, dir, 1, 100, records(1, 100))
+			b := writeOpen(t, dir, 101, 200, records(101, 200))
+			raw, err := os.ReadFile(b.Path())
+			require.NoError(t, err)
+			raw[tt.off] ^= 0x04
+			require.NoError(t, os.WriteFile(b.Path(), raw, 0o600))
 
-	out := t.TempDir()
-	_, err = MergeRuns(out, []*Run{a, b})
-	require.ErrorIs(t, err, ErrCorrupt)
-	require.Empty(t, dirNames(t, out))
+			out := t.TempDir()
+			_, err = MergeRuns(out, []*Run{a, b})
+			require.ErrorIs(t, err, ErrCorrupt)
+			require.Empty(t, dirNames(t, out))
+		})
+	}
 }

@@ -16,15 +16,15 @@ type runReader struct {
 	r    *Run
 	br   *bufio.Reader
 	sum  hash.Hash
-	left uint64 // entries not yet read
+	i    uint64 // entries read
 	prev Entry
 	b    [entrySize]byte
 }
 
 func newRunReader(r *Run, bufSize int) (*runReader, error) {
 	sum := sha256.New()
-	body := io.NewSectionReader(r.f, 0, fileSize(r.count)-sumSize)
-	rr := &runReader{r: r, br: bufio.NewReaderSize(io.TeeReader(body, sum), bufSize), sum: sum, left: r.count}
+	body := io.NewSectionReader(r.f, 0, fileSize(r.count, r.stride)-sumSize)
+	rr := &runReader{r: r, br: bufio.NewReaderSize(io.TeeReader(body, sum), bufSize), sum: sum}
 	if _, err := io.ReadFull(rr.br, make([]byte, headerSize)); err != nil {
 		return nil, rr.err(err)
 	}
@@ -32,15 +32,12 @@ func newRunReader(r *Run, bufSize int) (*runReader, error) {
 }
 
 // next returns the next entry, or ok false after the last one once the
-// checksum has been checked.
+// fence and the checksum have been checked.
 func (rr *runReader) next() (e Entry, ok bool, err error) {
-	if rr.left == 0 {
-		var want [sumSize]byte
-		if _, err := rr.r.f.ReadAt(want[:], fileSize(rr.r.count)-sumSize); err != nil {
+	r := rr.r
+	if rr.i == r.count {
+		if err := rr.finish(); err != nil {
 			return Entry{}, false, rr.err(err)
-		}
-		if !bytes.Equal(rr.sum.Sum(nil), want[:]) {
-			return Entry{}, false, rr.err(fmt.Errorf("checksum mismatch: %w", ErrCorrupt))
 		}
 		return Entry{}, false, nil
 	}
@@ -48,15 +45,42 @@ func (rr *runReader) next() (e Entry, ok bool, err error) {
 		return Entry{}, false, rr.err(err)
 	}
 	e = getEntry(rr.b[:])
-	if e.Seq < rr.r.first || e.Seq > rr.r.last {
+	if e.Seq < r.first || e.Seq > r.last {
 		return Entry{}, false, rr.err(fmt.Errorf("entry seq %d outside the run: %w", e.Seq, ErrCorrupt))
 	}
-	if rr.left < rr.r.count && compareEntries(rr.prev, e) > 0 {
+	if rr.i > 0 && compareEntries(rr.prev, e) > 0 {
 		return Entry{}, false, rr.err(fmt.Errorf("entries out of order: %w", ErrCorrupt))
 	}
-	rr.left--
+	// The fence OpenRun read must sample the entries; finish checks that
+	// it is what the file holds.
+	if rr.i%r.stride == 0 && r.fence[rr.i/r.stride] != (fencePost{e.Key, e.Seq}) {
+		return Entry{}, false, rr.err(fmt.Errorf("fence post %d differs from entry %d: %w", rr.i/r.stride, rr.i, ErrCorrupt))
+	}
+	rr.i++
 	rr.prev = e
 	return e, true, nil
+}
+
+// finish reads the fence section, checks it against the fence OpenRun read,
+// and checks the checksum of everything read.
+func (rr *runReader) finish() error {
+	r := rr.r
+	for i, want := range r.fence {
+		if _, err := io.ReadFull(rr.br, rr.b[:postSize]); err != nil {
+			return err
+		}
+		if getPost(rr.b[:]) != want {
+			return fmt.Errorf("fence post %d changed since the run was opened: %w", i, ErrCorrupt)
+		}
+	}
+	var want [sumSize]byte
+	if _, err := r.f.ReadAt(want[:], fileSize(r.count, r.stride)-sumSize); err != nil {
+		return err
+	}
+	if !bytes.Equal(rr.sum.Sum(nil), want[:]) {
+		return fmt.Errorf("checksum mismatch: %w", ErrCorrupt)
+	}
+	return nil
 }
 
 func (rr *runReader) err(err error) error {

@@ -1,18 +1,15 @@
 package segindex
 
 import (
-	"encoding/binary"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 )
 
 const (
-	// defaultFenceStride is how many entries apart the fence posts that
-	// OpenRun keeps in memory are: 16 bytes per 1024 entries (160 KB for
-	// 10M entries) turn a lookup's ~24 disk bisection reads into ~3.
-	defaultFenceStride = 1024
 	// defaultWindow is the span, in entries, below which a lookup stops
 	// bisecting with small reads and reads the whole span at once.
 	defaultWindow = 128
@@ -25,33 +22,46 @@ const (
 // Run is an open run file. Its methods are safe for concurrent use; Close
 // must not be called before the other calls return.
 type Run struct {
-	f                  *os.File
+	f                  runFile
 	path               string
 	first, last, count uint64
 
-	// fence holds the (Key, Seq) of every stride-th entry, so that a lookup
-	// starts bisecting from one stride instead of the whole file.
+	// fence holds the (Key, Seq) of every stride-th entry, read from the
+	// file's fence, so that a lookup starts bisecting from one stride
+	// instead of the whole file.
 	fence  []fencePost
 	stride uint64
 	window uint64
 }
 
-type fencePost struct{ key, seq uint64 }
-
-// OpenRun opens the run file at path and checks its header against its name
-// and size. It does not check the checksum, which needs a read of the whole
-// file: call Verify for a run this process did not write.
-func OpenRun(path string) (*Run, error) {
-	return openRun(path, defaultFenceStride, defaultWindow)
+// runFile is what a Run reads: an *os.File, or in tests a wrapper that
+// counts the reads.
+type runFile interface {
+	io.ReaderAt
+	io.Closer
+	Stat() (fs.FileInfo, error)
 }
 
-// openRun is OpenRun with a chosen fence stride (0 for none) and window, for
-// the benchmarks that justify the defaults.
-func openRun(path string, stride, window uint64) (_ *Run, err error) {
+// OpenRun opens the run file at path, checks its header against its name
+// and size, and reads its fence in one read: two reads in all, whatever the
+// run's size. It does not check the checksum, which needs a read of the
+// whole file: call Verify for a run this process did not write.
+func OpenRun(path string) (*Run, error) {
+	return openRun(path, defaultWindow)
+}
+
+// openRun is OpenRun with a chosen window, for the tests that bisect on
+// disk all the way.
+func openRun(path string, window uint64) (*Run, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open index run: %w", err)
 	}
+	return openRunFile(f, path, window)
+}
+
+// openRunFile is openRun on a file already open; it closes f on failure.
+func openRunFile(f runFile, path string, window uint64) (_ *Run, err error) {
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -62,7 +72,7 @@ func openRun(path string, stride, window uint64) (_ *Run, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.stride, r.window = stride, max(window, 1)
+	r.window = max(window, 1)
 	if err := r.readFence(); err != nil {
 		return nil, err
 	}
@@ -71,7 +81,7 @@ func openRun(path string, stride, window uint64) (_ *Run, err error) {
 
 // readHeader reads the header of the open run file at path, checks it
 // against the file's name and size, and returns the run without a fence.
-func readHeader(f *os.File, path string) (*Run, error) {
+func readHeader(f runFile, path string) (*Run, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -83,39 +93,34 @@ func readHeader(f *os.File, path string) (*Run, error) {
 	if _, err := f.ReadAt(h[:], 0); err != nil {
 		return nil, err
 	}
-	first, last, count, err := checkHeader(h[:], filepath.Base(path), st.Size())
+	first, last, count, stride, err := checkHeader(h[:], filepath.Base(path), st.Size())
 	if err != nil {
 		return nil, err
 	}
-	return &Run{f: f, path: path, first: first, last: last, count: count}, nil
+	return &Run{f: f, path: path, first: first, last: last, count: count, stride: stride}, nil
 }
 
-// readFence reads the fence posts, one small read each, and checks that
-// they are in order and in range: a lookup's bisection relies on both.
+// readFence reads the fence section in one read and checks that its posts
+// are in order and in range: a lookup's bisection relies on both. That each
+// post equals the entry it samples would take a read per post to check:
+// the checksum covers the fence instead (Verify), and Lookup checks the
+// posts it relies on against the entries it reads.
 func (r *Run) readFence() error {
-	if r.stride == 0 {
-		return nil
+	n := fenceLen(r.count, r.stride)
+	b := make([]byte, postSize*n)
+	if _, err := r.f.ReadAt(b, fenceOffset(r.count)); err != nil {
+		return err
 	}
-	r.fence = make([]fencePost, 0, (r.count+r.stride-1)/r.stride)
-	var b [16]byte
-	for i := uint64(0); i < r.count; i += r.stride {
-		if _, err := r.f.ReadAt(b[:], entryOffset(i)); err != nil {
-			return err
+	r.fence = make([]fencePost, n)
+	for i := range r.fence {
+		p := getPost(b[postSize*i:])
+		if p.seq < r.first || p.seq > r.last || i > 0 && p.less(r.fence[i-1]) {
+			return fmt.Errorf("fence post %d out of order or range: %w", i, ErrCorrupt)
 		}
-		p := fencePost{binary.BigEndian.Uint64(b[:]), binary.BigEndian.Uint64(b[8:])}
-		if p.seq < r.first || p.seq > r.last || len(r.fence) > 0 && p.less(r.fence[len(r.fence)-1]) {
-			return fmt.Errorf("entry %d out of order or range: %w", i, ErrCorrupt)
-		}
-		r.fence = append(r.fence, p)
+		r.fence[i] = p
 	}
 	return nil
 }
-
-func (p fencePost) less(q fencePost) bool {
-	return p.key < q.key || p.key == q.key && p.seq < q.seq
-}
-
-func entryOffset(i uint64) int64 { return headerSize + entrySize*int64(i) }
 
 // Path returns the path the run was opened from.
 func (r *Run) Path() string { return r.path }
@@ -132,8 +137,9 @@ func (r *Run) Count() uint64 { return r.count }
 // Close closes the run file.
 func (r *Run) Close() error { return r.f.Close() }
 
-// Verify reads the whole run and checks its checksum and that its entries are
-// in order and within First..Last.
+// Verify reads the whole run and checks its checksum (which covers the
+// fence), that its entries are in order and within First..Last, and that
+// the fence OpenRun read samples them.
 func (r *Run) Verify() error {
 	rr, err := newRunReader(r, 256<<10)
 	if err != nil {
@@ -156,44 +162,58 @@ func (r *Run) Lookup(key, fromSeq uint64, limit int) ([]Entry, error) {
 		return nil, nil
 	}
 	target := fencePost{key, fromSeq}
-	// lo <= p <= hi, where p is the index of the first entry >= target.
+	// lo <= p <= hi, where p is the index of the first entry >= target:
+	// the fence says fence[i-1] < target <= fence[i].
 	lo, hi := uint64(0), r.count
-	if len(r.fence) > 0 {
-		i := sort.Search(len(r.fence), func(i int) bool { return !r.fence[i].less(target) })
-		if i > 0 {
-			lo = uint64(i-1)*r.stride + 1
-		}
-		if i < len(r.fence) {
-			hi = uint64(i) * r.stride
-		}
+	i := sort.Search(len(r.fence), func(i int) bool { return !r.fence[i].less(target) })
+	if i > 0 {
+		lo = uint64(i-1)*r.stride + 1
 	}
-	var b [16]byte
+	if i < len(r.fence) {
+		hi = uint64(i) * r.stride
+	}
+	var b [postSize]byte // an entry's Key and Seq, which it starts with
 	for hi-lo > r.window {
 		mid := lo + (hi-lo)/2
 		if _, err := r.f.ReadAt(b[:], entryOffset(mid)); err != nil {
 			return nil, r.readErr(err)
 		}
-		if (fencePost{binary.BigEndian.Uint64(b[:]), binary.BigEndian.Uint64(b[8:])}).less(target) {
+		if getPost(b[:]).less(target) {
 			lo = mid + 1
 		} else {
 			hi = mid
 		}
 	}
 
-	// Read the window and, in the same read, room for the hits after it.
-	n := min(hi-lo+uint64(min(limit, maxChunk)), r.count-lo)
+	// Read the window and, in the same read, the entry before it and room
+	// for the hits after it. The entries just outside the window, lo-1 and
+	// hi, are where the fence (or the bisection) put p's bounds: they are
+	// checked, so that a fence that disagrees with the entries fails the
+	// lookup instead of making it miss hits.
+	start := lo - min(lo, 1)
+	n := min(hi-start+uint64(min(limit, maxChunk)), r.count-start)
 	buf := make([]byte, n*entrySize)
-	if _, err := r.f.ReadAt(buf, entryOffset(lo)); err != nil {
+	if _, err := r.f.ReadAt(buf, entryOffset(start)); err != nil {
 		return nil, r.readErr(err)
 	}
-	i := uint64(sort.Search(int(hi-lo), func(i int) bool {
-		e := getEntry(buf[i*entrySize:])
+	if start < lo {
+		if err := r.checkBound(start, getEntry(buf), target, true); err != nil {
+			return nil, r.readErr(err)
+		}
+	}
+	if hi < r.count { // then hi < start+n: the read reaches it
+		if err := r.checkBound(hi, getEntry(buf[(hi-start)*entrySize:]), target, false); err != nil {
+			return nil, r.readErr(err)
+		}
+	}
+	j := lo - start + uint64(sort.Search(int(hi-lo), func(k int) bool {
+		e := getEntry(buf[(lo-start+uint64(k))*entrySize:])
 		return !(fencePost{e.Key, e.Seq}).less(target)
 	}))
 	var out []Entry
 	for {
-		for ; i < n; i++ {
-			e := getEntry(buf[i*entrySize:])
+		for ; j < n; j++ {
+			e := getEntry(buf[j*entrySize:])
 			if e.Key != key {
 				return out, nil
 			}
@@ -203,20 +223,31 @@ func (r *Run) Lookup(key, fromSeq uint64, limit int) ([]Entry, error) {
 			}
 		}
 		// The hits go on past what was read: read the next chunk.
-		lo += n
-		if lo == r.count {
+		start += n
+		if start == r.count {
 			return out, nil
 		}
-		n = min(uint64(min(limit-len(out), maxChunk)), r.count-lo)
+		n = min(uint64(min(limit-len(out), maxChunk)), r.count-start)
 		if uint64(cap(buf)) < n*entrySize {
 			buf = make([]byte, n*entrySize)
 		}
 		buf = buf[:n*entrySize]
-		if _, err := r.f.ReadAt(buf, entryOffset(lo)); err != nil {
+		if _, err := r.f.ReadAt(buf, entryOffset(start)); err != nil {
 			return nil, r.readErr(err)
 		}
-		i = 0
+		j = 0
 	}
+}
+
+// checkBound checks entry e, at index j, which Lookup took for a bound of
+// the first entry >= target: below it (before says e < target) or at or
+// above it. If j is a fence post, e must also equal the post.
+func (r *Run) checkBound(j uint64, e Entry, target fencePost, before bool) error {
+	p := fencePost{e.Key, e.Seq}
+	if p.less(target) != before || j%r.stride == 0 && r.fence[j/r.stride] != p {
+		return fmt.Errorf("entry %d disagrees with the fence: %w", j, ErrCorrupt)
+	}
+	return nil
 }
 
 func (r *Run) readErr(err error) error {

@@ -1,7 +1,10 @@
 package segindex
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,23 +45,30 @@ func TestRunLookup(t *testing.T) {
 		{"below every key", 0, 0, 10, 0},
 		{"above every key", ^uint64(0), ^uint64(0), 10, 0},
 	}
-	// No fence and a tiny window bisect on disk all the way; a tiny stride
-	// crosses many fence posts; the defaults read a whole stride at once.
+	// A stride longer than the run (one fence post) and a tiny window
+	// bisect on disk all the way; a tiny stride crosses many fence posts;
+	// the defaults read a whole stride at once.
 	opens := []struct {
 		name           string
 		stride, window uint64
 	}{
-		{"default", defaultFenceStride, defaultWindow},
-		{"no fence", 0, 1},
+		{"default", fenceStride, defaultWindow},
+		{"one fence post", 1 << 40, 1},
 		{"small fence", 4, 2},
 	}
 	for _, o := range opens {
-		r, err := openRun(path, o.stride, o.window)
+		path := path
+		if o.stride != fenceStride {
+			path = writeStride(t, t.TempDir(), first, last, o.stride, all)
+		}
+		r, err := openRun(path, o.window)
 		require.NoError(t, err)
 		t.Cleanup(func() { r.Close() })
 		require.Equal(t, uint64(first), r.First())
 		require.Equal(t, uint64(last), r.Last())
 		require.Equal(t, uint64(len(all)), r.Count())
+		require.Len(t, r.fence, int(fenceLen(r.Count(), o.stride)))
+		require.NoError(t, r.Verify())
 		for _, tt := range tests {
 			t.Run(o.name+"/"+tt.name, func(t *testing.T) {
 				t.Parallel()
@@ -165,14 +175,22 @@ func TestWriteRunRefuses(t *testing.T) {
 
 func TestDamagedRunIsRefused(t *testing.T) {
 	t.Parallel()
-	all := records(1, 3000) // 12,000 entries: several fence posts
-	size := fileSize(uint64(len(all)))
+	all := records(1, 3000) // 12,000 entries: 12 fence posts
+	count := uint64(len(all))
+	size := fileSize(count, fenceStride)
+	post := func(i int64) int64 { return fenceOffset(count) + postSize*i }
 	flip := func(off int64, mask byte) func(t *testing.T, path string) string {
 		return func(t *testing.T, path string) string {
 			b, err := os.ReadFile(path)
 			require.NoError(t, err)
 			b[off] ^= mask
 			require.NoError(t, os.WriteFile(path, b, 0o600))
+			return path
+		}
+	}
+	truncate := func(to int64) func(t *testing.T, path string) string {
+		return func(t *testing.T, path string) string {
+			require.NoError(t, os.Truncate(path, to))
 			return path
 		}
 	}
@@ -184,27 +202,31 @@ func TestDamagedRunIsRefused(t *testing.T) {
 		{"magic", flip(3, 0x01), true},
 		{"first", flip(15, 0x01), true},
 		{"count", flip(31, 0x01), true},
+		{"stride zeroed", flip(38, 0x04), true},
+		// 1025 gives as many posts as 1024 for this count: the size holds.
+		{"stride", flip(39, 0x01), false},
 		{"entry key", flip(entryOffset(5), 0x01), false},
 		{"entry seq", flip(entryOffset(7)+15, 0x01), false},
 		{"entry offset", flip(entryOffset(9)+19, 0x01), false},
-		{"fence post out of order", flip(entryOffset(defaultFenceStride), 0x80), true},
+		{"entry a fence post samples", flip(entryOffset(fenceStride)+7, 0x01), false},
+		{"fence post key", flip(post(1)+7, 0x01), false},
+		{"fence post seq", flip(post(2)+15, 0x02), false},
+		{"last fence post", flip(post(11)+3, 0x10), false},
+		{"fence post out of order", flip(post(1), 0x80), true},
+		{"fence post seq out of range", flip(post(3)+8, 0x80), true},
 		{"checksum", flip(size-1, 0x01), false},
-		{"truncated by a byte", func(t *testing.T, path string) string {
-			require.NoError(t, os.Truncate(path, size-1))
-			return path
-		}, true},
-		{"truncated by an entry", func(t *testing.T, path string) string {
-			require.NoError(t, os.Truncate(path, size-entrySize))
-			return path
-		}, true},
-		{"shorter than a header", func(t *testing.T, path string) string {
-			require.NoError(t, os.Truncate(path, 10))
-			return path
-		}, true},
+		{"truncated by a byte", truncate(size - 1), true},
+		{"truncated by a fence post", truncate(size - postSize), true},
+		{"truncated by an entry", truncate(size - entrySize), true},
+		{"shorter than a header", truncate(10), true},
 		{"renamed", func(t *testing.T, path string) string {
 			to := filepath.Join(filepath.Dir(path), runName(1, 2999))
 			require.NoError(t, os.Rename(path, to))
 			return to
+		}, true},
+		{"format version 1", func(t *testing.T, path string) string {
+			require.NoError(t, os.Remove(path))
+			return writeV1(t, filepath.Dir(path), 1, 3000, all)
 		}, true},
 	}
 	for _, tt := range tests {
@@ -225,12 +247,50 @@ func TestDamagedRunIsRefused(t *testing.T) {
 	}
 }
 
+// TestLookupChecksFence damages a fence post so that OpenRun cannot tell
+// (still in order and in range), moving it just below or just above the
+// entry it samples. Below, the fence would place that entry in the stride
+// after it and a lookup of it would miss it; above, in the right stride.
+// Either way Lookup finds the disagreement when it reads the entry, while
+// lookups that do not rely on the post go on working.
+func TestLookupChecksFence(t *testing.T) {
+	t.Parallel()
+	all := records(1, 3000)
+	slices.SortFunc(all, compareEntries)
+	sampled := all[5*fenceStride]
+	other := all[8*fenceStride+100]
+	for _, delta := range []int{-1, +1} {
+		t.Run(fmt.Sprint(delta), func(t *testing.T) {
+			t.Parallel()
+			path, err := WriteRun(t.TempDir(), 1, 3000, slices.Clone(all))
+			require.NoError(t, err)
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			require.NoError(t, err)
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(int64(sampled.Key)+int64(delta)))
+			_, err = f.WriteAt(b[:], fenceOffset(uint64(len(all)))+5*postSize)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+
+			r, err := OpenRun(path)
+			require.NoError(t, err)
+			defer r.Close()
+			_, err = r.Lookup(sampled.Key, sampled.Seq, 10)
+			require.ErrorIs(t, err, ErrCorrupt)
+			got, err := r.Lookup(other.Key, other.Seq, 10)
+			require.NoError(t, err)
+			require.Equal(t, want(all, other.Key, other.Seq, 10), got)
+			require.ErrorIs(t, r.Verify(), ErrCorrupt)
+		})
+	}
+}
+
 // TestVerifyChecksOrder writes a run whose checksum is right but whose
 // entries are not sorted, as only a bug could: Verify refuses it.
 func TestVerifyChecksOrder(t *testing.T) {
 	t.Parallel()
 	entries := []Entry{{Key: 2, Seq: 1}, {Key: 1, Seq: 2}}
-	path, err := createRun(t.TempDir(), 1, 2, 2, func(emit func(Entry) error) error {
+	path, err := createRun(t.TempDir(), 1, 2, 2, fenceStride, func(emit func(Entry) error) error {
 		for _, e := range entries {
 			if err := emit(e); err != nil {
 				return err
@@ -245,4 +305,34 @@ func TestVerifyChecksOrder(t *testing.T) {
 	err = r.Verify()
 	require.ErrorIs(t, err, ErrCorrupt)
 	require.False(t, errors.Is(err, os.ErrNotExist))
+}
+
+// TestVerifyChecksFence writes a run whose checksum is right but whose
+// fence does not sample its entries, as only a bug could: OpenRun cannot
+// tell (the posts are in order and in range), Verify and MergeRuns refuse it.
+func TestVerifyChecksFence(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	all := records(1, 1000) // 4000 entries: 4 fence posts
+	path, err := WriteRun(dir, 1, 1000, slices.Clone(all))
+	require.NoError(t, err)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	// Post 2 takes the seq of the entry after the one it samples.
+	slices.SortFunc(all, compareEntries)
+	off := fenceOffset(uint64(len(all))) + 2*postSize
+	putPost(b[off:], fencePost{all[2*fenceStride].Key, all[2*fenceStride+1].Seq})
+	body := len(b) - sumSize
+	sum := sha256.Sum256(b[:body])
+	copy(b[body:], sum[:])
+	require.NoError(t, os.WriteFile(path, b, 0o600))
+
+	r, err := OpenRun(path)
+	require.NoError(t, err)
+	defer r.Close()
+	require.ErrorIs(t, r.Verify(), ErrCorrupt)
+	out := t.TempDir()
+	_, err = MergeRuns(out, []*Run{r})
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Empty(t, dirNames(t, out))
 }

@@ -21,7 +21,7 @@ func WriteRun(dir string, first, last uint64, entries []Entry) (string, error) {
 	}
 	// Mem.Entries is already sorted, and sorting sorted input is a linear pass.
 	slices.SortFunc(entries, compareEntries)
-	return createRun(dir, first, last, uint64(len(entries)), func(emit func(Entry) error) error {
+	return createRun(dir, first, last, uint64(len(entries)), fenceStride, func(emit func(Entry) error) error {
 		for _, e := range entries {
 			if e.Seq < first || e.Seq > last {
 				return fmt.Errorf("entry seq %d outside %d..%d", e.Seq, first, last)
@@ -35,10 +35,11 @@ func WriteRun(dir string, first, last uint64, entries []Entry) (string, error) {
 }
 
 // createRun writes a run of count entries, which fill passes in order to
-// emit, under a temporary name, fsyncs it, renames it to its final name and
-// fsyncs dir, so that a crash leaves the old state or the new one plus, at
-// worst, a temporary file that ListRuns reports.
-func createRun(dir string, first, last, count uint64, fill func(emit func(Entry) error) error) (_ string, err error) {
+// emit, followed by its fence, a post every stride entries, under a
+// temporary name, fsyncs it, renames it to its final name and fsyncs dir, so
+// that a crash leaves the old state or the new one plus, at worst, a
+// temporary file that ListRuns reports.
+func createRun(dir string, first, last, count, stride uint64, fill func(emit func(Entry) error) error) (_ string, err error) {
 	path := filepath.Join(dir, runName(first, last))
 	defer func() {
 		if err != nil {
@@ -59,10 +60,16 @@ func createRun(dir string, first, last, count uint64, fill func(emit func(Entry)
 	sum := sha256.New()
 	w := bufio.NewWriterSize(io.MultiWriter(f, sum), 256<<10)
 	var b [headerSize]byte
-	putHeader(b[:], first, last, count)
+	putHeader(b[:], first, last, count, stride)
 	w.Write(b[:]) // a bufio.Writer keeps its first error for Flush
+	// The fence is collected while the entries stream past, 16 bytes per
+	// stride entries, and written after them.
+	fence := make([]fencePost, 0, fenceLen(count, stride))
 	var n uint64
 	err = fill(func(e Entry) error {
+		if n%stride == 0 {
+			fence = append(fence, fencePost{e.Key, e.Seq})
+		}
 		n++
 		putEntry(b[:], e)
 		_, err := w.Write(b[:entrySize])
@@ -73,6 +80,10 @@ func createRun(dir string, first, last, count uint64, fill func(emit func(Entry)
 	}
 	if n != count {
 		return "", fmt.Errorf("wrote %d entries, header says %d", n, count)
+	}
+	for _, p := range fence {
+		putPost(b[:], p)
+		w.Write(b[:postSize])
 	}
 	if err := w.Flush(); err != nil {
 		return "", err
