@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"slices"
 
@@ -48,7 +49,7 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	if f.impossible {
 		return audit.Page{}, nil
 	}
-	if f.key == nil {
+	if len(f.keys) == 0 {
 		return r.scan(ctx, &q, f, from, offset, q.PageToken != "")
 	}
 	return r.lookup(ctx, &q, f, from)
@@ -154,42 +155,96 @@ func (r *reader) lookupIn(ctx context.Context, srcs []source, q *audit.Query, f 
 			}
 			continue
 		}
-		for {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("list audit log: %w", err)
-			}
-			want := q.PageSize - len(page.Events)
-			hits, err := r.s.index.lookup(src, *f.key, *from, want)
-			if err != nil {
-				return err
-			}
-			for _, h := range hits {
-				if h.Seq > r.v.head.Sequence {
-					return nil // not durable yet
-				}
-				ev, err := r.record(h.Seq, int64(h.Offset))
-				if err != nil {
-					return err
-				}
-				*from = h.Seq + 1
-				if ev == nil || !q.Matches(ev) {
-					continue
-				}
-				page.Events = append(page.Events, ev)
-				if len(page.Events) == q.PageSize {
-					if *from <= r.v.head.Sequence {
-						page.NextPageToken = r.s.encodeToken(*from, 0, q.FilterDigest())
-					}
-					return nil
-				}
-			}
-			if len(hits) < want {
-				break
-			}
+		done, err := r.lookupSource(ctx, src, q, f, from, page)
+		if err != nil || done {
+			return err
 		}
 		*from = max(*from, src.last+1)
 	}
 	return nil
+}
+
+// lookupChunk is how many index entries of each key a lookup reads at a
+// time.
+const lookupChunk = 512
+
+// lookupSource fills page from one indexed source: it reads the entries
+// of every key of the filter in chunks from *from on and reads only the
+// records whose sequence all of them hold, so that combined filters
+// (a user's failed executions) cost index entries, not records. done is
+// set when the page is full or the durable records end.
+func (r *reader) lookupSource(ctx context.Context, src source, q *audit.Query, f *filter, from *uint64, page *audit.Page) (done bool, err error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, fmt.Errorf("list audit log: %w", err)
+		}
+		// hi bounds what every key's chunk covers: past it, a key whose
+		// chunk was full may hold entries not read yet.
+		hi := uint64(math.MaxUint64)
+		chunks := make([][]segindex.Entry, len(f.keys))
+		for i, k := range f.keys {
+			c, err := r.s.index.lookup(src, k, *from, lookupChunk)
+			if err != nil {
+				return false, err
+			}
+			if len(c) == 0 {
+				return false, nil // no match left in this source
+			}
+			if len(c) == lookupChunk {
+				hi = min(hi, c[len(c)-1].Seq)
+			}
+			chunks[i] = c
+		}
+		for _, h := range intersect(chunks, hi) {
+			if h.Seq > r.v.head.Sequence {
+				return true, nil // not durable yet
+			}
+			ev, err := r.record(h.Seq, int64(h.Offset))
+			if err != nil {
+				return false, err
+			}
+			*from = h.Seq + 1
+			if ev == nil || !q.Matches(ev) {
+				continue
+			}
+			page.Events = append(page.Events, ev)
+			if len(page.Events) == q.PageSize {
+				if *from <= r.v.head.Sequence {
+					page.NextPageToken = r.s.encodeToken(*from, 0, q.FilterDigest())
+				}
+				return true, nil
+			}
+		}
+		if hi == math.MaxUint64 {
+			return false, nil // every key's entries in this source were read
+		}
+		*from = hi + 1
+	}
+}
+
+// intersect returns the entries of chunks[0] up to sequence hi whose
+// sequence every other chunk holds too (each chunk is in ascending
+// sequence order).
+func intersect(chunks [][]segindex.Entry, hi uint64) []segindex.Entry {
+	var out []segindex.Entry
+	pos := make([]int, len(chunks))
+next:
+	for _, e := range chunks[0] {
+		if e.Seq > hi {
+			break
+		}
+		for i := 1; i < len(chunks); i++ {
+			c := chunks[i]
+			for pos[i] < len(c) && c[pos[i]].Seq < e.Seq {
+				pos[i]++
+			}
+			if pos[i] == len(c) || c[pos[i]].Seq != e.Seq {
+				continue next
+			}
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // scanSegment lists the matching records of a sealed segment that has no
@@ -310,11 +365,11 @@ func readFailed(err error) error {
 	return fmt.Errorf("%w: read the audit log: %w", audit.ErrUnavailable, err)
 }
 
-// filter is a query's selection: the index key of its most selective
-// member (none for an unfiltered listing), and the exact bytes a matching
-// line contains, which rule out most lines before the costlier parse.
+// filter is a query's selection: the index keys of its members (none for
+// an unfiltered listing), and the exact bytes a matching line contains,
+// which rule out most lines before the costlier parse.
 type filter struct {
-	key        *uint64
+	keys       []uint64 // index keys of the filters
 	needles    [][]byte
 	impossible bool // a filter value no record can hold
 }
@@ -336,17 +391,11 @@ func newFilter(q *audit.Query) *filter {
 		member, ok := audit.EncodeMember(m.name, m.value)
 		f.impossible = f.impossible || !ok
 		f.needles = append(f.needles, member)
-		if f.key == nil {
-			k := segindex.Key(m.field, m.value)
-			f.key = &k
-		}
+		f.keys = append(f.keys, segindex.Key(m.field, m.value))
 	}
 	if t := q.Type; t != stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
 		f.needles = append(f.needles, []byte(`"type":"`+t.String()+`"`))
-		if f.key == nil {
-			k := typeKeys[t]
-			f.key = &k
-		}
+		f.keys = append(f.keys, typeKeys[t])
 	}
 	return f
 }
