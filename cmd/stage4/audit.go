@@ -42,7 +42,8 @@ record's hash, sequence and previous_hash. The log is one of:
 Prints "OK", the record count and the last hash for an intact log (keep the
 hash elsewhere: it is what shows a later truncation), and for a directory
 the number of segments; for a damaged one, "DAMAGED" with the first bad
-sequence, for a file or a segment its byte offset, and the reason. An
+sequence, for a local log its byte offset (in the segment that the reason
+names, for a directory), and the reason. An
 incomplete last record without a newline is the trace of a crash
 mid-write, which was never acknowledged: it is reported but is not damage.
 Progress goes to stderr when stderr is a terminal.

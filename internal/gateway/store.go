@@ -21,14 +21,14 @@ import (
 // database rather than a local log.
 func IsDatabaseURL(auditLog string) bool { return pgstore.IsURL(auditLog) }
 
-// IsLegacyFileLog reports whether an --audit-log path names a log in one
+// isLegacyFileLog reports whether an --audit-log path names a log in one
 // file, as Stage-4 kept it before segments (audit/filestore): the path is
 // a regular file, or it is missing while the head file that such a log
 // leaves beside it (filestore.HeadSuffix) is there. The second case is a
 // single-file log that was lost: it goes to filestore too, which refuses
 // it (ErrHeadMismatch) instead of starting a new, empty directory there
 // without a word.
-func IsLegacyFileLog(path string) bool {
+func isLegacyFileLog(path string) bool {
 	if fi, err := os.Stat(path); err == nil {
 		return fi.Mode().IsRegular()
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -41,7 +41,7 @@ func IsLegacyFileLog(path string) bool {
 // OpenStore opens the audit store that cfg.AuditLog names: a PostgreSQL
 // database for a postgres:// or postgresql:// URL, shared with every other
 // replica that names it; a single-file log from before segments when the
-// path is a file (see IsLegacyFileLog), appended to as it is; else a
+// path is a file (see isLegacyFileLog), appended to as it is; else a
 // directory of segments (audit/segstore), created when missing. A local
 // log that lost records since the last start (see segstore.HeadFile and
 // filestore.HeadSuffix) is refused unless cfg.NewAuditLog.
@@ -60,7 +60,7 @@ func OpenStore(ctx context.Context, cfg Config, logger *slog.Logger) (audit.Stor
 		logger.Info("audit store: PostgreSQL", "replica_name", s.ReplicaName(), "instance_id", s.InstanceID())
 		return s, nil
 	}
-	if IsLegacyFileLog(auditLog) {
+	if isLegacyFileLog(auditLog) {
 		return openFileStore(cfg, logger)
 	}
 	return openSegmentStore(cfg, logger)
