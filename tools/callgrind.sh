@@ -58,7 +58,7 @@ wait_port() {
 pids+=($!)
 wait_port "$s3"
 if [[ $kind == stage4 ]]; then
-	args=(serve --listen "$gw" --stage3-addr "$s3" --stage3-insecure --audit-log "$work/audit.jsonl"
+	args=(serve --listen "$gw" --stage3-addr "$s3" --stage3-insecure --audit-log "$work/audit"
 		--metrics-listen 127.0.0.1:0 --log-level info)
 	target=$bin
 else

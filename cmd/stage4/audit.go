@@ -14,33 +14,52 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
 	"github.com/stage4/stage4/audit/pgstore"
+	"github.com/stage4/stage4/audit/segstore"
 )
 
-const auditVerifyUsage = `Usage: stage4 audit verify [--checkpoint FILE --verifier-key KEY] FILE|URL
+const auditVerifyUsage = `Usage: stage4 audit verify [--checkpoint FILE --verifier-key KEY] DIR|SEGMENT|FILE|URL
 
 Walks the hash chain of an audit log from its first record and checks every
-record's hash, sequence and previous_hash. The log is a file, or a
-PostgreSQL database given as a postgres:// or postgresql:// URL; for a
-database it also checks that the indexed columns match each record, that no
-sequence is stored twice and that the chain's head row matches the last
-record. Prints "OK", the record count and the last hash for an intact log
-(keep the hash elsewhere: it is what shows a later truncation); for a
-damaged one, "DAMAGED" with the first bad sequence, for a file its byte
-offset, and the reason. An incomplete last line of a file without a newline
-is the trace of a crash mid-write, which was never acknowledged: it is
-reported but is not damage. Progress goes to stderr when stderr is a
-terminal.
+record's hash, sequence and previous_hash. The log is one of:
+
+  DIR      a log directory (what stage4 serve writes): every segment file in
+           it, in order, each sealed one also against its line in
+           seals.jsonl (length, first and last record, the hashes at both
+           ends), the seals against each other, and the chain across
+           segments. Sealed segments an operator moved away (archived) are
+           not read: the chain is taken across them from their seals, and
+           their records are named as not checked here.
+  SEGMENT  one segment file (00000000000000000001.jsonl ...), say an archived
+           one: its records from the sequence its name states and the
+           previous_hash of its first record, and, when the seals.jsonl
+           beside it lists it, that it matches its seal.
+  FILE     a single-file log from before segments.
+  URL      a PostgreSQL database (postgres:// or postgresql://); it also
+           checks that the indexed columns match each record, that no
+           sequence is stored twice and that the chain's head row matches
+           the last record.
+
+Prints "OK", the record count and the last hash for an intact log (keep the
+hash elsewhere: it is what shows a later truncation), and for a directory
+the number of segments; for a damaged one, "DAMAGED" with the first bad
+sequence, for a local log its byte offset (in the segment that the reason
+names, for a directory), and the reason. An
+incomplete last record without a newline is the trace of a crash
+mid-write, which was never acknowledged: it is reported but is not damage.
+Progress goes to stderr when stderr is a terminal.
 
 With --checkpoint (a checkpoint kept from GetCheckpoint) and --verifier-key
 (the verifier key, or a file holding it), it also checks the checkpoint's
 signature and that the log's first records, rehashed here into their Merkle
 tree (no stored tree hash is trusted), reproduce the root the checkpoint
 signs: a log changed after the checkpoint was signed fails this, even when
-its hash chain was recomputed and is intact.
+its hash chain was recomputed and is intact. That needs every record from
+the first: a directory whose archived segments hold records the checkpoint
+covers fails it until they are put back, and a single segment is refused.
 
-Exit status: 0 intact, 1 damaged (or, with --checkpoint, not matching it or
-a bad signature), 2 missing or unreadable file, unreachable database or a
-wrong number of arguments.
+Exit status: 0 intact, 1 damaged (or, with --checkpoint, not matching it,
+not checkable for archived segments, or a bad signature), 2 missing or
+unreadable log, unreachable database or a wrong number of arguments.
 `
 
 // auditVerifyFlags holds audit verify's flag values.
@@ -59,9 +78,9 @@ func newAuditVerifyFlags() (*flag.FlagSet, *auditVerifyFlags) {
 
 const auditUsage = `Usage: stage4 audit verify|keygen|prove ...
 
-  stage4 audit verify [--checkpoint FILE --verifier-key KEY] FILE|URL
+  stage4 audit verify [--checkpoint FILE --verifier-key KEY] DIR|SEGMENT|FILE|URL
   stage4 audit keygen NAME --out FILE
-  stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N FILE|URL
+  stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N DIR|FILE|URL
 
 stage4 help audit COMMAND shows a command's help.
 `
@@ -82,6 +101,26 @@ func runAudit(args []string, stdout, stderr io.Writer) error {
 	return silentExit(exitUsage)
 }
 
+// verifyOutcome is what verifying one log found, for runAuditVerify to
+// print.
+type verifyOutcome struct {
+	res audit.VerifyResult
+	err error
+	// offsets: a chain error's byte offset means something (a file, a
+	// segment).
+	offsets bool
+	// firstRecord is the sequence of the first record verified: 1, or a
+	// segment's first.
+	firstRecord uint64
+	// okLine replaces "OK N records, last hash H" when set.
+	okLine string
+	// notes follow the OK line; damagedNotes follow a DAMAGED report.
+	notes, damagedNotes []string
+	// refusal, when set, is printed instead of OK and ends with exit 1:
+	// the chain is intact but the check asked for could not be made.
+	refusal string
+}
+
 // runAuditVerify is the audit verify command.
 func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 	fs, f := newAuditVerifyFlags()
@@ -97,6 +136,13 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		return usageError("audit verify: --checkpoint and --verifier-key go together")
 	}
 	path := pos[0]
+	kind := logKindOf(path)
+	if kind == logSegment && f.checkpoint != "" {
+		return usageError("audit verify: --checkpoint needs every record of the log from the first: give the log directory, not one segment")
+	}
+	if kind == logDir && !isLogDir(path) {
+		return usageError("audit verify: %s is a directory but not an audit log directory: it holds neither %s nor segment files", path, segstore.SealsFile)
+	}
 	var opts []audit.VerifyOption
 	var check *checkpointCheck
 	if f.checkpoint != "" {
@@ -107,33 +153,45 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		check = newCheckpointCheck(cp)
 		opts = append(opts, check.option())
 	}
-	progress := progressPrinter(path, stderr)
-	if progress != nil {
-		opts = append(opts, audit.WithProgress(progress))
-	}
+	progress := progressPrinter(logSize(path, kind), stderr)
 
-	var res audit.VerifyResult
-	isDB := pgstore.IsURL(path)
-	if isDB {
-		res, err = pgstore.Verify(context.Background(), path, opts...)
-	} else {
-		res, err = filestore.Verify(path, opts...)
+	var out verifyOutcome
+	switch kind {
+	case logDatabase:
+		out.res, out.err = pgstore.Verify(context.Background(), path, withProgress(opts, progress)...)
+	case logDir:
+		out = verifyDir(path, progress, check, opts)
+	case logSegment:
+		out = verifySegment(path, withProgress(opts, progress))
+	default:
+		out.res, out.err = filestore.Verify(path, withProgress(opts, progress)...)
+		out.offsets = true
 	}
-	if err != nil && progress != nil {
+	if out.err != nil && progress != nil {
 		fmt.Fprintln(stderr) // end the progress line, which stopped short
 	}
+	res := out.res
 	var chainErr *audit.ChainError
 	switch {
-	case errors.As(err, &chainErr):
-		if isDB {
-			fmt.Fprintf(stdout, "DAMAGED at sequence %d: %s\n", chainErr.Sequence, chainErr.Reason)
-		} else {
+	case errors.As(out.err, &chainErr):
+		if out.offsets {
 			fmt.Fprintf(stdout, "DAMAGED at sequence %d (byte offset %d): %s\n", chainErr.Sequence, chainErr.Offset, chainErr.Reason)
+		} else {
+			fmt.Fprintf(stdout, "DAMAGED at sequence %d: %s\n", chainErr.Sequence, chainErr.Reason)
 		}
-		fmt.Fprintf(stdout, "  records 1 to %d are intact\n", res.Records)
+		switch first := max(out.firstRecord, 1); {
+		case first == 1 || res.Records >= first:
+			fmt.Fprintf(stdout, "  records %d to %d are intact\n", first, res.Records)
+		default:
+			fmt.Fprintf(stdout, "  no record of the segment is intact\n")
+		}
+		printLines(stdout, out.damagedNotes)
 		return silentExit(exitFailure)
-	case err != nil:
-		return usageError("audit verify: %w", err)
+	case out.err != nil:
+		return usageError("audit verify: %w", out.err)
+	case out.refusal != "":
+		fmt.Fprint(stdout, out.refusal)
+		return silentExit(exitFailure)
 	}
 	if check != nil {
 		var cpOut strings.Builder
@@ -147,11 +205,30 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		defer fmt.Fprint(stdout, cpOut.String())
 	}
-	fmt.Fprintf(stdout, "OK %d records, last hash %s\n", res.Records, res.LastHash)
+	if out.okLine != "" {
+		fmt.Fprintln(stdout, out.okLine)
+	} else {
+		fmt.Fprintf(stdout, "OK %d records, last hash %s\n", res.Records, res.LastHash)
+	}
 	if res.TrailingBytes > 0 {
 		fmt.Fprintf(stdout, "  plus an incomplete last line of %d bytes (a crash trace; stage4 cuts it off when it opens the log)\n", res.TrailingBytes)
 	}
+	printLines(stdout, out.notes)
 	return nil
+}
+
+// withProgress adds progress, if any, to opts.
+func withProgress(opts []audit.VerifyOption, progress func(int64)) []audit.VerifyOption {
+	if progress == nil {
+		return opts
+	}
+	return append(opts, audit.WithProgress(progress))
+}
+
+func printLines(w io.Writer, lines []string) {
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
 }
 
 // progressMinBytes is the smallest log that gets a progress line: smaller
@@ -159,19 +236,16 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 const progressMinBytes = 16 << 20
 
 // progressPrinter returns a progress callback that redraws one line on
-// stderr, or nil when stderr is not a terminal (scripts and CI logs must
-// not fill up with carriage returns) or the file is small.
-func progressPrinter(path string, stderr io.Writer) func(int64) {
+// stderr for a log of size bytes, or nil when stderr is not a terminal
+// (scripts and CI logs must not fill up with carriage returns) or the log
+// is small.
+func progressPrinter(size int64, stderr io.Writer) func(int64) {
 	f, ok := stderr.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
+	if !ok || !term.IsTerminal(int(f.Fd())) || size < progressMinBytes {
 		return nil
 	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() < progressMinBytes {
-		return nil
-	}
-	size := fi.Size()
 	return func(n int64) {
+		n = min(n, size)
 		fmt.Fprintf(stderr, "\rverifying: %d of %d MiB (%d%%)", n>>20, size>>20, n*100/size)
 		if n >= size {
 			fmt.Fprint(stderr, "\n")

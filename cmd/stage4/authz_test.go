@@ -64,7 +64,7 @@ func TestServeAuditReadersByClientCertificate(t *testing.T) {
 	s4 := start(t, []string{"STAGE4_AUDIT_READERS=" + auditor + ",dashboard.stage4.test"},
 		"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
 		"--stage3-addr", s3Addr, "--stage3-insecure",
-		"--audit-log", filepath.Join(t.TempDir(), "audit.jsonl"),
+		"--audit-log", filepath.Join(t.TempDir(), "audit"),
 		"--tls-cert-file", serverCert, "--tls-key-file", serverKey, "--tls-client-ca-file", ca.File)
 	addr, _ := s4.servingAddr(t)
 
@@ -98,7 +98,7 @@ func TestServeAuditReadersByClientCertificate(t *testing.T) {
 func TestDevAllowsEveryAuditReader(t *testing.T) {
 	t.Parallel()
 	dev := start(t, nil, "dev", "--listen", "127.0.0.1:0", "--stage3-listen", "127.0.0.1:0",
-		"--metrics-listen", "", "--audit-log", filepath.Join(t.TempDir(), "audit.jsonl"), "--log-format", "json")
+		"--metrics-listen", "", "--audit-log", filepath.Join(t.TempDir(), "audit"), "--log-format", "json")
 	addr, _ := dev.servingAddr(t)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
 	"github.com/stage4/stage4/audit/pgstore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
@@ -138,6 +139,25 @@ func forgeFile(t *testing.T, path string) {
 	require.NoError(t, os.WriteFile(path, append(bytes.Join(forged, []byte("\n")), '\n'), 0o600))
 }
 
+// forgeDir rewrites record 2 of the log directory's only segment, and the
+// chain after it, in place: the records keep their lengths ("original" and
+// "tampered" are both eight letters), so the preallocated zeros after them
+// stay where they were.
+func forgeDir(t *testing.T, dir string) {
+	t.Helper()
+	require.Equal(t, 0, sealedSegments(t, dir), "one segment, so that no seal needs forging too")
+	path := filepath.Join(dir, segstore.SegmentName(1))
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	end := bytes.IndexByte(data, 0)
+	require.Positive(t, end)
+	lines := bytes.Split(bytes.TrimSuffix(data[:end], []byte("\n")), []byte("\n"))
+	forged := append(bytes.Join(rechain(lines, 1), []byte("\n")), '\n')
+	require.Len(t, forged, end)
+	copy(data, forged)
+	require.NoError(t, os.WriteFile(path, data, 0o600))
+}
+
 // forgeDatabase rewrites record 2 of the log in the database and the
 // chain after it, the hash columns and the head row included.
 func forgeDatabase(t *testing.T, url string) {
@@ -175,7 +195,7 @@ func truncateFile(t *testing.T, path string, n int) {
 // TestAuditVerifyCheckpoint: a log whose record was changed and whose
 // chain was recomputed passes the chain check but not the checkpoint
 // signed before the change; audit prove says which record no longer
-// proves. For a file and for PostgreSQL.
+// proves. For a log directory, a single file and PostgreSQL.
 func TestAuditVerifyCheckpoint(t *testing.T) {
 	t.Parallel()
 	stores := []struct {
@@ -184,7 +204,17 @@ func TestAuditVerifyCheckpoint(t *testing.T) {
 		forge func(t *testing.T, url string)
 	}{
 		{
-			name: "file",
+			name: "log directory",
+			open: func(t *testing.T) signedLog {
+				dir := filepath.Join(t.TempDir(), "audit")
+				s, err := segstore.Open(dir, segstore.WithSegmentBytes(segstore.MinSegmentBytes))
+				require.NoError(t, err)
+				return writeSignedLog(t, s, dir)
+			},
+			forge: forgeDir,
+		},
+		{
+			name: "single file",
 			open: func(t *testing.T) signedLog {
 				path := filepath.Join(t.TempDir(), "audit.jsonl")
 				s, err := filestore.Open(path)

@@ -128,7 +128,7 @@ func TestUsage(t *testing.T) {
 		wantStderr string
 	}{
 		{name: "help", args: []string{"help"}, wantCode: 0, wantStdout: "stage4 serve --stage3-addr"},
-		{name: "-h", args: []string{"-h"}, wantCode: 0, wantStdout: "stage4 audit verify FILE"},
+		{name: "-h", args: []string{"-h"}, wantCode: 0, wantStdout: "stage4 audit verify LOG"},
 		{name: "help of a command", args: []string{"help", "validate"}, wantCode: 0, wantStdout: "Exit status"},
 		{name: "help of audit verify", args: []string{"help", "audit", "verify"}, wantCode: 0, wantStdout: "Usage: stage4 audit verify"},
 		{name: "serve -h", args: []string{"serve", "-h"}, wantCode: 0, wantStderr: "STAGE4_STAGE3_ADDR"},
@@ -159,6 +159,32 @@ func TestUsage(t *testing.T) {
 			wantStderr: "--tls-client-ca-file needs --tls-cert-file",
 		},
 		{name: "audit without verify", args: []string{"audit"}, wantCode: 2, wantStderr: "Usage: stage4 audit verify"},
+		{
+			name:       "serve with segments below a mebibyte",
+			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1", "--audit-segment-bytes", "1000"},
+			wantCode:   2,
+			wantStderr: "serve: --audit-segment-bytes is 1000; it must be at least 1048576 (1 MiB)",
+		},
+		{
+			name:       "serve with segments below a mebibyte from the environment",
+			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1"},
+			env:        []string{"STAGE4_AUDIT_SEGMENT_BYTES=1048575"},
+			wantCode:   2,
+			wantStderr: "must be at least 1048576 (1 MiB)",
+		},
+		{
+			name:       "serve with a segment size that is not a number",
+			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1"},
+			env:        []string{"STAGE4_AUDIT_SEGMENT_BYTES=64MiB"},
+			wantCode:   2,
+			wantStderr: `STAGE4_AUDIT_SEGMENT_BYTES="64MiB"`,
+		},
+		{
+			name:       "dev with segments below a mebibyte",
+			args:       []string{"dev", "--audit-segment-bytes", "1000"},
+			wantCode:   2,
+			wantStderr: "dev: --audit-segment-bytes is 1000; it must be at least 1048576 (1 MiB)",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -216,7 +242,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 			wantStdout: "DAMAGED at sequence 1",
 		},
 		{name: "missing file", args: []string{filepath.Join(dir, "nope.jsonl")}, wantCode: 2, wantStderr: "no such file"},
-		{name: "a directory", args: []string{dir}, wantCode: 2, wantStderr: "is a directory"},
+		{name: "a directory that is not a log", args: []string{dir}, wantCode: 2, wantStderr: "is a directory but not an audit log directory"},
 		{name: "no argument", args: nil, wantCode: 2, wantStderr: "Usage: stage4 audit verify"},
 	}
 	for _, tt := range tests {

@@ -23,8 +23,8 @@ const devUsage = `Usage: stage4 dev [flags]
 Runs Stage-4 and the reference Stage-3 together on loopback, for trying
 Stage-4 out (make run). Stage-4 is the same server as "stage4 serve", in
 plaintext, talking to the in-process reference Stage-3. The audit log lives
-in the system temp folder by default and survives restarts: the chain simply
-continues. It prints the addresses, the audit-log path and grpcurl commands
+in the system temp folder by default, a directory of segment files, and
+survives restarts: the chain simply continues. It prints the addresses, the audit-log path and grpcurl commands
 to paste, then runs until SIGINT or SIGTERM. Logs go to stderr, as text.
 `
 
@@ -34,6 +34,7 @@ type devFlags struct {
 	stage3Listen  string
 	metricsListen string
 	auditLog      string
+	segmentBytes  int64
 	newAuditLog   bool
 	log           logFlags
 }
@@ -41,7 +42,7 @@ type devFlags struct {
 // defaultDevAuditLog is outside the source tree so that make run never
 // leaves files for git to see.
 func defaultDevAuditLog() string {
-	return filepath.Join(os.TempDir(), "stage4-dev", "audit.jsonl")
+	return filepath.Join(os.TempDir(), "stage4-dev", "audit")
 }
 
 // newDevFlags declares dev's flags.
@@ -51,7 +52,8 @@ func newDevFlags() (*flag.FlagSet, *devFlags) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:50051", "`host:port` of Stage-4")
 	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
 	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
-	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log")
+	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log: a directory of segment files, or a single-file log from before segments")
+	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (at least 1 MiB, as stage4 serve);\nignored for a single-file log")
 	fs.BoolVar(&f.newAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (as stage4 serve)")
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")
@@ -66,6 +68,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if fs.NArg() > 0 {
 		return usageError("dev: unexpected arguments %q", fs.Args())
+	}
+	if err := checkAuditSegmentBytes("dev", f.segmentBytes); err != nil {
+		return err
 	}
 	// Ctrl-C is for stage4 alone, so that `make run` ends with status 0.
 	defer takeTerminal()()
@@ -96,13 +101,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	cfg := gateway.Config{
-		Listen:          f.listen,
-		MetricsListen:   f.metricsListen,
-		AuditLog:        f.auditLog,
-		NewAuditLog:     f.newAuditLog,
-		AuditReaders:    authz.Everyone(), // a local tryout; serve denies by default
-		MaxMessageBytes: defaultMaxMessageBytes,
-		ShutdownGrace:   defaultShutdownGrace,
+		Listen:            f.listen,
+		MetricsListen:     f.metricsListen,
+		AuditLog:          f.auditLog,
+		AuditSegmentBytes: f.segmentBytes,
+		NewAuditLog:       f.newAuditLog,
+		AuditReaders:      authz.Everyone(), // a local tryout; serve denies by default
+		MaxMessageBytes:   defaultMaxMessageBytes,
+		ShutdownGrace:     defaultShutdownGrace,
 		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process

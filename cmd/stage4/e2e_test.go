@@ -1,8 +1,9 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/internal/testkit"
@@ -38,15 +40,26 @@ type stage4Process struct {
 
 // startGateway starts the reference Stage-3 with stage3Args and Stage-4
 // (serve) with serveArgs in front of it, on free loopback ports, and
-// connects a client. The audit log path reaches serve through
-// STAGE4_AUDIT_LOG, exercising the environment fallback of its flags.
+// connects a client. The audit log is a new log directory, whose path
+// reaches serve through STAGE4_AUDIT_LOG, exercising the environment
+// fallback of its flags.
 func startGateway(t *testing.T, stage3Args, serveArgs []string) *stage4Process {
+	t.Helper()
+	return startGatewayOn(t, filepath.Join(t.TempDir(), "audit"), nil, stage3Args, serveArgs)
+}
+
+// startGatewayOn is startGateway on the audit log at auditLog, with env
+// added to serve's environment. Segments are the smallest serve accepts,
+// unless env says otherwise: the default 64 MiB would have every test
+// write 128 MiB of zeros (the active segment and the next one, both
+// preallocated).
+func startGatewayOn(t *testing.T, auditLog string, env, stage3Args, serveArgs []string) *stage4Process {
 	t.Helper()
 	s3 := start(t, nil, append([]string{"reference-stage3", "--listen", "127.0.0.1:0"}, stage3Args...)...)
 	s3Addr, _ := s3.servingAddr(t)
 
-	auditLog := filepath.Join(t.TempDir(), "audit.jsonl")
-	s4 := start(t, []string{"STAGE4_AUDIT_LOG=" + auditLog}, append([]string{
+	env = append([]string{"STAGE4_AUDIT_LOG=" + auditLog, fmt.Sprintf("STAGE4_AUDIT_SEGMENT_BYTES=%d", minAuditSegmentBytes)}, env...)
+	s4 := start(t, env, append([]string{
 		"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 		"--stage3-addr", s3Addr, "--stage3-insecure",
 	}, serveArgs...)...)
@@ -232,17 +245,41 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 // form) and returns the event types of each execution, in log order.
 func executions(t *testing.T, path string) map[string][]stage4v1.AuditEventType {
 	t.Helper()
-	f, err := os.Open(path)
-	require.NoError(t, err)
-	defer f.Close()
 	types := map[string][]stage4v1.AuditEventType{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
+	for _, line := range logRecords(t, path) {
 		ev := &stage4v1.AuditEvent{}
-		require.NoError(t, protojson.Unmarshal(sc.Bytes(), ev))
+		require.NoError(t, protojson.Unmarshal(line, ev))
 		types[ev.GetExecutionId()] = append(types[ev.GetExecutionId()], ev.GetType())
 	}
-	require.NoError(t, sc.Err())
 	return types
+}
+
+// logRecords reads the records of the audit log at path, a log directory
+// or a single file, behind stage4's back.
+func logRecords(t *testing.T, path string) [][]byte {
+	t.Helper()
+	var data []byte
+	if segstore.IsDir(path) {
+		// The segments in log order (their names are their zero-padded
+		// first sequence), each up to the zeros of its preallocated end.
+		names, err := filepath.Glob(filepath.Join(path, "[0-9]*"+segstore.SegmentExt))
+		require.NoError(t, err)
+		for _, name := range names {
+			seg, err := os.ReadFile(name)
+			require.NoError(t, err)
+			if i := bytes.IndexByte(seg, 0); i >= 0 {
+				seg = seg[:i]
+			}
+			data = append(data, seg...)
+		}
+	} else {
+		var err error
+		data, err = os.ReadFile(path)
+		require.NoError(t, err)
+	}
+	var lines [][]byte
+	for line := range bytes.Lines(data) {
+		lines = append(lines, bytes.TrimSuffix(line, []byte("\n")))
+	}
+	return lines
 }

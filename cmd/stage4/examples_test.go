@@ -36,7 +36,7 @@ const exitToolMissing = 3
 func TestExamples(t *testing.T) {
 	t.Parallel()
 	dev := start(t, nil, "dev", "--listen", "127.0.0.1:0", "--stage3-listen", "127.0.0.1:0",
-		"--metrics-listen", "", "--audit-log", filepath.Join(t.TempDir(), "audit.jsonl"))
+		"--metrics-listen", "", "--audit-log", filepath.Join(t.TempDir(), "audit"))
 	addr := devAddr(t, dev)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

@@ -156,9 +156,10 @@ Usage:
   stage4 serve --stage3-addr HOST:PORT [flags]   run the production gRPC server
   stage4 dev [flags]                             run Stage-4 and a reference Stage-3 locally
   stage4 validate PLAN.json                      validate a plan offline
-  stage4 audit verify FILE                       verify an audit log's hash chain (and a checkpoint)
+  stage4 audit verify LOG                        verify an audit log's hash chain (and a checkpoint);
+                                                 LOG is a log directory, one segment, a file or a URL
   stage4 audit keygen NAME --out FILE            make a key that signs the audit log's checkpoints
-  stage4 audit prove --sequence N ... FILE       prove one record against a signed checkpoint
+  stage4 audit prove --sequence N ... LOG        prove one record against a signed checkpoint
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
   stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command

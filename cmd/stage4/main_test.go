@@ -159,7 +159,15 @@ type proc struct {
 // the end of the test if still running.
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startIn(t, "", env, args...)
+}
+
+// startIn is start in the working directory dir ("" for the test's own),
+// for the defaults that are relative paths.
+func startIn(t *testing.T, dir string, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(stage4Bin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(cleanEnv(), env...)
 	p := &proc{cmd: cmd, stdout: newLines(), stderr: newLines(), done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr

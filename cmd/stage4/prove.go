@@ -12,15 +12,18 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/filestore"
 	"github.com/stage4/stage4/audit/pgstore"
+	"github.com/stage4/stage4/audit/segstore"
 )
 
-const auditProveUsage = `Usage: stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N FILE|URL
+const auditProveUsage = `Usage: stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N DIR|FILE|URL
 
 Proves that record N of an audit log is in the tree that a signed checkpoint
 names, so that an auditor who kept the checkpoint can check one record
-without the whole log. The log is a file (its records and the tree file
-beside it, read without disturbing a running stage4) or a PostgreSQL
-database given as a postgres:// or postgresql:// URL. Nothing read from the
+without the whole log. The log is a log directory (the record's segment and
+the tree file in it; the segment must not be archived), a single-file log
+from before segments (its records and the tree file beside it), both read
+without disturbing a running stage4, or a PostgreSQL database given as a
+postgres:// or postgresql:// URL. Nothing read from the
 log is trusted: the record's leaf hash is computed here from its bytes, and
 the inclusion proof built from the stored tree hashes is checked against the
 checkpoint's root with tlog.CheckRecord (RFC 6962). It prints the record,
@@ -76,9 +79,14 @@ func runAuditProve(args []string, stdout, stderr io.Writer) error {
 		return usageError("audit prove: sequence %d is beyond the checkpoint's tree of %d records: use a later checkpoint", seq, cp.Size)
 	}
 	var src proofSource
-	if pgstore.IsURL(pos[0]) {
+	switch logKindOf(pos[0]) {
+	case logDatabase:
 		src, err = pgstore.OpenReader(context.Background(), pos[0])
-	} else {
+	case logDir:
+		src, err = segstore.OpenReader(pos[0])
+	case logSegment:
+		return usageError("audit prove: %s is one segment of a log directory: give the directory, whose tree file the proof is built from", pos[0])
+	default:
 		src, err = filestore.OpenReader(pos[0])
 	}
 	if err != nil {

@@ -27,7 +27,7 @@ func TestServeMutualTLS(t *testing.T) {
 
 	s4 := start(t, nil, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
 		"--stage3-addr", "127.0.0.1:1", "--stage3-insecure", // never called here
-		"--audit-log", filepath.Join(t.TempDir(), "audit.jsonl"),
+		"--audit-log", filepath.Join(t.TempDir(), "audit"),
 		"--tls-cert-file", serverCert, "--tls-key-file", serverKey, "--tls-client-ca-file", ca.File)
 	addr, metricsAddr := s4.servingAddr(t)
 	require.Empty(t, metricsAddr, "an empty --metrics-listen turns metrics off")

@@ -341,7 +341,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 		"--listen", stage4Addr,
 		"--stage3-addr", stage3Addr,
 		"--stage3-insecure",
-		"--audit-log", filepath.Join(dir, "audit.log"),
+		"--audit-log", filepath.Join(dir, "audit"),
 		"--metrics-listen", metricsAddr,
 		"--log-level", "info",
 	}, append(s4Extra, cfg.stage4Args...)...)

@@ -114,7 +114,7 @@ func runBurstCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	defer s3.stop()
 	s4args := append([]string{"serve", "--listen", s4Addr, "--metrics-listen", "", "--stage3-addr", s3Addr,
-		"--stage3-insecure", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn"}, cfg.stage4Args...)
+		"--stage3-insecure", "--audit-log", filepath.Join(dir, "audit"), "--log-level", "warn"}, cfg.stage4Args...)
 	s4, err := spawn("stage4", s4Addr, filepath.Join(dir, "stage4.log"), cfg.stage4Bin, s4args...)
 	if err != nil {
 		return err

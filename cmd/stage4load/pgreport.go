@@ -55,7 +55,7 @@ func writePGMarkdown(w io.Writer, r *results, cfg config) {
 		return
 	}
 	fmt.Fprintf(w, "\n## PostgreSQL audit store\n\n")
-	fmt.Fprintf(w, "(c) keeps its audit log in a file; (d) is the same `stage4 serve` with `--audit-log postgres://…` "+
+	fmt.Fprintf(w, "(c) keeps its audit log in a local directory of segments; (d) is the same `stage4 serve` with `--audit-log postgres://…` "+
 		"on a database made for this run, and (e) two such processes (`--replica-name` bench-pg-2a and -2b) on "+
 		"another database, each call going to the next of them in turn. They run right after (c) in every round, "+
 		"at %s callers.", joinInts(cfg.pgConcurrency))

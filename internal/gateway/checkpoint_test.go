@@ -16,6 +16,8 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/pgtest"
@@ -36,13 +38,30 @@ func writeSigningKey(t *testing.T, name string) (string, note.Verifier) {
 	return path, v
 }
 
-// recordLines reads the records of the log at auditLog (a file or a
-// database URL) as stored, behind the gateway's back.
+// recordLines reads the records of the log at auditLog (a log directory,
+// a single file or a database URL) as stored, behind the gateway's back.
 func recordLines(t *testing.T, auditLog string) [][]byte {
 	t.Helper()
 	if !gateway.IsDatabaseURL(auditLog) {
-		data, err := os.ReadFile(auditLog)
-		require.NoError(t, err)
+		var data []byte
+		if segstore.IsDir(auditLog) {
+			// The segments in order (their names are their first sequence,
+			// zero-padded), each up to the zeros of its preallocated end.
+			names, err := filepath.Glob(filepath.Join(auditLog, "[0-9]*"+segstore.SegmentExt))
+			require.NoError(t, err)
+			for _, name := range names {
+				seg, err := os.ReadFile(name)
+				require.NoError(t, err)
+				if i := bytes.IndexByte(seg, 0); i >= 0 {
+					seg = seg[:i]
+				}
+				data = append(data, seg...)
+			}
+		} else {
+			var err error
+			data, err = os.ReadFile(auditLog)
+			require.NoError(t, err)
+		}
 		var lines [][]byte
 		for line := range bytes.Lines(data) {
 			lines = append(lines, bytes.TrimSuffix(line, []byte("\n")))
@@ -57,6 +76,15 @@ func recordLines(t *testing.T, auditLog string) [][]byte {
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	require.NoError(t, err)
 	return lines
+}
+
+// singleFileLog returns the path of an empty single-file log, the form
+// of the log before segments, which the gateway still appends to.
+func singleFileLog(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	return path
 }
 
 // waitCheckpoint polls GetCheckpoint until it covers at least size
@@ -95,7 +123,8 @@ func requireProofs(t *testing.T, c stage4v1.Stage4ServiceClient, lines [][]byte,
 }
 
 // TestGatewaySignsCheckpointsAndServesProofs runs the gateway with a
-// signing key on a file and on PostgreSQL: checkpoints come while plans
+// signing key on a log directory (with small segments, so that the tree
+// runs across them), a single file and PostgreSQL: checkpoints come while plans
 // run and once more at shutdown; after a restart (the tree resumed from
 // its stored hashes) the later checkpoint extends the earlier one, and
 // every record is proven in both.
@@ -105,7 +134,8 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 		name     string
 		auditLog func(t *testing.T) string
 	}{
-		{"file", func(t *testing.T) string { return filepath.Join(t.TempDir(), "audit.jsonl") }},
+		{"log directory", func(t *testing.T) string { return filepath.Join(t.TempDir(), "audit") }},
+		{"single file", singleFileLog},
 		{"postgres", func(t *testing.T) string { return pgtest.NewDatabase(t) }},
 	}
 	for _, tt := range tests {
@@ -118,6 +148,8 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 				Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
 				AuditSigningKeyFile: keyFile,
 				CheckpointInterval:  10 * time.Millisecond,
+				// Three executions fill a page: the log seals segments.
+				AuditSegmentBytes: segstore.MinSegmentBytes,
 			}
 			execute := func(c stage4v1.Stage4ServiceClient, n int) {
 				for range n {
@@ -150,6 +182,11 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 				proof[i] = tlog.Hash(h)
 			}
 			require.NoError(t, tlog.CheckTree(proof, int64(second.Size), second.Root, int64(first.Size), first.Root))
+			if segstore.IsDir(cfg.AuditLog) {
+				seals, _, err := segstore.ReadSeals(filepath.Join(cfg.AuditLog, segstore.SealsFile))
+				require.NoError(t, err)
+				require.NotEmpty(t, seals, "the proofs crossed a sealed segment")
+			}
 		})
 	}
 }
@@ -200,29 +237,61 @@ func TestLoadSigningKey(t *testing.T) {
 // TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint: a log replaced by
 // another (with its head and tree files, so that nothing else notices) is
 // refused at start: signing on would sign a fork of what auditors hold.
+// For a log directory, whose checkpoint is moved into the other log's
+// directory, and a single file, whose other log is moved beside the
+// checkpoint.
 func TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint(t *testing.T) {
 	t.Parallel()
-	ref := startReference(t)
-	keyFile, _ := writeSigningKey(t, "stage4.test/audit")
-	dir := t.TempDir()
-	run := func(auditLog string) gateway.Config {
-		cfg := gateway.Config{
-			AuditLog:            auditLog,
-			Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
-			AuditSigningKeyFile: keyFile,
-		}
-		gw := startGateway(t, cfg)
-		_, err := stage4v1.NewStage4ServiceClient(dialGateway(t, gw)).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
-		require.NoError(t, err)
-		require.NoError(t, gw.stop())
-		return cfg
+	tests := []struct {
+		name     string
+		auditLog func(t *testing.T) string
+		// replace puts other's log in place of auditLog's, keeping
+		// auditLog's checkpoint, and returns the path to start on.
+		replace func(t *testing.T, auditLog, other string) string
+	}{
+		{
+			name:     "log directory",
+			auditLog: func(t *testing.T) string { return filepath.Join(t.TempDir(), "audit") },
+			replace: func(t *testing.T, auditLog, other string) string {
+				cp := segstore.CheckpointFile
+				require.NoError(t, os.Rename(filepath.Join(auditLog, cp), filepath.Join(other, cp)))
+				return other
+			},
+		},
+		{
+			name:     "single file",
+			auditLog: singleFileLog,
+			replace: func(t *testing.T, auditLog, other string) string {
+				for _, suffix := range []string{"", filestore.HeadSuffix, filestore.TreeSuffix} {
+					require.NoError(t, os.Rename(other+suffix, auditLog+suffix))
+				}
+				return auditLog
+			},
+		},
 	}
-	cfg := run(filepath.Join(dir, "audit.jsonl"))
-	other := run(filepath.Join(dir, "other.jsonl")).AuditLog
-	for _, suffix := range []string{"", ".head", ".tree"} {
-		require.NoError(t, os.Rename(other+suffix, cfg.AuditLog+suffix))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ref := startReference(t)
+			keyFile, _ := writeSigningKey(t, "stage4.test/audit")
+			run := func(auditLog string) gateway.Config {
+				cfg := gateway.Config{
+					AuditLog:            auditLog,
+					Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
+					AuditSigningKeyFile: keyFile,
+				}
+				gw := startGateway(t, cfg)
+				_, err := stage4v1.NewStage4ServiceClient(dialGateway(t, gw)).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+				require.NoError(t, err)
+				require.NoError(t, gw.stop())
+				return cfg
+			}
+			cfg := run(tt.auditLog(t))
+			other := run(tt.auditLog(t)).AuditLog
+			cfg.AuditLog = tt.replace(t, cfg.AuditLog, other)
+			cfg.Listen, cfg.MaxMessageBytes = "127.0.0.1:0", stage3client.DefaultMaxMessageBytes
+			err := gateway.Run(testContext(t), cfg, slog.New(slog.DiscardHandler), nil)
+			require.ErrorIs(t, err, audit.ErrCheckpointMismatch)
+		})
 	}
-	cfg.Listen, cfg.MaxMessageBytes = "127.0.0.1:0", stage3client.DefaultMaxMessageBytes
-	err := gateway.Run(testContext(t), cfg, slog.New(slog.DiscardHandler), nil)
-	require.ErrorIs(t, err, audit.ErrCheckpointMismatch)
 }

@@ -82,18 +82,24 @@ type Config struct {
 	// on MetricsListen, for profiling under load. Off by default: profiles
 	// show internals and a CPU profile costs CPU while it runs.
 	Pprof bool
-	// AuditLog is where the audit log lives: a file path, or a
-	// postgres:// or postgresql:// URL (see OpenStore).
+	// AuditLog is where the audit log lives: the path of a directory of
+	// segments (created when missing), of a single-file log from before
+	// segments, or a postgres:// or postgresql:// URL (see OpenStore).
 	AuditLog string
+	// AuditSegmentBytes is the size at which a segment of a log directory
+	// is sealed and the next one begins (segstore.WithSegmentBytes); 0 is
+	// segstore.DefaultSegmentBytes. A database or a single-file log has
+	// no segments and ignores it.
+	AuditSegmentBytes int64
 	// ReplicaName names this process among the replicas that share a
 	// PostgreSQL audit store (default: the host name, which is the pod
 	// name in Kubernetes). A process that starts under the name of one
 	// that died takes over its open executions at once.
 	ReplicaName string
-	// NewAuditLog lets a file log that lost records since the last start
+	// NewAuditLog lets a local log that lost records since the last start
 	// (removed, renamed, truncated) be taken as it is, beginning a new
 	// chain where needed, instead of refusing to start: the operator's
-	// explicit decision (filestore.WithNewLog).
+	// explicit decision (segstore.WithNewLog, filestore.WithNewLog).
 	NewAuditLog bool
 	// FingerprintKeyFile, when set, holds the key of the keyed
 	// fingerprints of tokens and plans, instead of the audit store's own

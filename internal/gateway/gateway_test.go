@@ -17,7 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/testkit"
@@ -25,35 +25,36 @@ import (
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
-// failingSync is an audit file whose Sync fails once fail is set, as a disk
-// that stopped accepting writes would.
-type failingSync struct {
-	filestore.File
-	fail atomic.Bool
+// failingWrite is a segment of an audit log directory whose writes fail
+// once fail is set, as a disk that stopped accepting writes would. (The
+// store syncs appends with fdatasync on the file descriptor, past any
+// wrapper's Sync, so the write is where a fault is injected.)
+type failingWrite struct {
+	segstore.File
+	fail *atomic.Bool
 }
 
-func (f *failingSync) Sync() error {
+func (f *failingWrite) WriteAt(p []byte, off int64) (int, error) {
 	if f.fail.Load() {
-		return errors.New("injected sync failure")
+		return 0, errors.New("injected write failure")
 	}
-	return f.File.Sync()
+	return f.File.WriteAt(p, off)
 }
 
 // startFailableGateway runs a gateway in front of a reference Stage-3 on
-// an audit file whose fsync fails once the returned file's fail is set.
-func startFailableGateway(t *testing.T, logger *slog.Logger) (*runningGateway, *stage3ref.Server, *failingSync) {
+// an audit log directory whose writes fail once the returned flag is set.
+func startFailableGateway(t *testing.T, logger *slog.Logger) (*runningGateway, *stage3ref.Server, *atomic.Bool) {
 	t.Helper()
 	ref, err := stage3ref.NewServer(stage3ref.NewService())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ref.Close() })
-	var file *failingSync
-	store, err := filestore.Open(filepath.Join(t.TempDir(), "audit.jsonl"), filestore.WithFileWrapper(func(f filestore.File) filestore.File {
-		file = &failingSync{File: f}
-		return file
+	fail := new(atomic.Bool)
+	store, err := segstore.Open(filepath.Join(t.TempDir(), "audit"), segstore.WithFileWrapper(func(f segstore.File) segstore.File {
+		return &failingWrite{File: f, fail: fail}
 	}))
 	require.NoError(t, err)
 	gw := startGatewayLogging(t, gateway.Config{Stage3: stage3client.Config{Target: ref.Addr, Insecure: true}, Store: store}, logger)
-	return gw, ref, file
+	return gw, ref, fail
 }
 
 // TestGatewayAuditFailureTurnsHealthNotServing checks the wiring that the
@@ -61,7 +62,7 @@ func startFailableGateway(t *testing.T, logger *slog.Logger) (*runningGateway, *
 // refused and health reports NOT_SERVING, overall and for the service.
 func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 	t.Parallel()
-	gw, ref, file := startFailableGateway(t, slog.New(slog.DiscardHandler))
+	gw, ref, fail := startFailableGateway(t, slog.New(slog.DiscardHandler))
 	addrs := gw.addrs
 
 	conn, err := grpc.NewClient(addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -73,7 +74,7 @@ func TestGatewayAuditFailureTurnsHealthNotServing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus())
 
-	file.fail.Store(true)
+	fail.Store(true)
 	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(callCtx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.Error(t, err)
 	require.Zero(t, ref.Service.Calls(), "nothing unaudited reaches Stage-3")
@@ -121,14 +122,14 @@ func (b *syncBuffer) lines() []map[string]any {
 func TestRefusedCallsAreLoggedRateLimited(t *testing.T) {
 	t.Parallel()
 	var logs syncBuffer
-	gw, _, file := startFailableGateway(t, slog.New(slog.NewJSONHandler(&logs, nil)))
+	gw, _, fail := startFailableGateway(t, slog.New(slog.NewJSONHandler(&logs, nil)))
 	conn, err := grpc.NewClient(gw.addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
 
-	file.fail.Store(true)
+	fail.Store(true)
 	const calls = 200
 	for range calls {
 		_, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})

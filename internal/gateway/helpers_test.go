@@ -37,7 +37,7 @@ func (g *runningGateway) stop() error {
 }
 
 // startGateway runs the gateway with cfg, filling in loopback addresses,
-// a log file and limits where cfg leaves them empty, and stops it at the
+// a log directory and limits where cfg leaves them empty, and stops it at the
 // end of the test.
 func startGateway(t *testing.T, cfg gateway.Config) *runningGateway {
 	t.Helper()
@@ -52,7 +52,7 @@ func startGatewayLogging(t *testing.T, cfg gateway.Config, logger *slog.Logger) 
 		cfg.Listen = "127.0.0.1:0"
 	}
 	if cfg.AuditLog == "" && cfg.Store == nil {
-		cfg.AuditLog = filepath.Join(t.TempDir(), "audit.jsonl")
+		cfg.AuditLog = filepath.Join(t.TempDir(), "audit") // a log directory
 	}
 	if !cfg.AuditReaders.AllowsAnyone() && len(cfg.AuditReaders.Identities()) == 0 {
 		// These tests read the log through ListAuditEvents; who may is
