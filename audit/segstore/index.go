@@ -400,3 +400,12 @@ func (ix *indexer) lookup(src source, key, from uint64, limit int) ([]segindex.E
 	}
 	return src.run.Lookup(key, from, limit)
 }
+
+// IndexBacklog returns the number of sealed segments whose index run is
+// not written yet (being written after a seal, or rebuilt after a start):
+// lookups in them read their memIndex or the segment itself meanwhile.
+func (s *Store) IndexBacklog() int {
+	s.index.mu.RLock()
+	defer s.index.mu.RUnlock()
+	return len(s.index.pending)
+}

@@ -24,22 +24,24 @@ import (
 // ~183 us into a fallocated one, ~198 us appended to a growing file.
 const nextFile = "next.segment"
 
-// openActive opens (or creates) the active segment, whose first record
-// has sequence first and extends base, verifies its records, cuts an
-// incomplete last one and anything after it, and prepares the file for
-// appends. It returns the hash of the record of sequence want if the
+// openActive opens the active segment, whose first record has sequence
+// first and extends base, verifies its records, cuts an incomplete last
+// one and anything after it, and prepares the file for appends. When
+// there is none, s.active stays nil. It returns the hash of the record of sequence want if the
 // segment holds it or base is it (nil otherwise).
 func (s *Store) openActive(first uint64, base audit.Head, want uint64) (*[32]byte, error) {
 	s.head = base
 	path := s.path(SegmentName(first))
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		// A new log, or a stop between a seal and the next segment.
+		// A new log, or a stop between a seal and the next segment: Open
+		// starts it once it knows the log is to be appended to, so that a
+		// refused Open leaves the directory as it found it.
 		var hashAt *[32]byte
 		if want == base.Sequence && want > 0 {
 			hashAt = &base.Hash
 		}
-		return hashAt, s.startSegment()
+		return hashAt, nil
 	}
 	if err != nil {
 		return nil, err

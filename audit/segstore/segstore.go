@@ -318,7 +318,11 @@ func (s *Store) start() error {
 	if err := s.openTree(seals); err != nil {
 		return err
 	}
-	if err := s.reserveTree(); err != nil {
+	if s.active == nil {
+		if err := s.startSegment(); err != nil {
+			return err
+		}
+	} else if err := s.reserveTree(); err != nil {
 		s.stalled = fmt.Errorf("%w: reserve space in the tree file: %w", audit.ErrUnavailable, err)
 	}
 	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path(CheckpointFile)); err != nil {

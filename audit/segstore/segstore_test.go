@@ -398,3 +398,61 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, n+1, res.Records)
 }
+
+// TestVerifyDirNoticesALostEnd: records lost off the end of the log (the
+// active segment removed) are found by verify through the head file, and
+// Open refuses the directory without changing it, so that the operator
+// can still put the segment back.
+func TestVerifyDirNoticesALostEnd(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 20 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	segs := segments(t, dir)
+	active := segs[len(segs)-1]
+	require.NoError(t, os.Rename(active, filepath.Join(t.TempDir(), "kept")))
+
+	_, err := segstore.VerifyDir(dir, nil)
+	var ce *audit.ChainError
+	require.ErrorAs(t, err, &ce)
+	require.Contains(t, ce.Reason, "head file names record 60")
+
+	_, err = segstore.Open(dir, small...)
+	require.ErrorIs(t, err, segstore.ErrHeadMismatch)
+	_, statErr := os.Stat(active)
+	require.ErrorIs(t, statErr, os.ErrNotExist, "a refused Open made a segment in the lost one's place")
+}
+
+// TestVerifyRefusesWhatIsNotALog: a directory without a log, a damaged
+// first record of a segment and an unreadable seal file are reported, not
+// passed as an empty or unsealed log.
+func TestVerifyRefusesWhatIsNotALog(t *testing.T) {
+	t.Parallel()
+	_, err := segstore.VerifyDir(t.TempDir(), nil)
+	require.ErrorContains(t, err, "holds no audit log")
+
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	for i := range 20 {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+	seg := segments(t, dir)[1]
+	data, err := os.ReadFile(seg)
+	require.NoError(t, err)
+	data[strings.Index(string(data), "exec-")+5] ^= 1 // in the first record
+	require.NoError(t, os.WriteFile(seg, data, 0o600))
+	first, _ := segstore.ParseSegmentName(filepath.Base(seg))
+	_, err = segstore.VerifySegment(seg)
+	var ce *audit.ChainError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, first, ce.Sequence)
+	require.NotContains(t, ce.Reason, "changed under the server")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, segstore.SealsFile), []byte("garbage\n"), 0o600))
+	_, err = segstore.VerifySegment(segments(t, dir)[0])
+	require.ErrorContains(t, err, "seal file")
+}

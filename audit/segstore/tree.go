@@ -81,9 +81,10 @@ func (s *Store) openTree(seals []seal) error {
 	if err != nil {
 		return err
 	}
-	a := s.active
-	if err := s.hashSegment(b, a.file, a.written); err != nil {
-		return err
+	if a := s.active; a != nil {
+		if err := s.hashSegment(b, a.file, a.written); err != nil {
+			return err
+		}
 	}
 	if b.Size() != s.head.Sequence {
 		return fmt.Errorf("tree file: rehashed the log to %d records, want %d", b.Size(), s.head.Sequence)

@@ -1,6 +1,8 @@
 package segstore
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,7 +106,13 @@ func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyO
 	first := head.Sequence + 1
 	f, err := os.Open(filepath.Join(dir, SegmentName(first)))
 	if errors.Is(err, fs.ErrNotExist) {
-		return res, nil // stopped between a seal and the next segment
+		// Stopped between a seal and the next segment, or lost.
+		if len(seals) == 0 {
+			if _, statErr := os.Stat(filepath.Join(dir, HeadFile)); statErr != nil {
+				return res, fmt.Errorf("verify audit log: %s holds no audit log (no %s, no segment, no head file)", dir, SealsFile)
+			}
+		}
+		return res, checkHeadFile(dir, &res)
 	}
 	if err != nil {
 		return res, fmt.Errorf("verify audit log: %w", err)
@@ -123,7 +131,41 @@ func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyO
 	if progress != nil {
 		progress(res.Bytes + res.TrailingBytes)
 	}
-	return res, nil
+	return res, checkHeadFile(dir, &res)
+}
+
+// checkHeadFile checks the log against its head file, which names a
+// durable record: a log that ends before it, or holds another record
+// there, lost records at its end (the chain alone cannot show that).
+func checkHeadFile(dir string, res *DirResult) error {
+	want, ok, err := fsutil.ReadHead(filepath.Join(dir, HeadFile))
+	switch {
+	case err != nil:
+		return &audit.ChainError{Sequence: res.Records + 1, Reason: err.Error()}
+	case !ok || want.Sequence == 0:
+		return nil
+	case want.Sequence > res.Records:
+		return &audit.ChainError{Sequence: res.Records + 1, Reason: fmt.Sprintf(
+			"the log ends at record %d, but its head file names record %d (hash %s): records were lost or cut off its end",
+			res.Records, want.Sequence, audit.FormatHash(want.Hash))}
+	}
+	r, err := OpenReader(dir)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	line, err := r.Record(want.Sequence)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // in an archived segment: its seal vouched for the chain
+	}
+	if err != nil {
+		return err
+	}
+	if _, sum, err := audit.ParseRecord(line); err != nil || sum != want.Hash {
+		return &audit.ChainError{Sequence: want.Sequence, Reason: fmt.Sprintf(
+			"record %d is not the one the head file names (hash %s): the log was replaced", want.Sequence, audit.FormatHash(want.Hash))}
+	}
+	return nil
 }
 
 // segmentError names the segment in a chain error, whose offset is the
@@ -165,23 +207,19 @@ func VerifySegment(path string, opts ...audit.VerifyOption) (SegmentResult, erro
 	}
 	defer f.Close()
 	res := SegmentResult{First: first}
-	// The first record says what it extends; its own hash covers that.
-	line, complete, err := audit.NewLineReader(&untilZero{r: f}).Next()
-	if !complete {
-		if errors.Is(err, io.EOF) && len(line) == 0 {
-			return res, nil // empty: a new active segment
-		}
-		return res, &audit.ChainError{Sequence: first, Reason: "unparsable first record"}
+	// The first record says what it extends (its own hash covers that):
+	// read loosely here, so that a damaged first record is reported by
+	// Verify as the chain error it is.
+	line, _, _ := audit.NewLineReader(&untilZero{r: f}).Next()
+	if len(line) == 0 {
+		return res, nil // empty: a new active segment
 	}
-	ev, _, err := audit.ParseRecord(line[:len(line)-1])
-	if err != nil {
-		return res, &audit.ChainError{Sequence: first, Reason: err.Error()}
+	var claims struct {
+		PreviousHash string `json:"previous_hash"`
 	}
-	res.PreviousHash = ev.GetPreviousHash()
-	prev, err := fsutil.ParseHash(res.PreviousHash)
-	if err != nil {
-		return res, &audit.ChainError{Sequence: first, Reason: err.Error()}
-	}
+	_ = json.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &claims)
+	res.PreviousHash = claims.PreviousHash
+	prev, _ := fsutil.ParseHash(claims.PreviousHash)
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return res, err
 	}
@@ -191,8 +229,11 @@ func VerifySegment(path string, opts ...audit.VerifyOption) (SegmentResult, erro
 		return res, err
 	}
 	seals, _, serr := ReadSeals(filepath.Join(filepath.Dir(path), SealsFile))
-	if serr != nil {
+	if errors.Is(serr, fs.ErrNotExist) {
 		return res, nil // no seal file beside it: the segment alone
+	}
+	if serr != nil {
+		return res, fmt.Errorf("the seal file beside the segment: %w", serr)
 	}
 	for _, sl := range seals {
 		if sl.First != first {
@@ -245,6 +286,9 @@ func (r *Reader) Record(seq uint64) ([]byte, error) {
 		}
 	}
 	f, err := os.Open(filepath.Join(r.dir, SegmentName(first)))
+	if errors.Is(err, fs.ErrNotExist) && len(r.seals) > 0 && first <= r.seals[len(r.seals)-1].Last {
+		return nil, fmt.Errorf("record %d is in segment %s, which is not in %s (archived?): %w", seq, SegmentName(first), r.dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
