@@ -156,6 +156,12 @@ func forgeDir(t *testing.T, dir string) {
 	require.Len(t, forged, end)
 	copy(data, forged)
 	require.NoError(t, os.WriteFile(path, data, 0o600))
+	// And the head file, which names the last record by its hash: a forger
+	// who rechains the log rewrites it too.
+	last := forged[bytes.LastIndex(forged[:len(forged)-1], []byte("\n"))+1:]
+	at := bytes.LastIndex(last, []byte(`"hash":"`)) + len(`"hash":"`)
+	head := fmt.Sprintf(`{"sequence":%d,"hash":"%s"}`+"\n", len(lines), last[at:at+len("sha256:")+64])
+	require.NoError(t, os.WriteFile(filepath.Join(dir, segstore.HeadFile), []byte(head), 0o600))
 }
 
 // forgeDatabase rewrites record 2 of the log in the database and the
