@@ -63,6 +63,10 @@ OUT ?= bench-out
 bench: ## Run the micro-benchmarks and the load comparison into OUT=dir (default bench-out).
 	tools/bench.sh --out $(OUT)
 
+.PHONY: bench-scale
+bench-scale: ## Start-up and lookup times of the file store at 1M/10M events and 1/10 GiB (tools/scale.sh, ~15 min, ~25 GiB of disk) into OUT=dir.
+	tools/scale.sh --out $(OUT)
+
 .PHONY: bench-publish
 bench-publish: ## Make the run in OUT=dir docs/PERFORMANCE.md (keeping its hand-written notes).
 	tools/bench.sh --publish $(OUT)
