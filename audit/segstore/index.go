@@ -267,6 +267,8 @@ func (ix *indexer) writePending(p pending) error {
 	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	// Cleared first: the backing array would keep the memIndex alive.
+	ix.pending[0] = pending{}
 	ix.pending = ix.pending[1:]
 	i, _ := slices.BinarySearchFunc(ix.runs, r.First(), func(lr *liveRun, first uint64) int {
 		return cmpUint(lr.First(), first)
