@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/testkit"
+)
+
+// smallDisk mounts a tmpfs of size bytes for the test: a disk that fills
+// up. Mounting needs root; without it the test skips, except under
+// CI=true, where the machine is known to allow it.
+func smallDisk(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount a tmpfs for a full disk: %v: %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs for a full disk (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// fillDisk writes a file at path until the disk is full.
+func fillDisk(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+			return
+		}
+	}
+}
+
+// TestServeOnAFullDisk fills the disk under a running serve: plans are
+// refused with AUDIT_UNAVAILABLE once the log needs space it cannot get,
+// without reaching Stage-3, and health turns NOT_SERVING; once space is
+// freed, health is SERVING again without a restart, plans execute, and
+// the log verifies.
+func TestServeOnAFullDisk(t *testing.T) {
+	t.Parallel()
+	disk := smallDisk(t, 16<<20)
+	gw := startGatewayOn(t, filepath.Join(disk, "audit"), nil, nil, nil)
+	ctx := testContext(t)
+	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+	require.NoError(t, err)
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watch, err := healthpb.NewHealthClient(gw.conn).Watch(watchCtx, &healthpb.HealthCheckRequest{Service: "stage4.v1.Stage4Service"})
+	require.NoError(t, err)
+	first, err := watch.Recv()
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, first.GetStatus())
+
+	ballast := filepath.Join(disk, "ballast")
+	fillDisk(t, ballast)
+
+	// Calls until the active segment is full and the next cannot be made.
+	var executed atomic.Int64
+	var refused error
+	var once sync.Once
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+				if err == nil {
+					executed.Add(1)
+					continue
+				}
+				once.Do(func() { refused = err; close(stop) })
+				return
+			}
+		})
+	}
+	wg.Wait()
+	st := status.Convert(refused)
+	require.Equal(t, codes.Unavailable, st.Code(), "%v", refused)
+	var reason string
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			reason = info.GetReason()
+		}
+	}
+	require.Equal(t, "AUDIT_UNAVAILABLE", reason)
+	require.Positive(t, executed.Load(), "calls executed on the full disk while the segment had room")
+
+	for {
+		res, err := watch.Recv() // ends with ctx's deadline at the latest
+		require.NoError(t, err)
+		if res.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
+			break
+		}
+	}
+	calls := stage3Calls(t, gw)
+	_, err = gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.Equal(t, calls, stage3Calls(t, gw), "a refused plan never reaches Stage-3")
+
+	require.NoError(t, os.Remove(ballast))
+	for {
+		res, err := watch.Recv()
+		require.NoError(t, err)
+		if res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			break
+		}
+	}
+	stopWatch()
+	_, err = gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+	require.NoError(t, err, "no restart needed once space is freed")
+
+	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, gw.stage4.exitCode(t))
+	code, stdout, stderr := runStage4(t, nil, "audit", "verify", gw.auditLog)
+	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	require.False(t, errors.Is(ctx.Err(), context.DeadlineExceeded))
+}
