@@ -252,7 +252,9 @@ func (l *Log) AppendUnsynced(ctx context.Context, ev *stage4v1.AuditEvent) error
 }
 
 func (l *Log) append(ctx context.Context, ev *stage4v1.AuditEvent, sync bool) (result, error) {
-	if err := l.Err(); err != nil {
+	// An unhealthy log refuses new executions here; a terminal event is
+	// queued anyway, for the store to take if it can (see commit).
+	if err := l.Err(); err != nil && (!IsTerminal(ev.GetType()) || errors.Is(err, ErrClosed)) {
 		return result{}, err
 	}
 	// A cancelled caller never enqueues, even when the queue has room.
@@ -340,8 +342,18 @@ const keepBufBytes = 4 << 20
 // commit stores batch and answers every request in it.
 func (l *Log) commit(batch []*request) {
 	if err := l.Err(); err != nil {
-		answer(batch, func(int) result { return result{err: err} })
-		return
+		// New executions are refused at once while the store is
+		// unhealthy; the terminal events of executions already running
+		// are still offered to it, since it may take them (a log
+		// directory on a full disk keeps room for them): their calls
+		// then get their result rather than OUTCOME_UNKNOWN.
+		terminal, rest := splitTerminal(batch)
+		answer(rest, func(int) result { return result{err: err} })
+		if len(terminal) == 0 || errors.Is(err, ErrClosed) {
+			answer(terminal, func(int) result { return result{err: err} })
+			return
+		}
+		batch = terminal
 	}
 	now := time.Now()
 	sync := false
@@ -389,6 +401,11 @@ func (l *Log) commit(batch []*request) {
 	if err != nil {
 		err = fmt.Errorf("audit store append: %w", err)
 		l.setHealth(err)
+		if errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrOutcomeUnknown) {
+			if rest := l.retryTerminal(batch); rest != nil {
+				batch = rest
+			}
+		}
 		answer(batch, func(int) result { return result{err: err} })
 		return
 	}
@@ -398,6 +415,32 @@ func (l *Log) commit(batch []*request) {
 	l.metrics.appends.Add(float64(len(batch)))
 	l.metrics.batchSize.Observe(float64(len(batch)))
 	answer(batch, func(i int) result { return results[i] })
+}
+
+// retryTerminal commits again, on their own, the terminal events of a
+// batch that the store refused as unavailable with nothing stored, when
+// the batch mixed them with other events (see commit). It returns the
+// requests still to answer with the error, or nil when there was nothing
+// to retry.
+func (l *Log) retryTerminal(batch []*request) []*request {
+	terminal, rest := splitTerminal(batch)
+	if len(terminal) == 0 || len(rest) == 0 {
+		return nil
+	}
+	l.commit(terminal)
+	return rest
+}
+
+// splitTerminal splits batch into the terminal events and the others.
+func splitTerminal(batch []*request) (terminal, rest []*request) {
+	for _, r := range batch {
+		if IsTerminal(r.ev.GetType()) {
+			terminal = append(terminal, r)
+		} else {
+			rest = append(rest, r)
+		}
+	}
+	return terminal, rest
 }
 
 func answer(batch []*request, res func(i int) result) {

@@ -467,13 +467,21 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	for i := range recs {
 		n += len(recs[i].Line) + 1
 	}
-	if a := s.active; a.written > 0 && a.written+int64(n) > s.cfg.segmentBytes {
+	if a := s.active; a.written > 0 && a.written+int64(n) > s.sealAt() {
 		if err := s.roll(); err != nil {
 			s.stalled = err
-			return err
+			// The segment's reserve takes the terminal events of the
+			// executions already running, so that those calls get their
+			// result while new ones are refused (the log retries them on
+			// their own, see audit.Log).
+			if !allTerminal(recs) || a.written+int64(n) > a.fileSize || !s.cfg.preallocate {
+				return err
+			}
 		}
 	}
-	s.stalled = nil
+	if s.active != nil && s.active.written+int64(n) <= s.sealAt() {
+		s.stalled = nil
+	}
 	a := s.active
 	buf := s.wbuf[:0]
 	for i := range recs {
@@ -509,6 +517,26 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 		s.publish()
 	}
 	return nil
+}
+
+// sealAt is the length past which the active segment is sealed: the
+// segment size less its reserve, the last sixteenth, which only the
+// terminal events of running executions may use, and only while the next
+// segment cannot be made (a full disk).
+func (s *Store) sealAt() int64 {
+	if !s.cfg.preallocate {
+		return s.cfg.segmentBytes
+	}
+	return s.cfg.segmentBytes - s.cfg.segmentBytes/16
+}
+
+func allTerminal(recs []audit.Record) bool {
+	for i := range recs {
+		if !recs[i].Terminal() {
+			return false
+		}
+	}
+	return true
 }
 
 // syncSegment makes the active segment's writes durable with a data-only

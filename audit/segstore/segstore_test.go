@@ -7,9 +7,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stage4/stage4/audit"
@@ -21,6 +23,7 @@ const (
 	received  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED
 	started   = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
 	completed = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED
+	started_  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
 )
 
 // small are the options of a log whose segments hold a few dozen records.
@@ -389,6 +392,14 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	require.NotErrorIs(t, err, audit.ErrDataLoss)
 	require.NoError(t, s.Err(), "a full disk must not fail the store for good")
 	require.Error(t, s.Ping(context.Background()))
+	// The segment's reserve still takes the terminal events of running
+	// executions, and nothing else.
+	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: completed, ExecutionId: "exec-00000"})
+	n++
+	err = s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
+		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: "refused"}})
+	})
+	require.ErrorIs(t, err, audit.ErrUnavailable)
 
 	require.NoError(t, os.Remove(ballast))
 	require.NoError(t, s.Ping(context.Background()))
@@ -455,4 +466,58 @@ func TestVerifyRefusesWhatIsNotALog(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, segstore.SealsFile), []byte("garbage\n"), 0o600))
 	_, err = segstore.VerifySegment(segments(t, dir)[0])
 	require.ErrorContains(t, err, "seal file")
+}
+
+// TestFullDiskLogCompletesRunningExecutions: through audit.Log, once the
+// disk is full new executions are refused while the terminal events of
+// running ones still land in the segment's reserve, also in batches that
+// mixed both and while the log reports itself unhealthy.
+func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
+	t.Parallel()
+	disk := smallDisk(t, 1<<20)
+	require.NoError(t, os.WriteFile(filepath.Join(disk, "ballast"), make([]byte, 700<<10), 0o600))
+	dir := filepath.Join(disk, "log")
+	store, err := segstore.Open(dir, segstore.WithSegmentBytes(64<<10))
+	require.NoError(t, err)
+	lg, err := audit.New(store)
+	require.NoError(t, err)
+	t.Cleanup(func() { lg.Close() })
+	ctx := context.Background()
+	// Executions run eight at a time, until the disk refuses a new one.
+	var running []string
+	n := 0
+	for ; ; n++ {
+		require.Less(t, n, 10000)
+		id := fmt.Sprintf("exec-%05d", n)
+		if _, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: started_, ExecutionId: id}); err != nil {
+			require.ErrorIs(t, err, audit.ErrUnavailable)
+			break
+		}
+		running = append(running, id)
+		if len(running) < 8 {
+			continue
+		}
+		for _, id := range running {
+			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: completed, ExecutionId: id})
+			require.NoError(t, err)
+		}
+		running = nil
+	}
+	require.Error(t, lg.Err(), "unhealthy while the next segment cannot be made")
+	var wg sync.WaitGroup
+	for i, id := range running {
+		wg.Go(func() {
+			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: completed, ExecutionId: id})
+			assert.NoError(t, err, "running execution %s", id)
+		})
+		wg.Go(func() {
+			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: started_, ExecutionId: fmt.Sprintf("new-%05d", i)})
+			assert.ErrorIs(t, err, audit.ErrUnavailable)
+		})
+	}
+	wg.Wait()
+	require.NoError(t, lg.Close())
+	res, err := segstore.VerifyDir(dir, nil)
+	require.NoError(t, err)
+	require.EqualValues(t, 2*n, res.Records)
 }

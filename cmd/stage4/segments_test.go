@@ -48,7 +48,7 @@ func writeLogDir(t *testing.T, n int) string {
 	require.NoError(t, err)
 	lg, err := audit.New(store)
 	require.NoError(t, err)
-	appendLarge(t, lg, n, 1000)
+	appendLarge(t, lg, n, 900)
 	require.NoError(t, lg.Close())
 	return dir
 }
@@ -247,7 +247,7 @@ func TestAuditVerifyLogDirectory(t *testing.T) {
 // size, so that the next few small records seal it.
 func prefillLogDir(t *testing.T, dir string, segmentBytes int64, room int) {
 	t.Helper()
-	const detailBytes = 200_000 // five records to a mebibyte
+	const detailBytes = 200_000 // four records to a segment of a mebibyte
 	write := func(n, detail int) {
 		store, err := segstore.Open(dir, segstore.WithSegmentBytes(segmentBytes))
 		require.NoError(t, err)
@@ -256,16 +256,19 @@ func prefillLogDir(t *testing.T, dir string, segmentBytes int64, room int) {
 		appendLarge(t, lg, n, detail)
 		require.NoError(t, lg.Close())
 	}
-	write(12, detailBytes)
+	write(10, detailBytes)
 	require.Equal(t, 2, sealedSegments(t, dir))
-	// The active segment holds records 11 and 12: what they take is the
-	// records' size, what is left is filled with one record.
-	data, err := os.ReadFile(filepath.Join(dir, segstore.SegmentName(11)))
+	// The active segment holds records 9 and 10 (a segment is sealed at
+	// 15/16 of its size, the rest being the reserve of a full disk): what
+	// they take is the records' size, what is left below the seal is
+	// filled with one record.
+	data, err := os.ReadFile(filepath.Join(dir, segstore.SegmentName(9)))
 	require.NoError(t, err)
 	written := bytes.IndexByte(data, 0)
 	require.Positive(t, written)
 	overhead := written/2 - detailBytes // one record's bytes besides its detail
-	write(1, int(segmentBytes)-written-room-overhead)
+	sealAt := int(segmentBytes - segmentBytes/16)
+	write(1, sealAt-written-room-overhead)
 	require.Equal(t, 2, sealedSegments(t, dir), "the filler fits in the active segment")
 }
 
@@ -289,7 +292,7 @@ func TestServeSealsSegments(t *testing.T) {
 
 	gw := startGatewayOn(t, dir, env, nil, serveArgs)
 	opened := gw.stage4.stderr.waitForLog(t, "audit log opened: a directory of segments", nil)
-	require.EqualValues(t, 13, opened["records"])
+	require.EqualValues(t, 11, opened["records"])
 	require.EqualValues(t, 2, opened["sealed_segments"])
 	require.EqualValues(t, 3, opened["verified_records"], "the active segment's records only")
 	require.EqualValues(t, minAuditSegmentBytes, opened["segment_bytes"])
@@ -313,7 +316,7 @@ func TestServeSealsSegments(t *testing.T) {
 	gw = startGatewayOn(t, dir, env, nil, serveArgs)
 	opened = gw.stage4.stderr.waitForLog(t, "audit log opened: a directory of segments", nil)
 	require.EqualValues(t, 3, opened["sealed_segments"])
-	records := 13 + 3*len(ids)
+	records := 11 + 3*len(ids)
 	require.EqualValues(t, records, opened["records"])
 	ctx = testContext(t)
 	for _, id := range ids {
@@ -349,17 +352,17 @@ func TestServeSealsSegments(t *testing.T) {
 		{name: "the directory", args: []string{"verify", dir},
 			wantStdout: []string{fmt.Sprintf("OK %d records, last hash sha256:", records), "\n  4 segments"}},
 		{name: "a sealed segment", args: []string{"verify", filepath.Join(dir, segstore.SegmentName(1))},
-			wantStdout: []string{"OK segment 00000000000000000001.jsonl: records 1 to 5, previous hash sha256:0000", "\n  matches its seal in seals.jsonl"}},
+			wantStdout: []string{"OK segment 00000000000000000001.jsonl: records 1 to 4, previous hash sha256:0000", "\n  matches its seal in seals.jsonl"}},
 		{name: "the checkpoint", args: []string{"verify", "--checkpoint", cpFile, "--verifier-key", vkey, dir},
 			wantStdout: []string{fmt.Sprintf("the first %d records reproduce its root", records)}},
 		{name: "a record of a sealed segment", args: []string{"prove", "--checkpoint", cpFile, "--verifier-key", vkey, "--sequence", "7", dir},
 			wantStdout: []string{fmt.Sprintf("OK record 7 is in the tree of %d records", records)}},
 		{
 			name:       "a changed byte in a sealed segment",
-			before:     func(t *testing.T) { flipByte(t, filepath.Join(dir, segstore.SegmentName(6))) },
+			before:     func(t *testing.T) { flipByte(t, filepath.Join(dir, segstore.SegmentName(5))) },
 			args:       []string{"verify", dir},
 			wantCode:   1,
-			wantStdout: []string{"DAMAGED at sequence 6", "(in segment 00000000000000000006.jsonl)", "\n  records 1 to 5 are intact"},
+			wantStdout: []string{"DAMAGED at sequence 5", "(in segment 00000000000000000005.jsonl)", "\n  records 1 to 4 are intact"},
 		},
 	}
 	for _, s := range steps { // in order: the damage stays for the steps after it
