@@ -49,7 +49,7 @@ type Store struct {
 	ident    os.FileInfo // the open file, for checkIdentity
 	recovery Recovery
 
-	failed atomic.Pointer[error]
+	failed fsutil.Failure
 	// size is the length of the durable records; List never reads past it.
 	size atomic.Int64
 	// savedHead is the head in the head file (zero: none), guarded by headMu.
@@ -386,18 +386,10 @@ func (s *Store) fail(err error) error {
 
 // latch records err as the store's permanent failure, unless there is one
 // already, and returns the failure.
-func (s *Store) latch(err error) error {
-	s.failed.CompareAndSwap(nil, &err)
-	return *s.failed.Load()
-}
+func (s *Store) latch(err error) error { return s.failed.Latch(err) }
 
 // Err returns the store's permanent failure, or nil.
-func (s *Store) Err() error {
-	if p := s.failed.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
+func (s *Store) Err() error { return s.failed.Err() }
 
 // Ping returns the store's permanent failure, if any: a file store never
 // recovers without a restart, whose start-up check is what makes

@@ -6,7 +6,7 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/audit/internal/fsutil"
 )
 
 // checkIdentity reports, as a permanent failure, that the path no longer
@@ -20,23 +20,15 @@ func (s *Store) checkIdentity() error {
 	fi, err := os.Stat(s.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return s.latch(&changedError{fmt.Sprintf("audit log %s was removed or renamed while in use", s.path)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log %s was removed or renamed while in use", s.path)})
 	case err != nil:
 		return s.fail(fmt.Errorf("check that the audit log is still in place: %w", err))
 	case !os.SameFile(fi, s.ident):
-		return s.latch(&changedError{fmt.Sprintf("audit log %s was replaced by another file while in use", s.path)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log %s was replaced by another file while in use", s.path)})
 	case fi.Size() < s.written:
-		return s.latch(&changedError{fmt.Sprintf("audit log %s was truncated to %d bytes (expected %d) while in use", s.path, fi.Size(), s.written)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log %s was truncated to %d bytes (expected %d) while in use", s.path, fi.Size(), s.written)})
 	case fi.Size() > s.written:
-		return s.latch(&changedError{fmt.Sprintf("audit log %s grew to %d bytes (expected %d): written to by another program while in use", s.path, fi.Size(), s.written)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log %s grew to %d bytes (expected %d): written to by another program while in use", s.path, fi.Size(), s.written)})
 	}
 	return nil
 }
-
-// changedError is a log file changed under the store. It is an
-// audit.ErrDataLoss, and says itself what happened to which file.
-type changedError struct{ msg string }
-
-func (e *changedError) Error() string { return e.msg }
-
-func (e *changedError) Is(target error) bool { return target == audit.ErrDataLoss }

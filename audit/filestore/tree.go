@@ -151,35 +151,7 @@ func (s *Store) openTree(tail trustedTail) error {
 // their stored hashes to the tree file.
 func (s *Store) recomputeTree(b *audit.TreeBuilder, offset int64) error {
 	end := s.size.Load()
-	lr := audit.NewLineReader(io.NewSectionReader(s.file, offset, end-offset))
-	buf := make([]byte, 0, 64<<10)
-	flush := func() error {
-		if _, err := s.tree.Write(buf); err != nil {
-			return fmt.Errorf("write tree file: %w", err)
-		}
-		buf = buf[:0]
-		return nil
-	}
-	for pos := offset; pos < end; {
-		line, complete, err := lr.Next()
-		if !complete {
-			return fmt.Errorf("reread the log for its tree: %w", err)
-		}
-		pos += int64(len(line))
-		hashes, err := b.Add(line[:len(line)-1])
-		if err != nil {
-			return err
-		}
-		for _, h := range hashes {
-			buf = append(buf, h[:]...)
-		}
-		if len(buf) >= 60<<10 {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	return flush()
+	return fsutil.HashRecords(b, io.NewSectionReader(s.file, offset, end-offset), end-offset, s.tree)
 }
 
 // readTreeHashes reads stored hashes from the tree file.
@@ -274,19 +246,7 @@ func OpenReader(path string) (*Reader, error) {
 // Record returns the bytes of the record of sequence seq (without its
 // newline), reading the log from its start: records have no index.
 func (r *Reader) Record(seq uint64) ([]byte, error) {
-	lr := audit.NewLineReader(io.NewSectionReader(r.log, 0, 1<<62))
-	for n := uint64(1); ; n++ {
-		line, complete, err := lr.Next()
-		if !complete {
-			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("the log holds no record %d (it ends at %d)", seq, n-1)
-			}
-			return nil, fmt.Errorf("read audit log: %w", err)
-		}
-		if n == seq {
-			return slices.Clone(line[:len(line)-1]), nil
-		}
-	}
+	return fsutil.FindRecord(io.NewSectionReader(r.log, 0, 1<<62), 1, seq)
 }
 
 // ReadHashes reads stored hashes from the tree file; it is a

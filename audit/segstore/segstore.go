@@ -119,7 +119,7 @@ type Store struct {
 	key  []byte
 
 	recovery Recovery
-	failed   atomic.Pointer[error]
+	failed   fsutil.Failure
 
 	// ioMu guards what Append owns (it is never called concurrently)
 	// against Ping and Close.
@@ -425,18 +425,10 @@ func (s *Store) fail(err error) error {
 
 // latch records err as the store's permanent failure, unless there is one
 // already, and returns the failure.
-func (s *Store) latch(err error) error {
-	s.failed.CompareAndSwap(nil, &err)
-	return *s.failed.Load()
-}
+func (s *Store) latch(err error) error { return s.failed.Latch(err) }
 
 // Err returns the store's permanent failure, or nil.
-func (s *Store) Err() error {
-	if p := s.failed.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
+func (s *Store) Err() error { return s.failed.Err() }
 
 // Append writes the batch into the active segment, sealing it first and
 // starting the next one when the batch would take it past the segment
@@ -585,24 +577,16 @@ func (s *Store) checkIdentity(a *segment) error {
 	fi, err := os.Stat(a.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return s.latch(&changedError{fmt.Sprintf("audit log segment %s was removed or renamed while in use", a.path)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s was removed or renamed while in use", a.path)})
 	case err != nil:
 		return s.fail(fmt.Errorf("check that the audit log is still in place: %w", err))
 	case !os.SameFile(fi, a.ident):
-		return s.latch(&changedError{fmt.Sprintf("audit log segment %s was replaced by another file while in use", a.path)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s was replaced by another file while in use", a.path)})
 	case fi.Size() != a.fileSize:
-		return s.latch(&changedError{fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
 	}
 	return nil
 }
-
-// changedError is a segment changed under the store. It is an
-// audit.ErrDataLoss, and says itself what happened to which file.
-type changedError struct{ msg string }
-
-func (e *changedError) Error() string { return e.msg }
-
-func (e *changedError) Is(target error) bool { return target == audit.ErrDataLoss }
 
 // Ping returns the store's permanent failure, if any. It also checks that
 // the active segment is still in place (see Append), tries again to make

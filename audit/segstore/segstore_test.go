@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 const (
@@ -349,30 +349,13 @@ func TestSecondProcessIsLockedOut(t *testing.T) {
 	require.ErrorIs(t, err, segstore.ErrLocked)
 }
 
-// smallDisk mounts a tmpfs of size bytes for the test: a disk that fills
-// up. It needs root (mount); without it the test skips, except under
-// CI=true, where the machine is known to allow it.
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount a tmpfs for a full disk: %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs for a full disk (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
 // TestFullDiskRefusesThenRecovers: when the disk is full, the next segment
 // cannot be made: the batch is refused as unavailable with nothing
 // written, and once space is freed the store appends again without a
 // restart; the log stays one intact chain.
 func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	t.Parallel()
-	disk := smallDisk(t, 1<<20)
+	disk := testkit.SmallDisk(t, 1<<20)
 	// Ballast that fills the disk after the log's first segments.
 	ballast := filepath.Join(disk, "ballast")
 	require.NoError(t, os.WriteFile(ballast, make([]byte, 700<<10), 0o600))
@@ -474,7 +457,7 @@ func TestVerifyRefusesWhatIsNotALog(t *testing.T) {
 // mixed both and while the log reports itself unhealthy.
 func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
 	t.Parallel()
-	disk := smallDisk(t, 1<<20)
+	disk := testkit.SmallDisk(t, 1<<20)
 	require.NoError(t, os.WriteFile(filepath.Join(disk, "ballast"), make([]byte, 700<<10), 0o600))
 	dir := filepath.Join(disk, "log")
 	store, err := segstore.Open(dir, segstore.WithSegmentBytes(64<<10))

@@ -132,35 +132,7 @@ func (s *Store) rebuildTree(seals []seal) ([]tlog.Hash, error) {
 // appends their stored hashes to the tree file. It does not check the
 // chain: the caller verified the records, or their seal vouches for them.
 func (s *Store) hashSegment(b *audit.TreeBuilder, f io.ReaderAt, end int64) error {
-	lr := audit.NewLineReader(io.NewSectionReader(f, 0, end))
-	buf := make([]byte, 0, 64<<10)
-	flush := func() error {
-		if _, err := s.tree.Write(buf); err != nil {
-			return fmt.Errorf("write tree file: %w", err)
-		}
-		buf = buf[:0]
-		return nil
-	}
-	for pos := int64(0); pos < end; {
-		line, complete, err := lr.Next()
-		if !complete {
-			return fmt.Errorf("reread the log for its tree: %w", err)
-		}
-		pos += int64(len(line))
-		hashes, err := b.Add(line[:len(line)-1])
-		if err != nil {
-			return err
-		}
-		for _, h := range hashes {
-			buf = append(buf, h[:]...)
-		}
-		if len(buf) >= 60<<10 {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	return flush()
+	return fsutil.HashRecords(b, io.NewSectionReader(f, 0, end), end, s.tree)
 }
 
 // appendTree writes the stored hashes of recs to the tree file (the

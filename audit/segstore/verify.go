@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -293,19 +292,7 @@ func (r *Reader) Record(seq uint64) ([]byte, error) {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
 	defer f.Close()
-	lr := audit.NewLineReader(&untilZero{r: f})
-	for n := first; ; n++ {
-		line, complete, err := lr.Next()
-		if !complete {
-			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("the log holds no record %d (it ends at %d)", seq, n-1)
-			}
-			return nil, fmt.Errorf("read audit log: %w", err)
-		}
-		if n == seq {
-			return slices.Clone(line[:len(line)-1]), nil
-		}
-	}
+	return fsutil.FindRecord(&untilZero{r: f}, first, seq)
 }
 
 // ReadHashes reads stored hashes from the tree file; it is a

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -21,23 +19,6 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/testkit"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test: a disk that fills
-// up. Mounting needs root; without it the test skips, except under
-// CI=true, where the machine is known to allow it.
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount a tmpfs for a full disk: %v: %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs for a full disk (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
 
 // fillDisk writes a file at path until the disk is full.
 func fillDisk(t *testing.T, path string) {
@@ -61,7 +42,7 @@ func fillDisk(t *testing.T, path string) {
 // without a restart, plans execute, and the log verifies.
 func TestServeOnAFullDisk(t *testing.T) {
 	t.Parallel()
-	disk := smallDisk(t, 16<<20)
+	disk := testkit.SmallDisk(t, 16<<20)
 	gw := startGatewayOn(t, filepath.Join(disk, "audit"), nil, nil, nil)
 	ctx := testContext(t)
 	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
