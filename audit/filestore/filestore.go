@@ -23,7 +23,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
@@ -143,14 +142,9 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	// The lock dies with the process, so a crash never leaves it behind;
-	// it is advisory, which is enough against a second stage4.
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := fsutil.Lock(f, ErrLocked); err != nil {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("open audit log %s: %w", path, ErrLocked)
-		}
-		return nil, fmt.Errorf("open audit log %s: lock: %w", path, err)
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
 	// A new file's directory entry is durable only once the directory is.
 	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {

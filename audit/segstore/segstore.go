@@ -38,7 +38,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -230,13 +229,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	// The lock dies with the process, so a crash never leaves it behind.
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := fsutil.Lock(lock, ErrLocked); err != nil {
 		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("open audit log %s: %w", dir, ErrLocked)
-		}
-		return nil, fmt.Errorf("open audit log %s: lock: %w", dir, err)
+		return nil, fmt.Errorf("open audit log %s: %w", dir, err)
 	}
 	s := &Store{dir: dir, cfg: c, lock: lock, open: map[string]*audit.OpenExecution{}}
 	if err := s.start(); err != nil {

@@ -1,7 +1,11 @@
 package fsutil
 
 import (
+	"errors"
+	"fmt"
+	"os"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/stage4/stage4/audit"
 )
@@ -35,3 +39,18 @@ func (e *ChangedError) Error() string { return e.Msg }
 
 // Is makes a ChangedError an audit.ErrDataLoss.
 func (e *ChangedError) Is(target error) bool { return target == audit.ErrDataLoss }
+
+// Lock takes an exclusive lock (flock) on f for the process, without
+// waiting: errLocked when another process holds it. The lock dies with
+// the process, so a crash never leaves it behind; it is advisory, which
+// is enough against a second stage4.
+func Lock(f *os.File, errLocked error) error {
+	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return errLocked
+	}
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	return nil
+}
