@@ -351,11 +351,13 @@ func (s *Store) seal() error {
 		return err
 	}
 	s.publish()
+	// The index takes the segment's memIndex before readers see it
+	// sealed, so that no lookup finds it in neither.
+	s.index.sealed(sl, a.mem)
 	v := *s.view.Load()
 	v.sealed = append(v.sealed[:len(v.sealed):len(v.sealed)], sl)
 	v.activeFirst, v.activeSize, v.activeMem = s.head.Sequence+1, 0, nil
 	s.view.Store(&v)
-	s.index.sealed(sl, a.mem)
 	err := a.file.Close()
 	s.active = nil
 	if err != nil {

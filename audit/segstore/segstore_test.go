@@ -504,3 +504,21 @@ func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 2*n, res.Records)
 }
+
+// TestZeroBytesInValuesSurviveARestart: the end of a preallocated
+// segment's records is its first zero byte, which no record holds: a
+// value with NUL characters is escaped, and the log reopens whole.
+func TestZeroBytesInValuesSurviveARestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir)
+	ev := &stage4v1.AuditEvent{Type: received, ExecutionId: "nul", UserId: "a\x00b"}
+	appendEvent(t, s, true, ev)
+	execute(t, s, 1)
+	require.NoError(t, s.Close())
+	s = open(t, dir)
+	require.EqualValues(t, 4, s.Recovery().Records)
+	got := list(t, s, audit.Query{PageSize: 10, UserID: "a\x00b"})
+	require.Len(t, got, 1)
+	require.Equal(t, "a\x00b", got[0].GetUserId())
+}
