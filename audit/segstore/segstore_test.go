@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -521,4 +522,43 @@ func TestZeroBytesInValuesSurviveARestart(t *testing.T) {
 	got := list(t, s, audit.Query{PageSize: 10, UserID: "a\x00b"})
 	require.Len(t, got, 1)
 	require.Equal(t, "a\x00b", got[0].GetUserId())
+}
+
+// TestListingsDuringSeals: while executions are written into segments so
+// small that seals follow each other, index runs are written and merged,
+// every execution already durable is found whole by its id.
+func TestListingsDuringSeals(t *testing.T) {
+	t.Parallel()
+	s := open(t, t.TempDir(), small...)
+	var done atomic.Int64 // executions 0..done-1 are durable
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(stop)
+		for i := range 400 {
+			execute(t, s, i)
+			done.Store(int64(i + 1))
+		}
+	})
+	for r := range 2 {
+		wg.Go(func() {
+			for k := r; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := done.Load()
+				if n == 0 {
+					continue
+				}
+				id := fmt.Sprintf("exec-%05d", int64(k*7919)%n)
+				page, err := s.List(context.Background(), audit.Query{ExecutionID: id, PageSize: 10})
+				if !assert.NoError(t, err) || !assert.Len(t, page.Events, 3, "execution %s of %d durable", id, n) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
