@@ -562,3 +562,37 @@ func TestListingsDuringSeals(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestInterruptedAcrossSeals: executions left open in segments sealed
+// long before the stop are still handed out for closing, in the order of
+// their first event, although Open reads only the active segment: the
+// seals carry them.
+func TestInterruptedAcrossSeals(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, small...)
+	appendEvent(t, s, false, &stage4v1.AuditEvent{Type: received, ExecutionId: "open-1"})
+	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: started_, ExecutionId: "open-1"})
+	for i := range 30 {
+		execute(t, s, i)
+	}
+	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: received, ExecutionId: "open-2"})
+	for i := 30; i < 60; i++ {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+
+	s = open(t, dir, small...)
+	require.Greater(t, s.Recovery().SealedSegments, 3)
+	left, err := s.Interrupted(context.Background())
+	require.NoError(t, err)
+	require.Len(t, left, 2)
+	require.Equal(t, "open-1", left[0].ExecutionID)
+	require.Equal(t, started_, left[0].LastType)
+	require.EqualValues(t, 1, left[0].Sequence)
+	require.Equal(t, "open-2", left[1].ExecutionID)
+	require.Equal(t, received, left[1].LastType)
+	again, err := s.Interrupted(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, again, "handed out once")
+}
