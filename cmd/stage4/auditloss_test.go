@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"os"
@@ -52,13 +51,7 @@ func TestServeFailsClosedWhenTheAuditLogIsRemoved(t *testing.T) {
 			_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 			require.NoError(t, err)
 
-			watchCtx, stopWatch := context.WithCancel(ctx)
-			defer stopWatch()
-			watch, err := healthpb.NewHealthClient(gw.conn).Watch(watchCtx, &healthpb.HealthCheckRequest{Service: "stage4.v1.Stage4Service"})
-			require.NoError(t, err)
-			first, err := watch.Recv()
-			require.NoError(t, err)
-			require.Equal(t, healthpb.HealthCheckResponse_SERVING, first.GetStatus())
+			watch, stopWatch := watchHealth(ctx, t, gw)
 
 			require.NoError(t, tt.remove(gw.auditLog))
 

@@ -48,13 +48,7 @@ func TestServeOnAFullDisk(t *testing.T) {
 	_, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	watch, err := healthpb.NewHealthClient(gw.conn).Watch(watchCtx, &healthpb.HealthCheckRequest{Service: "stage4.v1.Stage4Service"})
-	require.NoError(t, err)
-	first, err := watch.Recv()
-	require.NoError(t, err)
-	require.Equal(t, healthpb.HealthCheckResponse_SERVING, first.GetStatus())
+	watch, stopWatch := watchHealth(ctx, t, gw)
 
 	ballast := filepath.Join(disk, "ballast")
 	fillDisk(t, ballast)
@@ -137,4 +131,19 @@ func reasonOf(err error) string {
 		}
 	}
 	return ""
+}
+
+// watchHealth watches the health of stage4.v1.Stage4Service on gw until
+// the test ends or stop is called, after checking that it starts
+// SERVING.
+func watchHealth(ctx context.Context, t *testing.T, gw *stage4Process) (watch healthpb.Health_WatchClient, stop func()) {
+	t.Helper()
+	watchCtx, stop := context.WithCancel(ctx)
+	t.Cleanup(stop)
+	watch, err := healthpb.NewHealthClient(gw.conn).Watch(watchCtx, &healthpb.HealthCheckRequest{Service: "stage4.v1.Stage4Service"})
+	require.NoError(t, err)
+	first, err := watch.Recv()
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, first.GetStatus())
+	return watch, stop
 }

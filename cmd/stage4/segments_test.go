@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"os"
@@ -320,17 +321,7 @@ func TestServeSealsSegments(t *testing.T) {
 	require.EqualValues(t, records, opened["records"])
 	ctx = testContext(t)
 	for _, id := range ids {
-		res, err := gw.client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: id})
-		require.NoError(t, err)
-		var types []stage4v1.AuditEventType
-		for _, ev := range res.GetAuditEvents() {
-			types = append(types, ev.GetType())
-		}
-		require.Equal(t, []stage4v1.AuditEventType{
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
-			stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED,
-		}, types, "execution %s", id)
+		requireCompleted(ctx, t, gw.client, id)
 	}
 	cp, err := gw.client.GetCheckpoint(ctx, &stage4v1.GetCheckpointRequest{})
 	require.NoError(t, err)
@@ -456,4 +447,21 @@ func TestServeDoesNotLeaveTheOldDefaultLogBehind(t *testing.T) {
 			}
 		})
 	}
+}
+
+// requireCompleted checks, through ListAuditEvents, that execution id has
+// the three events of a completed execution, in order.
+func requireCompleted(ctx context.Context, t *testing.T, client stage4v1.Stage4ServiceClient, id string) {
+	t.Helper()
+	res, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: id})
+	require.NoError(t, err)
+	var types []stage4v1.AuditEventType
+	for _, ev := range res.GetAuditEvents() {
+		types = append(types, ev.GetType())
+	}
+	require.Equal(t, []stage4v1.AuditEventType{
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED,
+		stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED,
+	}, types, "execution %s", id)
 }
