@@ -9,6 +9,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -66,11 +69,23 @@ func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyO
 		base := done
 		return append(opts, audit.WithProgress(func(n int64) { progress(base + n) }))
 	}
+	// Without callbacks, which need the records in log order, the sealed
+	// segments are checked in parallel: each from its seal's
+	// previous_hash, which the seal file chains to the seal before.
+	var pre []sealedResult
+	if len(opts) == 0 && len(seals) > 1 {
+		pre = verifySealedParallel(dir, seals, progress)
+	}
 	head := audit.Head{}
 	for i := range seals {
 		sl := &seals[i]
-		f, err := os.Open(filepath.Join(dir, SegmentName(sl.First)))
-		if errors.Is(err, fs.ErrNotExist) {
+		var sr sealedResult
+		if pre != nil {
+			sr = pre[i]
+		} else {
+			sr = verifySealed(dir, sl, head, withProgress(opts))
+		}
+		if sr.archived {
 			res.Archived = append(res.Archived, ArchivedSegment{Name: SegmentName(sl.First), First: sl.First, Last: sl.Last})
 			if head, err = sl.head(); err != nil {
 				return res, err
@@ -78,27 +93,14 @@ func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyO
 			res.Records, res.LastHash, res.Head = head.Sequence, sl.LastHash, head
 			continue
 		}
-		if err != nil {
-			return res, fmt.Errorf("verify audit log: %w", err)
-		}
-		r, err := audit.Verify(io.NewSectionReader(f, 0, sl.Bytes+1), withProgress(append(opts, audit.WithStart(head)))...)
-		f.Close()
+		r := sr.r
 		res.Segments++
 		done += r.Bytes
 		if r.Records > res.Records {
 			res.Records, res.LastHash, res.Head = r.Records, r.LastHash, r.Head
 		}
-		if err != nil {
-			return res, segmentError(err, sl.First)
-		}
-		switch {
-		case r.Bytes+r.TrailingBytes != sl.Bytes:
-			return res, &audit.ChainError{Sequence: r.Records + 1, Offset: r.Bytes,
-				Reason: fmt.Sprintf("segment %s is not the %d bytes its seal states", SegmentName(sl.First), sl.Bytes)}
-		case r.Records != sl.Last || r.LastHash != sl.LastHash:
-			return res, &audit.ChainError{Sequence: min(r.Records+1, sl.Last), Offset: r.Bytes,
-				Reason: fmt.Sprintf("segment %s ends at record %d with hash %s; its seal says record %d with hash %s",
-					SegmentName(sl.First), r.Records, r.LastHash, sl.Last, sl.LastHash)}
+		if sr.err != nil {
+			return res, sr.err
 		}
 		head = r.Head
 	}
@@ -165,6 +167,75 @@ func checkHeadFile(dir string, res *DirResult) error {
 			"record %d is not the one the head file names (hash %s): the log was replaced", want.Sequence, audit.FormatHash(want.Hash))}
 	}
 	return nil
+}
+
+// sealedResult is the check of one sealed segment.
+type sealedResult struct {
+	r        audit.VerifyResult
+	err      error
+	archived bool // not in the directory
+}
+
+// verifySealed checks the sealed segment of sl, whose first record
+// extends start, against its seal.
+func verifySealed(dir string, sl *seal, start audit.Head, opts []audit.VerifyOption) sealedResult {
+	f, err := os.Open(filepath.Join(dir, SegmentName(sl.First)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return sealedResult{archived: true}
+	}
+	if err != nil {
+		return sealedResult{err: fmt.Errorf("verify audit log: %w", err)}
+	}
+	defer f.Close()
+	r, err := audit.Verify(io.NewSectionReader(f, 0, sl.Bytes+1), append(opts, audit.WithStart(start))...)
+	switch {
+	case err != nil:
+		err = segmentError(err, sl.First)
+	case r.Bytes+r.TrailingBytes != sl.Bytes:
+		err = &audit.ChainError{Sequence: r.Records + 1, Offset: r.Bytes,
+			Reason: fmt.Sprintf("segment %s is not the %d bytes its seal states", SegmentName(sl.First), sl.Bytes)}
+	case r.Records != sl.Last || r.LastHash != sl.LastHash:
+		err = &audit.ChainError{Sequence: min(r.Records+1, sl.Last), Offset: r.Bytes,
+			Reason: fmt.Sprintf("segment %s ends at record %d with hash %s; its seal says record %d with hash %s",
+				SegmentName(sl.First), r.Records, r.LastHash, sl.Last, sl.LastHash)}
+	}
+	return sealedResult{r: r, err: err}
+}
+
+// verifySealedParallel checks every sealed segment, as many at a time as
+// there are CPUs (verifying is CPU-bound: JSON decoding and SHA-256).
+func verifySealedParallel(dir string, seals []seal, progress func(int64)) []sealedResult {
+	out := make([]sealedResult, len(seals))
+	var mu sync.Mutex
+	var total int64
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(seals)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(seals); i = int(next.Add(1) - 1) {
+				sl := &seals[i]
+				var opts []audit.VerifyOption
+				if progress != nil {
+					var seen int64
+					opts = append(opts, audit.WithProgress(func(n int64) {
+						mu.Lock()
+						total += n - seen
+						seen = n
+						progress(total)
+						mu.Unlock()
+					}))
+				}
+				prev, err := fsutil.ParseHash(sl.PreviousHash)
+				if err != nil {
+					out[i] = sealedResult{err: err}
+					continue
+				}
+				out[i] = verifySealed(dir, sl, audit.Head{Sequence: sl.First - 1, Hash: prev}, opts)
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // segmentError names the segment in a chain error, whose offset is the
