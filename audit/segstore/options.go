@@ -11,6 +11,11 @@ const DefaultSegmentBytes = 64 << 20
 // serve refuses less than 1 MiB).
 const MinSegmentBytes = 4 << 10
 
+// MaxSegmentBytes is the largest segment size Open accepts: records are
+// found by their byte offset in their segment, kept in 32 bits by the
+// index, and a batch larger than a segment may take it past its size.
+const MaxSegmentBytes = 1 << 31
+
 // Option configures Open.
 type Option func(*config)
 
@@ -26,7 +31,7 @@ func defaultConfig() config {
 }
 
 // WithSegmentBytes sets the size at which a segment is sealed and the
-// next one begins (at least MinSegmentBytes). A batch is never split:
+// next one begins (MinSegmentBytes to MaxSegmentBytes). A batch is never split:
 // a segment ends before the batch that would take it past the size, and
 // a single batch larger than it gets a segment of its own. Changing it
 // for an existing log applies to the segments that follow.

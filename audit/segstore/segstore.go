@@ -219,8 +219,8 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(&c)
 	}
-	if c.segmentBytes < MinSegmentBytes {
-		return nil, fmt.Errorf("open audit log %s: segment size %d is below the minimum of %d bytes", dir, c.segmentBytes, MinSegmentBytes)
+	if c.segmentBytes < MinSegmentBytes || c.segmentBytes > MaxSegmentBytes {
+		return nil, fmt.Errorf("open audit log %s: segment size %d is not between %d and %d bytes", dir, c.segmentBytes, MinSegmentBytes, MaxSegmentBytes)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)

@@ -163,14 +163,14 @@ func TestUsage(t *testing.T) {
 			name:       "serve with segments below a mebibyte",
 			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1", "--audit-segment-bytes", "1000"},
 			wantCode:   2,
-			wantStderr: "serve: --audit-segment-bytes is 1000; it must be at least 1048576 (1 MiB)",
+			wantStderr: "serve: --audit-segment-bytes is 1000; it must be between 1048576 (1 MiB) and 2147483648 (2 GiB)",
 		},
 		{
 			name:       "serve with segments below a mebibyte from the environment",
 			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1"},
 			env:        []string{"STAGE4_AUDIT_SEGMENT_BYTES=1048575"},
 			wantCode:   2,
-			wantStderr: "must be at least 1048576 (1 MiB)",
+			wantStderr: "must be between 1048576 (1 MiB)",
 		},
 		{
 			name:       "serve with a segment size that is not a number",
@@ -180,10 +180,16 @@ func TestUsage(t *testing.T) {
 			wantStderr: `STAGE4_AUDIT_SEGMENT_BYTES="64MiB"`,
 		},
 		{
+			name:       "serve with segments past what the index addresses",
+			args:       []string{"serve", "--stage3-addr", "127.0.0.1:1", "--audit-segment-bytes", "4294967296"},
+			wantCode:   2,
+			wantStderr: "it must be between 1048576 (1 MiB) and 2147483648 (2 GiB)",
+		},
+		{
 			name:       "dev with segments below a mebibyte",
 			args:       []string{"dev", "--audit-segment-bytes", "1000"},
 			wantCode:   2,
-			wantStderr: "dev: --audit-segment-bytes is 1000; it must be at least 1048576 (1 MiB)",
+			wantStderr: "dev: --audit-segment-bytes is 1000; it must be between 1048576 (1 MiB) and 2147483648 (2 GiB)",
 		},
 	}
 	for _, tt := range tests {

@@ -53,7 +53,7 @@ func newDevFlags() (*flag.FlagSet, *devFlags) {
 	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
 	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
 	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log: a directory of segment files, or a single-file log from before segments")
-	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (at least 1 MiB, as stage4 serve);\nignored for a single-file log")
+	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (1 MiB to 2 GiB, as stage4 serve);\nignored for a single-file log")
 	fs.BoolVar(&f.newAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (as stage4 serve)")
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")

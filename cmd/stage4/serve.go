@@ -72,7 +72,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
 	fs.BoolVar(&g.Pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on --metrics-listen, for profiling;\nthey show internals, so keep it off where others can reach that address")
 	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "where the audit log lives: the `path` of a directory of segment files (created when missing)\nor of a single-file log from before segments (appended to as it is), or a postgres:// URL shared by several replicas")
-	fs.Int64Var(&g.AuditSegmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log directory is sealed and the next one begins\n(at least 1048576, 1 MiB); ignored for a postgres:// URL and for a single-file log")
+	fs.Int64Var(&g.AuditSegmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log directory is sealed and the next one begins\n(1048576, 1 MiB, to 2147483648, 2 GiB); ignored for a postgres:// URL and for a single-file log")
 	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
 	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>/key in a log directory,\n<audit-log>.key beside a single-file log, a table in PostgreSQL)")
@@ -149,11 +149,13 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	})
 }
 
-// checkAuditSegmentBytes refuses a segment size below a mebibyte: smaller
-// segments would mean a seal, and a file, every few hundred records.
+// checkAuditSegmentBytes refuses a segment size below a mebibyte, where
+// smaller segments would mean a seal, and a file, every few hundred
+// records, or above segstore.MaxSegmentBytes (2 GiB), past which the
+// index could not address a record.
 func checkAuditSegmentBytes(cmd string, n int64) error {
-	if n < minAuditSegmentBytes {
-		return usageError("%s: --audit-segment-bytes is %d; it must be at least %d (1 MiB)", cmd, n, minAuditSegmentBytes)
+	if n < minAuditSegmentBytes || n > segstore.MaxSegmentBytes {
+		return usageError("%s: --audit-segment-bytes is %d; it must be between %d (1 MiB) and %d (2 GiB)", cmd, n, minAuditSegmentBytes, int64(segstore.MaxSegmentBytes))
 	}
 	return nil
 }

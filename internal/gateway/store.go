@@ -114,8 +114,8 @@ func openSegmentStore(cfg Config, logger *slog.Logger) (audit.Store, error) {
 	if segmentBytes == 0 {
 		segmentBytes = segstore.DefaultSegmentBytes
 	}
-	if segmentBytes < segstore.MinSegmentBytes {
-		return nil, fmt.Errorf("%w: audit segment size %d bytes is below the minimum of %d", ErrConfig, segmentBytes, segstore.MinSegmentBytes)
+	if segmentBytes < segstore.MinSegmentBytes || segmentBytes > segstore.MaxSegmentBytes {
+		return nil, fmt.Errorf("%w: audit segment size %d bytes is not between %d and %d", ErrConfig, segmentBytes, segstore.MinSegmentBytes, segstore.MaxSegmentBytes)
 	}
 	opts := []segstore.Option{segstore.WithSegmentBytes(segmentBytes)}
 	if cfg.NewAuditLog {
