@@ -3,6 +3,7 @@ package segindex
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"sync/atomic"
@@ -15,10 +16,15 @@ import (
 // copied and the copy published). The zero Mem is empty and ready to use.
 type Mem struct {
 	table atomic.Pointer[memTable]
+	// base is the Seq of the first entry added: postings keep Seq - base
+	// in 32 bits, which halves them (a segment holds far fewer than 2^32
+	// records). Stored before any posting is published.
+	base atomic.Uint64
 
 	// The writer's own state.
 	keys    int
 	lastSeq uint64
+	based   bool
 }
 
 // memTable is an open-addressing hash table from key to the key's postings,
@@ -43,9 +49,11 @@ type postings struct {
 	w   []posting
 }
 
+// posting is an entry of a key: its Seq less the Mem's base, and its
+// Offset.
 type posting struct {
-	seq uint64
-	off uint32
+	delta uint32
+	off   uint32
 }
 
 // Add adds entries, which must not go back in Seq (from one Add to the next
@@ -60,8 +68,19 @@ func (m *Mem) Add(entries ...Entry) error {
 		}
 		last = e.Seq
 	}
+	if len(entries) == 0 {
+		return nil
+	}
+	if !m.based {
+		m.base.Store(entries[0].Seq)
+		m.based = true
+	}
+	base := m.base.Load()
+	if entries[0].Seq < base || last-base > math.MaxUint32 {
+		return fmt.Errorf("index entry seq %d out of the range of this index (from %d)", last, base)
+	}
 	for _, e := range entries {
-		m.postings(e.Key).add(posting{e.Seq, e.Offset})
+		m.postings(e.Key).add(posting{uint32(e.Seq - base), e.Offset})
 	}
 	m.lastSeq = last
 	return nil
@@ -161,14 +180,19 @@ func (m *Mem) Lookup(key, fromSeq uint64, limit int) []Entry {
 		return nil
 	}
 	ps := p.published()
-	i := sort.Search(len(ps), func(i int) bool { return ps[i].seq >= fromSeq })
+	base := m.base.Load()
+	from := uint64(0)
+	if fromSeq > base {
+		from = fromSeq - base
+	}
+	i := sort.Search(len(ps), func(i int) bool { return uint64(ps[i].delta) >= from })
 	ps = ps[i:min(len(ps), i+limit)]
 	if len(ps) == 0 {
 		return nil
 	}
 	out := make([]Entry, len(ps))
 	for i, x := range ps {
-		out[i] = Entry{Key: key, Seq: x.seq, Offset: x.off}
+		out[i] = Entry{Key: key, Seq: base + uint64(x.delta), Offset: x.off}
 	}
 	return out
 }
@@ -180,6 +204,7 @@ func (m *Mem) Entries() []Entry {
 	if t == nil {
 		return nil
 	}
+	base := m.base.Load()
 	type list struct {
 		key uint64
 		ps  []posting
@@ -197,7 +222,7 @@ func (m *Mem) Entries() []Entry {
 	out := make([]Entry, 0, n)
 	for _, l := range lists {
 		for _, x := range l.ps {
-			out = append(out, Entry{Key: l.key, Seq: x.seq, Offset: x.off})
+			out = append(out, Entry{Key: l.key, Seq: base + uint64(x.delta), Offset: x.off})
 		}
 	}
 	return out

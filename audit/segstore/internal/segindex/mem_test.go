@@ -102,3 +102,27 @@ func TestMemConcurrent(t *testing.T) {
 	done.Store(true)
 	wg.Wait()
 }
+
+// TestMemFarFromTheStart: a Mem of a segment that starts deep in the log
+// (its postings keep sequences relative to the first one) answers with
+// the log's sequences, from any fromSeq, and refuses a sequence too far
+// from its first for 32 bits.
+func TestMemFarFromTheStart(t *testing.T) {
+	t.Parallel()
+	const first = 5_000_000_000
+	var m Mem
+	k := Key(ExecutionID, "x")
+	require.NoError(t, m.Add(Entry{Key: k, Seq: first, Offset: 0}, Entry{Key: k, Seq: first + 7, Offset: 100}))
+	for _, tc := range []struct {
+		from uint64
+		want []uint64
+	}{{0, []uint64{first, first + 7}}, {first, []uint64{first, first + 7}}, {first + 1, []uint64{first + 7}}, {first + 8, nil}} {
+		var got []uint64
+		for _, e := range m.Lookup(k, tc.from, 10) {
+			got = append(got, e.Seq)
+		}
+		require.Equal(t, tc.want, got, "from %d", tc.from)
+	}
+	require.Equal(t, []Entry{{Key: k, Seq: first}, {Key: k, Seq: first + 7, Offset: 100}}, m.Entries())
+	require.Error(t, m.Add(Entry{Key: k, Seq: first + 1<<32}))
+}
