@@ -30,11 +30,12 @@ func defaultConfig() config {
 	return config{segmentBytes: DefaultSegmentBytes, preallocate: true}
 }
 
-// WithSegmentBytes sets the size at which a segment is sealed and the
-// next one begins (MinSegmentBytes to MaxSegmentBytes). A batch is never split:
-// a segment ends before the batch that would take it past the size, and
-// a single batch larger than it gets a segment of its own. Changing it
-// for an existing log applies to the segments that follow.
+// WithSegmentBytes sets the size of a segment (MinSegmentBytes to
+// MaxSegmentBytes). A batch is never split: a segment ends before the
+// batch that would take it past the size (past 15/16 of it when
+// preallocated: the rest is the reserve for terminal events on a full
+// disk), and a single batch larger than it gets a segment of its own.
+// Changing it for an existing log applies to the segments that follow.
 func WithSegmentBytes(n int64) Option {
 	return func(c *config) { c.segmentBytes = n }
 }
