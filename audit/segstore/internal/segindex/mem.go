@@ -171,7 +171,10 @@ func (m *Mem) Lookup(key, fromSeq uint64, limit int) []Entry {
 	}
 	ps := p.published()
 	i := sort.Search(len(ps), func(i int) bool { return ps[i].seq >= fromSeq })
-	ps = ps[i:min(len(ps), i+limit)]
+	ps = ps[i:]
+	if len(ps) > limit {
+		ps = ps[:limit]
+	}
 	if len(ps) == 0 {
 		return nil
 	}
