@@ -197,6 +197,9 @@ func (r *Run) Lookup(key, fromSeq uint64, limit int) ([]Entry, error) {
 			if e.Key != key {
 				return out, nil
 			}
+			if out == nil {
+				out = make([]Entry, 0, min(limit, 16)) // most keys have few entries per run
+			}
 			out = append(out, e)
 			if len(out) == limit {
 				return out, nil
