@@ -18,9 +18,10 @@ type Entry struct {
 	Offset uint32
 }
 
-// ErrCorrupt is wrapped by the errors of OpenRun, Verify, MergeRuns and
-// Lookup when a run file's content is wrong (as opposed to an I/O error): the
-// store removes such a run and rebuilds its range from the segments.
+// ErrCorrupt is wrapped by the errors of OpenRun, Verify and MergeRuns when
+// a run file's content is wrong (as opposed to an I/O error): the store
+// removes such a run and rebuilds its range from the segments. Lookup does
+// not check content; a damaged run gives wrong answers until Verify finds it.
 var ErrCorrupt = errors.New("corrupt index run")
 
 const (

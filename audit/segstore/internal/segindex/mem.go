@@ -43,10 +43,22 @@ type memSlot struct {
 
 // postings are one key's entries in ascending Seq: n of them are published
 // in *pub. The writer appends to w, whose array is *pub's until it grows.
+// The first few live in the struct itself, so that a new key, which most
+// execution IDs are, costs one allocation.
 type postings struct {
-	n   atomic.Int64
-	pub atomic.Pointer[[]posting]
-	w   []posting
+	n      atomic.Int64
+	pub    atomic.Pointer[[]posting]
+	w      []posting
+	first  []posting // never changes once published: *pub until w grows
+	inline [3]posting
+}
+
+func newPostings() *postings {
+	p := &postings{}
+	p.w = p.inline[:0]
+	p.first = p.inline[:]
+	p.pub.Store(&p.first)
+	return p
 }
 
 // posting is an entry of a key: its Seq less the Mem's base, and its
@@ -106,7 +118,7 @@ func (m *Mem) postings(key uint64) *postings {
 			m.grow(t)
 			return m.postings(key)
 		}
-		p := &postings{}
+		p := newPostings()
 		s.key.Store(key)
 		s.list.Store(p)
 		m.keys++
@@ -149,7 +161,7 @@ func (t *memTable) find(key uint64) *postings {
 
 func (p *postings) add(x posting) {
 	if len(p.w) == cap(p.w) {
-		w := make([]posting, len(p.w), max(4, 2*cap(p.w)))
+		w := make([]posting, len(p.w), 2*cap(p.w))
 		copy(w, p.w)
 		p.w = w
 		p.pub.Store(&w)
@@ -162,9 +174,6 @@ func (p *postings) add(x posting) {
 // array published with it or any later one holds its first n postings.
 func (p *postings) published() []posting {
 	n := p.n.Load()
-	if n == 0 {
-		return nil
-	}
 	return (*p.pub.Load())[:n]
 }
 
@@ -186,7 +195,10 @@ func (m *Mem) Lookup(key, fromSeq uint64, limit int) []Entry {
 		from = fromSeq - base
 	}
 	i := sort.Search(len(ps), func(i int) bool { return uint64(ps[i].delta) >= from })
-	ps = ps[i:min(len(ps), i+limit)]
+	ps = ps[i:]
+	if len(ps) > limit {
+		ps = ps[:limit]
+	}
 	if len(ps) == 0 {
 		return nil
 	}

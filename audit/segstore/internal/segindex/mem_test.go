@@ -1,6 +1,7 @@
 package segindex
 
 import (
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,7 @@ func TestMem(t *testing.T) {
 		{"few hits", execKey, 0, 10, 3},
 		{"few hits from the middle", execKey, 301, 10, 2},
 		{"few hits limited", execKey, 0, 1, 1},
+		{"largest limit", execKey, 301, math.MaxInt, 2},
 		{"from past the hits", execKey, 303, 10, 0},
 		{"zero limit", execKey, 0, 0, 0},
 		{"many hits", typeKey, 0, 1000, 600},

@@ -154,9 +154,10 @@ func (r *Run) Verify() error {
 }
 
 // Lookup returns the entries with Key key and Seq >= fromSeq, in ascending
-// Seq, at most limit of them (none if limit <= 0). It bisects from the fence
-// with small reads, then reads the hits sequentially: about
-// log2(stride/window) + 1 reads for a key with few entries.
+// Seq, at most limit of them (none if limit <= 0). It finds the stride of
+// 1024 entries that holds the first hit in the fence, bisects it on disk with
+// 3 small reads, then reads the hits sequentially: 4 reads for a key with
+// few entries, whatever the size of the run.
 func (r *Run) Lookup(key, fromSeq uint64, limit int) ([]Entry, error) {
 	if limit <= 0 || r.count == 0 {
 		return nil, nil
@@ -216,6 +217,9 @@ func (r *Run) Lookup(key, fromSeq uint64, limit int) ([]Entry, error) {
 			e := getEntry(buf[j*entrySize:])
 			if e.Key != key {
 				return out, nil
+			}
+			if out == nil {
+				out = make([]Entry, 0, min(limit, 16)) // most keys have few entries per run
 			}
 			out = append(out, e)
 			if len(out) == limit {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,6 +36,7 @@ func TestRunLookup(t *testing.T) {
 		{"few hits", execKey, 0, 10, 3},
 		{"few hits from the middle", execKey, 301, 10, 2},
 		{"few hits limited", execKey, 0, 2, 2},
+		{"largest limit", execKey, 301, math.MaxInt, 2},
 		{"from past the hits", execKey, 303, 10, 0},
 		{"zero limit", execKey, 0, 0, 0},
 		{"many hits", typeKey, 0, 1000, 200},
