@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -20,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/internal/testkit"
@@ -246,40 +243,10 @@ func TestServeShutdownCancelsCallsAfterGrace(t *testing.T) {
 func executions(t *testing.T, path string) map[string][]stage4v1.AuditEventType {
 	t.Helper()
 	types := map[string][]stage4v1.AuditEventType{}
-	for _, line := range logRecords(t, path) {
+	for _, line := range testkit.LogLines(t, path) {
 		ev := &stage4v1.AuditEvent{}
 		require.NoError(t, protojson.Unmarshal(line, ev))
 		types[ev.GetExecutionId()] = append(types[ev.GetExecutionId()], ev.GetType())
 	}
 	return types
-}
-
-// logRecords reads the records of the audit log at path, a log directory
-// or a single file, behind stage4's back.
-func logRecords(t *testing.T, path string) [][]byte {
-	t.Helper()
-	var data []byte
-	if segstore.IsDir(path) {
-		// The segments in log order (their names are their zero-padded
-		// first sequence), each up to the zeros of its preallocated end.
-		names, err := filepath.Glob(filepath.Join(path, "[0-9]*"+segstore.SegmentExt))
-		require.NoError(t, err)
-		for _, name := range names {
-			seg, err := os.ReadFile(name)
-			require.NoError(t, err)
-			if i := bytes.IndexByte(seg, 0); i >= 0 {
-				seg = seg[:i]
-			}
-			data = append(data, seg...)
-		}
-	} else {
-		var err error
-		data, err = os.ReadFile(path)
-		require.NoError(t, err)
-	}
-	var lines [][]byte
-	for line := range bytes.Lines(data) {
-		lines = append(lines, bytes.TrimSuffix(line, []byte("\n")))
-	}
-	return lines
 }

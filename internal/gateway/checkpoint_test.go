@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"log/slog"
@@ -43,30 +42,7 @@ func writeSigningKey(t *testing.T, name string) (string, note.Verifier) {
 func recordLines(t *testing.T, auditLog string) [][]byte {
 	t.Helper()
 	if !gateway.IsDatabaseURL(auditLog) {
-		var data []byte
-		if segstore.IsDir(auditLog) {
-			// The segments in order (their names are their first sequence,
-			// zero-padded), each up to the zeros of its preallocated end.
-			names, err := filepath.Glob(filepath.Join(auditLog, "[0-9]*"+segstore.SegmentExt))
-			require.NoError(t, err)
-			for _, name := range names {
-				seg, err := os.ReadFile(name)
-				require.NoError(t, err)
-				if i := bytes.IndexByte(seg, 0); i >= 0 {
-					seg = seg[:i]
-				}
-				data = append(data, seg...)
-			}
-		} else {
-			var err error
-			data, err = os.ReadFile(auditLog)
-			require.NoError(t, err)
-		}
-		var lines [][]byte
-		for line := range bytes.Lines(data) {
-			lines = append(lines, bytes.TrimSuffix(line, []byte("\n")))
-		}
-		return lines
+		return testkit.LogLines(t, auditLog)
 	}
 	conn, err := pgx.Connect(testContext(t), auditLog)
 	require.NoError(t, err)

@@ -1,6 +1,8 @@
 // Package testkit holds what the tests of several packages share: a plan
-// the reference Stage-3 executes, and a single-file audit log's file
-// (audit/filestore) that fails on demand. It is imported by tests only.
+// the reference Stage-3 executes, a single-file audit log's file
+// (audit/filestore) that fails on demand, the records of a local log read
+// behind the server's back, and a disk that fills up. It is imported by
+// tests only.
 package testkit
 
 import (
