@@ -36,23 +36,24 @@ func (m *memIndex) add(r *audit.Record, offset int64) {
 }
 
 func (m *memIndex) addFields(seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) {
+	// On the stack: this runs for every record appended.
+	var buf [4]segindex.Entry
 	// Sequences only grow, which is all Add can refuse.
-	_ = m.m.Add(entries(seq, offset, t, executionID, planID, userID)...)
+	_ = m.m.Add(appendEntries(buf[:0], seq, offset, t, executionID, planID, userID)...)
 }
 
-// entries are the index entries of one record.
-func entries(seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) []segindex.Entry {
-	out := make([]segindex.Entry, 0, 4)
+// appendEntries appends the index entries of one record to dst.
+func appendEntries(dst []segindex.Entry, seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) []segindex.Entry {
 	off := uint32(offset)
-	for _, f := range []struct {
+	for _, f := range [...]struct {
 		field segindex.Field
 		value string
 	}{{segindex.ExecutionID, executionID}, {segindex.PlanID, planID}, {segindex.UserID, userID}} {
 		if f.value != "" {
-			out = append(out, segindex.Entry{Key: segindex.Key(f.field, f.value), Seq: seq, Offset: off})
+			dst = append(dst, segindex.Entry{Key: segindex.Key(f.field, f.value), Seq: seq, Offset: off})
 		}
 	}
-	return append(out, segindex.Entry{Key: typeKeys[t], Seq: seq, Offset: off})
+	return append(dst, segindex.Entry{Key: typeKeys[t], Seq: seq, Offset: off})
 }
 
 // indexer keeps the index runs of the sealed segments (in IndexDir): it
@@ -295,7 +296,7 @@ func (ix *indexer) readEntries(sl seal) ([]segindex.Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", SegmentName(sl.First), err)
 		}
-		list = append(list, entries(ev.GetSequence(), pos, ev.GetType(), ev.GetExecutionId(), ev.GetPlanId(), ev.GetUserId())...)
+		list = appendEntries(list, ev.GetSequence(), pos, ev.GetType(), ev.GetExecutionId(), ev.GetPlanId(), ev.GetUserId())
 		pos += int64(len(line))
 	}
 	return list, nil

@@ -49,6 +49,17 @@ func execute(t *testing.T, s *segstore.Store, n int) {
 	}
 }
 
+// writeLog writes n completed executions into a log in dir and closes
+// it.
+func writeLog(t *testing.T, dir string, n int, opts ...segstore.Option) {
+	t.Helper()
+	s := open(t, dir, opts...)
+	for i := range n {
+		execute(t, s, i)
+	}
+	require.NoError(t, s.Close())
+}
+
 func appendEvent(t *testing.T, s *segstore.Store, durable bool, ev *stage4v1.AuditEvent) {
 	t.Helper()
 	err := s.Append(context.Background(), durable, func(h audit.Head) ([]audit.Record, error) {
@@ -141,11 +152,7 @@ func TestSegmentsChainAcrossAndOpenReadsOnlyTheActiveOne(t *testing.T) {
 func TestOpenTrustsSealedSegmentsAndVerifyDoesNot(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 60 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 60, small...)
 	segs := segments(t, dir)
 	flip := func(path string) {
 		data, err := os.ReadFile(path)
@@ -162,7 +169,7 @@ func TestOpenTrustsSealedSegmentsAndVerifyDoesNot(t *testing.T) {
 	_, err = segstore.VerifySegment(segs[1])
 	require.ErrorAs(t, err, &ce)
 
-	s = open(t, dir, small...)
+	s := open(t, dir, small...)
 	require.NoError(t, s.Close())
 
 	flip(segs[len(segs)-1])
@@ -208,11 +215,7 @@ func TestTornTailIsCleared(t *testing.T) {
 func TestArchivedSegments(t *testing.T) {
 	t.Parallel()
 	dir, archive := t.TempDir(), t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 60 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 60, small...)
 	segs := segments(t, dir)
 	moved := segs[:2]
 	for _, p := range moved {
@@ -226,7 +229,7 @@ func TestArchivedSegments(t *testing.T) {
 	first, _ := segstore.ParseSegmentName(filepath.Base(segs[2]))
 	require.Equal(t, first-1, res.Archived[1].Last)
 
-	s = open(t, dir, small...)
+	s := open(t, dir, small...)
 	require.Equal(t, 2, s.Recovery().ArchivedSegments)
 	all := list(t, s, audit.Query{PageSize: 50})
 	require.Len(t, all, 180-int(first-1))
@@ -324,11 +327,7 @@ func TestChangedSegmentFailsTheStore(t *testing.T) {
 func TestLostLogIsRefused(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 30 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 30, small...)
 	for _, p := range segments(t, dir) {
 		require.NoError(t, os.Remove(p))
 	}
@@ -336,7 +335,7 @@ func TestLostLogIsRefused(t *testing.T) {
 	_, err := segstore.Open(dir, small...)
 	require.ErrorIs(t, err, segstore.ErrHeadMismatch)
 
-	s = open(t, dir, append(small, segstore.WithNewLog())...)
+	s := open(t, dir, append(small, segstore.WithNewLog())...)
 	require.NotEmpty(t, s.Recovery().OldHeadFile)
 	execute(t, s, 0)
 }
@@ -401,11 +400,7 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 func TestVerifyDirNoticesALostEnd(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 20 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 20, small...)
 	segs := segments(t, dir)
 	active := segs[len(segs)-1]
 	require.NoError(t, os.Rename(active, filepath.Join(t.TempDir(), "kept")))
@@ -430,11 +425,7 @@ func TestVerifyRefusesWhatIsNotALog(t *testing.T) {
 	require.ErrorContains(t, err, "holds no audit log")
 
 	dir := t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 20 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 20, small...)
 	seg := segments(t, dir)[1]
 	data, err := os.ReadFile(seg)
 	require.NoError(t, err)
@@ -603,11 +594,7 @@ func TestInterruptedAcrossSeals(t *testing.T) {
 func TestVerifyDirInParallel(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	s := open(t, dir, small...)
-	for i := range 60 {
-		execute(t, s, i)
-	}
-	require.NoError(t, s.Close())
+	writeLog(t, dir, 60, small...)
 	inOrder := audit.WithLineFunc(func(uint64, []byte) {}) // a callback: in log order
 	check := func() {
 		t.Helper()
