@@ -1,6 +1,7 @@
 package segstore
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -272,7 +273,7 @@ func (ix *indexer) writePending(p pending) error {
 	ix.pending[0] = pending{}
 	ix.pending = ix.pending[1:]
 	i, _ := slices.BinarySearchFunc(ix.runs, r.First(), func(lr *liveRun, first uint64) int {
-		return cmpUint(lr.First(), first)
+		return cmp.Compare(lr.First(), first)
 	})
 	ix.runs = slices.Insert(ix.runs, i, &liveRun{Run: r})
 	return nil
@@ -335,7 +336,7 @@ func (ix *indexer) merge(infos []segindex.RunInfo) error {
 		kept = append(kept, r)
 	}
 	i, _ := slices.BinarySearchFunc(kept, merged.First(), func(lr *liveRun, first uint64) int {
-		return cmpUint(lr.First(), first)
+		return cmp.Compare(lr.First(), first)
 	})
 	ix.runs = slices.Insert(kept, i, &liveRun{Run: merged})
 	ix.mu.Unlock()
@@ -346,16 +347,6 @@ func (ix *indexer) merge(infos []segindex.RunInfo) error {
 		}
 	}
 	return nil
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // source is where lookups find the records of a range of sequences.
@@ -382,7 +373,7 @@ func (ix *indexer) sources(from uint64) []source {
 			out = append(out, source{first: p.seal.First, last: p.seal.Last, mem: p.mem, scan: p.mem == nil})
 		}
 	}
-	slices.SortFunc(out, func(a, b source) int { return cmpUint(a.first, b.first) })
+	slices.SortFunc(out, func(a, b source) int { return cmp.Compare(a.first, b.first) })
 	return out
 }
 
