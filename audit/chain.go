@@ -3,8 +3,6 @@ package audit
 import (
 	"crypto/sha256"
 	"fmt"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // ChainChecker checks records one by one in log order, from sequence 1
@@ -35,27 +33,27 @@ func NewChainChecker(opts ...VerifyOption) *ChainChecker {
 // of the chain. On success it returns the decoded event and advances; on
 // failure it returns a *ChainError for the sequence the record should have
 // had and stays where it was.
-func (c *ChainChecker) Check(line []byte) (*stage4v1.AuditEvent, error) {
+func (c *ChainChecker) Check(line []byte) (Event, error) {
 	want := c.head.Sequence + 1
 	ev, sum, reason := parseRecord(line)
 	switch {
 	case reason != "":
-	case ev.GetSequence() < want && ev.GetSequence() > 0:
-		reason = fmt.Sprintf("sequence gap: found sequence %d again (a duplicated or replayed record)", ev.GetSequence())
-	case ev.GetSequence() != want:
-		reason = fmt.Sprintf("sequence gap: found sequence %d", ev.GetSequence())
-	case ev.GetPreviousHash() != formatHash(&c.head.Hash):
+	case ev.Sequence < want && ev.Sequence > 0:
+		reason = fmt.Sprintf("sequence gap: found sequence %d again (a duplicated or replayed record)", ev.Sequence)
+	case ev.Sequence != want:
+		reason = fmt.Sprintf("sequence gap: found sequence %d", ev.Sequence)
+	case ev.PreviousHash != formatHash(&c.head.Hash):
 		reason = "previous_hash does not match the hash of the record before (a fork or a changed record)"
 	}
 	if reason != "" {
-		return nil, &ChainError{Sequence: want, Reason: reason}
+		return Event{}, &ChainError{Sequence: want, Reason: reason}
 	}
 	c.head = Head{Sequence: want, Hash: sum}
 	if c.cfg.onLine != nil {
 		c.cfg.onLine(want, line)
 	}
 	if c.cfg.onRecord != nil {
-		c.cfg.onRecord(ev)
+		c.cfg.onRecord(&ev)
 	}
 	return ev, nil
 }
@@ -66,10 +64,10 @@ func (c *ChainChecker) Head() Head { return c.head }
 // ParseRecord checks that line (one record without its newline) carries the
 // hash of its own bytes and decodes it. It does not check the record's
 // place in a chain; ChainChecker does.
-func ParseRecord(line []byte) (*stage4v1.AuditEvent, [sha256.Size]byte, error) {
+func ParseRecord(line []byte) (Event, [sha256.Size]byte, error) {
 	ev, sum, reason := parseRecord(line)
 	if reason != "" {
-		return nil, sum, fmt.Errorf("%w: %s", ErrDataLoss, reason)
+		return Event{}, sum, fmt.Errorf("%w: %s", ErrDataLoss, reason)
 	}
 	return ev, sum, nil
 }
@@ -77,3 +75,6 @@ func ParseRecord(line []byte) (*stage4v1.AuditEvent, [sha256.Size]byte, error) {
 // FormatHash renders a hash as records carry it: "sha256:" and 64
 // lowercase hex digits.
 func FormatHash(sum [sha256.Size]byte) string { return formatHash(&sum) }
+
+// ParseHash parses a hash as records carry it (FormatHash).
+func ParseHash(s string) ([sha256.Size]byte, error) { return parseHash(s) }

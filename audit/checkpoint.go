@@ -2,13 +2,11 @@ package audit
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -116,141 +114,4 @@ func parseCheckpointText(text string) (Checkpoint, error) {
 	cp := Checkpoint{Origin: lines[0], TreeHead: TreeHead{Size: size}}
 	copy(cp.Root[:], root)
 	return cp, nil
-}
-
-// WithCheckpointSigner lets the log sign checkpoints with signer (see
-// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey.
-func WithCheckpointSigner(signer note.Signer) Option {
-	return func(c *logConfig) { c.signer = signer }
-}
-
-// Tree returns the tree over the log's durable records: the largest tree
-// a checkpoint may be signed for, and for which proofs can be made.
-func (l *Log) Tree(ctx context.Context) (TreeHead, error) {
-	if l.isClosed() {
-		return TreeHead{}, ErrClosed
-	}
-	head, err := l.store.DurableHead(ctx)
-	if err != nil {
-		return TreeHead{}, fmt.Errorf("durable audit tree: %w", err)
-	}
-	root, err := TreeRoot(int64(head.Sequence), head.Tree)
-	if err != nil {
-		return TreeHead{}, fmt.Errorf("%w: durable audit tree: %w", ErrDataLoss, err)
-	}
-	return TreeHead{Size: head.Sequence, Root: root}, nil
-}
-
-// ReadHashes returns the tree's stored hashes at indexes, of durable
-// records only (see Store.ReadHashes).
-func (l *Log) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error) {
-	if l.isClosed() {
-		return nil, ErrClosed
-	}
-	return l.store.ReadHashes(ctx, indexes)
-}
-
-// hashReader is the tlog.HashReader of the log's durable tree; ctx bounds
-// its reads.
-func (l *Log) hashReader(ctx context.Context) tlog.HashReader {
-	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
-		return l.ReadHashes(ctx, indexes)
-	})
-}
-
-// Checkpoint returns the latest signed checkpoint, whichever process of
-// the store signed it: ErrNoSigningKey without WithCheckpointSigner,
-// ErrNoCheckpoint before the first.
-func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
-	if l.cfg.signer == nil {
-		return nil, ErrNoSigningKey
-	}
-	if l.isClosed() {
-		return nil, ErrClosed
-	}
-	return l.store.LoadCheckpoint(ctx)
-}
-
-// checkpointer is the log's record of what it signed.
-type checkpointer struct {
-	mu      sync.Mutex
-	checked bool   // the stored checkpoint was checked against the tree
-	signed  uint64 // the size of the latest checkpoint stored
-	any     bool   // a checkpoint is stored
-}
-
-// SignCheckpoint signs and stores a checkpoint of the durable tree when it
-// grew since the latest stored checkpoint (or none is stored yet), and
-// returns the tree and whether it signed. The first call checks that the
-// durable tree extends the latest stored checkpoint (root and size) and
-// fails with ErrCheckpointMismatch when it does not: signing on would
-// sign a fork of what auditors hold. The gateway calls it periodically
-// and once more at shutdown.
-func (l *Log) SignCheckpoint(ctx context.Context) (TreeHead, bool, error) {
-	if l.cfg.signer == nil {
-		return TreeHead{}, false, ErrNoSigningKey
-	}
-	c := &l.checkpoints
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	th, err := l.Tree(ctx)
-	if err != nil {
-		return TreeHead{}, false, err
-	}
-	if !c.checked {
-		if err := l.checkStoredCheckpoint(ctx, th); err != nil {
-			return th, false, err
-		}
-		c.checked = true
-	}
-	if c.any && th.Size <= c.signed {
-		return th, false, nil
-	}
-	msg, err := SignCheckpoint(l.cfg.signer, th)
-	if err != nil {
-		return th, false, err
-	}
-	if err := l.store.SaveCheckpoint(ctx, th.Size, msg); err != nil {
-		return th, false, fmt.Errorf("save checkpoint: %w", err)
-	}
-	c.signed, c.any = th.Size, true
-	return th, true, nil
-}
-
-// checkStoredCheckpoint compares the latest stored checkpoint with the
-// durable tree th and notes its size. The caller holds checkpoints.mu.
-func (l *Log) checkStoredCheckpoint(ctx context.Context, th TreeHead) error {
-	msg, err := l.store.LoadCheckpoint(ctx)
-	if errors.Is(err, ErrNoCheckpoint) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("load checkpoint: %w", err)
-	}
-	cp, err := ParseCheckpoint(msg)
-	if err != nil {
-		return fmt.Errorf("%w: the stored checkpoint: %w", ErrCheckpointMismatch, err)
-	}
-	if cp.Size > th.Size {
-		return fmt.Errorf("%w: it names %d records, the log holds %d", ErrCheckpointMismatch, cp.Size, th.Size)
-	}
-	root, err := tlog.TreeHash(int64(cp.Size), l.hashReader(ctx))
-	if err != nil {
-		return fmt.Errorf("tree hash at the latest checkpoint's size %d: %w", cp.Size, err)
-	}
-	if root != cp.Root {
-		return fmt.Errorf("%w: the tree of its %d records has root %s, the checkpoint %s", ErrCheckpointMismatch, cp.Size, root, cp.Root)
-	}
-	l.checkpoints.signed, l.checkpoints.any = cp.Size, true
-	return nil
-}
-
-// isClosed reports whether Close has begun.
-func (l *Log) isClosed() bool {
-	select {
-	case <-l.closing:
-		return true
-	default:
-		return false
-	}
 }

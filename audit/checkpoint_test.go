@@ -3,8 +3,6 @@ package audit_test
 import (
 	"context"
 	"crypto/rand"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,8 +11,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/audit/memstore"
 )
 
 // newKey makes a signing key pair named name.
@@ -77,9 +74,9 @@ func TestCheckpointFormat(t *testing.T) {
 // only when the durable tree grew; its root is tlog's over the records.
 func TestSignCheckpoint(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	st := memstore.NewStorage()
 	signer, verifier := newKey(t, "stage4.test/log")
-	lg := openLog(t, path, audit.WithCheckpointSigner(signer))
+	lg := openLog(t, st, audit.WithCheckpointSigner(signer))
 	ctx := context.Background()
 
 	th, signed, err := lg.SignCheckpoint(ctx)
@@ -87,7 +84,7 @@ func TestSignCheckpoint(t *testing.T) {
 	require.True(t, signed, "the first call signs, even the empty tree")
 	require.Equal(t, uint64(0), th.Size)
 	for range 5 {
-		_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, ExecutionId: "e"})
+		_, err := lg.Append(ctx, audit.Event{Type: audit.PlanReceived, ExecutionID: "e"})
 		require.NoError(t, err)
 	}
 	th, signed, err = lg.SignCheckpoint(ctx)
@@ -103,7 +100,7 @@ func TestSignCheckpoint(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, th, cp.TreeHead)
 	require.Equal(t, uint64(5), cp.Size)
-	require.Equal(t, rootOfLog(t, path, 5), cp.Root)
+	require.Equal(t, rootOfLog(t, st, 5), cp.Root)
 }
 
 // TestSignCheckpointRefusesAForkedLog: a log rewritten (and rehashed)
@@ -111,64 +108,61 @@ func TestSignCheckpoint(t *testing.T) {
 // would be a fork of the one auditors hold.
 func TestSignCheckpointRefusesAForkedLog(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "audit.jsonl")
+	st := memstore.NewStorage()
 	signer, _ := newKey(t, "stage4.test/log")
-	lg := openLog(t, path, audit.WithCheckpointSigner(signer))
+	lg := openLog(t, st, audit.WithCheckpointSigner(signer))
 	ctx := context.Background()
 	for range 3 {
-		_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, ExecutionId: "e"})
+		_, err := lg.Append(ctx, audit.Event{Type: audit.PlanReceived, ExecutionID: "e"})
 		require.NoError(t, err)
 	}
 	_, _, err := lg.SignCheckpoint(ctx)
 	require.NoError(t, err)
+	cp, err := lg.Checkpoint(ctx)
+	require.NoError(t, err)
 	require.NoError(t, lg.Close())
 
 	// Another log of three records, under the old checkpoint.
-	other := filepath.Join(dir, "other.jsonl")
+	other := memstore.NewStorage()
 	olg := openLog(t, other)
 	for range 3 {
-		_, err := olg.Append(ctx, &stage4v1.AuditEvent{Type: stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, ExecutionId: "x"})
+		_, err := olg.Append(ctx, audit.Event{Type: audit.PlanReceived, ExecutionID: "x"})
 		require.NoError(t, err)
 	}
 	require.NoError(t, olg.Close())
-	for _, suffix := range []string{"", filestore.HeadSuffix, filestore.TreeSuffix} {
-		require.NoError(t, os.Rename(other+suffix, path+suffix))
-	}
+	s := memstore.Open(other, "")
+	require.NoError(t, s.SaveCheckpoint(ctx, 3, cp))
+	require.NoError(t, s.Close())
 
-	lg = openLog(t, path, audit.WithCheckpointSigner(signer))
+	lg = openLog(t, other, audit.WithCheckpointSigner(signer))
 	_, _, err = lg.SignCheckpoint(ctx)
 	require.ErrorIs(t, err, audit.ErrCheckpointMismatch)
 }
 
 func TestCheckpointWithoutKey(t *testing.T) {
 	t.Parallel()
-	lg := openLog(t, filepath.Join(t.TempDir(), "audit.jsonl"))
+	lg := openLog(t, memstore.NewStorage())
 	_, err := lg.Checkpoint(context.Background())
 	require.ErrorIs(t, err, audit.ErrNoSigningKey)
 	_, _, err = lg.SignCheckpoint(context.Background())
 	require.ErrorIs(t, err, audit.ErrNoSigningKey)
 }
 
-func openLog(t *testing.T, path string, opts ...audit.Option) *audit.Log {
+func openLog(t *testing.T, st *memstore.Storage, opts ...audit.Option) *audit.Log {
 	t.Helper()
-	s, err := filestore.Open(path)
-	require.NoError(t, err)
-	lg, err := audit.New(s, opts...)
+	lg, err := audit.New(memstore.Open(st, ""), opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { lg.Close() })
 	return lg
 }
 
 // rootOfLog computes with tlog alone the root of the tree over the first
-// n records of the log file at path.
-func rootOfLog(t *testing.T, path string, n int) tlog.Hash {
+// n records of the log in st.
+func rootOfLog(t *testing.T, st *memstore.Storage, n int) tlog.Hash {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
 	var all hashList
-	for i, line := range strings.SplitAfterN(string(data), "\n", n+1)[:n] {
-		hashes, err := tlog.StoredHashes(int64(i), []byte(strings.TrimSuffix(line, "\n")), all)
+	for i, r := range st.Records()[:n] {
+		hashes, err := tlog.StoredHashes(int64(i), r.Line, all)
 		require.NoError(t, err)
 		all = append(all, hashes...)
 	}

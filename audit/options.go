@@ -5,8 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // Option configures New.
@@ -24,9 +23,10 @@ func WithRegisterer(r prometheus.Registerer) Option {
 // WithHealthFunc calls f with the cause when the log turns unhealthy (an
 // append failed, or a ping of the store did) and with nil when a ping
 // succeeds again, so that the server can report NOT_SERVING before any
-// caller sees the error. A store that failed for good (a file) never turns
-// healthy again. f is called on the log's own goroutines and must neither
-// block nor call Append.
+// caller sees the error. A store that failed for good (a local log after a
+// failed fsync) never turns healthy again. f is called on the log's own
+// goroutines, in the order of the transitions, and must neither block nor
+// call Append.
 func WithHealthFunc(f func(err error)) Option {
 	return func(c *logConfig) { c.onHealth = f }
 }
@@ -65,6 +65,45 @@ func WithSweepInterval(d time.Duration) Option {
 	return func(c *logConfig) { c.sweepInterval = d }
 }
 
+// WithCheckpointSigner lets the log sign checkpoints with signer (see
+// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey.
+func WithCheckpointSigner(signer note.Signer) Option {
+	return func(c *logConfig) { c.signer = signer }
+}
+
+// WithMaxScanned bounds the records (and index entries) that one List
+// call lets its store read to fill a page (Query.MaxScanned); past it the
+// page ends early with a token to continue. 0, the default, sets no bound.
+func WithMaxScanned(n int) Option {
+	return func(c *logConfig) { c.maxScanned = n }
+}
+
+// logConfig is what Options set.
+type logConfig struct {
+	registerer    promRegisterer
+	onHealth      func(error)
+	logger        *slog.Logger
+	openFor       time.Duration
+	appendTimeout time.Duration
+	pingInterval  time.Duration
+	sweepInterval time.Duration
+	signer        note.Signer
+	maxScanned    int
+}
+
+func defaultLogConfig() logConfig {
+	return logConfig{
+		openFor:       DefaultOpenFor,
+		appendTimeout: 10 * time.Second,
+		pingInterval:  time.Second,
+		sweepInterval: 10 * time.Second,
+	}
+}
+
+// DefaultOpenFor is how long, by default, an execution may run after its
+// last non-terminal event; see WithOpenFor.
+const DefaultOpenFor = 5 * time.Minute
+
 // VerifyOption configures Verify.
 type VerifyOption func(*verifyConfig)
 
@@ -72,7 +111,7 @@ type verifyConfig struct {
 	progress func(bytesRead int64)
 	// onRecord sees every good record; the file store uses it to find
 	// executions left without a terminal event.
-	onRecord func(*stage4v1.AuditEvent)
+	onRecord func(*Event)
 	// onLine sees every good record's bytes; stores use it to recompute
 	// tree hashes, verifiers to rehash the log.
 	onLine func(seq uint64, line []byte)
@@ -89,7 +128,7 @@ func WithProgress(f func(bytesRead int64)) VerifyOption {
 
 // WithRecordFunc calls f with every good record, in order, as Verify or a
 // ChainChecker passes it.
-func WithRecordFunc(f func(*stage4v1.AuditEvent)) VerifyOption {
+func WithRecordFunc(f func(*Event)) VerifyOption {
 	return func(c *verifyConfig) { c.onRecord = f }
 }
 

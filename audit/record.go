@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -11,11 +12,6 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // GenesisHash is the previous_hash of the first record: "sha256:" and 64
@@ -42,23 +38,21 @@ var errInvalidUTF8 = errors.New("string is not valid UTF-8")
 // encodeFields renders the members of ev that its author chooses, from "type"
 // to "details", each followed by a comma. It runs on the caller's goroutine
 // so that the single writer only adds sequence, time and the hashes.
-func encodeFields(b []byte, ev *stage4v1.AuditEvent) ([]byte, error) {
-	t := ev.GetType()
-	name, ok := stage4v1.AuditEventType_name[int32(t)]
-	if !ok || t == stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
-		return nil, fmt.Errorf("invalid event type %d", t)
+func encodeFields(b []byte, ev *Event) ([]byte, error) {
+	if !ev.Type.Defined() || ev.Type == TypeUnspecified {
+		return nil, fmt.Errorf("invalid event type %d", ev.Type)
 	}
 	e := encoder{b: b}
 	e.raw(`"type":"`)
-	e.raw(name)
+	e.raw(typeNames[ev.Type])
 	e.raw(`","execution_id":`)
-	e.str(ev.GetExecutionId())
+	e.str(ev.ExecutionID)
 	e.raw(`,"plan_id":`)
-	e.str(ev.GetPlanId())
+	e.str(ev.PlanID)
 	e.raw(`,"user_id":`)
-	e.str(ev.GetUserId())
+	e.str(ev.UserID)
 	e.raw(`,"details":`)
-	e.object(ev.GetDetails())
+	e.object(ev.Details)
 	e.raw(",")
 	return e.b, e.err
 }
@@ -85,28 +79,78 @@ func appendRecord(b []byte, seq uint64, t time.Time, fields []byte, prev *[sha25
 }
 
 // parseRecord checks that line (without its newline) carries the hash of its
-// own bytes and decodes it. It returns a reason for the verifier on failure.
-func parseRecord(line []byte) (*stage4v1.AuditEvent, [sha256.Size]byte, string) {
+// own bytes and is the canonical encoding of what it says (the very bytes
+// the writer makes of it: members in order, nothing added, nothing
+// duplicated), and decodes it. It returns a reason for the verifier on
+// failure.
+func parseRecord(line []byte) (Event, [sha256.Size]byte, string) {
 	var sum [sha256.Size]byte
 	n := len(line) - hashMemberLen
 	if n < 1 || !bytes.HasPrefix(line[n:], []byte(hashMemberOpen)) || !bytes.HasSuffix(line, []byte(hashMemberClose)) {
-		return nil, sum, "unparsable line: it does not end with the hash member"
+		return Event{}, sum, "unparsable line: it does not end with the hash member"
 	}
 	hexSum := line[n+len(hashMemberOpen) : len(line)-len(hashMemberClose)]
 	if _, err := hex.Decode(sum[:], hexSum); err != nil || !isLowerHex(hexSum) {
-		return nil, sum, "unparsable line: the hash is not 64 lowercase hex digits"
+		return Event{}, sum, "unparsable line: the hash is not 64 lowercase hex digits"
 	}
 	h := sha256.New()
 	h.Write(line[:n])
 	h.Write([]byte("}"))
 	if !bytes.Equal(h.Sum(nil), sum[:]) {
-		return nil, sum, "hash mismatch: the record was altered"
+		return Event{}, sum, "hash mismatch: the record was altered"
 	}
-	ev := &stage4v1.AuditEvent{}
-	if err := protojson.Unmarshal(line, ev); err != nil {
-		return nil, sum, "unparsable line: " + err.Error()
+	var r struct {
+		Sequence     uint64         `json:"sequence"`
+		Time         time.Time      `json:"time"`
+		Type         string         `json:"type"`
+		ExecutionID  string         `json:"execution_id"`
+		PlanID       string         `json:"plan_id"`
+		UserID       string         `json:"user_id"`
+		Details      map[string]any `json:"details"`
+		PreviousHash string         `json:"previous_hash"`
+		Hash         string         `json:"hash"`
+	}
+	if err := json.Unmarshal(line, &r); err != nil {
+		return Event{}, sum, "unparsable line: " + err.Error()
+	}
+	t, ok := ParseEventType(r.Type)
+	if !ok {
+		return Event{}, sum, fmt.Sprintf("unparsable line: unknown type %q", r.Type)
+	}
+	prev, err := parseHash(r.PreviousHash)
+	if err != nil {
+		return Event{}, sum, "unparsable line: previous_hash: " + err.Error()
+	}
+	ev := Event{
+		Sequence: r.Sequence, Time: r.Time, Type: t,
+		ExecutionID: r.ExecutionID, PlanID: r.PlanID, UserID: r.UserID, Details: r.Details,
+		PreviousHash: r.PreviousHash, Hash: r.Hash,
+	}
+	// The record must be exactly what the writer makes of its contents:
+	// JSON decoding alone would accept members twice, unknown members or
+	// another layout, which readers of the bytes (an index, a verifier in
+	// another language) could read differently.
+	fields, err := encodeFields(make([]byte, 0, len(line)), &ev)
+	if err != nil {
+		return Event{}, sum, "unparsable line: " + err.Error()
+	}
+	canonical, _ := appendRecord(make([]byte, 0, len(line)+1), ev.Sequence, ev.Time, fields, &prev)
+	if !bytes.Equal(canonical[:len(canonical)-1], line) {
+		return Event{}, sum, "unparsable line: not in the canonical record encoding (members out of order, added, repeated or spaced)"
 	}
 	return ev, sum, ""
+}
+
+// parseHash parses a hash as records carry it: "sha256:" and 64 lowercase
+// hex digits.
+func parseHash(s string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	hexSum, ok := bytes.CutPrefix([]byte(s), []byte(hashPrefix))
+	if !ok || len(hexSum) != 2*sha256.Size || !isLowerHex(hexSum) {
+		return sum, fmt.Errorf("bad hash %q", s)
+	}
+	_, err := hex.Decode(sum[:], hexSum)
+	return sum, err
 }
 
 func isLowerHex(b []byte) bool {
@@ -158,10 +202,10 @@ func (e *encoder) str(s string) {
 	e.b = append(e.b, '"')
 }
 
-// object writes s with its keys in byte order; a nil s is {}.
-func (e *encoder) object(s *structpb.Struct) {
-	keys := make([]string, 0, len(s.GetFields()))
-	for k := range s.GetFields() {
+// object writes d with its keys in byte order; a nil d is {}.
+func (e *encoder) object(d map[string]any) {
+	keys := make([]string, 0, len(d))
+	for k := range d {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
@@ -172,34 +216,52 @@ func (e *encoder) object(s *structpb.Struct) {
 		}
 		e.str(k)
 		e.b = append(e.b, ':')
-		e.value(s.GetFields()[k])
+		e.value(d[k])
 	}
 	e.b = append(e.b, '}')
 }
 
-func (e *encoder) value(v *structpb.Value) {
-	switch k := v.GetKind().(type) {
-	case *structpb.Value_NullValue:
+// value writes one JSON value of Details. Integers are written as the
+// float64 they become when read back, so that a record reads back to
+// exactly its bytes.
+func (e *encoder) value(v any) {
+	switch v := v.(type) {
+	case nil:
 		e.raw("null")
-	case *structpb.Value_BoolValue:
-		e.b = strconv.AppendBool(e.b, k.BoolValue)
-	case *structpb.Value_NumberValue:
-		e.number(k.NumberValue)
-	case *structpb.Value_StringValue:
-		e.str(k.StringValue)
-	case *structpb.Value_StructValue:
-		e.object(k.StructValue)
-	case *structpb.Value_ListValue:
+	case bool:
+		e.b = strconv.AppendBool(e.b, v)
+	case float64:
+		e.number(v)
+	case int:
+		e.number(float64(v))
+	case int64:
+		e.number(float64(v))
+	case uint64:
+		e.number(float64(v))
+	case string:
+		e.str(v)
+	case map[string]any:
+		e.object(v)
+	case []any:
 		e.b = append(e.b, '[')
-		for i, item := range k.ListValue.GetValues() {
+		for i, item := range v {
 			if i > 0 {
 				e.b = append(e.b, ',')
 			}
 			e.value(item)
 		}
 		e.b = append(e.b, ']')
+	case []string:
+		e.b = append(e.b, '[')
+		for i, item := range v {
+			if i > 0 {
+				e.b = append(e.b, ',')
+			}
+			e.str(item)
+		}
+		e.b = append(e.b, ']')
 	default:
-		e.err = errors.New("details value without a kind")
+		e.err = fmt.Errorf("details value of type %T is not a JSON value", v)
 	}
 }
 

@@ -3,8 +3,6 @@ package audit
 import (
 	"fmt"
 	"time"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // RenderRecords renders events as the records that follow head, all with
@@ -14,14 +12,15 @@ import (
 // members are ignored.
 // Stores and their tests use it to make records exactly as a Log would;
 // OpenUntil is left zero.
-func RenderRecords(head Head, t time.Time, events []*stage4v1.AuditEvent) ([]Record, error) {
+func RenderRecords(head Head, t time.Time, events []Event) ([]Record, error) {
 	tree, err := newTreeEdge(int64(head.Sequence), head.Tree)
 	if err != nil {
 		return nil, fmt.Errorf("resume the audit tree: %w", err)
 	}
 	recs := make([]Record, len(events))
 	var buf []byte
-	for i, ev := range events {
+	for i := range events {
+		ev := &events[i]
 		fields, err := encodeFields(nil, ev)
 		if err != nil {
 			return nil, fmt.Errorf("encode audit event: %w", err)
@@ -39,15 +38,15 @@ func RenderRecords(head Head, t time.Time, events []*stage4v1.AuditEvent) ([]Rec
 }
 
 // newRecord describes the rendered line of ev, which is now the head.
-func newRecord(line []byte, head Head, t time.Time, ev *stage4v1.AuditEvent) Record {
+func newRecord(line []byte, head Head, t time.Time, ev *Event) Record {
 	return Record{
 		Line:        line,
 		Sequence:    head.Sequence,
 		Hash:        head.Hash,
 		Time:        t,
-		Type:        ev.GetType(),
-		ExecutionID: ev.GetExecutionId(),
-		PlanID:      ev.GetPlanId(),
-		UserID:      ev.GetUserId(),
+		Type:        ev.Type,
+		ExecutionID: ev.ExecutionID,
+		PlanID:      ev.PlanID,
+		UserID:      ev.UserID,
 	}
 }

@@ -3,88 +3,125 @@ package audit
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// Store keeps the records of one audit log: a local file (package
-// audit/filestore) or a PostgreSQL database shared by several replicas
-// (package audit/pgstore). Everything above it (the group commit, the hash
-// chain, the execution lifecycle, verification rules) is written once in
-// this package, so a store only has to keep records in order, durably,
-// and find them again. Package audit/storetest is the conformance suite
-// every store passes.
+// Store keeps the records of one audit log. Everything above it (event
+// encoding, the hash chain, the group commit, health, the execution
+// lifecycle, checkpoints, page tokens) is written once in this package, so
+// a store only keeps records in order, durably, and finds them again.
+// Stores register a Driver (see Register) and pass the conformance suite
+// in package audit/storetest, which has a test for every rule below:
 //
-// A Store is used by one Log; Append is never called concurrently.
+//  1. Append builds on the true head: build is called exactly once per
+//     attempt, with the store's current head, while the store holds
+//     whatever serialises appenders (a lock, a row lock shared by every
+//     replica); when build fails, nothing is stored. (AppendExtendsHead,
+//     BuildErrorStoresNothing)
+//  2. Durability: with durable set, Append returns nil only once the batch
+//     and every batch before it are durable; without it, the batch becomes
+//     durable no later than the next durable batch.
+//     (DurableAndNonDurableSurviveRestart)
+//  3. Honest failures: an error wrapping ErrUnavailable means nothing of
+//     the batch was stored; one wrapping ErrOutcomeUnknown means the store
+//     could not find out; in either case the next Append builds on the true
+//     head. (OutcomeUnknownThenTrueHead, where the store can be made to
+//     lose an answer)
+//  4. List returns only durable records, in sequence order, those that
+//     pass the filter, from the cursor on, and a cursor that continues
+//     exactly where the page ended, across restarts; a listing concurrent
+//     with appends sees whole batches only. (ListReturnsOnlyDurable,
+//     ListFilters, ListPaging, CursorSurvivesRestart,
+//     ListConcurrentWithAppend, ListScanBudget)
+//  5. ctx bounds every call: a call returns promptly once ctx is done, with
+//     an error wrapping ctx.Err() if it did not complete; storage that
+//     hangs cannot hold a call past its ctx. (ContextBoundsEveryCall,
+//     HungStorageIsBounded)
+//  6. Ping reports whether Append can succeed now, without waiting behind
+//     an append in progress: an error wrapping ErrUnavailable while it
+//     cannot. A store that failed for good keeps failing; one that can
+//     recover returns nil again once it has. (PingReportsFailure)
+//  7. Interrupted hands each open execution out once, to one process, and
+//     never while its owner may still be running it. (InterruptedAfterRestart,
+//     InterruptedClaimEndsWithClaimer, OpenUntilBoundsOtherReplicas)
+//  8. The tree: records keep their TreeHashes and ReadHashes returns them;
+//     DurableHead is the head after the durable records, with its edge; a
+//     hash beyond the durable tree is an error. (TreeHashesAndEdgeSurviveRestart,
+//     ReadHashesBeyondTheTreeFails, DurableHeadFollowsDurableAppends)
+//  9. SaveCheckpoint keeps the checkpoint of the largest tree.
+//     (CheckpointIsKept)
+//  10. FingerprintKey is 32 random bytes made at first use and kept.
+//     (FingerprintKeyIsKept)
+//  11. Close is idempotent; every other call after Close fails with
+//     ErrClosed. (CloseIsIdempotent, CallsAfterCloseFail)
+//
+// A Store is used by one Log: Append is never called concurrently, the
+// other methods may be, with Append and with each other.
 type Store interface {
+	Appender
+	Reader
+	CheckpointKeeper
+
+	// FingerprintKey returns the store's secret key for keyed fingerprints
+	// (HMAC-SHA256) of tokens and plans and for page tokens: 32 random
+	// bytes created at first use and kept with the store, so that every
+	// process sharing the store uses the same key and equal plans keep
+	// equal fingerprints across restarts. Whoever can read it can confirm
+	// guessed tokens and parameter values against the log.
+	FingerprintKey(ctx context.Context) ([]byte, error)
+
+	// Close releases the store. It is idempotent.
+	Close() error
+}
+
+// Appender is the writing side of a Store.
+type Appender interface {
 	// Append stores, as one atomic batch after every record already in the
-	// store, the records that build makes. build is called exactly once
-	// per attempt, with the store's current head, while the store holds
-	// whatever serialises appenders (an in-process lock, a row lock shared
-	// by every replica), so that the records extend the true head and no
-	// two batches can fork the chain or reuse a sequence number. When build
-	// returns an error, nothing is stored and Append returns that error.
-	// With the records the store keeps their TreeHashes and the tree's new
-	// edge (NextTree), in the same batch, and returns that edge in the
-	// next head's Tree.
-	//
-	// With durable set, Append returns nil only once the batch, and every
-	// batch before it, is durable. Without it, the batch may still be
-	// volatile when Append returns, but it becomes durable no later than
-	// the next durable batch: the log relies on this to make PLAN_RECEIVED
-	// durable with the event after it.
-	//
-	// When the store cannot tell whether a batch was stored (a connection
-	// lost during COMMIT), it must find out before it returns: nil if the
-	// batch is there, an error if it is not, and an error wrapping
-	// ErrOutcomeUnknown only if it still cannot tell. In every case the
-	// next Append extends the store's true head, whatever happened.
+	// store, the records that build makes (rules 1 to 3). With the
+	// records the store keeps their TreeHashes and the tree's new edge
+	// (NextTree), in the same batch, and returns that edge in the next
+	// head's Tree.
 	Append(ctx context.Context, durable bool, build func(Head) ([]Record, error)) error
 
-	// List returns one page of the records that match q, in sequence order.
-	// Only durable records are listed. Page tokens are the store's own,
-	// bound to q's filters (see Query.FilterDigest): a token issued for
-	// other filters, or by another log, fails with ErrInvalidPageToken.
-	List(ctx context.Context, q Query) (Page, error)
-
-	// Ping reports whether Append can succeed now. A store that failed for
-	// good (a file whose fsync failed) returns that failure forever; a
-	// store that can recover (a database that was unreachable) returns nil
-	// again once it has. The log pings its store about once a second and
-	// reports the answer as the gateway's health.
+	// Ping reports whether Append can succeed now (rule 6). The log pings
+	// its store about once a second and reports the answer as health.
 	Ping(ctx context.Context) error
 
 	// Interrupted returns, in the order of their first event, the
-	// executions that this process must now close with EXECUTION_FAILED of
-	// phase "interrupted": open executions (a
-	// PLAN_RECEIVED or EXECUTION_STARTED without a terminal event) of a
-	// process that stopped. Each open execution is returned exactly once,
-	// to exactly one process, across every process that shares the store,
-	// and never while the process that owns it may still be running it:
-	// a store shared by several replicas hands one out only once its
+	// executions that this process must now close with EXECUTION_FAILED
+	// of phase "interrupted": open executions (a PLAN_RECEIVED or
+	// EXECUTION_STARTED without a terminal event) of a process that
+	// stopped, or whose terminal event their owner could not store (rule
+	// 7). A store shared by several replicas hands one out only once its
 	// OpenUntil has passed and its owner is gone, or once the owner has
-	// restarted (see the store's documentation).
+	// restarted.
 	Interrupted(ctx context.Context) ([]OpenExecution, error)
+}
+
+// Reader is the reading side of a Store.
+type Reader interface {
+	// List returns one page of the durable records that match q (rule 4).
+	List(ctx context.Context, q Query) (Page, error)
 
 	// ReadHashes returns the Merkle tree's stored hashes at indexes
 	// (golang.org/x/mod/sumdb/tlog's stored-hash layout, see
 	// Record.TreeHashes), in the order asked. Callers ask only for hashes
-	// of a durable tree (indexes below tlog.StoredHashCount of DurableHead's
-	// Sequence), which tlog.ProveRecord and tlog.ProveTree do for a tree
-	// size within it. A hash that should be there and is not is an
-	// ErrDataLoss.
+	// of a durable tree (indexes below tlog.StoredHashCount of
+	// DurableHead's Sequence); a hash beyond it is an error, and one that
+	// should be there and is not is an ErrDataLoss.
 	ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error)
 
 	// DurableHead returns the head after the records that are durable now,
 	// with its tree edge: what a checkpoint may be signed for, because no
 	// crash can take it back.
 	DurableHead(ctx context.Context) (Head, error)
+}
 
+// CheckpointKeeper keeps a log's latest signed checkpoint.
+type CheckpointKeeper interface {
 	// SaveCheckpoint keeps checkpoint, a signed note for a tree of size
 	// leaves, as the log's latest checkpoint, unless the store holds one
 	// for a larger tree already (another replica's).
@@ -93,17 +130,6 @@ type Store interface {
 	// LoadCheckpoint returns the latest checkpoint that SaveCheckpoint
 	// kept, or ErrNoCheckpoint.
 	LoadCheckpoint(ctx context.Context) ([]byte, error)
-
-	// FingerprintKey returns the store's secret key for keyed fingerprints
-	// (HMAC-SHA256) of tokens and plans: 32 random bytes created at first
-	// use and kept with the store, so that every process sharing the store
-	// uses the same key and equal plans keep equal fingerprints across
-	// restarts. Whoever can read it can confirm guessed tokens and
-	// parameter values against the log.
-	FingerprintKey(ctx context.Context) ([]byte, error)
-
-	// Close releases the store. Appends after Close fail.
-	Close() error
 }
 
 // Head is the end of a log's hash chain.
@@ -140,7 +166,7 @@ type Record struct {
 	Time time.Time
 	// Type, ExecutionID, PlanID and UserID are the record's members of
 	// those names.
-	Type        stage4v1.AuditEventType
+	Type        EventType
 	ExecutionID string
 	PlanID      string
 	UserID      string
@@ -148,29 +174,22 @@ type Record struct {
 	// leaf adds (its leaf hash, LeafHash(Line), first, then one per
 	// subtree it completes), at tlog stored indexes from
 	// tlog.StoredHashCount(Sequence-1) on. A store keeps them with the
-	// record, for ReadHashes: durably, or (the file store) where it can
-	// recompute whatever a crash lost from the durable records.
+	// record, for ReadHashes: durably, or where it can recompute whatever
+	// a crash lost from the durable records.
 	TreeHashes []tlog.Hash
 	// OpenUntil is set on the non-terminal events of an execution
 	// (PLAN_RECEIVED, EXECUTION_STARTED): the latest time at which the
 	// writing process may still be running the execution, after which a
 	// store shared by replicas may let another process close it as
-	// interrupted if the writer is gone. Zero on terminal events and on
-	// records that open no execution.
+	// interrupted if the writer is gone. Zero on terminal events.
 	OpenUntil time.Time
 }
 
 // Terminal reports whether the record ends its execution.
-func (r *Record) Terminal() bool { return IsTerminal(r.Type) }
+func (r *Record) Terminal() bool { return r.Type.Terminal() }
 
-// IsTerminal reports whether events of type t end an execution.
-func IsTerminal(t stage4v1.AuditEventType) bool {
-	return t == stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED ||
-		t == stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED
-}
-
-// OpenExecution is an execution without a terminal event, as Store.Interrupted
-// hands it out for closing.
+// OpenExecution is an execution without a terminal event, as
+// Store.Interrupted hands it out for closing.
 type OpenExecution struct {
 	// ExecutionID, PlanID and UserID are those of the execution's events.
 	ExecutionID string
@@ -179,45 +198,52 @@ type OpenExecution struct {
 	// LastType is the type of the execution's last event: PLAN_RECEIVED
 	// (Stage-3 was certainly not called) or EXECUTION_STARTED (it may have
 	// been).
-	LastType stage4v1.AuditEventType
+	LastType EventType
 	// Sequence is the sequence of the execution's first event; executions
 	// are closed in this order.
 	Sequence uint64
 }
 
-// Query selects records for Store.List. Log.List checks it before a store
-// sees it: PageSize is between 1 and MaxPageSize and Type is a defined
-// type (UNSPECIFIED for any).
+// Query selects records for Store.List: those at or after From that pass
+// the Filter, in sequence order, at most Limit of them. Log.List checks a
+// caller's request before a store sees it: Limit is between 1 and
+// MaxPageSize and Type is a defined type (TypeUnspecified for any).
 type Query struct {
-	// ExecutionID, PlanID and UserID, when not empty, must equal the
-	// record's members of those names.
-	ExecutionID string
-	PlanID      string
-	UserID      string
-	// Type, unless UNSPECIFIED, must equal the record's type.
-	Type stage4v1.AuditEventType
-	// PageSize is the most records to return.
-	PageSize int
-	// PageToken is empty for the first page, or a Page.NextPageToken that
-	// the same store issued for the same filters.
-	PageToken string
+	Filter
+	// From is where the listing continues: Page.Next of the page before,
+	// or the zero Cursor for the first page.
+	From Cursor
+	// Limit is the most events to return.
+	Limit int
+	// MaxScanned, when positive, bounds the work of one call: the records
+	// (and index entries) a store reads to find matches. A store that
+	// reaches it ends the page early, with fewer than Limit events (maybe
+	// none) and a Next cursor from which the listing continues, so that
+	// one reader cannot hold the store, or the CPU, for long.
+	MaxScanned int
 }
 
-// Matches reports whether the record of ev passes q's filters.
-func (q *Query) Matches(ev *stage4v1.AuditEvent) bool {
-	return (q.ExecutionID == "" || q.ExecutionID == ev.GetExecutionId()) &&
-		(q.PlanID == "" || q.PlanID == ev.GetPlanId()) &&
-		(q.UserID == "" || q.UserID == ev.GetUserId()) &&
-		(q.Type == stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED || q.Type == ev.GetType())
+// Cursor is a position in a log: the next record a listing considers.
+type Cursor struct {
+	// Sequence is the next record's sequence; 0 means the start.
+	Sequence uint64
+	// Offset is a store's hint where that record is (a byte offset in its
+	// segment file), 0 when it has none. Page tokens carry it under a MAC,
+	// but a store still checks the record it finds there.
+	Offset int64
 }
 
-// Page is one page of List.
+// Page is one page of Store.List.
 type Page struct {
 	// Events are the matching records in sequence order, decoded.
-	Events []*stage4v1.AuditEvent
-	// NextPageToken continues the listing; empty on the last page.
-	NextPageToken string
+	Events []Event
+	// Next continues the listing; the zero Cursor when no record beyond
+	// the page can match.
+	Next Cursor
 }
+
+// Done reports whether the listing is complete.
+func (p *Page) Done() bool { return p.Next == Cursor{} }
 
 // Errors a Store returns, wrapped, for the log and the RPC edge to branch on.
 var (
@@ -229,7 +255,7 @@ var (
 	// ErrOutcomeUnknown: the store could not establish whether a batch was
 	// stored.
 	ErrOutcomeUnknown = errors.New("audit store: outcome of the append unknown")
-	// ErrInvalidPageToken: a page token this store did not issue for these
+	// ErrInvalidPageToken: a page token this log did not issue for these
 	// filters.
 	ErrInvalidPageToken = errors.New("page token was not issued by this log for these filters")
 	// ErrDataLoss: records read back are not what was written (the log was
@@ -238,22 +264,3 @@ var (
 	// ErrNoCheckpoint: the store holds no checkpoint yet.
 	ErrNoCheckpoint = errors.New("no checkpoint has been signed for this audit log")
 )
-
-// FilterDigestLen is the length of Query.FilterDigest.
-const FilterDigestLen = 16
-
-// FilterDigest is a digest of q's filters (not its paging), for a store to
-// put into its page tokens and compare on the way back, so that a token is
-// honoured only for the filters it was issued for.
-func (q *Query) FilterDigest() [FilterDigestLen]byte {
-	var in []byte
-	for _, s := range []string{q.ExecutionID, q.PlanID, q.UserID} {
-		in = binary.AppendUvarint(in, uint64(len(s)))
-		in = append(in, s...)
-	}
-	in = binary.AppendUvarint(in, uint64(q.Type))
-	sum := sha256.Sum256(in)
-	var d [FilterDigestLen]byte
-	copy(d[:], sum[:])
-	return d
-}

@@ -78,8 +78,8 @@ func Verify(r io.Reader, opts ...VerifyOption) (VerifyResult, error) {
 			}
 			return res, err
 		}
-		res.Records = ev.GetSequence()
-		res.LastHash = ev.GetHash()
+		res.Records = ev.Sequence
+		res.LastHash = ev.Hash
 		res.Head = chain.Head()
 		res.Bytes += int64(len(line))
 		if c.progress != nil && res.Bytes >= nextProgress {

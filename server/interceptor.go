@@ -11,17 +11,15 @@ import (
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/code"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/identity"
 	"github.com/stage4/stage4/internal/rpcerr"
 )
 
@@ -73,13 +71,25 @@ func executionFromContext(ctx context.Context) (execution, bool) {
 // whether the plan is valid.
 type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
 
+// AuditRecorder records the events of executions; *audit.Log is the
+// implementation.
+type AuditRecorder interface {
+	// Append adds a durable event and returns it as written.
+	Append(ctx context.Context, ev audit.Event) (audit.Event, error)
+	// AppendUnsynced queues an event that the next Append makes durable.
+	AppendUnsynced(ctx context.Context, ev audit.Event) error
+	// Err says why the log refuses new executions now, nil while it
+	// takes them.
+	Err() error
+}
+
 // AuditInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
 // the validation outcome (validate), EXECUTION_STARTED (durable before the
 // handler runs) and exactly one terminal event, with plan_id and
 // fingerprints from fp. Every other method passes through untouched. It is
 // the execution lifecycle at the gRPC edge: the log's errors become status
 // codes here.
-func AuditInterceptor(log *audit.Log, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
+func AuditInterceptor(log AuditRecorder, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
 	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background()}
 	for _, o := range opts {
 		o(c)
@@ -110,13 +120,13 @@ type interceptorConfig struct {
 	abort    context.Context
 }
 
-func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any, handler grpc.UnaryHandler) (any, error) {
+func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req any, handler grpc.UnaryHandler) (any, error) {
 	var b [16]byte
 	rand.Read(b[:]) // never fails since Go 1.24
-	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: stage4v1.AuditEvent{ExecutionId: hex.EncodeToString(b[:])}}
+	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: audit.Event{ExecutionID: hex.EncodeToString(b[:])}}
 	// Sent now, not with the response: a caller whose connection dies while
 	// Stage-3 runs must already hold the id to look the execution up.
-	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionId)); err != nil {
+	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionID)); err != nil {
 		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
 	}
 	if log.Err() != nil {
@@ -132,10 +142,10 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 	var bd bounder
 	var encoded []byte
 	if plan := r.GetPlan(); plan != nil {
-		ex.ev.PlanId, encoded = c.fp.PlanIDEncoded(plan)
-		ex.ev.UserId = plan.GetUserId()
-		if !valid && !isUserID(ex.ev.UserId) {
-			ex.ev.UserId = ""
+		ex.ev.PlanID, encoded = c.fp.PlanIDEncoded(plan)
+		ex.ev.UserID = plan.GetUserId()
+		if !valid && !isUserID(ex.ev.UserID) {
+			ex.ev.UserID = ""
 		}
 	}
 	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
@@ -143,7 +153,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 	// follows at once, and its commit makes both durable. Stage-3 is called
 	// only after that commit, so this saves one commit per execution without
 	// executing anything that is not durably recorded.
-	if log.AppendUnsynced(ex.ctx, ex.event(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, details)) != nil {
+	if log.AppendUnsynced(ex.ctx, ex.event(audit.PlanReceived, details)) != nil {
 		return nil, ex.unavailable()
 	}
 
@@ -154,7 +164,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 	ended := false
 	defer func() {
 		if !ended {
-			_ = ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
+			_ = ex.record(audit.ExecutionFailed,
 				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
 		}
 	}()
@@ -163,12 +173,12 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 	}
 	if verr != nil {
 		ended = true
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, validationFailedDetails(verr)) != nil {
+		if ex.record(audit.ExecutionFailed, validationFailedDetails(verr)) != nil {
 			return nil, ex.unavailable()
 		}
 		return nil, verr
 	}
-	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED, nil) != nil {
+	if ex.record(audit.ExecutionStarted, nil) != nil {
 		// The store cannot record now, so no terminal event can be written
 		// either; the execution is closed as interrupted later (at the
 		// next start, or by a replica once its deadline has passed).
@@ -176,13 +186,15 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 		return nil, ex.unavailable()
 	}
 
-	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionId, PlanID: ex.ev.PlanId, Validated: r, Encoded: encoded}))
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionID, PlanID: ex.ev.PlanID, Validated: r, Encoded: encoded}))
+	// Deferred, so that a handler that panics does not leave the
+	// registration on the long-lived abort context behind.
 	stopAbort := context.AfterFunc(c.abort, cancel)
+	defer stopAbort()
+	defer cancel()
 	began := time.Now()
 	resp, err := handler(hctx, req)
 	latency := time.Since(began)
-	stopAbort()
-	cancel()
 	ended = true
 	if err != nil {
 		if c.abort.Err() != nil {
@@ -192,16 +204,16 @@ func (c *interceptorConfig) execute(ctx context.Context, log *audit.Log, req any
 				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
 		}
 		st := status.Convert(err)
-		if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, c.stage3FailedDetails(st)) != nil {
+		if ex.record(audit.ExecutionFailed, c.stage3FailedDetails(st)) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
 	}
 	out, _ := resp.(*stage4v1.ExecutePlanResponse)
-	if ex.record(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, &structpb.Struct{Fields: map[string]*structpb.Value{
-		"step_count":        structpb.NewNumberValue(float64(len(out.GetResult().GetResults()))),
-		"stage3_latency_ms": structpb.NewNumberValue(math.Round(latency.Seconds()*1e6) / 1e3),
-	}}) != nil {
+	if ex.record(audit.ExecutionCompleted, audit.Details{
+		"step_count":        float64(len(out.GetResult().GetResults())),
+		"stage3_latency_ms": math.Round(latency.Seconds()*1e6) / 1e3,
+	}) != nil {
 		return nil, ex.outcomeUnknown()
 	}
 	return resp, nil
@@ -250,30 +262,30 @@ func isIdentifier(s string) bool {
 // recorder appends the events of one execution. Its context is not
 // cancelled with the call: a caller that goes away must not stop the audit.
 type recorder struct {
-	log *audit.Log
+	log AuditRecorder
 	ctx context.Context
-	ev  stage4v1.AuditEvent // execution_id, plan_id and user_id of every event
+	ev  audit.Event // execution_id, plan_id and user_id of every event
 }
 
 // record appends a durable event of the execution.
-func (r *recorder) record(t stage4v1.AuditEventType, details *structpb.Struct) error {
+func (r *recorder) record(t audit.EventType, details audit.Details) error {
 	_, err := r.log.Append(r.ctx, r.event(t, details))
 	return err
 }
 
 // event is an event of the execution.
-func (r *recorder) event(t stage4v1.AuditEventType, details *structpb.Struct) *stage4v1.AuditEvent {
-	return &stage4v1.AuditEvent{
+func (r *recorder) event(t audit.EventType, details audit.Details) audit.Event {
+	return audit.Event{
 		Type:        t,
-		ExecutionId: r.ev.ExecutionId,
-		PlanId:      r.ev.PlanId,
-		UserId:      r.ev.UserId,
+		ExecutionID: r.ev.ExecutionID,
+		PlanID:      r.ev.PlanID,
+		UserID:      r.ev.UserID,
 		Details:     details,
 	}
 }
 
 func (r *recorder) meta() map[string]string {
-	return map[string]string{"execution_id": r.ev.ExecutionId}
+	return map[string]string{"execution_id": r.ev.ExecutionID}
 }
 
 func (r *recorder) unavailable() error {
@@ -290,72 +302,59 @@ func (r *recorder) outcomeUnknown() error {
 // never a parameter value. A valid plan's steps are listed by name; an
 // invalid plan gets counts only, and names only what passes its rule, so
 // that its event stays a few hundred bytes whatever the plan.
-func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.Plan, valid bool, bd *bounder) *structpb.Struct {
-	f := map[string]*structpb.Value{}
+func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.Plan, valid bool, bd *bounder) audit.Details {
+	f := audit.Details{}
 	if plan != nil {
 		if t := plan.GetTriggerType(); valid || isIdentifier(t) {
-			f["trigger_type"] = structpb.NewStringValue(t)
+			f["trigger_type"] = t
 		}
-		f["step_count"] = structpb.NewNumberValue(float64(len(plan.GetSteps())))
-		f["binding_count"] = structpb.NewNumberValue(float64(len(plan.GetDataBindings())))
+		f["step_count"] = float64(len(plan.GetSteps()))
+		f["binding_count"] = float64(len(plan.GetDataBindings()))
 		if valid {
-			names := make([]*structpb.Value, len(plan.GetSteps()))
+			names := make([]any, len(plan.GetSteps()))
 			for i, s := range plan.GetSteps() {
-				names[i] = structpb.NewStringValue(s.GetDomain() + "." + s.GetMethod())
+				names[i] = s.GetDomain() + "." + s.GetMethod()
 			}
-			f["steps"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+			f["steps"] = names
 		}
 		if t := plan.GetTokenHash(); t != "" {
-			f["token_fingerprint"] = structpb.NewStringValue(c.fp.Short(t))
+			f["token_fingerprint"] = c.fp.Short(t)
 		}
 		if u := plan.GetUserId(); u != "" && !valid && !isUserID(u) {
-			f["user_id_fingerprint"] = structpb.NewStringValue(c.fp.Short(u))
+			f["user_id_fingerprint"] = c.fp.Short(u)
 		}
 	}
 	// The caller's trace (when it sent one, or tracing is on) leads from
 	// the audit log to the spans of this call across services.
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		f["trace_id"] = structpb.NewStringValue(sc.TraceID().String())
+		f["trace_id"] = sc.TraceID().String()
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if p.Addr != nil {
-			f["peer"] = structpb.NewStringValue(bd.bound(p.Addr.String(), maxPeerIdentityChars))
+			f["peer"] = bd.bound(p.Addr.String(), maxPeerIdentityChars)
 		}
-		if id := peerIdentity(p.AuthInfo); id != "" {
-			f["peer_identity"] = structpb.NewStringValue(bd.bound(id, maxPeerIdentityChars))
+		// The same name that --audit-readers and idempotency keys use.
+		if id, ok := identity.FromPeer(p); ok && id.Name() != "" {
+			f["peer_identity"] = bd.bound(id.Name(), maxPeerIdentityChars)
 		}
 	}
 	if bd.truncated {
-		f["truncated"] = structpb.NewBoolValue(true)
+		f["truncated"] = true
 	}
-	return &structpb.Struct{Fields: f}
+	return f
 }
 
-// peerIdentity names an mTLS client by its verified leaf certificate: the
-// first URI SAN (a SPIFFE ID, say) or else the subject.
-func peerIdentity(ai credentials.AuthInfo) string {
-	info, ok := ai.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return ""
-	}
-	leaf := info.State.VerifiedChains[0][0]
-	if len(leaf.URIs) > 0 {
-		return leaf.URIs[0].String()
-	}
-	return leaf.Subject.String()
-}
-
-func failedDetails(phase string, c codes.Code, msg string) *structpb.Struct {
+func failedDetails(phase string, c codes.Code, msg string) audit.Details {
 	var bd bounder
-	f := map[string]*structpb.Value{
-		"phase":   structpb.NewStringValue(phase),
-		"code":    structpb.NewStringValue(code.Code(c).String()),
-		"message": structpb.NewStringValue(bd.bound(msg, maxMessageChars)),
+	f := audit.Details{
+		"phase":   phase,
+		"code":    code.Code(c).String(),
+		"message": bd.bound(msg, maxMessageChars),
 	}
 	if bd.truncated {
-		f["truncated"] = structpb.NewBoolValue(true)
+		f["truncated"] = true
 	}
-	return &structpb.Struct{Fields: f}
+	return f
 }
 
 // maxRecordedViolations is how many violations an EXECUTION_FAILED of
@@ -367,30 +366,30 @@ const maxRecordedViolations = 3
 // "plan.steps.domain: string.pattern". Not by the status message or field
 // paths with subscripts: those quote the plan (parameter keys, say), which
 // the log never holds, and would let a hostile plan grow the log.
-func validationFailedDetails(err error) *structpb.Struct {
+func validationFailedDetails(err error) audit.Details {
 	st := status.Convert(err)
-	f := map[string]*structpb.Value{
-		"phase": structpb.NewStringValue(audit.PhaseValidation),
-		"code":  structpb.NewStringValue(code.Code(st.Code()).String()),
+	f := audit.Details{
+		"phase": audit.PhaseValidation,
+		"code":  code.Code(st.Code()).String(),
 	}
 	for _, d := range st.Details() {
 		vs, ok := d.(*validate.Violations)
 		if !ok {
 			continue
 		}
-		f["violation_count"] = structpb.NewNumberValue(float64(len(vs.GetViolations())))
-		var names []*structpb.Value
+		f["violation_count"] = float64(len(vs.GetViolations()))
+		var names []any
 		for _, v := range vs.GetViolations()[:min(len(vs.GetViolations()), maxRecordedViolations)] {
 			var path []string
 			for _, e := range v.GetField().GetElements() {
 				path = append(path, e.GetFieldName())
 			}
 			var bd bounder
-			names = append(names, structpb.NewStringValue(bd.bound(strings.Join(path, ".")+": "+v.GetRuleId(), maxViolationChars)))
+			names = append(names, bd.bound(strings.Join(path, ".")+": "+v.GetRuleId(), maxViolationChars))
 		}
-		f["violations"] = structpb.NewListValue(&structpb.ListValue{Values: names})
+		f["violations"] = names
 	}
-	return &structpb.Struct{Fields: f}
+	return f
 }
 
 // maxViolationChars bounds one recorded violation.
@@ -402,21 +401,19 @@ const maxViolationChars = 160
 // Stage-3's json.get names the missing key, say), and the log never holds
 // those. A keyed fingerprint of the message lets an investigator match the
 // caller's error or Stage-3's own trail.
-func (c *interceptorConfig) stage3FailedDetails(st *status.Status) *structpb.Struct {
-	f := map[string]*structpb.Value{
-		"phase":               structpb.NewStringValue(audit.PhaseStage3),
-		"code":                structpb.NewStringValue(code.Code(st.Code()).String()),
-		"message_fingerprint": structpb.NewStringValue(c.fp.Short(st.Message())),
+func (c *interceptorConfig) stage3FailedDetails(st *status.Status) audit.Details {
+	f := audit.Details{
+		"phase":               audit.PhaseStage3,
+		"code":                code.Code(st.Code()).String(),
+		"message_fingerprint": c.fp.Short(st.Message()),
 	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rpcerr.Domain {
-			f["reason"] = structpb.NewStringValue(info.GetReason())
-			if c, ok := info.GetMetadata()["stage3_code"]; ok {
-				f["stage3_code"] = structpb.NewStringValue(c)
-			}
+	if info := rpcerr.Info(st.Err()); info != nil {
+		f["reason"] = info.GetReason()
+		if c, ok := info.GetMetadata()["stage3_code"]; ok {
+			f["stage3_code"] = c
 		}
 	}
-	return &structpb.Struct{Fields: f}
+	return f
 }
 
 // bounder cuts strings from a request to a number of characters and

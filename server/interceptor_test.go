@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
@@ -71,8 +70,14 @@ func testValidate(req *stage4v1.ExecutePlanRequest) error {
 // audit interceptor, as the lead's server chains them.
 func startServer(t *testing.T, lg *audit.Log, fake *fakeStage4, outer ...grpc.UnaryServerInterceptor) stage4v1.Stage4ServiceClient {
 	t.Helper()
+	return startServerWith(t, lg, fake, nil, outer...)
+}
+
+// startServerWith is startServer with options for the audit interceptor.
+func startServerWith(t *testing.T, lg *audit.Log, fake *fakeStage4, opts []InterceptorOption, outer ...grpc.UnaryServerInterceptor) stage4v1.Stage4ServiceClient {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	chain := append(outer, AuditInterceptor(lg, testValidate, testFingerprinter))
+	chain := append(outer, AuditInterceptor(lg, testValidate, testFingerprinter, opts...))
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	stage4v1.RegisterStage4ServiceServer(srv, fake)
 	go srv.Serve(lis)
@@ -111,14 +116,14 @@ func execute(t *testing.T, client stage4v1.Stage4ServiceClient, p *stage4v1.Plan
 	return resp, ids[0], err
 }
 
-func requireReason(t *testing.T, err error, c codes.Code, reason string) {
+func requireReason(t *testing.T, err error, c codes.Code, reason stage4v1.ErrorReason) {
 	t.Helper()
 	st := status.Convert(err)
 	require.Equal(t, c, st.Code(), st.Message())
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
 			require.Equal(t, rpcerr.Domain, info.GetDomain())
-			require.Equal(t, reason, info.GetReason())
+			require.Equal(t, reason.String(), info.GetReason())
 			return
 		}
 	}
@@ -214,11 +219,10 @@ func TestInterceptorEventSequences(t *testing.T) {
 				}
 			}
 
-			raw, err := os.ReadFile(path)
-			require.NoError(t, err)
+			raw := logBytes(t, path)
 			require.NotContains(t, string(raw), secretToken)
 			require.NotContains(t, string(raw), secretParam)
-			_, err = filestore.Verify(path)
+			_, err = verifyLog(t, path)
 			require.NoError(t, err)
 		})
 	}
@@ -244,6 +248,68 @@ func TestInterceptorPanicIsRecordedAndPropagates(t *testing.T) {
 	require.NotContains(t, detail(events[2], "message").GetStringValue(), secretParam)
 }
 
+// TestInterceptorPanicLeavesNoAbortRegistration: every execution
+// registers on the long-lived abort context (the gateway's shutdown), and
+// every one, a panicking handler's too, takes its registration back:
+// otherwise each panic would leak a registration for the life of the
+// process.
+func TestInterceptorPanicLeavesNoAbortRegistration(t *testing.T) {
+	t.Parallel()
+	lg := openLog(t, logPath(t))
+	abort := &countingContext{Context: context.Background(), done: make(chan struct{})}
+	panics := true
+	fake := &fakeStage4{execute: func(context.Context) (*stage4v1.ExecutePlanResponse, error) {
+		if panics {
+			panic("boom")
+		}
+		return &stage4v1.ExecutePlanResponse{}, nil
+	}}
+	client := startServerWith(t, lg, fake, []InterceptorOption{WithAbort(abort)},
+		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandler(func(any) error { return status.Error(codes.Internal, "internal error") })))
+	for range 3 {
+		_, _, err := execute(t, client, plan("alice"))
+		require.Equal(t, codes.Internal, status.Code(err))
+	}
+	panics = false
+	_, _, err := execute(t, client, plan("alice"))
+	require.NoError(t, err)
+	registered, stopped := abort.counts()
+	require.Equal(t, 4, registered)
+	require.Equal(t, registered, stopped, "every registration on the abort context was taken back")
+}
+
+// countingContext is a context that is never done and counts the
+// functions registered on it with context.AfterFunc (which calls its
+// AfterFunc method, as it has a Done channel of its own), and how many of
+// them were stopped.
+type countingContext struct {
+	context.Context // for Deadline and Value: never done
+	done                chan struct{}
+	mu                  sync.Mutex
+	registered, stopped int
+}
+
+func (c *countingContext) Done() <-chan struct{} { return c.done }
+func (c *countingContext) Err() error             { return nil }
+
+func (c *countingContext) AfterFunc(func()) func() bool {
+	c.mu.Lock()
+	c.registered++
+	c.mu.Unlock()
+	return func() bool {
+		c.mu.Lock()
+		c.stopped++
+		c.mu.Unlock()
+		return true
+	}
+}
+
+func (c *countingContext) counts() (registered, stopped int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.registered, c.stopped
+}
+
 func TestInterceptorLeavesOtherMethodsAlone(t *testing.T) {
 	t.Parallel()
 	path := logPath(t)
@@ -255,9 +321,8 @@ func TestInterceptorLeavesOtherMethodsAlone(t *testing.T) {
 	require.Empty(t, md.Get(HeaderExecutionID))
 	_, err = client.ListAuditEvents(context.Background(), &stage4v1.ListAuditEventsRequest{})
 	require.NoError(t, err)
-	info, err := os.Stat(path)
-	require.NoError(t, err)
-	require.Zero(t, info.Size())
+	size := int64(len(logBytes(t, path)))
+	require.Zero(t, size)
 }
 
 func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
@@ -268,7 +333,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		failAt    int32  // which write or fsync fails
 		wantCalls int32
 		wantCode  codes.Code
-		reason    string
+		reason    stage4v1.ErrorReason
 		wantTypes []stage4v1.AuditEventType // durable events, at most
 	}{
 		{name: "PLAN_RECEIVED write", op: "write", failAt: 1, wantCalls: 0, wantCode: codes.Unavailable, reason: rpcerr.AuditUnavailable},
@@ -285,7 +350,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := logPath(t)
-			lg := openLog(t, path, filestore.WithFileWrapper(func(f filestore.File) filestore.File {
+			lg := openLog(t, path, segstore.WithFileWrapper(func(f segstore.File) segstore.File {
 				if tt.op == "write" {
 					return &testkit.FaultyFile{File: f, FailRecordAt: tt.failAt}
 				}
@@ -323,7 +388,7 @@ func TestInterceptorFailsClosedWhenTheLogFails(t *testing.T) {
 			if len(lg2.Recovered()) > 0 {
 				require.Equal(t, []string{id}, lg2.Recovered())
 			}
-			_, err = filestore.Verify(path)
+			_, err = verifyLog(t, path)
 			require.NoError(t, err)
 		})
 	}
@@ -349,7 +414,7 @@ func TestInterceptorConcurrentExecutions(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	res, err := filestore.Verify(path)
+	res, err := verifyLog(t, path)
 	require.NoError(t, err)
 	require.Equal(t, uint64(3*n), res.Records)
 
@@ -415,10 +480,9 @@ func TestInterceptorBoundsHostilePlans(t *testing.T) {
 	require.Nil(t, detail(rec, "steps"))
 	require.Equal(t, float64(302), detail(rec, "step_count").GetNumberValue(), "counts stay exact")
 
-	info, err := os.Stat(path)
-	require.NoError(t, err)
-	t.Logf("both events of the invalid plan: %d bytes", info.Size())
-	require.Less(t, info.Size(), int64(2048), "both events of a hostile invalid plan fit in a few KiB")
+	size := int64(len(logBytes(t, path)))
+	t.Logf("both events of the invalid plan: %d bytes", size)
+	require.Less(t, size, int64(2048), "both events of a hostile invalid plan fit in a few KiB")
 }
 
 func TestTestkitKnowsTheExecutionIDHeader(t *testing.T) {

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"buf.build/go/protovalidate"
 	"golang.org/x/mod/sumdb/tlog"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -33,7 +30,7 @@ type AuditTree interface {
 func (s *Server) GetCheckpoint(ctx context.Context, _ *stage4v1.GetCheckpointRequest) (*stage4v1.GetCheckpointResponse, error) {
 	cp, err := s.log.Checkpoint(ctx)
 	if err != nil {
-		return nil, treeError(ctx, err)
+		return nil, readError(ctx, err)
 	}
 	return &stage4v1.GetCheckpointResponse{Checkpoint: string(cp)}, nil
 }
@@ -45,7 +42,7 @@ func (s *Server) GetInclusionProof(ctx context.Context, req *stage4v1.GetInclusi
 	}
 	p, err := proveInclusion(ctx, s.log, req.GetSequence(), req.GetTreeSize())
 	if err != nil {
-		return nil, treeError(ctx, err)
+		return nil, readError(ctx, err)
 	}
 	return &stage4v1.GetInclusionProofResponse{TreeSize: p.treeSize, LeafHash: p.leaf[:], Hashes: hashBytes(p.proof)}, nil
 }
@@ -57,7 +54,7 @@ func (s *Server) GetConsistencyProof(ctx context.Context, req *stage4v1.GetConsi
 	}
 	proof, err := proveConsistency(ctx, s.log, req.GetFirstSize(), req.GetSecondSize())
 	if err != nil {
-		return nil, treeError(ctx, err)
+		return nil, readError(ctx, err)
 	}
 	return &stage4v1.GetConsistencyProofResponse{Hashes: hashBytes(proof)}, nil
 }
@@ -161,28 +158,4 @@ func hashBytes(hashes []tlog.Hash) [][]byte {
 		out[i] = hashes[i][:]
 	}
 	return out
-}
-
-// treeError is the status of a failed checkpoint or proof request: a key
-// that is not configured is FAILED_PRECONDITION, what the tree does not
-// reach yet OUT_OF_RANGE, a tree that no longer matches what was written
-// DATA_LOSS, everything else UNAVAILABLE (retry, maybe elsewhere).
-func treeError(ctx context.Context, err error) error {
-	var beyond *beyondTreeError
-	switch {
-	case errors.Is(err, audit.ErrNoSigningKey):
-		return rpcerr.New(codes.FailedPrecondition, rpcerr.NoSigningKey,
-			"this Stage-4 signs no checkpoints (no --audit-signing-key); proofs are served for the tree sizes you name", nil)
-	case errors.Is(err, audit.ErrNoCheckpoint):
-		return rpcerr.New(codes.Unavailable, rpcerr.NoCheckpoint, "no checkpoint has been signed yet", nil)
-	case errors.As(err, &beyond):
-		return rpcerr.New(codes.OutOfRange, rpcerr.BeyondTree, beyond.msg,
-			map[string]string{"tree_size": strconv.FormatUint(beyond.treeSize, 10)})
-	case errors.Is(err, audit.ErrDataLoss):
-		return rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log's tree changed under the server", nil)
-	case ctx.Err() != nil:
-		return rpcerr.New(status.FromContextError(ctx.Err()).Code(), rpcerr.AuditReadFailed, "stopped: "+ctx.Err().Error(), nil)
-	default:
-		return rpcerr.New(codes.Unavailable, rpcerr.AuditReadFailed, "the audit log's tree cannot be read", nil)
-	}
 }

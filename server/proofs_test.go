@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -15,6 +13,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // signedHarness is a harness whose log signs checkpoints with a new key.
@@ -33,7 +32,7 @@ func signedHarness(t *testing.T) (*harness, note.Verifier) {
 func (h *harness) appendEvents(t *testing.T, n int) {
 	t.Helper()
 	for range n {
-		_, err := h.log.Append(context.Background(), &stage4v1.AuditEvent{Type: received, ExecutionId: "e", UserId: "alice"})
+		_, err := h.log.Append(context.Background(), audit.Event{Type: audit.PlanReceived, ExecutionID: "e", UserID: "alice"})
 		require.NoError(t, err)
 	}
 }
@@ -51,15 +50,13 @@ func (h *harness) checkpoint(t *testing.T, verifier note.Verifier) audit.Checkpo
 	return cp
 }
 
-// leafHashes are the leaf hashes of the log file's records, computed here
-// from the file's bytes.
+// leafHashes are the leaf hashes of the log's records, computed here
+// from the bytes of its segment files.
 func leafHashes(t *testing.T, path string) []tlog.Hash {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
 	var leaves []tlog.Hash
-	for line := range bytes.Lines(data) {
-		leaves = append(leaves, tlog.RecordHash(bytes.TrimSuffix(line, []byte("\n"))))
+	for _, line := range testkit.LogLines(t, path) {
+		leaves = append(leaves, tlog.RecordHash(line))
 	}
 	return leaves
 }
@@ -126,14 +123,14 @@ func TestProofRequestErrors(t *testing.T) {
 		name   string
 		req    *stage4v1.GetInclusionProofRequest
 		code   codes.Code
-		reason string
+		reason stage4v1.ErrorReason
 	}{
 		{"sequence 0", &stage4v1.GetInclusionProofRequest{}, codes.InvalidArgument, rpcerr.InvalidProofRequest},
 		{"sequence beyond tree_size", &stage4v1.GetInclusionProofRequest{Sequence: 4, TreeSize: 3}, codes.InvalidArgument, rpcerr.InvalidProofRequest},
 		{"tree_size beyond the log", &stage4v1.GetInclusionProofRequest{Sequence: 1, TreeSize: 8}, codes.OutOfRange, rpcerr.BeyondTree},
 		{"sequence beyond the latest checkpoint", &stage4v1.GetInclusionProofRequest{Sequence: 6}, codes.OutOfRange, rpcerr.BeyondTree},
 		{"sequence beyond the log", &stage4v1.GetInclusionProofRequest{Sequence: 1 << 62}, codes.OutOfRange, rpcerr.BeyondTree},
-		{"durable but not yet checkpointed, by size", &stage4v1.GetInclusionProofRequest{Sequence: 6, TreeSize: 7}, codes.OK, ""},
+		{"durable but not yet checkpointed, by size", &stage4v1.GetInclusionProofRequest{Sequence: 6, TreeSize: 7}, codes.OK, 0},
 	}
 	for _, tt := range inclusion {
 		t.Run("inclusion/"+tt.name, func(t *testing.T) {
@@ -143,20 +140,20 @@ func TestProofRequestErrors(t *testing.T) {
 				require.NoError(t, err)
 				return
 			}
-			requireStatus(t, err, tt.code, tt.reason)
+			requireStatus(t, err, tt.code, tt.reason.String())
 		})
 	}
 	consistency := []struct {
 		name          string
 		first, second uint64
 		code          codes.Code
-		reason        string
+		reason        stage4v1.ErrorReason
 	}{
 		{"first_size 0", 0, 5, codes.InvalidArgument, rpcerr.InvalidProofRequest},
 		{"both 0", 0, 0, codes.InvalidArgument, rpcerr.InvalidProofRequest},
 		{"first_size beyond second_size", 5, 4, codes.InvalidArgument, rpcerr.InvalidProofRequest},
 		{"second_size beyond the log", 5, 8, codes.OutOfRange, rpcerr.BeyondTree},
-		{"equal sizes", 5, 5, codes.OK, ""},
+		{"equal sizes", 5, 5, codes.OK, 0},
 	}
 	for _, tt := range consistency {
 		t.Run("consistency/"+tt.name, func(t *testing.T) {
@@ -167,7 +164,7 @@ func TestProofRequestErrors(t *testing.T) {
 				require.Empty(t, res.GetHashes())
 				return
 			}
-			requireStatus(t, err, tt.code, tt.reason)
+			requireStatus(t, err, tt.code, tt.reason.String())
 		})
 	}
 }
@@ -180,7 +177,7 @@ func TestProofsWithoutSigningKey(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.appendEvents(t, 6)
 	_, err := h.client.GetCheckpoint(context.Background(), &stage4v1.GetCheckpointRequest{})
-	requireStatus(t, err, codes.FailedPrecondition, rpcerr.NoSigningKey)
+	requireStatus(t, err, codes.FailedPrecondition, rpcerr.NoSigningKey.String())
 
 	tree, err := h.log.Tree(context.Background())
 	require.NoError(t, err)

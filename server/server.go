@@ -6,12 +6,10 @@ package server
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
@@ -36,7 +34,9 @@ type EncodedExecutor interface {
 // AuditLister serves the audit log's records; *audit.Log is the
 // implementation.
 type AuditLister interface {
-	List(ctx context.Context, q audit.Query) (audit.Page, error)
+	// List returns a page of the events that pass f and the token of the
+	// next page (see audit.Log.List).
+	List(ctx context.Context, f audit.Filter, pageSize int, pageToken string) ([]audit.Event, string, error)
 }
 
 // AuditLog serves the audit log's records and its Merkle tree;
@@ -47,8 +47,8 @@ type AuditLog interface {
 }
 
 // Server implements stage4v1.Stage4ServiceServer. It must be registered
-// behind audit.UnaryServerInterceptor: ExecutePlan refuses to run a plan
-// whose execution the interceptor has not recorded.
+// behind AuditInterceptor: ExecutePlan refuses to run a plan whose
+// execution the interceptor has not recorded.
 type Server struct {
 	stage4v1.UnimplementedStage4ServiceServer
 
@@ -111,37 +111,23 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEve
 	if err := protovalidate.Validate(req); err != nil {
 		return nil, invalidArgument(err, rpcerr.InvalidListRequest)
 	}
-	page, err := s.log.List(ctx, audit.Query{
+	f := audit.Filter{
 		ExecutionID: req.GetExecutionId(),
 		PlanID:      req.GetPlanId(),
 		UserID:      req.GetUserId(),
-		Type:        req.GetType(),
-		PageSize:    int(req.GetPageSize()),
-		PageToken:   req.GetPageToken(),
-	})
+		Type:        audit.EventType(req.GetType()),
+	}
+	events, next, err := s.log.List(ctx, f, int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
-		return nil, listError(ctx, err)
+		return nil, readError(ctx, err)
 	}
-	return &stage4v1.ListAuditEventsResponse{AuditEvents: page.Events, NextPageToken: page.NextPageToken}, nil
-}
-
-// listError is the status of a failed listing: the caller's own mistakes
-// are INVALID_ARGUMENT, a log that no longer matches what was written is
-// DATA_LOSS, everything else is UNAVAILABLE (retry, maybe elsewhere).
-func listError(ctx context.Context, err error) error {
-	switch {
-	case errors.Is(err, audit.ErrInvalidPageToken):
-		return rpcerr.New(codes.InvalidArgument, rpcerr.InvalidPageToken,
-			"page_token was not issued by this log for these filters", nil)
-	case errors.Is(err, audit.ErrInvalidQuery):
-		return rpcerr.New(codes.InvalidArgument, rpcerr.InvalidListRequest, strings.TrimPrefix(err.Error(), audit.ErrInvalidQuery.Error()+": "), nil)
-	case errors.Is(err, audit.ErrDataLoss):
-		return rpcerr.New(codes.DataLoss, rpcerr.AuditReadFailed, "the audit log changed under the server", nil)
-	case ctx.Err() != nil:
-		return rpcerr.New(status.FromContextError(ctx.Err()).Code(), rpcerr.AuditReadFailed, "listing stopped: "+ctx.Err().Error(), nil)
-	default:
-		return rpcerr.New(codes.Unavailable, rpcerr.AuditReadFailed, "the audit log cannot be read", nil)
+	out := &stage4v1.ListAuditEventsResponse{AuditEvents: make([]*stage4v1.AuditEvent, len(events)), NextPageToken: next}
+	for i := range events {
+		if out.AuditEvents[i], err = eventToProto(&events[i]); err != nil {
+			return nil, readError(ctx, err)
+		}
 	}
+	return out, nil
 }
 
 // ToStage3 maps a plan onto Stage-3's request field by field: the verbatim
@@ -177,7 +163,7 @@ func ToStage3(p *stage4v1.Plan) *stage3v1.ExecuteMultiDomainPlanRequest {
 // invalidArgument turns a protovalidate failure of a request without a plan
 // into INVALID_ARGUMENT with reason and the same details as plan
 // violations.
-func invalidArgument(err error, reason string) error {
+func invalidArgument(err error, reason stage4v1.ErrorReason) error {
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
 		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate request: validator failed", nil)

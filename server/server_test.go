@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,7 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/stage3client"
@@ -46,7 +45,7 @@ type harness struct {
 type harnessOptions struct {
 	stage3Target string        // overrides the bufconn Stage-3 (e.g. nothing listening)
 	maxDeadline  time.Duration // Stage-3 client's maximum deadline
-	fileWrapper  func(filestore.File) filestore.File
+	fileWrapper  func(segstore.File) segstore.File
 	noAudit      bool // register the service without the audit interceptor
 	// inner runs between the audit interceptor and the handler.
 	inner grpc.UnaryServerInterceptor
@@ -56,7 +55,7 @@ type harnessOptions struct {
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
 	t.Helper()
-	h := &harness{stage3: stage3ref.NewService(), logPath: filepath.Join(t.TempDir(), "audit.jsonl")}
+	h := &harness{stage3: stage3ref.NewService(), logPath: filepath.Join(t.TempDir(), "audit")}
 
 	s3lis := bufconn.Listen(1 << 20)
 	s3srv := stage3ref.Serve(s3lis, h.stage3)
@@ -75,11 +74,11 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s3client.Close() })
 
-	var fileOpts []filestore.Option
+	fileOpts := []segstore.Option{segstore.WithSegmentBytes(1 << 20)}
 	if o.fileWrapper != nil {
-		fileOpts = append(fileOpts, filestore.WithFileWrapper(o.fileWrapper))
+		fileOpts = append(fileOpts, segstore.WithFileWrapper(o.fileWrapper))
 	}
-	store, err := filestore.Open(h.logPath, fileOpts...)
+	store, err := segstore.Open(h.logPath, fileOpts...)
 	require.NoError(t, err)
 	h.log, err = audit.New(store, o.auditOptions...)
 	require.NoError(t, err)
@@ -427,7 +426,7 @@ func TestConcurrentExecutePlan(t *testing.T) {
 	for i, ev := range all {
 		require.Equal(t, uint64(i+1), ev.GetSequence())
 	}
-	res, err := filestore.Verify(h.logPath)
+	res, err := segstore.VerifyDir(h.logPath, nil)
 	require.NoError(t, err)
 	require.Equal(t, 3*n, int(res.Records))
 }
@@ -435,13 +434,13 @@ func TestConcurrentExecutePlan(t *testing.T) {
 // failingFile fails the write that carries the audit log's Nth record; a
 // group commit may write several records at once.
 type failingFile struct {
-	filestore.File
+	segstore.File
 	mu      sync.Mutex
 	records int
 	failAt  int
 }
 
-func (f *failingFile) Write(p []byte) (int, error) {
+func (f *failingFile) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	first := f.records + 1
 	f.records += bytes.Count(p, []byte{'\n'})
@@ -450,7 +449,7 @@ func (f *failingFile) Write(p []byte) (int, error) {
 	if fail {
 		return 0, errors.New("injected write failure")
 	}
-	return f.File.Write(p)
+	return f.File.WriteAt(p, off)
 }
 
 // TestAuditFailureFailsClosed: a log failing on its Nth append stops the
@@ -471,7 +470,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("append %d fails", tc.failAt), func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, harnessOptions{fileWrapper: func(f filestore.File) filestore.File {
+			h := newHarness(t, harnessOptions{fileWrapper: func(f segstore.File) segstore.File {
 				return &failingFile{File: f, failAt: tc.failAt}
 			}})
 			_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: runnablePlan("x")})
@@ -541,9 +540,8 @@ func TestValidatePlanWritesNoEvents(t *testing.T) {
 	_, err = h.client.ValidatePlan(context.Background(), &stage4v1.ValidatePlanRequest{})
 	requireStatus(t, err, codes.InvalidArgument, "PLAN_INVALID")
 	require.Empty(t, h.events(t, ""))
-	info, err := os.Stat(h.logPath)
-	require.NoError(t, err)
-	require.Zero(t, info.Size())
+	size := int64(len(logBytes(t, h.logPath)))
+	require.Zero(t, size)
 }
 
 // TestExecutePlanValidatesAReplacedRequest: the handler skips validation
@@ -600,8 +598,7 @@ func TestAuditLogHoldsNoSecrets(t *testing.T) {
 	requireStatus(t, err, codes.InvalidArgument, "STAGE3_REJECTED")
 	require.Contains(t, status.Convert(err).Message(), "secret-missing-key", "the caller does get Stage-3's message")
 
-	raw, err := os.ReadFile(h.logPath)
-	require.NoError(t, err)
+	raw := logBytes(t, h.logPath)
 	require.Contains(t, string(raw), "EXECUTION_FAILED")
 	for _, secret := range []string{"alice-token", "secret-text-value", "secret-object-value", "secret-missing-key"} {
 		require.NotContains(t, string(raw), secret)
@@ -624,10 +621,9 @@ func TestInvalidPlanEventsAreSmall(t *testing.T) {
 	_, err := h.client.ExecutePlan(context.Background(), &stage4v1.ExecutePlanRequest{Plan: p})
 	requireStatus(t, err, codes.InvalidArgument, "PLAN_INVALID")
 
-	info, err := os.Stat(h.logPath)
-	require.NoError(t, err)
-	t.Logf("both events of the invalid plan: %d bytes", info.Size())
-	require.Less(t, info.Size(), int64(2048))
+	size := int64(len(logBytes(t, h.logPath)))
+	t.Logf("both events of the invalid plan: %d bytes", size)
+	require.Less(t, size, int64(2048))
 	evs := h.events(t, "")
 	require.Len(t, evs, 2)
 	failedDetails := evs[1].GetDetails().GetFields()

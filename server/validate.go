@@ -146,7 +146,7 @@ func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 // violationsError returns an INVALID_ARGUMENT status error for reason whose
 // message names the first of found and counts total, the number found before
 // capping, and whose details hold found, capped at maxViolations.
-func violationsError(reason string, found []*validate.Violation, total int) error {
+func violationsError(reason stage4v1.ErrorReason, found []*validate.Violation, total int) error {
 	found = found[:min(len(found), maxViolations)]
 	msg := (&protovalidate.Violation{Proto: found[0]}).String()
 	switch {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/stage3client"
@@ -76,7 +77,7 @@ func upperPlan(t *testing.T, text string) *stage3v1.ExecuteMultiDomainPlanReques
 }
 
 // requireStage4Error checks the code and the ErrorInfo reason of err.
-func requireStage4Error(t *testing.T, err error, code codes.Code, reason string) {
+func requireStage4Error(t *testing.T, err error, code codes.Code, reason stage4v1.ErrorReason) {
 	t.Helper()
 	require.Error(t, err)
 	require.Equal(t, code, status.Code(err), "error: %v", err)
@@ -113,7 +114,7 @@ func TestExecuteMapsEveryStage3Code(t *testing.T) {
 		name       string
 		code       codes.Code
 		wantCode   codes.Code
-		wantReason string
+		wantReason stage4v1.ErrorReason
 	}{
 		{name: "canceled", code: codes.Canceled, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
 		{name: "unknown", code: codes.Unknown, wantCode: codes.Unknown, wantReason: rpcerr.OutcomeUnknown},
@@ -156,7 +157,7 @@ func TestExecuteStage3Behaviour(t *testing.T) {
 		fault      stage3ref.Fault
 		user       string
 		wantCode   codes.Code
-		wantReason string
+		wantReason stage4v1.ErrorReason
 		wantMsg    string
 	}{
 		{name: "token mismatch", user: "bob", wantCode: codes.PermissionDenied, wantReason: rpcerr.Stage3Rejected,
@@ -223,7 +224,7 @@ func TestExecuteCallerCancel(t *testing.T) {
 	tests := []struct {
 		name       string
 		afterSent  bool
-		wantReason string
+		wantReason stage4v1.ErrorReason
 		wantCalls  int
 	}{
 		{name: "before sending", wantReason: rpcerr.Stage3NotReached, wantCalls: 0},
@@ -354,7 +355,7 @@ func TestExecuteMessageLimits(t *testing.T) {
 		name       string
 		textBytes  int
 		wantCode   codes.Code
-		wantReason string
+		wantReason stage4v1.ErrorReason
 		wantCalls  int
 	}{
 		{name: "within limits", textBytes: 100, wantCode: codes.OK, wantCalls: 1},

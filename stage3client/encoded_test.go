@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
@@ -42,7 +43,7 @@ func TestExecuteEncodedIsExecute(t *testing.T) {
 		req        func(t *testing.T) *stage3v1.ExecuteMultiDomainPlanRequest
 		fault      codes.Code
 		wantCode   codes.Code
-		wantReason string
+		wantReason stage4v1.ErrorReason
 		wantCalls  int
 	}{
 		{name: "forwarded once, response unchanged", req: func(t *testing.T) *stage3v1.ExecuteMultiDomainPlanRequest { return grow(t, 100) }, wantCalls: 1},

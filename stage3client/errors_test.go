@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
 )
 
@@ -20,7 +21,7 @@ func TestMapError(t *testing.T) {
 		sent           bool
 		callerCanceled bool
 		wantCode       codes.Code
-		wantReason     string
+		wantReason     stage4v1.ErrorReason
 		wantMsg        string
 		wantStage3Code string
 	}{
@@ -69,7 +70,7 @@ func TestMapError(t *testing.T) {
 			info, ok := got.Details()[0].(*errdetails.ErrorInfo)
 			require.True(t, ok, "detail is %T", got.Details()[0])
 			require.Equal(t, rpcerr.Domain, info.GetDomain())
-			require.Equal(t, tt.wantReason, info.GetReason())
+			require.Equal(t, tt.wantReason.String(), info.GetReason())
 			require.Equal(t, tt.wantStage3Code, info.GetMetadata()[metadataStage3Code])
 		})
 	}

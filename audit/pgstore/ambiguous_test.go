@@ -8,7 +8,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
@@ -44,7 +43,7 @@ func TestAmbiguousCommit(t *testing.T) {
 				proxy.Refuse(true)
 			}
 			var recs []audit.Record
-			err := s.Append(testCtx(t), true, renderer([]*stage4v1.AuditEvent{event(started, "during", "u")}, time.Time{}, &recs))
+			err := s.Append(testCtx(t), true, renderer([]audit.Event{event(started, "during", "u")}, time.Time{}, &recs))
 			<-cut
 			if tt.wantErr == nil {
 				require.NoError(t, err)

@@ -17,7 +17,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // Append stores one batch in one transaction:
@@ -36,9 +35,9 @@ import (
 // Without durable the transaction commits with synchronous_commit off:
 // the commit returns before its WAL is flushed, and the next synchronous
 // commit of any session flushes it too, because the WAL is one sequence.
-// Such a batch is visible to List (and to the other replicas) before it
-// is durable; a crash of the database can lose it, never a later batch
-// without it.
+// A crash of the database can lose such a batch, never a later batch
+// without it. List shows records up to audit_head.durable_sequence only,
+// which only durable batches move, so that nothing listed can be lost.
 //
 // Once the records are sent, the caller's ctx no longer cancels the
 // append (a cancelled COMMIT would only make the outcome unknown); a 10 s
@@ -77,7 +76,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.writeTimeout)
 	defer cancel()
-	if err := s.write(wctx, conn, recs, tree); err != nil {
+	if err := s.write(wctx, conn, recs, tree, durable); err != nil {
 		s.rollback(conn)
 		return fmt.Errorf("append audit records: %w", s.dbError(err))
 	}
@@ -167,7 +166,7 @@ ON CONFLICT (execution_id) DO UPDATE SET
 	owner_instance = excluded.owner_instance`
 
 // write sends the batch's statements in one pipelined round trip.
-func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Record, tree []tlog.Hash) error {
+func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Record, tree []tlog.Hash, durable bool) error {
 	n := len(recs)
 	seqs := make([]int64, n)
 	times := make([]time.Time, n)
@@ -197,7 +196,14 @@ func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Reco
 		b.Queue(insertRecords, seqs, times, types, execs, plans, users, hashes, lines, trees)
 	}
 	last := &recs[n-1]
-	b.Queue("UPDATE audit_head SET sequence = $1, hash = $2, tree = $3 WHERE id = 1", int64(last.Sequence), last.Hash[:], concat(tree))
+	if durable {
+		// Listed from now on: this batch's commit is durable before it is
+		// visible, and it makes every batch before it durable (the WAL is
+		// one sequence).
+		b.Queue("UPDATE audit_head SET sequence = $1, hash = $2, tree = $3, durable_sequence = $1 WHERE id = 1", int64(last.Sequence), last.Hash[:], concat(tree))
+	} else {
+		b.Queue("UPDATE audit_head SET sequence = $1, hash = $2, tree = $3 WHERE id = 1", int64(last.Sequence), last.Hash[:], concat(tree))
+	}
 	open, closed := openChanges(recs)
 	if len(closed) > 0 {
 		b.Queue("DELETE FROM audit_open WHERE execution_id = ANY($1::text[])", closed)
@@ -248,9 +254,9 @@ func openChanges(recs []audit.Record) (open []*openChange, closed []string) {
 			order = append(order, id)
 		}
 		switch r.Type {
-		case stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED:
+		case audit.ExecutionCompleted, audit.ExecutionFailed:
 			state[id] = nil
-		case stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED:
+		case audit.PlanReceived, audit.ExecutionStarted:
 			if o == nil {
 				o = &openChange{id: id, plan: column(r.PlanID), user: column(r.UserID), seq: int64(r.Sequence)}
 				state[id] = o

@@ -7,29 +7,27 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
 // benchEvent is a typical PLAN_RECEIVED: about 600 bytes as a record.
-func benchEvent(i int) *stage4v1.AuditEvent {
-	return &stage4v1.AuditEvent{
+func benchEvent(i int) audit.Event {
+	return audit.Event{
 		Type:        received,
-		ExecutionId: fmt.Sprintf("%032x", i),
-		PlanId:      "sha256:f1963881e022a0d807a2af2c2351c84a13e82a898b7127a267e156fb9f65ef50",
-		UserId:      "alice",
-		Details: &structpb.Struct{Fields: map[string]*structpb.Value{
-			"trigger_type":      structpb.NewStringValue("manual"),
-			"step_count":        structpb.NewNumberValue(2),
-			"steps":             structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{structpb.NewStringValue("text.upper"), structpb.NewStringValue("text.reverse")}}),
-			"binding_count":     structpb.NewNumberValue(1),
-			"peer":              structpb.NewStringValue("10.0.0.7:51234"),
-			"token_fingerprint": structpb.NewStringValue("sha256:405dc451fc1115f2"),
-		}},
+		ExecutionID: fmt.Sprintf("%032x", i),
+		PlanID:      "sha256:f1963881e022a0d807a2af2c2351c84a13e82a898b7127a267e156fb9f65ef50",
+		UserID:      "alice",
+		Details: audit.Details{
+			"trigger_type":      "manual",
+			"step_count":        2.0,
+			"steps":             []any{"text.upper", "text.reverse"},
+			"binding_count":     1.0,
+			"peer":              "10.0.0.7:51234",
+			"token_fingerprint": "sha256:405dc451fc1115f2",
+		},
 	}
 }
 
@@ -62,7 +60,7 @@ func BenchmarkAppend(b *testing.B) {
 				for i := range stores {
 					stores[i] = open(b, url, append(v.opts, pgstore.WithReplicaName(fmt.Sprint("bench-", i)))...)
 				}
-				evs := make([]*stage4v1.AuditEvent, batch)
+				evs := make([]audit.Event, batch)
 				for i := range evs {
 					evs[i] = benchEvent(i)
 				}

@@ -11,4 +11,11 @@ func WithCopyFrom() Option { return func(c *config) { c.copyFrom = true } }
 func WithSyncNonDurable() Option { return func(c *config) { c.syncNonDurable = true } }
 
 // ListQuery is the SQL that List runs for q, for EXPLAIN in tests.
-func ListQuery(q audit.Query, next uint64) (string, []any) { return listQuery(&q, next) }
+func ListQuery(q audit.Query) (string, []any) {
+	from := max(q.From.Sequence, 1)
+	var end uint64
+	if q.MaxScanned > 0 {
+		end = from + uint64(q.MaxScanned)
+	}
+	return listQuery(&q, from, end)
+}

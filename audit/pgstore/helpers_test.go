@@ -8,33 +8,31 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 const (
-	received  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED
-	started   = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
-	completed = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED
-	failed    = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED
+	received  = audit.PlanReceived
+	started   = audit.ExecutionStarted
+	completed = audit.ExecutionCompleted
+	failed    = audit.ExecutionFailed
 )
 
-func event(typ stage4v1.AuditEventType, exec, user string) *stage4v1.AuditEvent {
-	return &stage4v1.AuditEvent{
+func event(typ audit.EventType, exec, user string) audit.Event {
+	return audit.Event{
 		Type:        typ,
-		ExecutionId: exec,
-		PlanId:      "sha256:plan-" + exec,
-		UserId:      user,
-		Details:     &structpb.Struct{Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("v")}},
+		ExecutionID: exec,
+		PlanID:      "sha256:plan-" + exec,
+		UserID:      user,
+		Details:     audit.Details{"k": "v"},
 	}
 }
 
 // renderer is a build function for evs; openUntil, when set, is stamped
 // on the records that open an execution, as the log does.
-func renderer(evs []*stage4v1.AuditEvent, openUntil time.Time, out *[]audit.Record) func(audit.Head) ([]audit.Record, error) {
+func renderer(evs []audit.Event, openUntil time.Time, out *[]audit.Record) func(audit.Head) ([]audit.Record, error) {
 	return func(h audit.Head) ([]audit.Record, error) {
 		recs, err := audit.RenderRecords(h, time.Now(), evs)
 		if err != nil {
@@ -52,7 +50,7 @@ func renderer(evs []*stage4v1.AuditEvent, openUntil time.Time, out *[]audit.Reco
 	}
 }
 
-func mustAppend(t testing.TB, s *pgstore.Store, evs ...*stage4v1.AuditEvent) []audit.Record {
+func mustAppend(t testing.TB, s *pgstore.Store, evs ...audit.Event) []audit.Record {
 	t.Helper()
 	var recs []audit.Record
 	require.NoError(t, s.Append(testCtx(t), true, renderer(evs, time.Time{}, &recs)))
@@ -67,18 +65,18 @@ func mustVerify(t testing.TB, url string) audit.VerifyResult {
 }
 
 // listAll lists every record of q, following page tokens.
-func listAll(t testing.TB, s *pgstore.Store, q audit.Query) []*stage4v1.AuditEvent {
+func listAll(t testing.TB, s *pgstore.Store, q audit.Query) []audit.Event {
 	t.Helper()
-	q.PageSize = 1000
-	var all []*stage4v1.AuditEvent
+	q.Limit = 1000
+	var all []audit.Event
 	for {
 		page, err := s.List(testCtx(t), q)
 		require.NoError(t, err)
 		all = append(all, page.Events...)
-		if page.NextPageToken == "" {
+		if page.Done() {
 			return all
 		}
-		q.PageToken = page.NextPageToken
+		q.From = page.Next
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stage4/stage4/audit"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // claimable selects the open executions this replica may close as
@@ -92,7 +91,11 @@ func (s *Store) Interrupted(ctx context.Context) ([]audit.OpenExecution, error) 
 			return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
 		}
 		e.Sequence = uint64(seq)
-		e.LastType = stage4v1.AuditEventType(stage4v1.AuditEventType_value[last])
+		if t, ok := audit.ParseEventType(last); ok && t == audit.PlanReceived {
+			e.LastType = t
+		} else {
+			e.LastType = audit.ExecutionStarted // the one that says the plan may have run
+		}
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

@@ -9,14 +9,13 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
 const grace = time.Minute
 
 // appendOpen appends events whose open executions have the deadline until.
-func appendOpen(t *testing.T, s *pgstore.Store, until time.Time, evs ...*stage4v1.AuditEvent) {
+func appendOpen(t *testing.T, s *pgstore.Store, until time.Time, evs ...audit.Event) {
 	t.Helper()
 	require.NoError(t, s.Append(testCtx(t), true, renderer(evs, until, nil)))
 }

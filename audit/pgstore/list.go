@@ -1,65 +1,67 @@
 package pgstore
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/binary"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 
-	"github.com/stage4/stage4/audit"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
-)
+	"github.com/jackc/pgx/v5/pgtype"
 
-const (
-	tokenVersion = 1
-	// tokenLen is version, log id, next sequence and filter digest.
-	tokenLen = 1 + logIDLen + 8 + audit.FilterDigestLen
+	"github.com/stage4/stage4/audit"
 )
 
 // List returns one page of the records matching q, by keyset paging on
-// sequence: WHERE <filters> AND sequence >= <next> ORDER BY sequence
-// LIMIT page size + 1, served by the (column, sequence) indexes, so that
-// the cost of a page does not grow with the log. The page token holds the
-// next sequence, the log's id and q's filter digest, base64url-encoded.
-// Records are returned as decoded from their stored bytes; a record whose
-// hash does not match its bytes, or whose columns disagree with it, fails
-// the call with audit.ErrDataLoss.
+// sequence: WHERE <filters> AND sequence >= <from> ORDER BY sequence
+// LIMIT limit + 1, served by the (column, sequence) indexes, so that the
+// cost of a page does not grow with the log. Only records up to
+// audit_head.durable_sequence are read (see Append). With q.MaxScanned
+// the query also stops at sequence from + MaxScanned, which bounds the
+// index range the database reads however few rows match; the page then
+// ends there. Records are returned as decoded from their stored bytes; a
+// record whose hash does not match its bytes, whose columns disagree
+// with it, or a sequence missing from an unfiltered listing fails the
+// call with audit.ErrDataLoss.
 func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	if s.closed.Load() {
 		return audit.Page{}, audit.ErrClosed
 	}
-	if q.PageSize < 1 {
-		return audit.Page{}, fmt.Errorf("list audit records: page size %d", q.PageSize)
+	if q.Limit < 1 {
+		return audit.Page{}, fmt.Errorf("list audit records: limit %d", q.Limit)
 	}
-	digest := q.FilterDigest()
-	next := uint64(1)
-	if q.PageToken != "" {
-		var ok bool
-		if next, ok = s.decodeToken(q.PageToken, digest); !ok {
-			return audit.Page{}, audit.ErrInvalidPageToken
-		}
+	from := max(q.From.Sequence, 1)
+	end := uint64(0) // no bound
+	if q.MaxScanned > 0 {
+		end = from + uint64(q.MaxScanned)
 	}
-	sql, args := listQuery(&q, next)
+	sql, args := listQuery(&q, from, end)
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return audit.Page{}, fmt.Errorf("list audit records: %w", s.dbError(err))
 	}
 	defer rows.Close()
 	var page audit.Page
-	var n int
+	var durable int64
+	n, want := 0, from
 	for rows.Next() {
 		var r row
-		if err := rows.Scan(&r.seq, &r.typ, &r.execID, &r.planID, &r.userID, &r.record); err != nil {
+		var seq pgtype.Int8
+		var typ, execID, planID, userID pgtype.Text
+		if err := rows.Scan(&durable, &seq, &typ, &execID, &planID, &userID, &r.record); err != nil {
 			return audit.Page{}, fmt.Errorf("list audit records: %w", s.dbError(err))
 		}
-		if n == q.PageSize {
-			page.NextPageToken = s.encodeToken(uint64(r.seq), digest)
+		if !seq.Valid {
+			break // the durable head alone: no row matched
+		}
+		r.seq, r.typ, r.execID, r.planID, r.userID = seq.Int64, typ.String, execID.String, planID.String, userID.String
+		if n == q.Limit {
+			page.Next = audit.Cursor{Sequence: uint64(r.seq)}
 			break
 		}
+		if q.Filter.Empty() && uint64(r.seq) != want {
+			return audit.Page{}, fmt.Errorf("%w: no record %d: a row was deleted from audit_records", audit.ErrDataLoss, want)
+		}
+		want = uint64(r.seq) + 1
 		n++
 		ev, err := r.decode()
 		if err != nil {
@@ -67,38 +69,56 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 		}
 		// The columns may match where the record does not (NUL mapped to
 		// U+FFFD); the record decides.
-		if q.Matches(ev) {
+		if q.Matches(&ev) {
 			page.Events = append(page.Events, ev)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return audit.Page{}, fmt.Errorf("list audit records: %w", s.dbError(err))
 	}
+	if page.Done() && end > 0 && end <= uint64(durable) {
+		// Stopped by the scan bound, with durable records beyond it.
+		page.Next = audit.Cursor{Sequence: end}
+	}
+	if q.Filter.Empty() && page.Done() && want <= uint64(durable) && (end == 0 || want < end) {
+		return audit.Page{}, fmt.Errorf("%w: the log ends at record %d, but audit_head says %d are durable: rows were deleted", audit.ErrDataLoss, want-1, durable)
+	}
 	return page, nil
 }
 
-func listQuery(q *audit.Query, next uint64) (string, []any) {
+// listQuery is the SQL of a page: the durable head joined with the
+// matching rows, so that the answer says how far the durable records
+// reach even when no row matches. end, when not 0, bounds the sequences
+// read.
+func listQuery(q *audit.Query, from, end uint64) (string, []any) {
 	var b strings.Builder
-	b.WriteString("SELECT sequence, type, execution_id, plan_id, user_id, record FROM audit_records WHERE sequence >= $1")
-	args := []any{int64(next)}
-	add := func(col, v string) {
+	b.WriteString(`SELECT h.durable_sequence, r.sequence, r.type, r.execution_id, r.plan_id, r.user_id, r.record
+FROM audit_head h LEFT JOIN LATERAL (
+	SELECT sequence, type, execution_id, plan_id, user_id, record FROM audit_records
+	WHERE sequence >= $1 AND sequence <= h.durable_sequence`)
+	args := []any{int64(from)}
+	add := func(col string, v any) {
 		args = append(args, v)
-		b.WriteString(" AND " + col + " = $" + strconv.Itoa(len(args)))
+		b.WriteString(" AND " + col + " $" + strconv.Itoa(len(args)))
+	}
+	if end > 0 {
+		add("sequence <", int64(end))
 	}
 	if q.ExecutionID != "" {
-		add("execution_id", column(q.ExecutionID))
+		add("execution_id =", column(q.ExecutionID))
 	}
 	if q.PlanID != "" {
-		add("plan_id", column(q.PlanID))
+		add("plan_id =", column(q.PlanID))
 	}
 	if q.UserID != "" {
-		add("user_id", column(q.UserID))
+		add("user_id =", column(q.UserID))
 	}
-	if q.Type != stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
-		add("type", q.Type.String())
+	if q.Type != audit.TypeUnspecified {
+		add("type =", q.Type.String())
 	}
-	args = append(args, q.PageSize+1)
-	b.WriteString(" ORDER BY sequence LIMIT $" + strconv.Itoa(len(args)))
+	args = append(args, q.Limit+1)
+	b.WriteString(" ORDER BY sequence LIMIT $" + strconv.Itoa(len(args)) + `
+) r ON true WHERE h.id = 1 ORDER BY r.sequence`)
 	return b.String(), args
 }
 
@@ -111,56 +131,31 @@ type row struct {
 
 // decode parses the stored record and checks that the row's columns are
 // the record's members, which the indexes and filters rely on.
-func (r *row) decode() (*stage4v1.AuditEvent, error) {
+func (r *row) decode() (audit.Event, error) {
 	ev, _, err := audit.ParseRecord(r.record)
 	if err != nil {
-		return nil, fmt.Errorf("sequence %d: %w", r.seq, err)
+		return audit.Event{}, fmt.Errorf("sequence %d: %w", r.seq, err)
 	}
-	if col := r.disagreement(ev); col != "" {
-		return nil, fmt.Errorf("%w: sequence %d: column %s disagrees with the record", audit.ErrDataLoss, r.seq, col)
+	if col := r.disagreement(&ev); col != "" {
+		return audit.Event{}, fmt.Errorf("%w: sequence %d: column %s disagrees with the record", audit.ErrDataLoss, r.seq, col)
 	}
 	return ev, nil
 }
 
 // disagreement names the first column that is not what the record says,
 // or returns "".
-func (r *row) disagreement(ev *stage4v1.AuditEvent) string {
+func (r *row) disagreement(ev *audit.Event) string {
 	switch {
-	case ev.GetSequence() != uint64(r.seq):
+	case ev.Sequence != uint64(r.seq):
 		return "sequence"
-	case ev.GetType().String() != r.typ:
+	case ev.Type.String() != r.typ:
 		return "type"
-	case column(ev.GetExecutionId()) != r.execID:
+	case column(ev.ExecutionID) != r.execID:
 		return "execution_id"
-	case column(ev.GetPlanId()) != r.planID:
+	case column(ev.PlanID) != r.planID:
 		return "plan_id"
-	case column(ev.GetUserId()) != r.userID:
+	case column(ev.UserID) != r.userID:
 		return "user_id"
 	}
 	return ""
-}
-
-func (s *Store) encodeToken(next uint64, digest [audit.FilterDigestLen]byte) string {
-	b := make([]byte, 0, tokenLen)
-	b = append(b, tokenVersion)
-	b = append(b, s.logID[:]...)
-	b = binary.BigEndian.AppendUint64(b, next)
-	b = append(b, digest[:]...)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (s *Store) decodeToken(tok string, digest [audit.FilterDigestLen]byte) (uint64, bool) {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) != tokenLen || b[0] != tokenVersion {
-		return 0, false
-	}
-	b = b[1:]
-	if !bytes.Equal(b[:logIDLen], s.logID[:]) {
-		return 0, false // another log's token
-	}
-	next := binary.BigEndian.Uint64(b[logIDLen:])
-	if next == 0 || next > math.MaxInt64 || !bytes.Equal(b[logIDLen+8:], digest[:]) {
-		return 0, false
-	}
-	return next, true
 }

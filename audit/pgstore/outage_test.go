@@ -10,7 +10,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
@@ -32,10 +31,10 @@ func TestDatabaseStoppedAndStarted(t *testing.T) {
 	err := s.Ping(testCtx(t))
 	require.ErrorIs(t, err, audit.ErrUnavailable)
 	require.Less(t, time.Since(began), 3*time.Second, "Ping is bounded")
-	err = s.Append(testCtx(t), true, renderer([]*stage4v1.AuditEvent{event(started, "during", "u")}, time.Time{}, nil))
+	err = s.Append(testCtx(t), true, renderer([]audit.Event{event(started, "during", "u")}, time.Time{}, nil))
 	require.ErrorIs(t, err, audit.ErrUnavailable)
 	require.NotErrorIs(t, err, audit.ErrOutcomeUnknown)
-	_, err = s.List(testCtx(t), audit.Query{PageSize: 10})
+	_, err = s.List(testCtx(t), audit.Query{Limit: 10})
 	require.ErrorIs(t, err, audit.ErrUnavailable)
 	_, err = s.Interrupted(testCtx(t))
 	require.ErrorIs(t, err, audit.ErrUnavailable)

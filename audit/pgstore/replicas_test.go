@@ -10,7 +10,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
@@ -37,17 +36,23 @@ func TestConcurrentFirstStart(t *testing.T) {
 		require.NoError(t, errs[i], "store %d", i)
 		t.Cleanup(func() { stores[i].Close() })
 	}
-	require.Equal(t, int64(1), query[int64](t, url, "SELECT count(*) FROM audit_schema_version"))
+	require.Equal(t, int64(pgstore.SchemaVersion), query[int64](t, url, "SELECT count(*) FROM audit_schema_version"))
 	require.Equal(t, int64(1), query[int64](t, url, "SELECT count(*) FROM audit_meta"))
 
-	// One log: a page token of one store is valid on every other.
+	// One log: a cursor of one store is valid on every other, and so is
+	// the key that page tokens are made with.
 	mustAppend(t, stores[0], event(received, "a", "u"), event(received, "b", "u"))
-	page, err := stores[0].List(testCtx(t), audit.Query{PageSize: 1})
+	page, err := stores[0].List(testCtx(t), audit.Query{Limit: 1})
+	require.NoError(t, err)
+	key, err := stores[0].FingerprintKey(testCtx(t))
 	require.NoError(t, err)
 	for _, s := range stores[1:] {
-		next, err := s.List(testCtx(t), audit.Query{PageSize: 1, PageToken: page.NextPageToken})
+		other, err := s.FingerprintKey(testCtx(t))
 		require.NoError(t, err)
-		require.Equal(t, "b", next.Events[0].GetExecutionId())
+		require.Equal(t, key, other)
+		next, err := s.List(testCtx(t), audit.Query{Limit: 1, From: page.Next})
+		require.NoError(t, err)
+		require.Equal(t, "b", next.Events[0].ExecutionID)
 	}
 }
 
@@ -74,7 +79,7 @@ func TestReplicasAppendConcurrently(t *testing.T) {
 					<-start
 					next := 0
 					for b := range batches {
-						var evs []*stage4v1.AuditEvent
+						var evs []audit.Event
 						for range 1 + b%5 { // batch sizes 1 to 5
 							evs = append(evs, event(received, execID(r, next), fmt.Sprint("user-", r)))
 							next++
@@ -97,12 +102,17 @@ func TestReplicasAppendConcurrently(t *testing.T) {
 
 			res := mustVerify(t, url) // one chain, gapless from 1, head at its end
 			require.Equal(t, total, res.Records)
+			// The last batches may have been the non-durable ones, which
+			// are listed once a durable batch follows.
+			mustAppend(t, stores[0], event(received, "last", "user-0"))
+			total++
 
 			seen := map[string]int{}
 			for _, ev := range listAll(t, stores[0], audit.Query{}) {
-				seen[ev.GetExecutionId()]++
+				seen[ev.ExecutionID]++
 			}
 			require.Len(t, seen, int(total))
+			require.Equal(t, 1, seen["last"])
 			for r := range replicas {
 				for i := range perReplica {
 					require.Equal(t, 1, seen[execID(r, i)], "record %s", execID(r, i))

@@ -18,8 +18,8 @@ import (
 // once can both pass the check and one fails on the catalog's unique index.
 const migrationLockKey int64 = 0x5354_4734_4155_4431 // "STG4AUD1"
 
-// logIDLen is the length of the random id of a log, made with its schema;
-// page tokens carry it so that another database's tokens are refused.
+// logIDLen is the length of the random id of a log, made with its schema,
+// which tells one database's log from another's in messages.
 const logIDLen = 8
 
 // fingerprintKeyLen is the length of the log's fingerprint key, made with
@@ -97,6 +97,16 @@ CREATE TABLE audit_meta (
 	log_id          bytea NOT NULL,
 	fingerprint_key bytea NOT NULL CHECK (length(fingerprint_key) = 32)
 );
+`,
+	// Version 2: durable_sequence, the last record of the last durable
+	// batch, which List does not read past: batches committed without
+	// waiting for their WAL flush (PLAN_RECEIVED) are visible before they
+	// are durable, and a reader must never see a record a crash can take
+	// back. Records already stored were committed before this binary ran,
+	// and are taken as durable.
+	`
+ALTER TABLE audit_head ADD COLUMN durable_sequence bigint NOT NULL DEFAULT 0 CHECK (durable_sequence >= 0);
+UPDATE audit_head SET durable_sequence = sequence;
 `,
 }
 

@@ -13,12 +13,40 @@ import (
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
+// TestConformance runs the suite every audit store passes, on a database
+// of its own reached through a proxy that can refuse, hold (a partition)
+// and cut connections.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) storetest.Opener {
+	const grace = time.Second
+	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		url := pgtest.NewDatabase(t)
-		return func(t *testing.T) audit.Store {
+		proxy := pgtest.NewProxy(t, url)
+		via := proxy.URL(url)
+		return storetest.Harness{
 			// One name for every process of this log: a restart.
-			return open(t, url, pgstore.WithReplicaName("conformance"))
+			Open: func(t *testing.T) audit.Store {
+				return open(t, via, pgstore.WithReplicaName("conformance"), pgstore.WithGracePeriod(grace))
+			},
+			OpenReplica: func(t *testing.T, name string) audit.Store {
+				return open(t, via, pgstore.WithReplicaName(name), pgstore.WithGracePeriod(grace))
+			},
+			Break: func(*testing.T) {
+				proxy.Refuse(true)
+				proxy.CutAll()
+			},
+			Hang: func(*testing.T) { proxy.Hold() },
+			Heal: func(*testing.T) {
+				proxy.Release()
+				proxy.Refuse(false)
+			},
+			Recovers: true,
+			LoseAnswer: func(*testing.T) {
+				// The COMMIT lands but its answer is cut, and the store
+				// cannot reach the database to ask until Heal.
+				proxy.CutAtNextCommit(true)
+				proxy.Refuse(true)
+			},
+			Grace: grace,
 		}
 	})
 }

@@ -145,12 +145,9 @@ func (s *Store) LoadCheckpoint(ctx context.Context) ([]byte, error) {
 // against a signed checkpoint, never trusted.
 type Reader struct {
 	conn *pgx.Conn
-	// ctx bounds the reads of ReadHashes, whose signature is
-	// tlog.HashReader's and has no context of its own.
-	ctx context.Context
 }
 
-// OpenReader connects to the database at rawURL; ctx bounds every read.
+// OpenReader connects to the database at rawURL.
 func OpenReader(ctx context.Context, rawURL string) (*Reader, error) {
 	if !IsURL(rawURL) {
 		return nil, errors.New("read audit store: the URL must start with postgres:// or postgresql://")
@@ -164,13 +161,13 @@ func OpenReader(ctx context.Context, rawURL string) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read audit store %s: %w", redact(rawURL), dbErrorNoReset(err))
 	}
-	return &Reader{conn: conn, ctx: ctx}, nil
+	return &Reader{conn: conn}, nil
 }
 
 // Record returns the bytes of the record of sequence seq.
-func (r *Reader) Record(seq uint64) ([]byte, error) {
+func (r *Reader) Record(ctx context.Context, seq uint64) ([]byte, error) {
 	var record []byte
-	err := r.conn.QueryRow(r.ctx, "SELECT record FROM audit_records WHERE sequence = $1", int64(seq)).Scan(&record)
+	err := r.conn.QueryRow(ctx, "SELECT record FROM audit_records WHERE sequence = $1", int64(seq)).Scan(&record)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("the log holds no record %d", seq)
 	}
@@ -180,10 +177,9 @@ func (r *Reader) Record(seq uint64) ([]byte, error) {
 	return record, nil
 }
 
-// ReadHashes reads stored hashes from the records' tree column; it is a
-// tlog.HashReader.
-func (r *Reader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
-	return readHashes(r.ctx, r.conn, indexes, dbErrorNoReset)
+// ReadHashes reads stored hashes from the records' tree column.
+func (r *Reader) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error) {
+	return readHashes(ctx, r.conn, indexes, dbErrorNoReset)
 }
 
 // Close disconnects.

@@ -138,13 +138,13 @@ func (v *verifier) check(r *verifyRow) error {
 	}
 	head := v.checker.Head()
 	lr := row{seq: r.seq, typ: r.typ, execID: r.execID, planID: r.planID, userID: r.userID}
-	col := lr.disagreement(ev)
+	col := lr.disagreement(&ev)
 	switch {
 	case col != "":
 	case !bytes.Equal(r.hash, head.Hash[:]):
 		col = "hash"
 	// The column keeps microseconds; the record nanoseconds.
-	case !r.time.Equal(ev.GetTime().AsTime().Truncate(time.Microsecond)):
+	case !r.time.Equal(ev.Time.Truncate(time.Microsecond)):
 		col = "time"
 	}
 	if col != "" {
@@ -152,7 +152,7 @@ func (v *verifier) check(r *verifyRow) error {
 	}
 	v.prev = r.record
 	v.res.Records = want
-	v.res.LastHash = ev.GetHash()
+	v.res.LastHash = ev.Hash
 	v.res.Bytes += int64(len(r.record)) + 1 // as the file would hold it, with its newline
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
@@ -23,9 +22,9 @@ func fiveRecords(t *testing.T, s *pgstore.Store) []audit.Record {
 
 // render makes the record that would extend head with ev: a validly
 // hashed record, for forging a fork.
-func render(t *testing.T, head audit.Head, ev *stage4v1.AuditEvent) audit.Record {
+func render(t *testing.T, head audit.Head, ev audit.Event) audit.Record {
 	t.Helper()
-	recs, err := audit.RenderRecords(head, time.Now(), []*stage4v1.AuditEvent{ev})
+	recs, err := audit.RenderRecords(head, time.Now(), []audit.Event{ev})
 	require.NoError(t, err)
 	return recs[0]
 }
@@ -178,6 +177,8 @@ func TestListDataLoss(t *testing.T) {
 		{"record altered", `UPDATE audit_records SET record = convert_to(replace(convert_from(record, 'UTF8'),
 			'"user_id":"alice"', '"user_id":"mallo"'), 'UTF8') WHERE sequence = 3`},
 		{"column altered to match another filter", `UPDATE audit_records SET execution_id = 'e2' WHERE sequence = 3`},
+		{"row deleted in the middle", `DELETE FROM audit_records WHERE sequence = 3`},
+		{"rows deleted at the end", `DELETE FROM audit_records WHERE sequence >= 4`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,7 +187,7 @@ func TestListDataLoss(t *testing.T) {
 			s := open(t, url)
 			fiveRecords(t, s)
 			pgtest.Exec(t, url, tt.damage)
-			_, err := s.List(testCtx(t), audit.Query{PageSize: 10})
+			_, err := s.List(testCtx(t), audit.Query{Limit: 10})
 			require.ErrorIs(t, err, audit.ErrDataLoss)
 		})
 	}

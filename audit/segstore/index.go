@@ -12,7 +12,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore/internal/segindex"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // memIndex is the index of the active segment, kept in memory: Append
@@ -23,10 +22,9 @@ type memIndex struct{ m segindex.Mem }
 func newMemIndex() *memIndex { return &memIndex{} }
 
 // typeKeys are the index keys of the event types, computed once.
-var typeKeys = func() map[stage4v1.AuditEventType]uint64 {
-	keys := map[stage4v1.AuditEventType]uint64{}
-	for v := range stage4v1.AuditEventType_name {
-		t := stage4v1.AuditEventType(v)
+var typeKeys = func() map[audit.EventType]uint64 {
+	keys := map[audit.EventType]uint64{}
+	for t := audit.TypeUnspecified; t.Defined(); t++ {
 		keys[t] = segindex.Key(segindex.Type, t.String())
 	}
 	return keys
@@ -36,7 +34,7 @@ func (m *memIndex) add(r *audit.Record, offset int64) {
 	m.addFields(r.Sequence, offset, r.Type, r.ExecutionID, r.PlanID, r.UserID)
 }
 
-func (m *memIndex) addFields(seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) {
+func (m *memIndex) addFields(seq uint64, offset int64, t audit.EventType, executionID, planID, userID string) {
 	// On the stack: this runs for every record appended.
 	var buf [4]segindex.Entry
 	// Sequences only grow, which is all Add can refuse.
@@ -44,7 +42,7 @@ func (m *memIndex) addFields(seq uint64, offset int64, t stage4v1.AuditEventType
 }
 
 // appendEntries appends the index entries of one record to dst.
-func appendEntries(dst []segindex.Entry, seq uint64, offset int64, t stage4v1.AuditEventType, executionID, planID, userID string) []segindex.Entry {
+func appendEntries(dst []segindex.Entry, seq uint64, offset int64, t audit.EventType, executionID, planID, userID string) []segindex.Entry {
 	off := uint32(offset)
 	for _, f := range [...]struct {
 		field segindex.Field
@@ -297,7 +295,7 @@ func (ix *indexer) readEntries(sl seal) ([]segindex.Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", SegmentName(sl.First), err)
 		}
-		list = appendEntries(list, ev.GetSequence(), pos, ev.GetType(), ev.GetExecutionId(), ev.GetPlanId(), ev.GetUserId())
+		list = appendEntries(list, ev.Sequence, pos, ev.Type, ev.ExecutionID, ev.PlanID, ev.UserID)
 		pos += int64(len(line))
 	}
 	return list, nil

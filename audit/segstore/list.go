@@ -4,10 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -18,39 +14,38 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore/internal/segindex"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // List returns a page of records read from the segments: the store keeps
 // no events in memory. A filtered listing finds its records through the
 // index (one lookup per index run, O(log n) for n segments, plus the
 // active segment's index in memory) and reads only them; an unfiltered one
-// reads the segments in order. Records of archived segments (files no
-// longer in the directory) are not listed. The page token holds the next
-// record's sequence and byte offset in its segment, the filters' digest
-// and a MAC under the store's key, so a token of another log or for other
-// filters is refused; it stays valid across restarts.
+// reads the segments in order. Only durable records are listed (the view
+// that the last durable batch published). Records of archived segments
+// (files no longer in the directory) are not listed. The cursor of the
+// next page holds the next record's sequence and, for an unfiltered
+// listing, its byte offset in its segment, which List checks against the
+// record it finds there.
 func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	if s.isClosed() {
 		return audit.Page{}, audit.ErrClosed
 	}
-	v := s.view.Load()
-	digest := q.FilterDigest()
-	from, offset := uint64(1), int64(0)
-	if q.PageToken != "" {
-		var ok bool
-		if from, offset, ok = s.decodeToken(q.PageToken, digest); !ok || from > v.head.Sequence {
-			return audit.Page{}, audit.ErrInvalidPageToken
-		}
+	if err := ctx.Err(); err != nil {
+		return audit.Page{}, fmt.Errorf("list audit log: %w", err)
 	}
-	r := &reader{s: s, v: v, files: map[uint64]*os.File{}}
+	v := s.view.Load()
+	from, offset := max(q.From.Sequence, 1), q.From.Offset
+	if from > v.head.Sequence {
+		return audit.Page{}, nil
+	}
+	r := &reader{s: s, v: v, files: map[uint64]*os.File{}, budget: q.MaxScanned}
 	defer r.close()
-	f := newFilter(&q)
+	f := newFilter(&q.Filter)
 	if f.impossible {
 		return audit.Page{}, nil
 	}
 	if len(f.keys) == 0 {
-		return r.scan(ctx, &q, f, from, offset, q.PageToken != "")
+		return r.scan(ctx, &q, f, from, offset)
 	}
 	return r.lookup(ctx, &q, f, from)
 }
@@ -61,6 +56,23 @@ type reader struct {
 	s     *Store
 	v     *view
 	files map[uint64]*os.File // by first sequence; nil: archived
+	// budget is what is left of the query's MaxScanned (records read, and
+	// index entries at entriesPerScan each); unbounded when the query
+	// set none.
+	budget int
+	spent  int
+}
+
+// entriesPerScan is how many index entries count as one record read
+// against a query's MaxScanned: an entry is 20 bytes read from a run, a
+// record a parse.
+const entriesPerScan = 64
+
+// spend counts n units of work and reports whether the budget allows
+// going on.
+func (r *reader) spend(n int) bool {
+	r.spent += n
+	return r.budget <= 0 || r.spent < r.budget
 }
 
 func (r *reader) close() {
@@ -77,8 +89,7 @@ func (r *reader) segmentOf(seq uint64) (first uint64, size int64) {
 	if seq >= r.v.activeFirst {
 		return r.v.activeFirst, r.v.activeSize
 	}
-	i, found := slices.BinarySearchFunc(r.v.sealed, seq, func(sl seal, seq uint64) int { return cmp.Compare(sl.Last, seq) })
-	_ = found
+	i, _ := slices.BinarySearchFunc(r.v.sealed, seq, func(sl seal, seq uint64) int { return cmp.Compare(sl.Last, seq) })
 	sl := &r.v.sealed[i]
 	return sl.First, sl.Bytes
 }
@@ -104,26 +115,29 @@ func (r *reader) file(first uint64) (*os.File, error) {
 }
 
 // record reads and checks the record of sequence seq at offset in its
-// segment; nil if its segment is archived.
-func (r *reader) record(seq uint64, offset int64) (*stage4v1.AuditEvent, error) {
+// segment; ok is false if its segment is archived.
+func (r *reader) record(seq uint64, offset int64) (ev audit.Event, ok bool, err error) {
 	first, size := r.segmentOf(seq)
 	f, err := r.file(first)
 	if f == nil || err != nil {
-		return nil, err
+		return audit.Event{}, false, err
 	}
 	if offset < 0 || offset >= size {
-		return nil, audit.ErrDataLoss
+		return audit.Event{}, false, fmt.Errorf("%w: record %d is not at offset %d of %s", audit.ErrDataLoss, seq, offset, SegmentName(first))
 	}
 	lr := audit.NewLineReader(io.NewSectionReader(f, offset, size-offset))
 	line, complete, err := lr.Next()
 	if !complete {
-		return nil, readFailed(err)
+		return audit.Event{}, false, readFailed(err)
 	}
-	ev, _, err := audit.ParseRecord(line[:len(line)-1])
-	if err != nil || ev.GetSequence() != seq {
-		return nil, audit.ErrDataLoss
+	ev, _, err = audit.ParseRecord(line[:len(line)-1])
+	if err != nil {
+		return audit.Event{}, false, fmt.Errorf("record %d: %w", seq, err)
 	}
-	return ev, nil
+	if ev.Sequence != seq {
+		return audit.Event{}, false, fmt.Errorf("%w: the index points record %d at a record of sequence %d", audit.ErrDataLoss, seq, ev.Sequence)
+	}
+	return ev, true, nil
 }
 
 // lookup lists the records that match q from sequence from on through the
@@ -149,13 +163,13 @@ func (r *reader) lookupIn(ctx context.Context, srcs []source, q *audit.Query, f 
 		if src.last < *from {
 			continue
 		}
+		var done bool
+		var err error
 		if src.scan {
-			if err := r.scanSegment(ctx, src, q, f, from, page); err != nil || len(page.Events) == q.PageSize {
-				return err
-			}
-			continue
+			done, err = r.scanSegment(ctx, src, q, f, from, page)
+		} else {
+			done, err = r.lookupSource(ctx, src, q, f, from, page)
 		}
-		done, err := r.lookupSource(ctx, src, q, f, from, page)
 		if err != nil || done {
 			return err
 		}
@@ -168,11 +182,20 @@ func (r *reader) lookupIn(ctx context.Context, srcs []source, q *audit.Query, f 
 // time.
 const lookupChunk = 512
 
+// pageEnds ends page at from, the next sequence to look at: its Next is
+// where the listing continues, unless no durable record is left.
+func (r *reader) pageEnds(page *audit.Page, from uint64, offset int64) {
+	if from <= r.v.head.Sequence {
+		page.Next = audit.Cursor{Sequence: from, Offset: offset}
+	}
+}
+
 // lookupSource fills page from one indexed source: it reads the entries
 // of every key of the filter in chunks from *from on and reads only the
 // records whose sequence all of them hold, so that combined filters
 // (a user's failed executions) cost index entries, not records. done is
-// set when the page is full or the durable records end.
+// set when the page is full, the budget is spent or the durable records
+// end.
 func (r *reader) lookupSource(ctx context.Context, src source, q *audit.Query, f *filter, from *uint64, page *audit.Page) (done bool, err error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -194,24 +217,22 @@ func (r *reader) lookupSource(ctx context.Context, src source, q *audit.Query, f
 				hi = min(hi, c[len(c)-1].Seq)
 			}
 			chunks[i] = c
+			r.spend(len(c) / entriesPerScan)
 		}
 		for _, h := range intersect(chunks, hi) {
 			if h.Seq > r.v.head.Sequence {
 				return true, nil // not durable yet
 			}
-			ev, err := r.record(h.Seq, int64(h.Offset))
+			ev, ok, err := r.record(h.Seq, int64(h.Offset))
 			if err != nil {
 				return false, err
 			}
 			*from = h.Seq + 1
-			if ev == nil || !q.Matches(ev) {
-				continue
+			if ok && q.Matches(&ev) {
+				page.Events = append(page.Events, ev)
 			}
-			page.Events = append(page.Events, ev)
-			if len(page.Events) == q.PageSize {
-				if *from <= r.v.head.Sequence {
-					page.NextPageToken = r.s.encodeToken(*from, 0, q.FilterDigest())
-				}
+			if len(page.Events) == q.Limit || !r.spend(1) {
+				r.pageEnds(page, *from, 0)
 				return true, nil
 			}
 		}
@@ -219,6 +240,10 @@ func (r *reader) lookupSource(ctx context.Context, src source, q *audit.Query, f
 			return false, nil // every key's entries in this source were read
 		}
 		*from = hi + 1
+		if !r.spend(0) {
+			r.pageEnds(page, *from, 0)
+			return true, nil
+		}
 	}
 }
 
@@ -249,48 +274,48 @@ next:
 
 // scanSegment lists the matching records of a sealed segment that has no
 // index run yet by reading it.
-func (r *reader) scanSegment(ctx context.Context, src source, q *audit.Query, f *filter, from *uint64, page *audit.Page) error {
+func (r *reader) scanSegment(ctx context.Context, src source, q *audit.Query, f *filter, from *uint64, page *audit.Page) (done bool, err error) {
 	file, err := r.file(src.first)
 	if file == nil || err != nil {
 		*from = src.last + 1
-		return err
+		return false, err
 	}
 	_, size := r.segmentOf(src.first)
 	lr := audit.NewLineReader(io.NewSectionReader(file, 0, size))
 	for seq, n := src.first, 0; seq <= src.last; seq, n = seq+1, n+1 {
 		if n%ctxCheckLines == 0 && ctx.Err() != nil {
-			return fmt.Errorf("list audit log: %w", ctx.Err())
+			return false, fmt.Errorf("list audit log: %w", ctx.Err())
 		}
 		line, complete, err := lr.Next()
 		if !complete {
-			return readFailed(err)
+			return false, readFailed(err)
 		}
 		if seq < *from || !f.mayMatch(line) {
 			continue
 		}
 		ev, _, err := audit.ParseRecord(line[:len(line)-1])
-		if err != nil || ev.GetSequence() != seq {
-			return audit.ErrDataLoss
+		if err != nil {
+			return false, fmt.Errorf("record %d: %w", seq, err)
+		}
+		if ev.Sequence != seq {
+			return false, fmt.Errorf("%w: segment %s holds record %d where %d belongs", audit.ErrDataLoss, SegmentName(src.first), ev.Sequence, seq)
 		}
 		*from = seq + 1
-		if !q.Matches(ev) {
-			continue
+		if q.Matches(&ev) {
+			page.Events = append(page.Events, ev)
 		}
-		page.Events = append(page.Events, ev)
-		if len(page.Events) == q.PageSize {
-			if *from <= r.v.head.Sequence {
-				page.NextPageToken = r.s.encodeToken(*from, 0, q.FilterDigest())
-			}
-			return nil
+		if len(page.Events) == q.Limit || !r.spend(1) {
+			r.pageEnds(page, *from, 0)
+			return true, nil
 		}
 	}
 	*from = src.last + 1
-	return nil
+	return false, nil
 }
 
-// scan lists every record from sequence from, at offset in its segment,
-// on, reading the segments in order.
-func (r *reader) scan(ctx context.Context, q *audit.Query, f *filter, from uint64, offset int64, fromToken bool) (audit.Page, error) {
+// scan lists every record from sequence from, at offset in its segment
+// (0: unknown), on, reading the segments in order.
+func (r *reader) scan(ctx context.Context, q *audit.Query, f *filter, from uint64, offset int64) (audit.Page, error) {
 	var page audit.Page
 	seq := from
 	for seq <= r.v.head.Sequence {
@@ -305,48 +330,50 @@ func (r *reader) scan(ctx context.Context, q *audit.Query, f *filter, from uint6
 			last = r.v.sealed[i].Last
 		}
 		if file == nil { // archived: on to the next segment
-			seq, offset, fromToken = last+1, 0, false
+			seq, offset = last+1, 0
 			continue
 		}
-		if seq == first {
+		if seq == first || offset <= 0 || offset >= size {
+			offset = 0
+		} else if _, ok, err := r.record(seq, offset); err != nil || !ok {
+			// The hint does not lead to the record (a log begun anew
+			// since the token was issued): read from the segment's start.
 			offset = 0
 		}
-		if offset < 0 || offset >= size {
-			return audit.Page{}, audit.ErrInvalidPageToken
-		}
 		lr := audit.NewLineReader(io.NewSectionReader(file, offset, size-offset))
+		skipTo := seq
+		if offset == 0 {
+			seq = first
+		}
 		for n := 0; seq <= last; n++ {
 			if n%ctxCheckLines == 0 && ctx.Err() != nil {
 				return audit.Page{}, fmt.Errorf("list audit log: %w", ctx.Err())
 			}
 			line, complete, err := lr.Next()
 			if !complete {
-				if fromToken {
-					return audit.Page{}, audit.ErrInvalidPageToken
-				}
 				return audit.Page{}, readFailed(err)
 			}
-			ev, _, err := audit.ParseRecord(line[:len(line)-1])
-			if err != nil || ev.GetSequence() != seq {
-				if fromToken {
-					return audit.Page{}, audit.ErrInvalidPageToken
-				}
-				return audit.Page{}, audit.ErrDataLoss
-			}
-			fromToken = false
 			offset += int64(len(line))
-			seq++
-			if !q.Matches(ev) {
+			if seq < skipTo {
+				seq++
 				continue
 			}
-			page.Events = append(page.Events, ev)
-			if len(page.Events) == q.PageSize {
-				if seq <= r.v.head.Sequence {
-					if seq > last {
-						offset = 0 // the next record starts the next segment
-					}
-					page.NextPageToken = r.s.encodeToken(seq, offset, q.FilterDigest())
+			ev, _, err := audit.ParseRecord(line[:len(line)-1])
+			if err != nil {
+				return audit.Page{}, fmt.Errorf("record %d: %w", seq, err)
+			}
+			if ev.Sequence != seq {
+				return audit.Page{}, fmt.Errorf("%w: segment %s holds record %d where %d belongs", audit.ErrDataLoss, SegmentName(first), ev.Sequence, seq)
+			}
+			seq++
+			if q.Matches(&ev) {
+				page.Events = append(page.Events, ev)
+			}
+			if len(page.Events) == q.Limit || !r.spend(1) {
+				if seq > last {
+					offset = 0 // the next record starts the next segment
 				}
+				r.pageEnds(&page, seq, offset)
 				return page, nil
 			}
 		}
@@ -360,7 +387,7 @@ const ctxCheckLines = 1024
 
 func readFailed(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, audit.ErrLineTooLong) {
-		return audit.ErrDataLoss
+		return fmt.Errorf("%w: a record is cut short", audit.ErrDataLoss)
 	}
 	return fmt.Errorf("%w: read the audit log: %w", audit.ErrUnavailable, err)
 }
@@ -374,7 +401,7 @@ type filter struct {
 	impossible bool // a filter value no record can hold
 }
 
-func newFilter(q *audit.Query) *filter {
+func newFilter(q *audit.Filter) *filter {
 	f := &filter{}
 	for _, m := range []struct {
 		name  string
@@ -393,7 +420,7 @@ func newFilter(q *audit.Query) *filter {
 		f.needles = append(f.needles, member)
 		f.keys = append(f.keys, segindex.Key(m.field, m.value))
 	}
-	if t := q.Type; t != stage4v1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
+	if t := q.Type; t != audit.TypeUnspecified {
 		f.needles = append(f.needles, []byte(`"type":"`+t.String()+`"`))
 		f.keys = append(f.keys, typeKeys[t])
 	}
@@ -407,46 +434,4 @@ func (f *filter) mayMatch(line []byte) bool {
 		}
 	}
 	return true
-}
-
-const (
-	tokenVersion = 2
-	tokenMACLen  = 12
-	// tokenLen is version, sequence, offset, filter digest and MAC.
-	tokenLen = 1 + 8 + 8 + audit.FilterDigestLen + tokenMACLen
-)
-
-// encodeToken makes the page token that continues at record seq, which
-// starts at offset in its segment (0 when only the sequence counts).
-func (s *Store) encodeToken(seq uint64, offset int64, digest [audit.FilterDigestLen]byte) string {
-	b := make([]byte, 0, tokenLen)
-	b = append(b, tokenVersion)
-	b = binary.BigEndian.AppendUint64(b, seq)
-	b = binary.BigEndian.AppendUint64(b, uint64(offset))
-	b = append(b, digest[:]...)
-	b = append(b, s.tokenMAC(b)...)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (s *Store) decodeToken(tok string, digest [audit.FilterDigestLen]byte) (seq uint64, offset int64, ok bool) {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) != tokenLen || b[0] != tokenVersion {
-		return 0, 0, false
-	}
-	body, mac := b[:tokenLen-tokenMACLen], b[tokenLen-tokenMACLen:]
-	if !hmac.Equal(mac, s.tokenMAC(body)) || !bytes.Equal(body[17:], digest[:]) {
-		return 0, 0, false
-	}
-	seq = binary.BigEndian.Uint64(body[1:9])
-	offset = int64(binary.BigEndian.Uint64(body[9:17]))
-	return seq, offset, seq > 0 && offset >= 0
-}
-
-// tokenMAC binds a token to this log: a token of another log, or one
-// made up, is refused rather than read as a position.
-func (s *Store) tokenMAC(body []byte) []byte {
-	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte("stage4 page token\x00"))
-	m.Write(body)
-	return m.Sum(nil)[:tokenMACLen]
 }

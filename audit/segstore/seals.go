@@ -15,7 +15,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // seal describes a sealed segment: one line of the seal file. It lets
@@ -50,8 +49,18 @@ type openLine struct {
 func (o *openLine) execution() *audit.OpenExecution {
 	return &audit.OpenExecution{
 		ExecutionID: o.ExecutionID, PlanID: o.PlanID, UserID: o.UserID, Sequence: o.Sequence,
-		LastType: stage4v1.AuditEventType(stage4v1.AuditEventType_value[o.LastType]),
+		LastType: lastType(o.LastType),
 	}
+}
+
+// lastType is the type a seal's open execution names; a seal only ever
+// names the non-terminal types, and anything else is read as
+// EXECUTION_STARTED, the one that says the plan may have run.
+func lastType(name string) audit.EventType {
+	if t, ok := audit.ParseEventType(name); ok && t == audit.PlanReceived {
+		return t
+	}
+	return audit.ExecutionStarted
 }
 
 // newSeal describes the active segment a, ending at head, with the

@@ -11,7 +11,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // nextFile is the next segment, prepared (zero-filled and fsynced) in the
@@ -63,11 +62,11 @@ func (s *Store) openActive(first uint64, base audit.Head, want uint64) (*[32]byt
 			lineStart = offset
 			offset += int64(len(line)) + 1
 		}),
-		audit.WithRecordFunc(func(ev *stage4v1.AuditEvent) {
-			a.mem.addFields(ev.GetSequence(), lineStart, ev.GetType(), ev.GetExecutionId(), ev.GetPlanId(), ev.GetUserId())
-			s.track(ev.GetSequence(), ev.GetType(), ev.GetExecutionId(), ev.GetPlanId(), ev.GetUserId())
-			if ev.GetSequence() == want {
-				if h, err := fsutil.ParseHash(ev.GetHash()); err == nil {
+		audit.WithRecordFunc(func(ev *audit.Event) {
+			a.mem.addFields(ev.Sequence, lineStart, ev.Type, ev.ExecutionID, ev.PlanID, ev.UserID)
+			s.track(ev.Sequence, ev.Type, ev.ExecutionID, ev.PlanID, ev.UserID)
+			if ev.Sequence == want {
+				if h, err := audit.ParseHash(ev.Hash); err == nil {
 					hashAt = &h
 				}
 			}

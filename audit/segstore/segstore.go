@@ -19,8 +19,10 @@
 // plan, user or type through an index kept beside the segments (index/),
 // which is rebuilt when missing.
 //
-// The store is fail-closed like audit/filestore: the first write or fsync
-// error fails it for good, and so does a segment changed under it. Only a
+// The store is fail-closed: the first write or fsync error fails it for
+// good (after a failed fsync the kernel may have dropped the dirty pages,
+// so a retry could report success for data that is gone), and so does a
+// segment changed under it. Only a
 // segment that cannot be created (a full disk) is not final: nothing was
 // written, and the next append or ping tries again.
 package segstore
@@ -43,7 +45,6 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // The files of a log directory besides its segments.
@@ -53,12 +54,11 @@ const (
 	// KeyFile is the store's fingerprint key (audit.Store.FingerprintKey),
 	// fsutil.KeyLen raw random bytes, mode 0600.
 	KeyFile = "key"
-	// HeadFile names the log's last durable record, as audit/filestore's
-	// head file does (filestore.HeadSuffix): a log that no longer reaches
-	// it is refused (ErrHeadMismatch) unless WithNewLog.
+	// HeadFile names the log's last durable record: a log that no longer
+	// reaches it is refused (ErrHeadMismatch) unless WithNewLog.
 	HeadFile = "head"
-	// TreeFile holds the Merkle tree's stored hashes, as audit/filestore's
-	// tree file (filestore.TreeSuffix), for the whole log.
+	// TreeFile holds the Merkle tree's stored hashes of the whole log:
+	// hash i is the 32 bytes at offset 32*i.
 	TreeFile = "tree"
 	// CheckpointFile holds the latest signed checkpoint.
 	CheckpointFile = "checkpoint"
@@ -377,6 +377,9 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, audit.ErrClosed
+	}
 	list := s.interrupted
 	s.interrupted = nil
 	return list, nil
@@ -385,8 +388,8 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 // track follows the executions of records in log order: those still
 // open at a seal are written into it, so that Open never reads a sealed
 // segment to find them.
-func (s *Store) track(seq uint64, t stage4v1.AuditEventType, executionID, planID, userID string) {
-	if audit.IsTerminal(t) {
+func (s *Store) track(seq uint64, t audit.EventType, executionID, planID, userID string) {
+	if t.Terminal() {
 		delete(s.open, executionID)
 		return
 	}
@@ -418,9 +421,20 @@ func (s *Store) fail(err error) error {
 	return s.latch(fmt.Errorf("audit log %s failed: %w", s.dir, err))
 }
 
+// failSync records a failed sync as the store's permanent failure: the
+// batch's records were written, and whether they reached the disk (and
+// will be found at the next start) cannot be known.
+func (s *Store) failSync(err error) error {
+	return s.latch(fmt.Errorf("audit log %s failed: %w: %w", s.dir, audit.ErrOutcomeUnknown, err))
+}
+
 // latch records err as the store's permanent failure, unless there is one
-// already, and returns the failure.
-func (s *Store) latch(err error) error { return s.failed.Latch(err) }
+// already, and returns the failure. Every permanent failure is an
+// audit.ErrUnavailable: the store takes nothing more until a restart,
+// whose start-up checks what the disk holds.
+func (s *Store) latch(err error) error {
+	return s.failed.Latch(fmt.Errorf("%w: %w", audit.ErrUnavailable, err))
+}
 
 // Err returns the store's permanent failure, or nil.
 func (s *Store) Err() error { return s.failed.Err() }
@@ -532,7 +546,7 @@ func allTerminal(recs []audit.Record) bool {
 // preallocated segment an append changes no metadata at all.
 func (s *Store) syncSegment(a *segment) error {
 	if err := fdatasync(a.file); err != nil {
-		return s.fail(fmt.Errorf("fsync %s: %w", a.path, err))
+		return s.failSync(fmt.Errorf("fsync %s: %w", a.path, err))
 	}
 	return nil
 }
@@ -637,6 +651,9 @@ func (s *Store) saveHead(h audit.Head) error {
 
 // FingerprintKey returns the key read or created by Open.
 func (s *Store) FingerprintKey(context.Context) ([]byte, error) {
+	if s.isClosed() {
+		return nil, audit.ErrClosed
+	}
 	return slices.Clone(s.key), nil
 }
 

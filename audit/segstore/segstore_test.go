@@ -16,15 +16,14 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/testkit"
 )
 
 const (
-	received  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED
-	started   = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
-	completed = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED
-	started_  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
+	received  = audit.PlanReceived
+	started   = audit.ExecutionStarted
+	completed = audit.ExecutionCompleted
+	started_  = audit.ExecutionStarted
 )
 
 // small are the options of a log whose segments hold a few dozen records.
@@ -43,9 +42,9 @@ func open(t *testing.T, dir string, opts ...segstore.Option) *segstore.Store {
 func execute(t *testing.T, s *segstore.Store, n int) {
 	t.Helper()
 	id := fmt.Sprintf("exec-%05d", n)
-	for i, typ := range []stage4v1.AuditEventType{received, started, completed} {
-		appendEvent(t, s, i > 0, &stage4v1.AuditEvent{Type: typ, ExecutionId: id,
-			PlanId: fmt.Sprintf("plan-%d", n%7), UserId: fmt.Sprintf("user-%d", n%3)})
+	for i, typ := range []audit.EventType{received, started, completed} {
+		appendEvent(t, s, i > 0, audit.Event{Type: typ, ExecutionID: id,
+			PlanID: fmt.Sprintf("plan-%d", n%7), UserID: fmt.Sprintf("user-%d", n%3)})
 	}
 }
 
@@ -60,26 +59,26 @@ func writeLog(t *testing.T, dir string, n int, opts ...segstore.Option) {
 	require.NoError(t, s.Close())
 }
 
-func appendEvent(t *testing.T, s *segstore.Store, durable bool, ev *stage4v1.AuditEvent) {
+func appendEvent(t *testing.T, s *segstore.Store, durable bool, ev audit.Event) {
 	t.Helper()
 	err := s.Append(context.Background(), durable, func(h audit.Head) ([]audit.Record, error) {
-		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{ev})
+		return audit.RenderRecords(h, time.Now(), []audit.Event{ev})
 	})
 	require.NoError(t, err)
 }
 
-func list(t *testing.T, s *segstore.Store, q audit.Query) []*stage4v1.AuditEvent {
+func list(t *testing.T, s *segstore.Store, q audit.Query) []audit.Event {
 	t.Helper()
-	q.PageSize = max(q.PageSize, 1)
-	var all []*stage4v1.AuditEvent
+	q.Limit = max(q.Limit, 1)
+	var all []audit.Event
 	for range 100000 {
 		page, err := s.List(context.Background(), q)
 		require.NoError(t, err)
 		all = append(all, page.Events...)
-		if page.NextPageToken == "" {
+		if page.Done() {
 			return all
 		}
-		q.PageToken = page.NextPageToken
+		q.From = page.Next
 	}
 	t.Fatal("listing did not end")
 	return nil
@@ -135,7 +134,7 @@ func TestSegmentsChainAcrossAndOpenReadsOnlyTheActiveOne(t *testing.T) {
 			require.Equal(t, len(segs)-1, rec.SealedSegments)
 			require.Less(t, rec.VerifiedRecords, uint64(60), "Open verified more than the active segment")
 			require.Zero(t, rec.TreeRebuilt)
-			require.Len(t, list(t, s, audit.Query{PageSize: 7}), 300)
+			require.Len(t, list(t, s, audit.Query{Limit: 7}), 300)
 			execute(t, s, 100)
 			require.NoError(t, s.Close())
 			res, err = segstore.VerifyDir(dir, nil)
@@ -231,10 +230,10 @@ func TestArchivedSegments(t *testing.T) {
 
 	s := open(t, dir, small...)
 	require.Equal(t, 2, s.Recovery().ArchivedSegments)
-	all := list(t, s, audit.Query{PageSize: 50})
+	all := list(t, s, audit.Query{Limit: 50})
 	require.Len(t, all, 180-int(first-1))
-	require.Equal(t, first, all[0].GetSequence())
-	require.Empty(t, list(t, s, audit.Query{PageSize: 10, ExecutionID: "exec-00000"}))
+	require.Equal(t, first, all[0].Sequence)
+	require.Empty(t, list(t, s, audit.Query{Limit: 10, Filter: audit.Filter{ExecutionID: "exec-00000"}}))
 	require.NoError(t, s.Close())
 
 	for _, p := range moved {
@@ -263,7 +262,7 @@ func TestLookupsThroughTheIndex(t *testing.T) {
 	}
 	check := func(s *segstore.Store) {
 		t.Helper()
-		for _, tc := range []audit.Query{
+		for _, f := range []audit.Filter{
 			{ExecutionID: "exec-00007"},
 			{ExecutionID: "exec-00119", Type: completed},
 			{PlanID: "plan-3"},
@@ -272,18 +271,17 @@ func TestLookupsThroughTheIndex(t *testing.T) {
 			{ExecutionID: "exec-99999"},
 		} {
 			want := 0
-			for _, ev := range list(t, s, audit.Query{PageSize: 100}) {
-				if tc.Matches(ev) {
+			for _, ev := range list(t, s, audit.Query{Limit: 100}) {
+				if f.Matches(&ev) {
 					want++
 				}
 			}
-			tc.PageSize = 4
-			got := list(t, s, tc)
-			require.Len(t, got, want, "%+v", tc)
+			got := list(t, s, audit.Query{Filter: f, Limit: 4})
+			require.Len(t, got, want, "%+v", f)
 			for i, ev := range got {
-				require.True(t, tc.Matches(ev))
+				require.True(t, f.Matches(&ev))
 				if i > 0 {
-					require.Greater(t, ev.GetSequence(), got[i-1].GetSequence())
+					require.Greater(t, ev.Sequence, got[i-1].Sequence)
 				}
 			}
 		}
@@ -314,7 +312,7 @@ func TestChangedSegmentFailsTheStore(t *testing.T) {
 			execute(t, s, 0)
 			require.NoError(t, tc.change(segments(t, dir)[0]))
 			err := s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
-				return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: "x"}})
+				return audit.RenderRecords(h, time.Now(), []audit.Event{{Type: received, ExecutionID: "x"}})
 			})
 			require.ErrorIs(t, err, audit.ErrDataLoss)
 			require.ErrorIs(t, s.Ping(context.Background()), audit.ErrDataLoss)
@@ -365,7 +363,7 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	n := 0
 	for ; n < 10000; n++ {
 		err = s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
-			return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: fmt.Sprintf("exec-%05d", n)}})
+			return audit.RenderRecords(h, time.Now(), []audit.Event{{Type: received, ExecutionID: fmt.Sprintf("exec-%05d", n)}})
 		})
 		if err != nil {
 			break
@@ -377,16 +375,16 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	require.Error(t, s.Ping(context.Background()))
 	// The segment's reserve still takes the terminal events of running
 	// executions, and nothing else.
-	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: completed, ExecutionId: "exec-00000"})
+	appendEvent(t, s, true, audit.Event{Type: completed, ExecutionID: "exec-00000"})
 	n++
 	err = s.Append(context.Background(), true, func(h audit.Head) ([]audit.Record, error) {
-		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{{Type: received, ExecutionId: "refused"}})
+		return audit.RenderRecords(h, time.Now(), []audit.Event{{Type: received, ExecutionID: "refused"}})
 	})
 	require.ErrorIs(t, err, audit.ErrUnavailable)
 
 	require.NoError(t, os.Remove(ballast))
 	require.NoError(t, s.Ping(context.Background()))
-	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: received, ExecutionId: "after"})
+	appendEvent(t, s, true, audit.Event{Type: received, ExecutionID: "after"})
 	require.NoError(t, s.Close())
 	res, err := segstore.VerifyDir(dir, nil)
 	require.NoError(t, err)
@@ -464,7 +462,7 @@ func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
 	for ; ; n++ {
 		require.Less(t, n, 10000)
 		id := fmt.Sprintf("exec-%05d", n)
-		if _, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: started_, ExecutionId: id}); err != nil {
+		if _, err := lg.Append(ctx, audit.Event{Type: started_, ExecutionID: id}); err != nil {
 			require.ErrorIs(t, err, audit.ErrUnavailable)
 			break
 		}
@@ -473,7 +471,7 @@ func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
 			continue
 		}
 		for _, id := range running {
-			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: completed, ExecutionId: id})
+			_, err := lg.Append(ctx, audit.Event{Type: completed, ExecutionID: id})
 			require.NoError(t, err)
 		}
 		running = nil
@@ -482,11 +480,11 @@ func TestFullDiskLogCompletesRunningExecutions(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, id := range running {
 		wg.Go(func() {
-			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: completed, ExecutionId: id})
+			_, err := lg.Append(ctx, audit.Event{Type: completed, ExecutionID: id})
 			assert.NoError(t, err, "running execution %s", id)
 		})
 		wg.Go(func() {
-			_, err := lg.Append(ctx, &stage4v1.AuditEvent{Type: started_, ExecutionId: fmt.Sprintf("new-%05d", i)})
+			_, err := lg.Append(ctx, audit.Event{Type: started_, ExecutionID: fmt.Sprintf("new-%05d", i)})
 			assert.ErrorIs(t, err, audit.ErrUnavailable)
 		})
 	}
@@ -504,15 +502,15 @@ func TestZeroBytesInValuesSurviveARestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := open(t, dir)
-	ev := &stage4v1.AuditEvent{Type: received, ExecutionId: "nul", UserId: "a\x00b"}
+	ev := audit.Event{Type: received, ExecutionID: "nul", UserID: "a\x00b"}
 	appendEvent(t, s, true, ev)
 	execute(t, s, 1)
 	require.NoError(t, s.Close())
 	s = open(t, dir)
 	require.EqualValues(t, 4, s.Recovery().Records)
-	got := list(t, s, audit.Query{PageSize: 10, UserID: "a\x00b"})
+	got := list(t, s, audit.Query{Limit: 10, Filter: audit.Filter{UserID: "a\x00b"}})
 	require.Len(t, got, 1)
-	require.Equal(t, "a\x00b", got[0].GetUserId())
+	require.Equal(t, "a\x00b", got[0].UserID)
 }
 
 // TestListingsDuringSeals: while executions are written into segments so
@@ -544,7 +542,7 @@ func TestListingsDuringSeals(t *testing.T) {
 					continue
 				}
 				id := fmt.Sprintf("exec-%05d", int64(k*7919)%n)
-				page, err := s.List(context.Background(), audit.Query{ExecutionID: id, PageSize: 10})
+				page, err := s.List(context.Background(), audit.Query{Filter: audit.Filter{ExecutionID: id}, Limit: 10})
 				if !assert.NoError(t, err) || !assert.Len(t, page.Events, 3, "execution %s of %d durable", id, n) {
 					return
 				}
@@ -562,12 +560,12 @@ func TestInterruptedAcrossSeals(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := open(t, dir, small...)
-	appendEvent(t, s, false, &stage4v1.AuditEvent{Type: received, ExecutionId: "open-1"})
-	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: started_, ExecutionId: "open-1"})
+	appendEvent(t, s, false, audit.Event{Type: received, ExecutionID: "open-1"})
+	appendEvent(t, s, true, audit.Event{Type: started_, ExecutionID: "open-1"})
 	for i := range 30 {
 		execute(t, s, i)
 	}
-	appendEvent(t, s, true, &stage4v1.AuditEvent{Type: received, ExecutionId: "open-2"})
+	appendEvent(t, s, true, audit.Event{Type: received, ExecutionID: "open-2"})
 	for i := 30; i < 60; i++ {
 		execute(t, s, i)
 	}

@@ -1,79 +1,125 @@
 // Package storetest is the conformance suite of audit.Store: every store
-// (the file, PostgreSQL) passes the same tests, so that the code above the
-// seam need not know which one it has. A store's own tests call Run with
-// a way to make empty storage and open stores on it.
+// (the log directory, PostgreSQL, memory) passes the same tests, one or
+// more for each rule written on audit.Store, so that the code above the
+// seam need not know which store it has. A store's own tests call Run
+// with a Harness: how to open stores on fresh storage, and, where the
+// store can be made to suffer them, the faults the rules speak of.
 package storetest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
-// Opener opens a store on one log's storage. The suite calls it again,
-// after closing the store it returned, to stand for the process
-// restarting on the same data; a store shared by replicas must open under
-// the same replica name each time.
-type Opener func(t *testing.T) audit.Store
+// Harness is how the suite reaches one test's storage. Open is required;
+// a fault left nil cannot be made for this store, and the tests that need
+// it are skipped with a message.
+type Harness struct {
+	// Open opens a store on this test's storage. The suite calls it
+	// again, after closing the store it returned, to stand for the
+	// process restarting on the same data; a store shared by replicas
+	// opens under the same replica name each time.
+	Open func(t *testing.T) audit.Store
+	// OpenReplica opens another replica, under name, on the same storage,
+	// for stores that several processes share; nil for a store of one
+	// process.
+	OpenReplica func(t *testing.T, name string) audit.Store
+	// Break makes the storage refuse appends (a failed disk, an
+	// unreachable database) until Heal.
+	Break func(t *testing.T)
+	// Hang makes the storage stop answering (a hung fsync, a network
+	// partition) until Heal.
+	Hang func(t *testing.T)
+	// Heal ends Break and Hang.
+	Heal func(t *testing.T)
+	// Recovers says whether a store whose storage healed takes appends
+	// again (a database) or stays failed until a restart (a local log,
+	// after a failed or abandoned fsync).
+	Recovers bool
+	// LoseAnswer makes the outcome of the next append unknown to the
+	// store (a connection lost during COMMIT).
+	LoseAnswer func(t *testing.T)
+	// Grace is how long past an execution's OpenUntil another replica
+	// waits before it may close it (shared stores).
+	Grace time.Duration
+}
 
-// Run runs the conformance suite. newLog makes new, empty storage for one
-// test (a temporary file, a new database) and returns the Opener for it;
-// it removes the storage with t.Cleanup. Tests run in parallel, each on
-// storage of its own. The suite closes the stores it opens.
-func Run(t *testing.T, newLog func(t *testing.T) Opener) {
+// Run runs the conformance suite. newHarness makes fresh, empty storage
+// for one test and returns its Harness; it removes the storage with
+// t.Cleanup. Tests run in parallel, each on storage of its own. The suite
+// closes the stores it opens.
+func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	tests := []struct {
 		name string
-		run  func(t *testing.T, open Opener)
+		run  func(t *testing.T, h Harness)
 	}{
+		// Rule 1: appends build on the true head.
 		{"EmptyLog", testEmptyLog},
 		{"AppendExtendsHead", testAppendExtendsHead},
 		{"BuildErrorStoresNothing", testBuildErrorStoresNothing},
+		// Rule 2: durability.
 		{"DurableAndNonDurableSurviveRestart", testSurviveRestart},
+		// Rule 3: honest failures.
+		{"UnavailableStoresNothing", testUnavailableStoresNothing},
+		{"OutcomeUnknownThenTrueHead", testOutcomeUnknown},
+		// Rule 4: listings.
+		{"ListReturnsOnlyDurable", testListOnlyDurable},
 		{"ListFilters", testListFilters},
 		{"ListPaging", testListPaging},
-		{"PageTokenBoundToFilters", testPageTokenBound},
-		{"PageTokenSurvivesRestart", testPageTokenSurvivesRestart},
+		{"CursorSurvivesRestart", testCursorSurvivesRestart},
+		{"ListConcurrentWithAppend", testListConcurrentWithAppend},
+		{"ListScanBudget", testListScanBudget},
+		// Rule 5: ctx bounds every call.
+		{"ContextBoundsEveryCall", testContextBounds},
+		{"HungStorageIsBounded", testHungStorage},
+		// Rule 6: ping.
+		{"PingReportsFailure", testPingReportsFailure},
+		// Rule 7: interrupted executions.
 		{"InterruptedAfterRestart", testInterruptedAfterRestart},
 		{"InterruptedClaimEndsWithClaimer", testInterruptedClaimEndsWithClaimer},
-		{"Ping", testPing},
-		{"AppendAfterCloseFails", testAppendAfterClose},
-		{"FingerprintKeyIsKept", testFingerprintKeyIsKept},
+		{"OpenUntilBoundsOtherReplicas", testOpenUntil},
+		// Rule 8: the tree.
 		{"TreeHashesAndEdgeSurviveRestart", testTreeSurvivesRestart},
 		{"ReadHashesBeyondTheTreeFails", testReadHashesBeyondTree},
 		{"DurableHeadFollowsDurableAppends", testDurableHead},
+		// Rule 9: checkpoints.
 		{"CheckpointIsKept", testCheckpointIsKept},
+		// Rule 10: the key.
+		{"FingerprintKeyIsKept", testFingerprintKeyIsKept},
+		// Rule 11: Close.
+		{"CloseIsIdempotent", testCloseIsIdempotent},
+		{"CallsAfterCloseFail", testCallsAfterClose},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.run(t, newLog(t))
+			tt.run(t, newHarness(t))
 		})
 	}
 }
 
 // openStore opens a store and closes it at the end of the test unless the
 // test closed it first (a restart).
-func openStore(t *testing.T, open Opener) audit.Store {
+func openStore(t *testing.T, h Harness) audit.Store {
 	t.Helper()
-	s := open(t)
+	s := h.Open(t)
 	t.Cleanup(func() { s.Close() })
 	return s
 }
 
 // restart closes s and opens the store again on the same data.
-func restart(t *testing.T, s audit.Store, open Opener) audit.Store {
+func restart(t *testing.T, s audit.Store, h Harness) audit.Store {
 	t.Helper()
 	require.NoError(t, s.Close())
-	return openStore(t, open)
+	return openStore(t, h)
 }
 
 func ctx(t *testing.T) context.Context {
@@ -82,38 +128,64 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
+// need skips a test whose fault the store cannot be made to suffer.
+func need(t *testing.T, fault string, ok bool) {
+	t.Helper()
+	if !ok {
+		t.Skipf("this store's harness cannot make %s", fault)
+	}
+}
+
 // event makes an event with details that exercise the encoder: escaping,
-// non-ASCII text, a number.
-func event(typ stage4v1.AuditEventType, exec, plan, user string) *stage4v1.AuditEvent {
-	return &stage4v1.AuditEvent{
+// non-ASCII text, a number, a list, an object.
+func event(typ audit.EventType, exec, plan, user string) audit.Event {
+	return audit.Event{
 		Type:        typ,
-		ExecutionId: exec,
-		PlanId:      plan,
-		UserId:      user,
-		Details: &structpb.Struct{Fields: map[string]*structpb.Value{
-			"note": structpb.NewStringValue("storetest \"quoted\" \u00e9"),
-			"n":    structpb.NewNumberValue(1.5),
-		}},
+		ExecutionID: exec,
+		PlanID:      plan,
+		UserID:      user,
+		Details: audit.Details{
+			"note":  "storetest \"quoted\" \u00e9",
+			"n":     1.5,
+			"list":  []any{"a", 2.0, nil, true},
+			"inner": map[string]any{"k": "v"},
+		},
 	}
 }
 
 const (
-	received  = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED
-	started   = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED
-	completed = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED
-	failed    = stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED
+	received  = audit.PlanReceived
+	started   = audit.ExecutionStarted
+	completed = audit.ExecutionCompleted
+	failed    = audit.ExecutionFailed
 )
 
+// render is the build function of an append of evs; openUntil, when set,
+// is stamped on the records that open or continue an execution, as the
+// log does. out, when not nil, receives the records.
+func render(evs []audit.Event, openUntil time.Time, out *[]audit.Record) func(audit.Head) ([]audit.Record, error) {
+	return func(h audit.Head) ([]audit.Record, error) {
+		recs, err := audit.RenderRecords(h, time.Now(), evs)
+		if err != nil {
+			return nil, err
+		}
+		for i := range recs {
+			if !recs[i].Terminal() {
+				recs[i].OpenUntil = openUntil
+			}
+		}
+		if out != nil {
+			*out = recs
+		}
+		return recs, nil
+	}
+}
+
 // appendEvents appends evs as one batch and returns the records stored.
-func appendEvents(t *testing.T, s audit.Store, durable bool, evs ...*stage4v1.AuditEvent) []audit.Record {
+func appendEvents(t *testing.T, s audit.Store, durable bool, evs ...audit.Event) []audit.Record {
 	t.Helper()
 	var recs []audit.Record
-	err := s.Append(ctx(t), durable, func(h audit.Head) ([]audit.Record, error) {
-		var err error
-		recs, err = audit.RenderRecords(h, time.Now(), evs)
-		return recs, err
-	})
-	require.NoError(t, err)
+	require.NoError(t, s.Append(ctx(t), durable, render(evs, time.Time{}, &recs)))
 	return recs
 }
 
@@ -130,21 +202,23 @@ func headOf(t *testing.T, s audit.Store) audit.Head {
 	return head
 }
 
-// listAll follows the page tokens of q to the end.
-func listAll(t *testing.T, s audit.Store, q audit.Query) []*stage4v1.AuditEvent {
+// listAll follows the cursors of q to the end.
+func listAll(t *testing.T, s audit.Store, q audit.Query) []audit.Event {
 	t.Helper()
-	if q.PageSize == 0 {
-		q.PageSize = 1000
+	if q.Limit == 0 {
+		q.Limit = 1000
 	}
-	var all []*stage4v1.AuditEvent
-	for range 10000 {
+	var all []audit.Event
+	for range 100000 {
 		page, err := s.List(ctx(t), q)
 		require.NoError(t, err)
+		require.LessOrEqual(t, len(page.Events), q.Limit)
 		all = append(all, page.Events...)
-		if page.NextPageToken == "" {
+		if page.Done() {
 			return all
 		}
-		q.PageToken = page.NextPageToken
+		require.Greater(t, page.Next.Sequence, q.From.Sequence, "a cursor moves forward")
+		q.From = page.Next
 	}
 	t.Fatal("listing did not end")
 	return nil
@@ -152,10 +226,10 @@ func listAll(t *testing.T, s audit.Store, q audit.Query) []*stage4v1.AuditEvent 
 
 // decoded returns the events that recs encode, checking them as one chain
 // from sequence 1 on the way.
-func decoded(t *testing.T, recs []audit.Record) []*stage4v1.AuditEvent {
+func decoded(t *testing.T, recs []audit.Record) []audit.Event {
 	t.Helper()
 	var c audit.ChainChecker
-	evs := make([]*stage4v1.AuditEvent, len(recs))
+	evs := make([]audit.Event, len(recs))
 	for i := range recs {
 		ev, err := c.Check(recs[i].Line)
 		require.NoError(t, err)
@@ -164,33 +238,36 @@ func decoded(t *testing.T, recs []audit.Record) []*stage4v1.AuditEvent {
 	return evs
 }
 
-func requireEvents(t *testing.T, want, got []*stage4v1.AuditEvent) {
+func requireEvents(t *testing.T, want, got []audit.Event) {
 	t.Helper()
 	require.Len(t, got, len(want))
 	for i := range want {
-		require.Truef(t, proto.Equal(want[i], got[i]), "event %d:\nwant %v\ngot  %v", i, want[i], got[i])
+		require.Truef(t, want[i].Time.Equal(got[i].Time), "event %d: time %v, want %v", i, got[i].Time, want[i].Time)
+		w, g := want[i], got[i]
+		w.Time, g.Time = time.Time{}, time.Time{}
+		require.Equal(t, w, g, "event %d", i)
 	}
 }
 
-func testEmptyLog(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testEmptyLog(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	require.Equal(t, audit.Head{}, headOf(t, s))
-	page, err := s.List(ctx(t), audit.Query{PageSize: 10})
+	page, err := s.List(ctx(t), audit.Query{Limit: 10})
 	require.NoError(t, err)
 	require.Empty(t, page.Events)
-	require.Empty(t, page.NextPageToken)
+	require.True(t, page.Done())
 	open2, err := s.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Empty(t, open2)
 }
 
-func testAppendExtendsHead(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testAppendExtendsHead(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	var all []audit.Record
 	for i, size := range []int{1, 3, 2} {
 		head := headOf(t, s)
 		require.Equal(t, headAfter(t, all), head, "batch %d", i)
-		var evs []*stage4v1.AuditEvent
+		var evs []audit.Event
 		for j := range size {
 			evs = append(evs, event(received, fmt.Sprintf("exec-%d-%d", i, j), "plan", "user"))
 		}
@@ -209,8 +286,8 @@ func testAppendExtendsHead(t *testing.T, open Opener) {
 	requireEvents(t, decoded(t, all), listAll(t, s, audit.Query{}))
 }
 
-func testBuildErrorStoresNothing(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testBuildErrorStoresNothing(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	recs := appendEvents(t, s, true, event(received, "a", "p", "u"), event(failed, "a", "p", "u"))
 	errBuild := errors.New("build failed")
 	err := s.Append(ctx(t), true, func(h audit.Head) ([]audit.Record, error) {
@@ -221,18 +298,85 @@ func testBuildErrorStoresNothing(t *testing.T, open Opener) {
 	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
 }
 
-func testSurviveRestart(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testSurviveRestart(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	recs := appendEvents(t, s, false, event(received, "a", "p", "u"))
 	recs = append(recs, appendEvents(t, s, true, event(started, "a", "p", "u"))...)
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
 	require.Equal(t, headAfter(t, recs), headOf(t, s))
 }
 
+// testUnavailableStoresNothing: an append refused as unavailable stored
+// nothing; once the storage heals (and, for a store that does not
+// recover on its own, after a restart) the next append extends the head
+// as it was.
+func testUnavailableStoresNothing(t *testing.T, h Harness) {
+	need(t, "broken storage", h.Break != nil)
+	s := openStore(t, h)
+	recs := appendEvents(t, s, true, event(received, "a", "p", "u"))
+	h.Break(t)
+	err := s.Append(ctx(t), true, render([]audit.Event{event(started, "a", "p", "u")}, time.Time{}, nil))
+	require.ErrorIs(t, err, audit.ErrUnavailable)
+	h.Heal(t)
+	if !h.Recovers {
+		s = restart(t, s, h)
+	}
+	require.Equal(t, headAfter(t, recs), headOf(t, s), "nothing of the refused batch was stored")
+	recs = append(recs, appendEvents(t, s, true, event(completed, "a", "p", "u"))...)
+	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
+}
+
+// testOutcomeUnknown: after an append whose outcome the store could not
+// learn, the next append builds on whatever is really stored.
+func testOutcomeUnknown(t *testing.T, h Harness) {
+	need(t, "a lost answer", h.LoseAnswer != nil)
+	s := openStore(t, h)
+	recs := appendEvents(t, s, true, event(received, "a", "p", "u"))
+	h.LoseAnswer(t)
+	var lost []audit.Record
+	err := s.Append(ctx(t), true, render([]audit.Event{event(started, "a", "p", "u")}, time.Time{}, &lost))
+	require.ErrorIs(t, err, audit.ErrOutcomeUnknown)
+	if h.Heal != nil {
+		h.Heal(t)
+	}
+	if !h.Recovers {
+		s = restart(t, s, h)
+	}
+	head := headOf(t, s)
+	switch head.Sequence {
+	case recs[len(recs)-1].Sequence:
+	case lost[0].Sequence:
+		recs = append(recs, lost...)
+	default:
+		t.Fatalf("after an unknown outcome the head is %d, want %d or %d", head.Sequence, recs[len(recs)-1].Sequence, lost[0].Sequence)
+	}
+	require.Equal(t, headAfter(t, recs), head)
+	recs = append(recs, appendEvents(t, s, true, event(completed, "a", "p", "u"))...)
+	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
+}
+
+// testListOnlyDurable: a record appended without durable is not listed
+// until a durable append follows it, so that a reader never sees a record
+// that a crash could take back.
+func testListOnlyDurable(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	recs := appendEvents(t, s, true, event(received, "a", "p", "u"))
+	volatile := appendEvents(t, s, false, event(received, "b", "p", "u"))
+	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
+	got := listAll(t, s, audit.Query{Filter: audit.Filter{ExecutionID: "b"}})
+	require.Empty(t, got, "a filtered listing does not show it either")
+	durable, err := s.DurableHead(ctx(t))
+	require.NoError(t, err)
+	require.LessOrEqual(t, durable.Sequence, volatile[0].Sequence)
+	recs = append(recs, volatile...)
+	recs = append(recs, appendEvents(t, s, true, event(started, "b", "p", "u"))...)
+	requireEvents(t, decoded(t, recs), listAll(t, s, audit.Query{}))
+}
+
 // fixture appends a small log with every filter field varied and returns
 // its events.
-func fixture(t *testing.T, s audit.Store) []*stage4v1.AuditEvent {
+func fixture(t *testing.T, s audit.Store) []audit.Event {
 	t.Helper()
 	var recs []audit.Record
 	recs = append(recs, appendEvents(t, s, true,
@@ -249,118 +393,241 @@ func fixture(t *testing.T, s audit.Store) []*stage4v1.AuditEvent {
 	return decoded(t, recs)
 }
 
-func testListFilters(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testListFilters(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	evs := fixture(t, s)
 	tests := []struct {
 		name string
-		q    audit.Query
+		f    audit.Filter
 		want []int // indexes into evs
 	}{
-		{"all", audit.Query{}, []int{0, 1, 2, 3, 4, 5, 6, 7}},
-		{"execution", audit.Query{ExecutionID: "e3"}, []int{4, 6, 7}},
-		{"plan", audit.Query{PlanID: "plan-b"}, []int{1, 3}},
-		{"user", audit.Query{UserID: "alice"}, []int{0, 2, 5}},
-		{"type", audit.Query{Type: failed}, []int{3, 7}},
-		{"all filters", audit.Query{ExecutionID: "e3", PlanID: "plan-a", UserID: "bob", Type: started}, []int{6}},
-		{"user and plan", audit.Query{UserID: "bob", PlanID: "plan-a"}, []int{4, 6, 7}},
-		{"unknown execution", audit.Query{ExecutionID: "no-such-execution"}, nil},
-		{"filters that exclude each other", audit.Query{ExecutionID: "e1", UserID: "bob"}, nil},
-		{"value with a quote", audit.Query{UserID: `bob"`}, nil},
+		{"all", audit.Filter{}, []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{"execution", audit.Filter{ExecutionID: "e3"}, []int{4, 6, 7}},
+		{"plan", audit.Filter{PlanID: "plan-b"}, []int{1, 3}},
+		{"user", audit.Filter{UserID: "alice"}, []int{0, 2, 5}},
+		{"type", audit.Filter{Type: failed}, []int{3, 7}},
+		{"all filters", audit.Filter{ExecutionID: "e3", PlanID: "plan-a", UserID: "bob", Type: started}, []int{6}},
+		{"user and plan", audit.Filter{UserID: "bob", PlanID: "plan-a"}, []int{4, 6, 7}},
+		{"unknown execution", audit.Filter{ExecutionID: "no-such-execution"}, nil},
+		{"filters that exclude each other", audit.Filter{ExecutionID: "e1", UserID: "bob"}, nil},
+		{"value with a quote", audit.Filter{UserID: `bob"`}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var want []*stage4v1.AuditEvent
+			var want []audit.Event
 			for _, i := range tt.want {
 				want = append(want, evs[i])
 			}
-			got := listAll(t, s, tt.q)
-			requireEvents(t, want, got)
+			requireEvents(t, want, listAll(t, s, audit.Query{Filter: tt.f}))
 		})
 	}
 }
 
-func testListPaging(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testListPaging(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	evs := fixture(t, s)
 	for _, size := range []int{1, 2, 3, 8, 9} {
 		t.Run(fmt.Sprint("page size ", size), func(t *testing.T) {
-			q := audit.Query{PageSize: size}
-			var got []*stage4v1.AuditEvent
-			for pages := 1; ; pages++ {
-				require.LessOrEqual(t, pages, len(evs)+1, "listing does not end")
-				page, err := s.List(ctx(t), q)
-				require.NoError(t, err)
-				require.LessOrEqual(t, len(page.Events), size)
-				got = append(got, page.Events...)
-				if page.NextPageToken == "" {
-					break
-				}
-				q.PageToken = page.NextPageToken
-			}
-			requireEvents(t, evs, got)
+			requireEvents(t, evs, listAll(t, s, audit.Query{Limit: size}))
 		})
 	}
 	t.Run("filtered", func(t *testing.T) {
-		want := []*stage4v1.AuditEvent{evs[4], evs[6], evs[7]}
-		requireEvents(t, want, listAll(t, s, audit.Query{ExecutionID: "e3", PageSize: 1}))
+		want := []audit.Event{evs[4], evs[6], evs[7]}
+		requireEvents(t, want, listAll(t, s, audit.Query{Filter: audit.Filter{ExecutionID: "e3"}, Limit: 1}))
+	})
+	t.Run("from a cursor", func(t *testing.T) {
+		requireEvents(t, evs[5:], listAll(t, s, audit.Query{From: audit.Cursor{Sequence: 6}, Limit: 2}))
 	})
 }
 
-func testPageTokenBound(t *testing.T, open Opener) {
-	s := openStore(t, open)
-	fixture(t, s)
-	page, err := s.List(ctx(t), audit.Query{UserID: "bob", PageSize: 1})
+func testCursorSurvivesRestart(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	evs := fixture(t, s)
+	page, err := s.List(ctx(t), audit.Query{Limit: 3})
 	require.NoError(t, err)
-	require.NotEmpty(t, page.NextPageToken)
-	tok := page.NextPageToken
-	tests := []struct {
-		name string
-		q    audit.Query
-	}{
-		{"other user", audit.Query{UserID: "alice", PageToken: tok}},
-		{"no filter", audit.Query{PageToken: tok}},
-		{"added filter", audit.Query{UserID: "bob", Type: received, PageToken: tok}},
-		{"garbage", audit.Query{UserID: "bob", PageToken: "not a token"}},
-		{"truncated", audit.Query{UserID: "bob", PageToken: tok[:len(tok)-2]}},
-		{"altered", audit.Query{UserID: "bob", PageToken: alter(tok)}},
+	require.False(t, page.Done())
+	s = restart(t, s, h)
+	requireEvents(t, evs[3:], listAll(t, s, audit.Query{Limit: 3, From: page.Next}))
+}
+
+// testListConcurrentWithAppend: listings while batches are appended see
+// a gapless prefix of the log made of whole batches, never a part.
+func testListConcurrentWithAppend(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	const batches, perBatch = 30, 3
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(done)
+		for i := range batches {
+			var evs []audit.Event
+			for j := range perBatch {
+				evs = append(evs, event(received, fmt.Sprintf("c-%d-%d", i, j), "p", "u"))
+			}
+			if err := s.Append(ctx(t), true, render(evs, time.Time{}, nil)); err != nil {
+				t.Errorf("append: %v", err)
+				return
+			}
+		}
+	})
+	for listing := true; listing; {
+		select {
+		case <-done:
+			listing = false
+		default:
+		}
+		got := listAll(t, s, audit.Query{Limit: 7})
+		require.Zero(t, len(got)%perBatch, "a listing holds whole batches")
+		for i, ev := range got {
+			require.Equal(t, uint64(i+1), ev.Sequence, "gapless from 1")
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tt.q.PageSize = 10
-			_, err := s.List(ctx(t), tt.q)
-			require.ErrorIs(t, err, audit.ErrInvalidPageToken)
+	wg.Wait()
+	require.Len(t, listAll(t, s, audit.Query{}), batches*perBatch)
+}
+
+// testListScanBudget: with MaxScanned, a page whose matches are far apart
+// ends early with a cursor, and following the cursors still lists every
+// match exactly once.
+func testListScanBudget(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	var recs []audit.Record
+	for i := range 10 {
+		var evs []audit.Event
+		for j := range 20 {
+			user := "filler"
+			if j == 19 {
+				user = "rare"
+			}
+			evs = append(evs, event(received, fmt.Sprintf("b-%d-%d", i, j), "p", user))
+		}
+		recs = append(recs, appendEvents(t, s, true, evs...)...)
+	}
+	all := decoded(t, recs)
+	var want []audit.Event
+	for _, ev := range all {
+		if ev.UserID == "rare" {
+			want = append(want, ev)
+		}
+	}
+	q := audit.Query{Filter: audit.Filter{UserID: "rare"}, Limit: 100, MaxScanned: 5}
+	page, err := s.List(ctx(t), q)
+	require.NoError(t, err)
+	require.Less(t, len(page.Events), len(want), "the budget ended the first page early")
+	require.False(t, page.Done())
+	requireEvents(t, want, listAll(t, s, q))
+	requireEvents(t, all, listAll(t, s, audit.Query{Limit: 100, MaxScanned: 7}))
+}
+
+// testContextBounds: a call whose ctx has ended returns at once, with an
+// error wrapping the ctx's or with its result; a refused append stored
+// nothing.
+func testContextBounds(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	recs := appendEvents(t, s, true, event(received, "a", "p", "u"))
+	c, cancel := context.WithCancel(context.Background())
+	cancel()
+	calls := map[string]func() error{
+		"Append": func() error {
+			return s.Append(c, true, render([]audit.Event{event(started, "a", "p", "u")}, time.Time{}, nil))
+		},
+		"List":           func() error { _, err := s.List(c, audit.Query{Limit: 10}); return err },
+		"Ping":           func() error { return s.Ping(c) },
+		"Interrupted":    func() error { _, err := s.Interrupted(c); return err },
+		"ReadHashes":     func() error { _, err := s.ReadHashes(c, []int64{0}); return err },
+		"DurableHead":    func() error { _, err := s.DurableHead(c); return err },
+		"LoadCheckpoint": func() error { _, err := s.LoadCheckpoint(c); return errIgnoring(err, audit.ErrNoCheckpoint) },
+	}
+	appended := false
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			returned := make(chan error, 1)
+			go func() { returned <- call() }()
+			select {
+			case err := <-returned:
+				if err != nil {
+					require.ErrorIs(t, err, context.Canceled, "a call that stops for ctx says so")
+				} else if name == "Append" {
+					appended = true
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s with a cancelled ctx has not returned after 10 s", name)
+			}
 		})
 	}
-	_, err = s.List(ctx(t), audit.Query{UserID: "bob", PageSize: 10, PageToken: tok})
-	require.NoError(t, err, "the token still works with its own filters")
-}
-
-// alter changes one character in the middle of a token, keeping it
-// base64url.
-func alter(tok string) string {
-	b := []byte(tok)
-	i := len(b) / 2
-	if b[i] == 'A' {
-		b[i] = 'B'
-	} else {
-		b[i] = 'A'
+	head := headOf(t, s)
+	if !appended {
+		require.Equal(t, headAfter(t, recs), head, "the refused append stored nothing")
 	}
-	return string(b)
 }
 
-func testPageTokenSurvivesRestart(t *testing.T, open Opener) {
-	s := openStore(t, open)
-	evs := fixture(t, s)
-	page, err := s.List(ctx(t), audit.Query{PageSize: 3})
-	require.NoError(t, err)
-	s = restart(t, s, open)
-	got := listAll(t, s, audit.Query{PageSize: 3, PageToken: page.NextPageToken})
-	requireEvents(t, evs[3:], got)
+func errIgnoring(err, ignored error) error {
+	if errors.Is(err, ignored) {
+		return nil
+	}
+	return err
 }
 
-func testInterruptedAfterRestart(t *testing.T, open Opener) {
-	s := openStore(t, open)
+// testHungStorage: while the storage does not answer, every call returns
+// by its ctx's deadline (plus a margin for the store to give up), with an
+// error; Ping says unavailable.
+func testHungStorage(t *testing.T, h Harness) {
+	need(t, "hung storage", h.Hang != nil)
+	s := openStore(t, h)
+	appendEvents(t, s, true, event(received, "a", "p", "u"))
+	h.Hang(t)
+	t.Cleanup(func() { h.Heal(t) })
+	const bound = 500 * time.Millisecond
+	calls := map[string]func(context.Context) error{
+		"Append": func(c context.Context) error {
+			return s.Append(c, true, render([]audit.Event{event(started, "a", "p", "u")}, time.Time{}, nil))
+		},
+		"Ping": func(c context.Context) error { return s.Ping(c) },
+	}
+	for _, name := range []string{"Append", "Ping"} {
+		t.Run(name, func(t *testing.T) {
+			c, cancel := context.WithTimeout(context.Background(), bound)
+			defer cancel()
+			returned := make(chan error, 1)
+			go func() { returned <- calls[name](c) }()
+			select {
+			case err := <-returned:
+				require.Error(t, err, "a call on hung storage cannot succeed")
+				if name == "Ping" {
+					require.ErrorIs(t, err, audit.ErrUnavailable)
+				}
+			case <-time.After(bound + 5*time.Second):
+				t.Fatalf("%s on hung storage has not returned 5 s after its deadline", name)
+			}
+		})
+	}
+}
+
+// testPingReportsFailure: Ping says unavailable while the storage refuses,
+// and once it heals says healthy again if the store recovers, or keeps
+// failing (until a restart) if it does not.
+func testPingReportsFailure(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	require.NoError(t, s.Ping(ctx(t)))
+	appendEvents(t, s, true, event(received, "a", "p", "u"))
+	require.NoError(t, s.Ping(ctx(t)))
+	need(t, "broken storage", h.Break != nil)
+	h.Break(t)
+	// A local store notices at its next write: append as the log would.
+	_ = s.Append(ctx(t), true, render([]audit.Event{event(started, "a", "p", "u")}, time.Time{}, nil))
+	require.ErrorIs(t, s.Ping(ctx(t)), audit.ErrUnavailable)
+	h.Heal(t)
+	if h.Recovers {
+		require.NoError(t, s.Ping(ctx(t)))
+		return
+	}
+	require.ErrorIs(t, s.Ping(ctx(t)), audit.ErrUnavailable, "a store that failed for good keeps failing")
+	s = restart(t, s, h)
+	require.NoError(t, s.Ping(ctx(t)))
+}
+
+func testInterruptedAfterRestart(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	appendEvents(t, s, true,
 		event(received, "only-received", "p1", "u1"),
 		event(received, "completed", "p2", "u2"),
@@ -374,7 +641,7 @@ func testInterruptedAfterRestart(t *testing.T, open Opener) {
 	require.NoError(t, err)
 	require.Empty(t, open1, "this process's own executions are running, not interrupted")
 
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	got, err := s.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, []audit.OpenExecution{
@@ -385,12 +652,12 @@ func testInterruptedAfterRestart(t *testing.T, open Opener) {
 	require.NoError(t, err)
 	require.Empty(t, again, "each open execution is handed out once")
 
-	var closing []*stage4v1.AuditEvent
+	var closing []audit.Event
 	for _, e := range got {
 		closing = append(closing, event(failed, e.ExecutionID, e.PlanID, e.UserID))
 	}
 	appendEvents(t, s, true, closing...)
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	after, err := s.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Empty(t, after, "closed executions are never handed out")
@@ -399,46 +666,100 @@ func testInterruptedAfterRestart(t *testing.T, open Opener) {
 // testInterruptedClaimEndsWithClaimer: an execution handed out to a
 // process that stopped before closing it is handed out again after the
 // next restart; it is still open.
-func testInterruptedClaimEndsWithClaimer(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testInterruptedClaimEndsWithClaimer(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	appendEvents(t, s, true, event(received, "x", "p", "u"), event(started, "x", "p", "u"))
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	got, err := s.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Len(t, got, 1)
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	got, err = s.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, []audit.OpenExecution{{ExecutionID: "x", PlanID: "p", UserID: "u", LastType: started, Sequence: 1}}, got)
 }
 
-func testPing(t *testing.T, open Opener) {
-	s := openStore(t, open)
-	require.NoError(t, s.Ping(ctx(t)))
-	appendEvents(t, s, true, event(received, "a", "p", "u"))
-	require.NoError(t, s.Ping(ctx(t)))
-}
-
-func testAppendAfterClose(t *testing.T, open Opener) {
-	s := open(t)
-	appendEvents(t, s, true, event(received, "a", "p", "u"))
-	require.NoError(t, s.Close())
-	err := s.Append(ctx(t), true, func(h audit.Head) ([]audit.Record, error) {
-		return audit.RenderRecords(h, time.Now(), []*stage4v1.AuditEvent{event(failed, "a", "p", "u")})
-	})
-	require.ErrorIs(t, err, audit.ErrClosed)
+// testOpenUntil: another replica never closes an execution while its
+// owner runs, and closes it once the owner is gone and its OpenUntil
+// (and the store's grace period) has passed; exactly one replica gets it.
+func testOpenUntil(t *testing.T, h Harness) {
+	need(t, "replicas", h.OpenReplica != nil)
+	owner := h.OpenReplica(t, "owner")
+	t.Cleanup(func() { owner.Close() })
+	other := h.OpenReplica(t, "other")
+	t.Cleanup(func() { other.Close() })
+	third := h.OpenReplica(t, "third")
+	t.Cleanup(func() { third.Close() })
+	until := time.Now().Add(300 * time.Millisecond)
+	require.NoError(t, owner.Append(ctx(t), true, render([]audit.Event{event(received, "x", "p", "u"), event(started, "x", "p", "u")}, until, nil)))
+	got, err := other.Interrupted(ctx(t))
+	require.NoError(t, err)
+	require.Empty(t, got, "the owner runs it and its OpenUntil has not passed")
+	require.NoError(t, owner.Close())
+	got, err = other.Interrupted(ctx(t))
+	require.NoError(t, err)
+	require.Empty(t, got, "the owner is gone, but its OpenUntil has not passed")
+	deadline := until.Add(h.Grace).Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		got, err = other.Interrupted(ctx(t))
+		require.NoError(t, err)
+		if len(got) > 0 {
+			break
+		}
+		// Polling the store's own clock: OpenUntil and the grace period
+		// are times, not events a test can wait on.
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Equal(t, []audit.OpenExecution{{ExecutionID: "x", PlanID: "p", UserID: "u", LastType: started, Sequence: 1}}, got)
+	// The claimer lives on (its heartbeat is its ping, as the log's
+	// supervisor sends every second): nobody else gets the execution.
+	require.NoError(t, other.Ping(ctx(t)))
+	again, err := third.Interrupted(ctx(t))
+	require.NoError(t, err)
+	require.Empty(t, again, "one replica gets it")
 }
 
 // testFingerprintKeyIsKept: a store has one secret key of 32 random bytes,
 // the same after a restart, so that equal plans keep equal plan_ids.
-func testFingerprintKeyIsKept(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testFingerprintKeyIsKept(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	key, err := s.FingerprintKey(ctx(t))
 	require.NoError(t, err)
 	require.Len(t, key, 32)
 	require.NotEqual(t, make([]byte, 32), key)
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	again, err := s.FingerprintKey(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, key, again)
+}
+
+func testCloseIsIdempotent(t *testing.T, h Harness) {
+	s := h.Open(t)
+	appendEvents(t, s, true, event(received, "a", "p", "u"))
+	require.NoError(t, s.Close())
+	require.NoError(t, s.Close(), "a second Close is a no-op")
+}
+
+func testCallsAfterClose(t *testing.T, h Harness) {
+	s := h.Open(t)
+	appendEvents(t, s, true, event(received, "a", "p", "u"))
+	require.NoError(t, s.Close())
+	calls := map[string]func() error{
+		"Append": func() error {
+			return s.Append(ctx(t), true, render([]audit.Event{event(failed, "a", "p", "u")}, time.Time{}, nil))
+		},
+		"List":           func() error { _, err := s.List(ctx(t), audit.Query{Limit: 10}); return err },
+		"Ping":           func() error { return s.Ping(ctx(t)) },
+		"Interrupted":    func() error { _, err := s.Interrupted(ctx(t)); return err },
+		"ReadHashes":     func() error { _, err := s.ReadHashes(ctx(t), []int64{0}); return err },
+		"DurableHead":    func() error { _, err := s.DurableHead(ctx(t)); return err },
+		"SaveCheckpoint": func() error { return s.SaveCheckpoint(ctx(t), 1, []byte("x")) },
+		"LoadCheckpoint": func() error { _, err := s.LoadCheckpoint(ctx(t)); return err },
+		"FingerprintKey": func() error { _, err := s.FingerprintKey(ctx(t)); return err },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			require.ErrorIs(t, call(), audit.ErrClosed)
+		})
+	}
 }

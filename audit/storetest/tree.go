@@ -8,7 +8,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // hashList holds every stored hash of a tree, as tlog itself computes
@@ -66,12 +65,12 @@ func allIndexes(n int) []int64 {
 // testTreeSurvivesRestart: every record carries the stored hashes tlog
 // computes for it, the store reads them back and reports the edge in its
 // heads, across restarts, and the tree goes on where it was.
-func testTreeSurvivesRestart(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testTreeSurvivesRestart(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	var all []audit.Record
 	appendBatches := func(sizes ...int) {
 		for i, size := range sizes {
-			var evs []*stage4v1.AuditEvent
+			var evs []audit.Event
 			for j := range size {
 				evs = append(evs, event(received, fmt.Sprintf("exec-%d-%d-%d", len(all), i, j), "plan", "user"))
 			}
@@ -95,18 +94,18 @@ func testTreeSurvivesRestart(t *testing.T, open Opener) {
 	}
 	appendBatches(1, 3, 2, 7, 1, 16)
 	check("before the restart")
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	check("after the restart")
 	appendBatches(5, 1, 30)
 	check("after appending on the restarted store")
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	check("after a second restart")
 }
 
 // testReadHashesBeyondTree: a hash the tree does not hold is an error,
 // never a zero hash that a proof would carry.
-func testReadHashesBeyondTree(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testReadHashesBeyondTree(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	appendEvents(t, s, true, event(received, "a", "p", "u"), event(failed, "a", "p", "u"))
 	_, err := s.ReadHashes(ctx(t), []int64{0, tlog.StoredHashCount(2)})
 	require.Error(t, err)
@@ -116,8 +115,8 @@ func testReadHashesBeyondTree(t *testing.T, open Opener) {
 }
 
 // testDurableHead: after a durable append the durable head is the head.
-func testDurableHead(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testDurableHead(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	empty, err := s.DurableHead(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, audit.Head{}, empty)
@@ -130,8 +129,8 @@ func testDurableHead(t *testing.T, open Opener) {
 
 // testCheckpointIsKept: the latest checkpoint survives a restart, and
 // one for a smaller tree (another replica's, late) never replaces it.
-func testCheckpointIsKept(t *testing.T, open Opener) {
-	s := openStore(t, open)
+func testCheckpointIsKept(t *testing.T, h Harness) {
+	s := openStore(t, h)
 	_, err := s.LoadCheckpoint(ctx(t))
 	require.ErrorIs(t, err, audit.ErrNoCheckpoint)
 	// The store keeps the note as it is; these are well-formed checkpoints
@@ -144,7 +143,7 @@ func testCheckpointIsKept(t *testing.T, open Opener) {
 	require.NoError(t, err)
 	require.Equal(t, cp(5), got)
 	require.NoError(t, s.SaveCheckpoint(ctx(t), 4, cp(4)))
-	s = restart(t, s, open)
+	s = restart(t, s, h)
 	got, err = s.LoadCheckpoint(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, cp(5), got, "a smaller tree's checkpoint is not kept")

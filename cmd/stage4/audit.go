@@ -12,8 +12,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
-	"github.com/stage4/stage4/audit/pgstore"
 	"github.com/stage4/stage4/audit/segstore"
 )
 
@@ -101,26 +99,6 @@ func runAudit(args []string, stdout, stderr io.Writer) error {
 	return silentExit(exitUsage)
 }
 
-// verifyOutcome is what verifying one log found, for runAuditVerify to
-// print.
-type verifyOutcome struct {
-	res audit.VerifyResult
-	err error
-	// offsets: a chain error's byte offset means something (a file, a
-	// segment).
-	offsets bool
-	// firstRecord is the sequence of the first record verified: 1, or a
-	// segment's first.
-	firstRecord uint64
-	// okLine replaces "OK N records, last hash H" when set.
-	okLine string
-	// notes follow the OK line; damagedNotes follow a DAMAGED report.
-	notes, damagedNotes []string
-	// refusal, when set, is printed instead of OK and ends with exit 1:
-	// the chain is intact but the check asked for could not be made.
-	refusal string
-}
-
 // runAuditVerify is the audit verify command.
 func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 	fs, f := newAuditVerifyFlags()
@@ -135,15 +113,11 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 	if (f.checkpoint == "") != (f.verifierKey == "") {
 		return usageError("audit verify: --checkpoint and --verifier-key go together")
 	}
-	path := pos[0]
-	kind := logKindOf(path)
-	if kind == logSegment && f.checkpoint != "" {
-		return usageError("audit verify: --checkpoint needs every record of the log from the first: give the log directory, not one segment")
+	driver, loc, err := audit.Resolve(pos[0])
+	if err != nil {
+		return usageError("audit verify: %w", err)
 	}
-	if kind == logDir && !isLogDir(path) {
-		return usageError("audit verify: %s is a directory but not an audit log directory: it holds neither %s nor segment files", path, segstore.SealsFile)
-	}
-	var opts []audit.VerifyOption
+	var cfg audit.VerifyConfig
 	var check *checkpointCheck
 	if f.checkpoint != "" {
 		cp, err := openCheckpointFile(f.checkpoint, f.verifierKey)
@@ -151,46 +125,35 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		check = newCheckpointCheck(cp)
-		opts = append(opts, check.option())
+		cfg.Options = append(cfg.Options, check.option())
+		cfg.RequireFirst = max(cp.Size, 1)
 	}
-	progress := progressPrinter(logSize(path, kind), stderr)
-
-	var out verifyOutcome
-	switch kind {
-	case logDatabase:
-		out.res, out.err = pgstore.Verify(context.Background(), path, withProgress(opts, progress)...)
-	case logDir:
-		out = verifyDir(path, progress, check, opts)
-	case logSegment:
-		out = verifySegment(path, withProgress(opts, progress))
-	default:
-		out.res, out.err = filestore.Verify(path, withProgress(opts, progress)...)
-		out.offsets = true
-	}
-	if out.err != nil && progress != nil {
+	cfg.Progress = progressPrinter(logSize(loc), stderr)
+	out, verr := driver.Verify(context.Background(), loc, cfg)
+	if verr != nil && cfg.Progress != nil {
 		fmt.Fprintln(stderr) // end the progress line, which stopped short
 	}
-	res := out.res
+	res := out.Result
 	var chainErr *audit.ChainError
 	switch {
-	case errors.As(out.err, &chainErr):
-		if out.offsets {
+	case errors.As(verr, &chainErr):
+		if out.Offsets {
 			fmt.Fprintf(stdout, "DAMAGED at sequence %d (byte offset %d): %s\n", chainErr.Sequence, chainErr.Offset, chainErr.Reason)
 		} else {
 			fmt.Fprintf(stdout, "DAMAGED at sequence %d: %s\n", chainErr.Sequence, chainErr.Reason)
 		}
-		switch first := max(out.firstRecord, 1); {
+		switch first := max(out.FirstRecord, 1); {
 		case first == 1 || res.Records >= first:
 			fmt.Fprintf(stdout, "  records %d to %d are intact\n", first, res.Records)
 		default:
 			fmt.Fprintf(stdout, "  no record of the segment is intact\n")
 		}
-		printLines(stdout, out.damagedNotes)
+		printLines(stdout, out.DamagedNotes)
 		return silentExit(exitFailure)
-	case out.err != nil:
-		return usageError("audit verify: %w", out.err)
-	case out.refusal != "":
-		fmt.Fprint(stdout, out.refusal)
+	case verr != nil:
+		return usageError("audit verify: %w", verr)
+	case out.Refusal != "":
+		fmt.Fprint(stdout, out.Refusal)
 		return silentExit(exitFailure)
 	}
 	if check != nil {
@@ -205,24 +168,46 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		defer fmt.Fprint(stdout, cpOut.String())
 	}
-	if out.okLine != "" {
-		fmt.Fprintln(stdout, out.okLine)
+	if out.OKLine != "" {
+		fmt.Fprintln(stdout, out.OKLine)
 	} else {
 		fmt.Fprintf(stdout, "OK %d records, last hash %s\n", res.Records, res.LastHash)
 	}
 	if res.TrailingBytes > 0 {
 		fmt.Fprintf(stdout, "  plus an incomplete last line of %d bytes (a crash trace; stage4 cuts it off when it opens the log)\n", res.TrailingBytes)
 	}
-	printLines(stdout, out.notes)
+	printLines(stdout, out.Notes)
 	return nil
 }
 
-// withProgress adds progress, if any, to opts.
-func withProgress(opts []audit.VerifyOption, progress func(int64)) []audit.VerifyOption {
-	if progress == nil {
-		return opts
+// logSize is the number of bytes verifying loc reads at most, for the
+// progress line: a file's size, the sum of a directory's segment files
+// (the active one counted at its preallocated size), 0 for a URL.
+func logSize(loc audit.Location) int64 {
+	if loc.IsURL() {
+		return 0
 	}
-	return append(opts, audit.WithProgress(progress))
+	fi, err := os.Stat(loc.Path)
+	if err != nil {
+		return 0
+	}
+	if !fi.IsDir() {
+		return fi.Size()
+	}
+	entries, err := os.ReadDir(loc.Path)
+	if err != nil {
+		return 0
+	}
+	var size int64
+	for _, e := range entries {
+		if _, ok := segstore.ParseSegmentName(e.Name()); !ok {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			size += fi.Size()
+		}
+	}
+	return size
 }
 
 func printLines(w io.Writer, lines []string) {

@@ -10,8 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/audit/memstore"
 )
 
 // validPlanJSON is a plan in protojson form that passes validation.
@@ -263,22 +262,34 @@ func TestAuditVerifyCommand(t *testing.T) {
 	}
 }
 
-// writeAuditLog writes a real audit log of n events with the audit package.
+// writeAuditLog writes a single-file log of n events, in the form a log
+// had before logs were directories: its records, one a line, made by the
+// audit package.
 func writeAuditLog(t *testing.T, path string, n int) {
 	t.Helper()
-	store, err := filestore.Open(path)
-	require.NoError(t, err)
-	log, err := audit.New(store)
+	st := memstore.NewStorage()
+	log, err := audit.New(memstore.Open(st, ""))
 	require.NoError(t, err)
 	for i := range n {
-		_, err := log.Append(t.Context(), &stage4v1.AuditEvent{
-			Type:        stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
-			ExecutionId: fmt.Sprintf("exec-%d", i),
-			UserId:      "alice",
+		_, err := log.Append(t.Context(), audit.Event{
+			Type:        audit.PlanReceived,
+			ExecutionID: fmt.Sprintf("exec-%d", i),
+			UserID:      "alice",
 		})
 		require.NoError(t, err)
 	}
 	require.NoError(t, log.Close())
+	writeRecords(t, st, path)
+}
+
+// writeRecords writes the records of st into the file at path, one a line.
+func writeRecords(t *testing.T, st *memstore.Storage, path string) {
+	t.Helper()
+	var data []byte
+	for _, r := range st.Records() {
+		data = append(append(data, r.Line...), '\n')
+	}
+	require.NoError(t, os.WriteFile(path, data, 0o600))
 }
 
 // writeFile writes content to dir/name and returns the path.

@@ -12,6 +12,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client"
@@ -52,8 +53,8 @@ func newDevFlags() (*flag.FlagSet, *devFlags) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:50051", "`host:port` of Stage-4")
 	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
 	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
-	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log: a directory of segment files, or a single-file log from before segments")
-	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (1 MiB to 2 GiB, as stage4 serve);\nignored for a single-file log")
+	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log: a directory of segment files")
+	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (1 MiB to 2 GiB, as stage4 serve)")
 	fs.BoolVar(&f.newAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (as stage4 serve)")
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")
@@ -101,14 +102,13 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	cfg := gateway.Config{
-		Listen:            f.listen,
-		MetricsListen:     f.metricsListen,
-		AuditLog:          f.auditLog,
-		AuditSegmentBytes: f.segmentBytes,
-		NewAuditLog:       f.newAuditLog,
-		AuditReaders:      authz.Everyone(), // a local tryout; serve denies by default
-		MaxMessageBytes:   defaultMaxMessageBytes,
-		ShutdownGrace:     defaultShutdownGrace,
+		Listen:          f.listen,
+		MetricsListen:   f.metricsListen,
+		AuditLog:        f.auditLog,
+		AuditStore:      audit.OpenConfig{SegmentBytes: f.segmentBytes, NewLog: f.newAuditLog},
+		AuditReaders:    authz.Everyone(), // a local tryout; serve denies by default
+		MaxMessageBytes: defaultMaxMessageBytes,
+		ShutdownGrace:   defaultShutdownGrace,
 		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process

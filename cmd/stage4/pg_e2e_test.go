@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
@@ -163,12 +162,12 @@ func TestAuditVerifyDatabase(t *testing.T) {
 	lg, err := audit.New(store)
 	require.NoError(t, err)
 	for i := range 3 {
-		_, err := lg.Append(testContext(t), &stage4v1.AuditEvent{
-			Type:        stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED,
-			ExecutionId: fmt.Sprint("exec-", i),
-			PlanId:      "hmac-sha256:plan",
-			UserId:      "alice",
-			Details:     &structpb.Struct{Fields: map[string]*structpb.Value{"note": structpb.NewStringValue("original")}},
+		_, err := lg.Append(testContext(t), audit.Event{
+			Type:        audit.PlanReceived,
+			ExecutionID: fmt.Sprint("exec-", i),
+			PlanID:      "hmac-sha256:plan",
+			UserID:      "alice",
+			Details:     audit.Details{"note": "original"},
 		})
 		require.NoError(t, err)
 	}

@@ -10,9 +10,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
-	"github.com/stage4/stage4/audit/pgstore"
-	"github.com/stage4/stage4/audit/segstore"
 )
 
 const auditProveUsage = `Usage: stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N DIR|FILE|URL
@@ -52,13 +49,6 @@ func newAuditProveFlags() (*flag.FlagSet, *auditProveFlags) {
 	return fs, f
 }
 
-// proofSource is a log's records and stored tree hashes, read offline.
-type proofSource interface {
-	Record(seq uint64) ([]byte, error)
-	tlog.HashReader
-	Close() error
-}
-
 // runAuditProve is the audit prove command.
 func runAuditProve(args []string, stdout, stderr io.Writer) error {
 	fs, f := newAuditProveFlags()
@@ -78,22 +68,17 @@ func runAuditProve(args []string, stdout, stderr io.Writer) error {
 	if seq > cp.Size {
 		return usageError("audit prove: sequence %d is beyond the checkpoint's tree of %d records: use a later checkpoint", seq, cp.Size)
 	}
-	var src proofSource
-	switch logKindOf(pos[0]) {
-	case logDatabase:
-		src, err = pgstore.OpenReader(context.Background(), pos[0])
-	case logDir:
-		src, err = segstore.OpenReader(pos[0])
-	case logSegment:
-		return usageError("audit prove: %s is one segment of a log directory: give the directory, whose tree file the proof is built from", pos[0])
-	default:
-		src, err = filestore.OpenReader(pos[0])
+	ctx := context.Background()
+	driver, loc, err := audit.Resolve(pos[0])
+	if err != nil {
+		return usageError("audit prove: %w", err)
 	}
+	src, err := driver.OpenReader(ctx, loc)
 	if err != nil {
 		return usageError("audit prove: %w", err)
 	}
 	defer src.Close()
-	record, err := src.Record(seq)
+	record, err := src.Record(ctx, seq)
 	if err != nil {
 		return usageError("audit prove: %w", err)
 	}
@@ -110,10 +95,11 @@ func runAuditProve(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return notProven("the stored record is damaged: %v", err)
 	}
-	if ev.GetSequence() != seq {
-		return notProven("the stored record has sequence %d", ev.GetSequence())
+	if ev.Sequence != seq {
+		return notProven("the stored record has sequence %d", ev.Sequence)
 	}
-	proof, err := tlog.ProveRecord(int64(cp.Size), int64(seq-1), src)
+	hashes := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) { return src.ReadHashes(ctx, idx) })
+	proof, err := tlog.ProveRecord(int64(cp.Size), int64(seq-1), hashes)
 	if err != nil {
 		return notProven("no proof can be built from the stored tree: %v", err)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/mod/sumdb/note"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore"
@@ -28,13 +27,11 @@ import (
 func appendLarge(t *testing.T, lg *audit.Log, n, detailBytes int) {
 	t.Helper()
 	for i := range n {
-		_, err := lg.Append(t.Context(), &stage4v1.AuditEvent{
-			Type:        stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED,
-			ExecutionId: fmt.Sprintf("exec-%d", i),
-			UserId:      "alice",
-			Details: &structpb.Struct{Fields: map[string]*structpb.Value{
-				"filler": structpb.NewStringValue(strings.Repeat("x", detailBytes)),
-			}},
+		_, err := lg.Append(t.Context(), audit.Event{
+			Type:        audit.ExecutionFailed,
+			ExecutionID: fmt.Sprintf("exec-%d", i),
+			UserID:      "alice",
+			Details:     audit.Details{"filler": strings.Repeat("x", detailBytes)},
 		})
 		require.NoError(t, err)
 	}
@@ -212,7 +209,7 @@ func TestAuditVerifyLogDirectory(t *testing.T) {
 				return append(checkpointArgs(t, dir), filepath.Join(dir, segstore.SegmentName(1)))
 			},
 			wantCode:   2,
-			wantStderr: "--checkpoint needs every record of the log from the first: give the log directory, not one segment",
+			wantStderr: "a checkpoint needs every record of the log from the first: give the log directory, not one segment",
 		},
 		{
 			name: "a missing segment",
@@ -368,85 +365,26 @@ func TestServeSealsSegments(t *testing.T) {
 	}
 }
 
-// TestServeKeepsASingleFileLog: a log in one file, from before segments,
-// is served as it is: appended to, listed and verified as a file, with no
-// directory made beside it.
-func TestServeKeepsASingleFileLog(t *testing.T) {
+// TestServeRefusesASingleFileLog: a log in one file, from before logs
+// were directories, is not served (exit 2, the file left as it was), and
+// audit verify still checks it.
+func TestServeRefusesASingleFileLog(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	writeAuditLog(t, path, 3)
-	gw := startGatewayOn(t, path, nil, nil, []string{"--audit-readers", "*"})
-	gw.stage4.stderr.waitForLog(t, "the audit log is a single file, from before logs were directories of segments: "+
-		"it is appended to as one file, without segments (new logs are directories)", map[string]any{"audit_log": path})
-	ctx := testContext(t)
-	res, err := gw.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
+	before, err := os.ReadFile(path)
 	require.NoError(t, err)
-	list, err := gw.client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
+	code, _, stderr := runStage4(t, nil, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+		"--stage3-addr", "127.0.0.1:1", "--stage3-insecure", "--audit-log", path)
+	require.Equal(t, 2, code, stderr)
+	require.Contains(t, stderr, "is a single-file audit log, from before logs were directories")
+	after, err := os.ReadFile(path)
 	require.NoError(t, err)
-	require.Len(t, list.GetAuditEvents(), 3)
-	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
-	require.Equal(t, 0, gw.stage4.exitCode(t))
-
-	fi, err := os.Stat(path)
-	require.NoError(t, err)
-	require.True(t, fi.Mode().IsRegular(), "still one file")
-	require.Len(t, executions(t, path)[res.GetExecutionId()], 3, "appended to the file")
+	require.Equal(t, before, after, "left as it was")
 	code, stdout, stderr := runStage4(t, nil, "audit", "verify", path)
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
-	require.Contains(t, stdout, "OK ")
-	require.NotContains(t, stdout, "segment")
-}
-
-// TestServeDoesNotLeaveTheOldDefaultLogBehind: serve's default --audit-log
-// is now the directory stage4-audit; where the single file that was the
-// default before (stage4-audit.jsonl) is in the working directory, serve
-// refuses to start a second, empty log beside it unless --audit-log (or
-// STAGE4_AUDIT_LOG) says which log to use.
-func TestServeDoesNotLeaveTheOldDefaultLogBehind(t *testing.T) {
-	t.Parallel()
-	s3 := start(t, nil, "reference-stage3", "--listen", "127.0.0.1:0")
-	s3Addr, _ := s3.servingAddr(t)
-	serve := []string{"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--stage3-addr", s3Addr, "--stage3-insecure",
-		"--audit-segment-bytes", fmt.Sprint(minAuditSegmentBytes)}
-	tests := []struct {
-		name      string
-		oldFile   bool
-		args, env []string
-		wantCode  int    // when it does not serve
-		wantLog   string // the audit log it serves
-	}{
-		{name: "the old file is refused", oldFile: true, wantCode: 1},
-		{name: "--audit-log names the old file", oldFile: true, args: []string{"--audit-log", legacyDefaultAuditLog}, wantLog: legacyDefaultAuditLog},
-		{name: "STAGE4_AUDIT_LOG names the old file", oldFile: true, env: []string{"STAGE4_AUDIT_LOG=" + legacyDefaultAuditLog}, wantLog: legacyDefaultAuditLog},
-		{name: "--audit-log names the new directory", oldFile: true, args: []string{"--audit-log", defaultAuditLog}, wantLog: defaultAuditLog},
-		{name: "no old file: the default directory", wantLog: defaultAuditLog},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			wd := t.TempDir()
-			if tt.oldFile {
-				writeAuditLog(t, filepath.Join(wd, legacyDefaultAuditLog), 3)
-			}
-			s4 := startIn(t, wd, tt.env, append(serve, tt.args...)...)
-			if tt.wantLog == "" {
-				require.Equal(t, tt.wantCode, s4.exitCode(t))
-				require.Contains(t, s4.stderr.String(), "pass --audit-log stage4-audit.jsonl (or STAGE4_AUDIT_LOG) to keep appending to it")
-				require.NoDirExists(t, filepath.Join(wd, defaultAuditLog), "no second log begun")
-				return
-			}
-			s4.servingAddr(t)
-			require.NoError(t, s4.cmd.Process.Signal(syscall.SIGTERM))
-			require.Equal(t, 0, s4.exitCode(t))
-			code, stdout, stderr := runStage4(t, nil, "audit", "verify", filepath.Join(wd, tt.wantLog))
-			require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
-			if tt.wantLog == defaultAuditLog {
-				require.DirExists(t, filepath.Join(wd, defaultAuditLog))
-			} else {
-				require.NoDirExists(t, filepath.Join(wd, defaultAuditLog))
-			}
-		})
-	}
+	require.Contains(t, stdout, "OK 3 records")
+	require.Contains(t, stdout, "a single-file log, from before logs were directories")
 }
 
 // requireCompleted checks, through ListAuditEvents, that execution id has

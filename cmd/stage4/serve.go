@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
-	"os"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -22,12 +20,7 @@ import (
 const (
 	defaultListen        = "127.0.0.1:8080"
 	defaultMetricsListen = "127.0.0.1:9090"
-	defaultAuditLog      = "stage4-audit"
-	// legacyDefaultAuditLog is the single file that serve wrote by
-	// default before logs were directories: found in the working
-	// directory, it stops serve from starting a second, empty log beside
-	// it (see refuseLegacyDefault).
-	legacyDefaultAuditLog    = "stage4-audit.jsonl"
+	defaultAuditLog          = "stage4-audit"
 	defaultAuditSegmentBytes = segstore.DefaultSegmentBytes
 	minAuditSegmentBytes     = 1 << 20
 	defaultMaxDeadline       = stage3client.DefaultMaxDeadline
@@ -71,11 +64,11 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.Listen, "listen", defaultListen, "`host:port` of the gRPC server")
 	fs.StringVar(&g.MetricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of the Prometheus /metrics endpoint; empty turns it off")
 	fs.BoolVar(&g.Pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on --metrics-listen, for profiling;\nthey show internals, so keep it off where others can reach that address")
-	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "where the audit log lives: the `path` of a directory of segment files (created when missing)\nor of a single-file log from before segments (appended to as it is), or a postgres:// URL shared by several replicas")
-	fs.Int64Var(&g.AuditSegmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log directory is sealed and the next one begins\n(1048576, 1 MiB, to 2147483648, 2 GiB); ignored for a postgres:// URL and for a single-file log")
-	fs.StringVar(&g.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
-	fs.BoolVar(&g.NewAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
-	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>/key in a log directory,\n<audit-log>.key beside a single-file log, a table in PostgreSQL)")
+	fs.StringVar(&g.AuditLog, "audit-log", defaultAuditLog, "where the audit log lives: the `path` of a directory of segment files (created when missing;\na name with a colon is written ./name), or a postgres:// URL shared by several replicas")
+	fs.Int64Var(&g.AuditStore.SegmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log directory is sealed and the next one begins\n(1048576, 1 MiB, to 2147483648, 2 GiB); ignored for a postgres:// URL")
+	fs.StringVar(&g.AuditStore.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
+	fs.BoolVar(&g.AuditStore.NewLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
+	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>/key in a log directory,\na table in PostgreSQL)")
 	fs.StringVar(&g.AuditSigningKeyFile, "audit-signing-key", "", "`file` holding the note private key (PRIVATE+KEY+..., from stage4 audit keygen, mode 0600) that\nsigns the audit log's checkpoints; when empty, the tree is kept and proofs served, but nothing is signed")
 	fs.DurationVar(&g.CheckpointInterval, "checkpoint-interval", gateway.DefaultCheckpointInterval, "how often, at most, a checkpoint is signed while the audit log grows (and once at shutdown)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
@@ -128,15 +121,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if f.gateway.CheckpointInterval <= 0 {
 		return usageError("serve: --checkpoint-interval must be positive")
 	}
-	if err := checkAuditSegmentBytes("serve", f.gateway.AuditSegmentBytes); err != nil {
+	if err := checkAuditSegmentBytes("serve", f.gateway.AuditStore.SegmentBytes); err != nil {
 		return err
-	}
-	auditLogGiven := false
-	fs.Visit(func(fl *flag.Flag) { auditLogGiven = auditLogGiven || fl.Name == "audit-log" })
-	if !auditLogGiven {
-		if err := refuseLegacyDefault(); err != nil {
-			return err
-		}
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)
@@ -158,21 +144,6 @@ func checkAuditSegmentBytes(cmd string, n int64) error {
 		return usageError("%s: --audit-segment-bytes is %d; it must be between %d (1 MiB) and %d (2 GiB)", cmd, n, minAuditSegmentBytes, int64(segstore.MaxSegmentBytes))
 	}
 	return nil
-}
-
-// refuseLegacyDefault stops serve, when --audit-log was not given, from
-// starting a new log directory beside the single file that serve wrote by
-// default before (legacyDefaultAuditLog): an upgrade must never leave the
-// old records behind and begin an empty log without a word.
-func refuseLegacyDefault() error {
-	fi, err := os.Stat(legacyDefaultAuditLog)
-	if err != nil || !fi.Mode().IsRegular() {
-		return nil
-	}
-	return fmt.Errorf("serve: %s in the working directory is an audit log in the single file that serve used "+
-		"by default before logs were directories, and the default --audit-log is now the directory %s: "+
-		"pass --audit-log %s (or STAGE4_AUDIT_LOG) to keep appending to it, or --audit-log %s to begin "+
-		"the new directory beside it", legacyDefaultAuditLog, defaultAuditLog, legacyDefaultAuditLog, defaultAuditLog)
 }
 
 // withTracing runs serve with the tracer provider that the OTEL_*

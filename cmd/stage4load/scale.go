@@ -18,10 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
 	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
@@ -55,44 +53,34 @@ func fillUserID(n int) string { return fmt.Sprintf("user-%03d", n%fillUsers) }
 
 // fillEvents are the three events of execution n, with details of the
 // size and shape the gateway writes.
-func fillEvents(n int) []*stage4v1.AuditEvent {
-	ev := func(t stage4v1.AuditEventType, f map[string]*structpb.Value) *stage4v1.AuditEvent {
-		return &stage4v1.AuditEvent{Type: t, ExecutionId: fillExecutionID(n), PlanId: fillPlanID(n), UserId: fillUserID(n),
-			Details: &structpb.Struct{Fields: f}}
+func fillEvents(n int) []audit.Event {
+	ev := func(t audit.EventType, d audit.Details) audit.Event {
+		return audit.Event{Type: t, ExecutionID: fillExecutionID(n), PlanID: fillPlanID(n), UserID: fillUserID(n), Details: d}
 	}
-	steps, _ := structpb.NewList([]any{"crm.lookup_contact", "mail.send_template", "calendar.create_event"})
-	received := ev(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, map[string]*structpb.Value{
-		"trigger_type": structpb.NewStringValue("user_request"), "step_count": structpb.NewNumberValue(3),
-		"binding_count": structpb.NewNumberValue(2), "steps": structpb.NewListValue(steps),
-		"token_fingerprint": structpb.NewStringValue(fmt.Sprintf("hmac-sha256:%016x", n)),
-		"peer":              structpb.NewStringValue(fmt.Sprintf("10.0.%d.%d:%d", n%256, n/256%256, 40000+n%20000)),
+	received := ev(audit.PlanReceived, audit.Details{
+		"trigger_type": "user_request", "step_count": 3.0, "binding_count": 2.0,
+		"steps":             []any{"crm.lookup_contact", "mail.send_template", "calendar.create_event"},
+		"token_fingerprint": fmt.Sprintf("hmac-sha256:%016x", n),
+		"peer":              fmt.Sprintf("10.0.%d.%d:%d", n%256, n/256%256, 40000+n%20000),
 	})
-	startedEv := ev(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_STARTED, map[string]*structpb.Value{
-		"stage3_deadline_ms": structpb.NewNumberValue(30000),
-	})
-	var last *stage4v1.AuditEvent
+	startedEv := ev(audit.ExecutionStarted, audit.Details{"stage3_deadline_ms": 30000.0})
+	var last audit.Event
 	if n%fillFailEvery == fillFailEvery-1 {
-		last = ev(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, map[string]*structpb.Value{
-			"phase": structpb.NewStringValue("stage3"), "code": structpb.NewStringValue("FAILED_PRECONDITION"),
-			"reason": structpb.NewStringValue("STAGE3_REJECTED"),
-		})
+		last = ev(audit.ExecutionFailed, audit.Details{"phase": "stage3", "code": "FAILED_PRECONDITION", "reason": "STAGE3_REJECTED"})
 	} else {
-		last = ev(stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_COMPLETED, map[string]*structpb.Value{
-			"step_count": structpb.NewNumberValue(3), "stage3_latency_ms": structpb.NewNumberValue(float64(n%5000) / 100),
-		})
+		last = ev(audit.ExecutionCompleted, audit.Details{"step_count": 3.0, "stage3_latency_ms": float64(n%5000) / 100})
 	}
-	return []*stage4v1.AuditEvent{received, startedEv, last}
+	return []audit.Event{received, startedEv, last}
 }
 
 // runFill is "stage4load fill".
 func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stage4load fill", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("audit-log", "", "log directory to create (or, with --single-file, file)")
+	dir := fs.String("audit-log", "", "log directory to create")
 	events := fs.Int("events", 0, "events to write (a multiple of 3: executions of three events)")
 	bytes := fs.Int64("bytes", 0, "write executions until the log holds at least this many bytes (instead of --events)")
 	segBytes := fs.Int64("segment-bytes", segstore.DefaultSegmentBytes, "segment size")
-	single := fs.Bool("single-file", false, "write a single-file log (audit/filestore), for comparison")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,13 +90,7 @@ func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if _, err := os.Stat(*dir); err == nil {
 		return fmt.Errorf("fill: %s exists: fill writes a new log", *dir)
 	}
-	var store audit.Store
-	var err error
-	if *single {
-		store, err = filestore.Open(*dir)
-	} else {
-		store, err = segstore.Open(*dir, segstore.WithSegmentBytes(*segBytes))
-	}
+	store, _, err := audit.Open(ctx, *dir, audit.OpenConfig{SegmentBytes: *segBytes})
 	if err != nil {
 		return err
 	}
@@ -123,7 +105,7 @@ func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			store.Close()
 			return err
 		}
-		var evs []*stage4v1.AuditEvent
+		var evs []audit.Event
 		for range perBatch {
 			evs = append(evs, fillEvents(n)...)
 			n++
@@ -263,15 +245,15 @@ func runScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// logSize returns the executions and bytes of records of a filled log,
-// from its seals and active segment, or a single file's size.
+// logSize returns the executions and bytes of records of a filled log, by
+// verifying it as audit verify does.
 func logSize(path string) (executions int, size int64, err error) {
-	if !segstore.IsDir(path) {
-		res, err := filestore.Verify(path)
-		return int(res.Records / 3), res.Bytes, err
+	d, loc, err := audit.Resolve(path)
+	if err != nil {
+		return 0, 0, err
 	}
-	res, err := segstore.VerifyDir(path, nil)
-	return int(res.Records / 3), res.Bytes, err
+	rep, err := d.Verify(context.Background(), loc, audit.VerifyConfig{})
+	return int(rep.Result.Records / 3), rep.Result.Bytes, err
 }
 
 // waitServing polls the gateway's health until it is SERVING; polling is

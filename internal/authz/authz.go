@@ -7,15 +7,14 @@ package authz
 
 import (
 	"context"
-	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/identity"
 	"github.com/stage4/stage4/internal/rpcerr"
 )
 
@@ -62,8 +61,8 @@ func UnaryServerInterceptor(readers Readers, opts ...Option) grpc.UnaryServerInt
 			return handler(ctx, req)
 		}
 		p, _ := peer.FromContext(ctx)
-		ids := identities(p)
-		if readers.allows(ids) {
+		id, _ := identity.FromPeer(p)
+		if readers.allows(id) {
 			return handler(ctx, req)
 		}
 		denied.WithLabelValues(info.FullMethod).Inc()
@@ -72,30 +71,11 @@ func UnaryServerInterceptor(readers Readers, opts ...Option) grpc.UnaryServerInt
 			if p != nil && p.Addr != nil {
 				addr = p.Addr.String()
 			}
-			c.log.Log(ctx, deniedLogMsg, "grpc.method", info.FullMethod, "peer.address", addr, "peer.identities", ids)
+			c.log.Log(ctx, deniedLogMsg, "grpc.method", info.FullMethod, "peer.address", addr,
+				"peer.uri_sans", id.URIs, "peer.dns_sans", id.DNSNames)
 		}
 		return nil, rpcerr.New(codes.PermissionDenied, rpcerr.AuditReadDenied,
 			"this caller may not read the audit log: it needs a client certificate with an identity on the server's readers list", nil)
 	}
 }
 
-// identities are the names a caller proves with its verified client
-// certificate: every URI SAN (a SPIFFE ID, say), then every DNS SAN. A
-// caller without one (plaintext, TLS without client certificate) has none.
-// Only a verified chain counts: a certificate the server did not verify
-// proves nothing.
-func identities(p *peer.Peer) []string {
-	if p == nil {
-		return nil
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return nil
-	}
-	leaf := info.State.VerifiedChains[0][0]
-	ids := make([]string, 0, len(leaf.URIs)+len(leaf.DNSNames))
-	for _, u := range leaf.URIs {
-		ids = append(ids, u.String())
-	}
-	return slices.Concat(ids, leaf.DNSNames)
-}

@@ -259,7 +259,7 @@ func TestDenialsAreLoggedRateLimited(t *testing.T) {
 	lines := bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n"))
 	require.Len(t, lines, 2, "%s", buf.Bytes())
 	require.Contains(t, string(lines[0]), `"msg":"audit read denied"`)
-	require.Contains(t, string(lines[0]), `"peer.identities":["`+otherURI+`","planner.stage4.test"]`)
+	require.Contains(t, string(lines[0]), `"peer.uri_sans":["`+otherURI+`"],"peer.dns_sans":["planner.stage4.test"]`)
 	require.Contains(t, string(lines[0]), `"grpc.method":"/stage4.v1.Stage4Service/ListAuditEvents"`)
 	require.NotContains(t, string(lines[0]), `"suppressed"`)
 	require.Contains(t, string(lines[1]), `"suppressed":49`)

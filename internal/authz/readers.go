@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/stage4/stage4/internal/identity"
 )
 
 // AnyCaller in a readers list allows every caller, authenticated or not:
@@ -22,9 +24,11 @@ type Readers struct {
 // Everyone allows every caller.
 func Everyone() Readers { return Readers{any: true} }
 
-// ParseReaders parses a comma-separated list of identities (URI SANs such
-// as SPIFFE IDs, or DNS SANs), or "*" alone for every caller. Spaces around
-// entries are ignored; an empty string allows nobody.
+// ParseReaders parses a comma-separated list of identities, or "*" alone
+// for every caller. An entry with a URL scheme (spiffe://trust.domain/x)
+// names a URI SAN and matches URI SANs only; any other entry names a DNS
+// SAN and matches DNS SANs only. Spaces around entries are ignored; an
+// empty string allows nobody.
 func ParseReaders(s string) (Readers, error) {
 	var r Readers
 	if strings.TrimSpace(s) == "" {
@@ -80,13 +84,13 @@ func (r Readers) AllowsAnyone() bool { return r.any }
 // Identities returns the allowed identities, sorted; none for AnyCaller.
 func (r Readers) Identities() []string { return slices.Clone(r.ids) }
 
-// allows reports whether a caller with these identities is a reader.
-func (r Readers) allows(ids []string) bool {
+// allows reports whether a caller with identity id is a reader.
+func (r Readers) allows(id identity.Identity) bool {
 	if r.any {
 		return true
 	}
-	for _, id := range ids {
-		if _, ok := slices.BinarySearch(r.ids, id); ok {
+	for _, name := range r.ids {
+		if id.Matches(name) {
 			return true
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
 	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
@@ -37,11 +37,11 @@ func writeSigningKey(t *testing.T, name string) (string, note.Verifier) {
 	return path, v
 }
 
-// recordLines reads the records of the log at auditLog (a log directory,
-// a single file or a database URL) as stored, behind the gateway's back.
+// recordLines reads the records of the log at auditLog (a log directory
+// or a database URL) as stored, behind the gateway's back.
 func recordLines(t *testing.T, auditLog string) [][]byte {
 	t.Helper()
-	if !gateway.IsDatabaseURL(auditLog) {
+	if !strings.HasPrefix(auditLog, "postgres://") {
 		return testkit.LogLines(t, auditLog)
 	}
 	conn, err := pgx.Connect(testContext(t), auditLog)
@@ -52,15 +52,6 @@ func recordLines(t *testing.T, auditLog string) [][]byte {
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	require.NoError(t, err)
 	return lines
-}
-
-// singleFileLog returns the path of an empty single-file log, the form
-// of the log before segments, which the gateway still appends to.
-func singleFileLog(t *testing.T) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	require.NoError(t, os.WriteFile(path, nil, 0o600))
-	return path
 }
 
 // waitCheckpoint polls GetCheckpoint until it covers at least size
@@ -100,7 +91,7 @@ func requireProofs(t *testing.T, c stage4v1.Stage4ServiceClient, lines [][]byte,
 
 // TestGatewaySignsCheckpointsAndServesProofs runs the gateway with a
 // signing key on a log directory (with small segments, so that the tree
-// runs across them), a single file and PostgreSQL: checkpoints come while plans
+// runs across them) and PostgreSQL: checkpoints come while plans
 // run and once more at shutdown; after a restart (the tree resumed from
 // its stored hashes) the later checkpoint extends the earlier one, and
 // every record is proven in both.
@@ -111,7 +102,6 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 		auditLog func(t *testing.T) string
 	}{
 		{"log directory", func(t *testing.T) string { return filepath.Join(t.TempDir(), "audit") }},
-		{"single file", singleFileLog},
 		{"postgres", func(t *testing.T) string { return pgtest.NewDatabase(t) }},
 	}
 	for _, tt := range tests {
@@ -125,7 +115,7 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 				AuditSigningKeyFile: keyFile,
 				CheckpointInterval:  10 * time.Millisecond,
 				// Three executions fill a page: the log seals segments.
-				AuditSegmentBytes: segstore.MinSegmentBytes,
+				AuditStore: audit.OpenConfig{SegmentBytes: segstore.MinSegmentBytes},
 			}
 			execute := func(c stage4v1.Stage4ServiceClient, n int) {
 				for range n {
@@ -213,9 +203,7 @@ func TestLoadSigningKey(t *testing.T) {
 // TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint: a log replaced by
 // another (with its head and tree files, so that nothing else notices) is
 // refused at start: signing on would sign a fork of what auditors hold.
-// For a log directory, whose checkpoint is moved into the other log's
-// directory, and a single file, whose other log is moved beside the
-// checkpoint.
+// The checkpoint of one log directory is moved into another's.
 func TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -232,16 +220,6 @@ func TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint(t *testing.T) {
 				cp := segstore.CheckpointFile
 				require.NoError(t, os.Rename(filepath.Join(auditLog, cp), filepath.Join(other, cp)))
 				return other
-			},
-		},
-		{
-			name:     "single file",
-			auditLog: singleFileLog,
-			replace: func(t *testing.T, auditLog, other string) string {
-				for _, suffix := range []string{"", filestore.HeadSuffix, filestore.TreeSuffix} {
-					require.NoError(t, os.Rename(other+suffix, auditLog+suffix))
-				}
-				return auditLog
 			},
 		},
 	}

@@ -32,7 +32,6 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/server"
@@ -82,25 +81,14 @@ type Config struct {
 	// on MetricsListen, for profiling under load. Off by default: profiles
 	// show internals and a CPU profile costs CPU while it runs.
 	Pprof bool
-	// AuditLog is where the audit log lives: the path of a directory of
-	// segments (created when missing), of a single-file log from before
-	// segments, or a postgres:// or postgresql:// URL (see OpenStore).
+	// AuditLog is where the audit log lives: a location the audit driver
+	// registry resolves (audit.Open): a directory path, or a URL whose
+	// scheme names a store (postgres://).
 	AuditLog string
-	// AuditSegmentBytes is the size at which a segment of a log directory
-	// is sealed and the next one begins (segstore.WithSegmentBytes); 0 is
-	// segstore.DefaultSegmentBytes. A database or a single-file log has
-	// no segments and ignores it.
-	AuditSegmentBytes int64
-	// ReplicaName names this process among the replicas that share a
-	// PostgreSQL audit store (default: the host name, which is the pod
-	// name in Kubernetes). A process that starts under the name of one
-	// that died takes over its open executions at once.
-	ReplicaName string
-	// NewAuditLog lets a local log that lost records since the last start
-	// (removed, renamed, truncated) be taken as it is, beginning a new
-	// chain where needed, instead of refusing to start: the operator's
-	// explicit decision (segstore.WithNewLog, filestore.WithNewLog).
-	NewAuditLog bool
+	// AuditStore are the operator's settings for the store, whatever its
+	// kind (replica name, segment size, beginning a new log); a driver
+	// ignores what does not apply to it.
+	AuditStore audit.OpenConfig
 	// FingerprintKeyFile, when set, holds the key of the keyed
 	// fingerprints of tokens and plans, instead of the audit store's own
 	// (see FingerprintKey).
@@ -127,7 +115,7 @@ type Config struct {
 	// shutdown.
 	ShutdownGrace time.Duration
 	// Store, when not nil, is used instead of opening AuditLog: tests
-	// inject storage faults with it. Run closes it.
+	// inject storage faults with it. Run closes it, also when it fails.
 	Store audit.Store
 	// AuditReaders may call the RPCs that read the audit log; the zero
 	// value allows nobody.
@@ -144,10 +132,6 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
-	// PGStoreOptions are added to pgstore.Open's when AuditLog is a
-	// database URL. Tests shorten the grace period with them; the binary
-	// sets none.
-	PGStoreOptions []pgstore.Option
 }
 
 // Addrs are the addresses Run actually bound, which differ from the
@@ -169,6 +153,14 @@ var ErrConfig = errors.New("invalid configuration")
 // gets its terminal event. ready, if not nil, is called once the server
 // accepts calls.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)) (err error) {
+	// An injected store is Run's from the start: closed on every path,
+	// by the log once it has one.
+	store := cfg.Store
+	defer func() {
+		if store != nil {
+			err = errors.Join(err, store.Close())
+		}
+	}()
 	if cfg.Pprof && cfg.MetricsListen == "" {
 		return fmt.Errorf("%w: --pprof needs --metrics-listen", ErrConfig)
 	}
@@ -192,16 +184,17 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	serviceName := stage4v1.Stage4Service_ServiceDesc.ServiceName
 	hs := NewHealth(serviceName)
 
-	store := cfg.Store
 	if store == nil {
 		if store, err = OpenStore(ctx, cfg, logger); err != nil {
 			return err
 		}
 	}
-	// serving is set once the listener is up: the log may report health
-	// changes before that, which must not announce SERVING early.
-	var serving atomic.Bool
-	auditLog, err := audit.New(store, append([]audit.Option{
+	owned := store
+	store = nil // the log owns it now, and closes it also when New fails
+	// listening is set once the listener is up: the log may report
+	// health changes before that, which must not announce SERVING early.
+	var listening atomic.Bool
+	auditLog, err := audit.New(owned, append([]audit.Option{
 		audit.WithRegisterer(reg),
 		audit.WithLogger(logger),
 		// A Stage-3 call ends by its deadline; the margin covers writing
@@ -220,7 +213,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 				return
 			}
 			logger.Info("audit store available again; accepting plans")
-			if serving.Load() {
+			if listening.Load() {
 				SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 			}
 		}),
@@ -259,7 +252,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 	}()
 
-	key, err := FingerprintKey(ctx, store, cfg)
+	key, err := FingerprintKey(ctx, owned, cfg)
 	if err != nil {
 		return err
 	}
@@ -278,6 +271,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics, guard)...)
+	// Until ServeGRPC owns it: NewServer starts the stream workers, which
+	// an early return would leave running.
+	serving := false
+	defer func() {
+		if !serving {
+			srv.Stop()
+		}
+	}()
 	stage4v1.RegisterStage4ServiceServer(guard.inflight.Registrar(srv), server.New(stage3, auditLog, fp))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
@@ -299,7 +300,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		addrs.Metrics = maddr
 	}
 
-	serving.Store(true)
+	listening.Store(true)
 	if auditLog.Err() == nil {
 		SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	}
@@ -314,10 +315,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		metricsAddr = addrs.Metrics.String()
 	}
 	logger.Info("serving", "grpc_addr", addrs.GRPC.String(), "metrics_addr", metricsAddr,
-		"tls", creds != nil, "stage3_addr", cfg.Stage3.Target, "audit_log", RedactURL(cfg.AuditLog))
+		"tls", creds != nil, "stage3_addr", cfg.Stage3.Target, "audit_log", RedactLocation(cfg.AuditLog))
 	if ready != nil {
 		ready(addrs)
 	}
+	serving = true
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
 

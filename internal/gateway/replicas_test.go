@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
@@ -51,9 +52,9 @@ func startReference(t *testing.T) *stage3ref.Server {
 // front of ref.
 func pgConfig(url, name string, ref *stage3ref.Server) gateway.Config {
 	return gateway.Config{
-		AuditLog:    url,
-		ReplicaName: name,
-		Stage3:      stage3client.Config{Target: ref.Addr, Insecure: true},
+		AuditLog:   url,
+		AuditStore: audit.OpenConfig{ReplicaName: name},
+		Stage3:     stage3client.Config{Target: ref.Addr, Insecure: true},
 	}
 }
 

@@ -5,171 +5,30 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net/url"
 	"os"
-	"time"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
-	"github.com/stage4/stage4/audit/pgstore"
-	"github.com/stage4/stage4/audit/segstore"
+	// The stores this binary serves: each registers its driver.
+	_ "github.com/stage4/stage4/audit/pgstore"
+	_ "github.com/stage4/stage4/audit/segstore"
 )
 
-// IsDatabaseURL reports whether an --audit-log value names a PostgreSQL
-// database rather than a local log.
-func IsDatabaseURL(auditLog string) bool { return pgstore.IsURL(auditLog) }
-
-// isLegacyFileLog reports whether an --audit-log path names a log in one
-// file, as Stage-4 kept it before segments (audit/filestore): the path is
-// a regular file, or it is missing while the head file that such a log
-// leaves beside it (filestore.HeadSuffix) is there. The second case is a
-// single-file log that was lost: it goes to filestore too, which refuses
-// it (ErrHeadMismatch) instead of starting a new, empty directory there
-// without a word.
-func isLegacyFileLog(path string) bool {
-	if fi, err := os.Stat(path); err == nil {
-		return fi.Mode().IsRegular()
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return false // let the directory store report what is wrong
-	}
-	fi, err := os.Stat(path + filestore.HeadSuffix)
-	return err == nil && fi.Mode().IsRegular()
-}
-
-// OpenStore opens the audit store that cfg.AuditLog names: a PostgreSQL
-// database for a postgres:// or postgresql:// URL, shared with every other
-// replica that names it; a single-file log from before segments when the
-// path is a file (see isLegacyFileLog), appended to as it is; else a
-// directory of segments (audit/segstore), created when missing. A local
-// log that lost records since the last start (see segstore.HeadFile and
-// filestore.HeadSuffix) is refused unless cfg.NewAuditLog.
+// OpenStore opens the audit store that cfg.AuditLog names, through the
+// driver registry (audit.Open): the one place where a location picks a
+// store. A location no driver takes (an unknown scheme, a mistyped URL)
+// is an ErrConfig, with any password redacted.
 func OpenStore(ctx context.Context, cfg Config, logger *slog.Logger) (audit.Store, error) {
-	auditLog := cfg.AuditLog
-	if IsDatabaseURL(auditLog) {
-		var opts []pgstore.Option
-		if cfg.ReplicaName != "" {
-			opts = append(opts, pgstore.WithReplicaName(cfg.ReplicaName))
-		}
-		opts = append(opts, cfg.PGStoreOptions...)
-		s, err := pgstore.Open(ctx, auditLog, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("open audit log %s: %w", RedactURL(auditLog), err)
-		}
-		logger.Info("audit store: PostgreSQL", "replica_name", s.ReplicaName(), "instance_id", s.InstanceID())
-		return s, nil
-	}
-	if isLegacyFileLog(auditLog) {
-		return openFileStore(cfg, logger)
-	}
-	return openSegmentStore(cfg, logger)
-}
-
-// headMismatchHint completes an ErrHeadMismatch with what the operator
-// can do; both local stores return the same error value.
-func headMismatchHint(err error, what string) error {
-	return fmt.Errorf("%w; %s: restore it, "+
-		"or start once with --audit-new-log to begin a new log (the head file is then kept aside)", err, what)
-}
-
-// openFileStore opens a single-file log (audit/filestore).
-func openFileStore(cfg Config, logger *slog.Logger) (audit.Store, error) {
-	logger.Info("the audit log is a single file, from before logs were directories of segments: "+
-		"it is appended to as one file, without segments (new logs are directories)",
-		"audit_log", cfg.AuditLog)
-	var opts []filestore.Option
-	if cfg.NewAuditLog {
-		opts = append(opts, filestore.WithNewLog())
-	}
-	s, err := filestore.Open(cfg.AuditLog, opts...)
-	if errors.Is(err, filestore.ErrHeadMismatch) {
-		return nil, headMismatchHint(err, "the log was removed, renamed, replaced or truncated")
+	oc := cfg.AuditStore
+	oc.Logger = logger
+	s, loc, err := audit.Open(ctx, cfg.AuditLog, oc)
+	if errors.Is(err, audit.ErrLocation) {
+		return nil, fmt.Errorf("%w: --audit-log: %w", ErrConfig, err)
 	}
 	if err != nil {
-		return nil, err // already says "open audit log"
+		return nil, fmt.Errorf("open audit log %s: %w", loc.Redacted(), err)
 	}
-	rec := s.Recovery()
-	if rec.TruncatedBytes > 0 {
-		logger.Warn("audit log repaired after an unclean stop: cut an incomplete last line",
-			"truncated_bytes", rec.TruncatedBytes)
-	}
-	if rec.TreeRebuilt != "" {
-		logger.Warn("rebuilt the audit log's Merkle tree file from the whole log",
-			"audit_log", cfg.AuditLog, "reason", rec.TreeRebuilt, "records", rec.TreeRecomputed)
-	} else if rec.TreeRecomputed > 0 {
-		logger.Info("recomputed the tree hashes of the audit log's last records after an unclean stop",
-			"records", rec.TreeRecomputed)
-	}
-	logOldHead(logger, cfg.AuditLog, rec.OldHeadFile, rec.HeadMismatch, rec.Records)
 	return s, nil
-}
-
-// openSegmentStore opens (or creates) a log directory (audit/segstore)
-// and reports what its start-up found and did, and how long it took:
-// start-up reads the active segment only, so the time says whether that
-// still holds.
-func openSegmentStore(cfg Config, logger *slog.Logger) (audit.Store, error) {
-	segmentBytes := cfg.AuditSegmentBytes
-	if segmentBytes == 0 {
-		segmentBytes = segstore.DefaultSegmentBytes
-	}
-	if segmentBytes < segstore.MinSegmentBytes || segmentBytes > segstore.MaxSegmentBytes {
-		return nil, fmt.Errorf("%w: audit segment size %d bytes is not between %d and %d", ErrConfig, segmentBytes, segstore.MinSegmentBytes, segstore.MaxSegmentBytes)
-	}
-	opts := []segstore.Option{segstore.WithSegmentBytes(segmentBytes)}
-	if cfg.NewAuditLog {
-		opts = append(opts, segstore.WithNewLog())
-	}
-	start := time.Now()
-	s, err := segstore.Open(cfg.AuditLog, opts...)
-	took := time.Since(start)
-	if errors.Is(err, segstore.ErrHeadMismatch) {
-		return nil, headMismatchHint(err, "the log directory or a segment of it was removed, renamed, replaced or truncated")
-	}
-	if err != nil {
-		return nil, err // already says "open audit log"
-	}
-	rec := s.Recovery()
-	if rec.TruncatedBytes > 0 {
-		logger.Warn("audit log repaired after an unclean stop: cut an incomplete last record off the active segment",
-			"truncated_bytes", rec.TruncatedBytes)
-	}
-	if rec.TreeRebuilt != "" {
-		logger.Warn("rebuilt the audit log's Merkle tree file from every segment",
-			"audit_log", cfg.AuditLog, "reason", rec.TreeRebuilt, "records", rec.Records)
-	}
-	logOldHead(logger, cfg.AuditLog, rec.OldHeadFile, rec.HeadMismatch, rec.Records)
-	if rec.ArchivedSegments > 0 {
-		// Not an error: sealed segments may be moved away (docs/AUDIT_LOG.md).
-		logger.Info("sealed audit log segments are archived (not in the directory): their records are not listed",
-			"audit_log", cfg.AuditLog, "archived_segments", rec.ArchivedSegments)
-	}
-	if rec.IndexRebuilds > 0 {
-		logger.Info("rebuilding the index of sealed audit log segments in the background; listings read those segments meanwhile",
-			"audit_log", cfg.AuditLog, "segments", rec.IndexRebuilds)
-	}
-	logger.Info("audit log opened: a directory of segments",
-		"audit_log", cfg.AuditLog,
-		"records", rec.Records,
-		"sealed_segments", rec.SealedSegments,
-		"archived_segments", rec.ArchivedSegments,
-		"verified_records", rec.VerifiedRecords,
-		"tree_recomputed", rec.TreeRecomputed,
-		"index_rebuilds", rec.IndexRebuilds,
-		"segment_bytes", segmentBytes,
-		// As the call log's grpc.time_ms: milliseconds with a fraction.
-		"open_ms", float64(took.Microseconds())/1000)
-	return s, nil
-}
-
-// logOldHead reports that --audit-new-log set a head file aside.
-func logOldHead(logger *slog.Logger, auditLog, oldHeadFile, mismatch string, records uint64) {
-	if oldHeadFile == "" {
-		return
-	}
-	logger.Warn("began a new audit log (--audit-new-log) although the log lost records; the old head file is kept aside",
-		"audit_log", auditLog, "old_head_file", oldHeadFile, "mismatch", mismatch, "records", records)
 }
 
 // MinFingerprintKeyBytes is the shortest key LoadFingerprintKey accepts:
@@ -229,14 +88,12 @@ func FingerprintKey(ctx context.Context, store audit.Store, cfg Config) ([]byte,
 	return key, nil
 }
 
-// RedactURL hides the password of a database URL, for logs.
-func RedactURL(auditLog string) string {
-	if !IsDatabaseURL(auditLog) {
-		return auditLog
-	}
-	u, err := url.Parse(auditLog)
+// RedactLocation is an --audit-log value fit for logs: a URL's password
+// hidden, a path as it is.
+func RedactLocation(auditLog string) string {
+	loc, err := audit.ParseLocation(auditLog)
 	if err != nil {
-		return "postgres://(unparsable URL)"
+		return "(an invalid audit log location)"
 	}
-	return u.Redacted()
+	return loc.Redacted()
 }

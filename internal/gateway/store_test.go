@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,12 +12,10 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/memstore"
 	"github.com/stage4/stage4/audit/segstore"
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/gateway"
 )
 
@@ -66,8 +63,7 @@ func TestLoadFingerprintKey(t *testing.T) {
 func TestFingerprintKeyPrefersTheKeyFile(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	store, err := filestore.Open(filepath.Join(dir, "audit.jsonl"))
-	require.NoError(t, err)
+	store := memstore.Open(memstore.NewStorage(), "")
 	t.Cleanup(func() { store.Close() })
 	storeKey, err := store.FingerprintKey(context.Background())
 	require.NoError(t, err)
@@ -94,9 +90,9 @@ func appendEvents(t *testing.T, store audit.Store, n int, detail string) {
 	lg, err := audit.New(store)
 	require.NoError(t, err)
 	for i := range n {
-		_, err = lg.Append(context.Background(), &stage4v1.AuditEvent{
-			Type: stage4v1.AuditEventType_AUDIT_EVENT_TYPE_EXECUTION_FAILED, ExecutionId: fmt.Sprintf("e%d", i),
-			Details: &structpb.Struct{Fields: map[string]*structpb.Value{"note": structpb.NewStringValue(detail)}},
+		_, err = lg.Append(context.Background(), audit.Event{
+			Type: audit.ExecutionFailed, ExecutionID: fmt.Sprintf("e%d", i),
+			Details: audit.Details{"note": detail},
 		})
 		require.NoError(t, err)
 	}
@@ -117,73 +113,64 @@ func logRecord(t *testing.T, logs *bytes.Buffer, msg string) map[string]any {
 	return nil
 }
 
-// TestOpenStoreChoosesTheStore: a path that holds nothing yet or a
-// directory is a log directory; a regular file is a single-file log from
-// before segments, kept as it is, and so is a missing file whose head file
-// is still there (a lost single-file log must be refused, not replaced by
-// an empty directory).
-func TestOpenStoreChoosesTheStore(t *testing.T) {
+// TestOpenStoreParsesTheLocation: --audit-log is parsed, not guessed. A
+// value with a URL scheme is a URL, served only if a driver knows its
+// scheme (case-insensitive); anything else is a directory, unless it looks
+// like a mistyped URL. What is refused is a usage error whose message
+// never holds the password, and nothing is created at the path.
+func TestOpenStoreParsesTheLocation(t *testing.T) {
 	t.Parallel()
+	const password = "s3cret-pw"
 	tests := []struct {
-		name        string
-		prepare     func(t *testing.T, path string)
-		segmentSize int64
-		wantDir     bool
-		wantErr     error
-		wantLog     string // the msg of an INFO line
+		name    string
+		loc     string // relative to a temp dir unless it has a scheme
+		prepare func(t *testing.T, path string)
+		wantErr string
+		want    any // the store's type when it opens
 	}{
-		{name: "nothing yet", prepare: func(*testing.T, string) {}, wantDir: true, wantLog: "audit log opened: a directory of segments"},
-		{name: "an empty directory", prepare: func(t *testing.T, path string) { require.NoError(t, os.Mkdir(path, 0o700)) },
-			wantDir: true, wantLog: "audit log opened: a directory of segments"},
-		{
-			name: "a single-file log",
-			prepare: func(t *testing.T, path string) {
-				s, err := filestore.Open(path)
-				require.NoError(t, err)
-				appendEvents(t, s, 2, "old")
-			},
-			wantLog: "the audit log is a single file, from before logs were directories of segments: " +
-				"it is appended to as one file, without segments (new logs are directories)",
-		},
-		{
-			name: "a lost single-file log",
-			prepare: func(t *testing.T, path string) {
-				s, err := filestore.Open(path)
-				require.NoError(t, err)
-				appendEvents(t, s, 2, "old")
-				require.NoError(t, os.Remove(path))
-			},
-			wantErr: filestore.ErrHeadMismatch,
-		},
-		{name: "segments below the minimum", prepare: func(*testing.T, string) {}, segmentSize: segstore.MinSegmentBytes - 1, wantErr: gateway.ErrConfig},
+		{name: "nothing yet", loc: "audit", want: &segstore.Store{}},
+		{name: "an empty directory", loc: "audit", prepare: func(t *testing.T, path string) { require.NoError(t, os.Mkdir(path, 0o700)) },
+			want: &segstore.Store{}},
+		{name: "a directory whose name has a colon", loc: "./audit:2026", want: &segstore.Store{}},
+		{name: "a registered scheme in capitals", loc: "MEM:capitals", want: &memstore.Store{}},
+		{name: "a misspelt scheme", loc: "postgress://stage4:" + password + "@db.example/stage4", wantErr: `unknown scheme "postgress"`},
+		{name: "a scheme without its colon", loc: "postgresql//stage4:" + password + "@db.example/stage4", wantErr: "looks like a URL with a mistake"},
+		{name: "user information on a path", loc: "stage4:" + password + "@db.example/stage4", wantErr: "unknown scheme"},
+		{name: "a single-file log", loc: "audit.jsonl", prepare: func(t *testing.T, path string) {
+			require.NoError(t, os.WriteFile(path, []byte("{}\n"), 0o600))
+		}, wantErr: "a single-file audit log"},
+		{name: "a segment file", loc: "audit/" + segstore.SegmentName(1), prepare: func(t *testing.T, path string) {
+			require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o700))
+			require.NoError(t, os.WriteFile(path, nil, 0o600))
+		}, wantErr: "one segment file of a log directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "audit")
-			tt.prepare(t, path)
-			var logs bytes.Buffer
-			store, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path, AuditSegmentBytes: tt.segmentSize},
-				slog.New(slog.NewJSONHandler(&logs, nil)))
-			if tt.wantErr != nil {
-				require.ErrorIs(t, err, tt.wantErr)
-				_, statErr := os.Stat(path)
-				require.ErrorIs(t, statErr, fs.ErrNotExist, "nothing was created at the path")
+			dir := t.TempDir()
+			loc := tt.loc
+			if !strings.Contains(loc, ":") || strings.HasPrefix(loc, "./") {
+				loc = filepath.Join(dir, loc)
+			}
+			if tt.prepare != nil {
+				tt.prepare(t, loc)
+			}
+			before, err := os.ReadDir(dir)
+			require.NoError(t, err)
+			store, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: loc,
+				AuditStore: audit.OpenConfig{SegmentBytes: segstore.MinSegmentBytes}}, slog.New(slog.DiscardHandler))
+			if tt.wantErr != "" {
+				require.ErrorIs(t, err, gateway.ErrConfig, "a usage error: exit status 2")
+				require.ErrorContains(t, err, tt.wantErr)
+				require.NotContains(t, err.Error(), password)
+				after, err := os.ReadDir(dir)
+				require.NoError(t, err)
+				require.Equal(t, before, after, "nothing was created")
 				return
 			}
 			require.NoError(t, err)
 			t.Cleanup(func() { store.Close() })
-			require.NotNil(t, logRecord(t, &logs, tt.wantLog), logs.String())
-			if tt.wantDir {
-				require.IsType(t, &segstore.Store{}, store)
-				require.DirExists(t, path)
-				return
-			}
-			require.IsType(t, &filestore.Store{}, store)
-			appendEvents(t, store, 1, "new")
-			res, err := filestore.Verify(path)
-			require.NoError(t, err)
-			require.Equal(t, uint64(3), res.Records, "appended to the file")
+			require.IsType(t, tt.want, store)
 		})
 	}
 }
@@ -195,7 +182,7 @@ func TestOpenStoreChoosesTheStore(t *testing.T) {
 func TestOpenStoreReportsWhatALogDirectoryHolds(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit")
-	cfg := gateway.Config{AuditLog: path, AuditSegmentBytes: segstore.MinSegmentBytes}
+	cfg := gateway.Config{AuditLog: path, AuditStore: audit.OpenConfig{SegmentBytes: segstore.MinSegmentBytes}}
 	open := func() (audit.Store, *bytes.Buffer) {
 		var logs bytes.Buffer
 		store, err := gateway.OpenStore(context.Background(), cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
@@ -230,62 +217,29 @@ func TestOpenStoreReportsWhatALogDirectoryHolds(t *testing.T) {
 	require.NotNil(t, logRecord(t, logs, "rebuilding the index of sealed audit log segments in the background; listings read those segments meanwhile"))
 }
 
-// TestOpenStoreAfterTheLogLostRecords: a local log that lost its records
-// is refused with a hint, and taken as it is with --audit-new-log, for a
-// log directory (whose active segment is gone) and for a single file.
+// TestOpenStoreAfterTheLogLostRecords: a log directory that lost records
+// (its active segment is gone) is refused with a hint, and taken as it is
+// with --audit-new-log.
 func TestOpenStoreAfterTheLogLostRecords(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name     string
-		path     string
-		create   func(t *testing.T, path string) audit.Store
-		lose     string // what is removed, relative to path
-		headFile string // relative to path
-	}{
-		{
-			name: "log directory",
-			path: "audit",
-			create: func(t *testing.T, path string) audit.Store {
-				s, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path}, slog.New(slog.DiscardHandler))
-				require.NoError(t, err)
-				return s
-			},
-			lose:     "/" + segstore.SegmentName(1),
-			headFile: "/" + segstore.HeadFile,
-		},
-		{
-			name: "single file",
-			path: "audit.jsonl",
-			create: func(t *testing.T, path string) audit.Store {
-				s, err := filestore.Open(path)
-				require.NoError(t, err)
-				return s
-			},
-			headFile: filestore.HeadSuffix,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			path := filepath.Join(t.TempDir(), tt.path)
-			appendEvents(t, tt.create(t, path), 1, "lost")
-			require.NoError(t, os.Remove(path+tt.lose))
+	path := filepath.Join(t.TempDir(), "audit")
+	s, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	appendEvents(t, s, 1, "lost")
+	require.NoError(t, os.Remove(filepath.Join(path, segstore.SegmentName(1))))
 
-			_, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path}, slog.New(slog.DiscardHandler))
-			require.ErrorIs(t, err, segstore.ErrHeadMismatch)
-			require.ErrorIs(t, err, filestore.ErrHeadMismatch, "one error value for both local stores")
-			require.NotErrorIs(t, err, gateway.ErrConfig, "not a usage error: exit status 1")
-			require.ErrorContains(t, err, path+tt.headFile)
-			require.ErrorContains(t, err, "--audit-new-log")
+	_, err = gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path}, slog.New(slog.DiscardHandler))
+	require.ErrorIs(t, err, segstore.ErrHeadMismatch)
+	require.NotErrorIs(t, err, gateway.ErrConfig, "not a usage error: exit status 1")
+	require.ErrorContains(t, err, filepath.Join(path, segstore.HeadFile))
+	require.ErrorContains(t, err, "--audit-new-log")
 
-			var logs bytes.Buffer
-			store, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path, NewAuditLog: true},
-				slog.New(slog.NewTextHandler(&logs, nil)))
-			require.NoError(t, err)
-			require.NoError(t, store.Close())
-			require.Contains(t, logs.String(), "level=WARN")
-			require.Contains(t, logs.String(), "began a new audit log")
-			require.Contains(t, logs.String(), "old_head_file="+path+tt.headFile+".")
-		})
-	}
+	var logs bytes.Buffer
+	store, err := gateway.OpenStore(context.Background(), gateway.Config{AuditLog: path, AuditStore: audit.OpenConfig{NewLog: true}},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	require.NoError(t, store.Close())
+	require.Contains(t, logs.String(), "level=WARN")
+	require.Contains(t, logs.String(), "began a new audit log")
+	require.Contains(t, logs.String(), "old_head_file="+filepath.Join(path, segstore.HeadFile)+".")
 }

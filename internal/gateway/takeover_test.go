@@ -61,7 +61,7 @@ func runHelper() int {
 	cfg := gateway.Config{
 		Listen:          "127.0.0.1:0",
 		AuditLog:        os.Getenv(helperAuditLog),
-		ReplicaName:     os.Getenv(helperReplica),
+		AuditStore:      audit.OpenConfig{ReplicaName: os.Getenv(helperReplica)},
 		Stage3:          stage3client.Config{Target: os.Getenv(helperStage3), Insecure: true},
 		MaxMessageBytes: stage3client.DefaultMaxMessageBytes,
 		ShutdownGrace:   time.Second,
@@ -163,7 +163,10 @@ func TestKilledReplicaClosedByOthers(t *testing.T) {
 	for _, name := range []string{"survivor-1", "survivor-2"} {
 		cfg := pgConfig(url, name, startReference(t))
 		cfg.AuditOptions = []audit.Option{audit.WithPingInterval(100 * time.Millisecond), audit.WithSweepInterval(100 * time.Millisecond)}
-		cfg.PGStoreOptions = []pgstore.Option{pgstore.WithGracePeriod(grace)}
+		// Opened here, to shorten the grace period as no operator can.
+		store, err := pgstore.Open(testContext(t), url, pgstore.WithReplicaName(name), pgstore.WithGracePeriod(grace))
+		require.NoError(t, err)
+		cfg.Store = store
 		gw := startGateway(t, cfg)
 		survivors = append(survivors, gw)
 		clients = append(clients, stage4v1.NewStage4ServiceClient(dialGateway(t, gw)))

@@ -27,6 +27,8 @@ type Proxy struct {
 	refuse atomic.Bool
 	mu     sync.Mutex
 	cut    *cut // armed cut, taken by the next COMMIT
+	held   chan struct{} // while not nil, messages wait for it to close (Hold)
+	links  map[*link]bool
 	wg     sync.WaitGroup
 }
 
@@ -47,10 +49,11 @@ func NewProxy(t testing.TB, serverURL string) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &Proxy{t: t, ln: ln, target: u.Host}
+	p := &Proxy{t: t, ln: ln, target: u.Host, links: map[*link]bool{}}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(func() {
+		p.Release()
 		ln.Close()
 		p.wg.Wait()
 	})
@@ -87,6 +90,82 @@ func (p *Proxy) CutAtNextCommit(forward bool) <-chan struct{} {
 // Refuse makes the proxy close every new connection at once (on) or
 // forward them again (off). Open connections are not affected.
 func (p *Proxy) Refuse(on bool) { p.refuse.Store(on) }
+
+// CutAll closes every open connection, both sides: a database that went
+// away. With Refuse(true) first, nothing reaches it any more.
+func (p *Proxy) CutAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.links {
+		l.cut()
+	}
+}
+
+// link is one proxied connection.
+type link struct {
+	client, server net.Conn
+	once           sync.Once
+	gone           chan struct{} // closed when the link is cut
+}
+
+func (l *link) cut() {
+	l.once.Do(func() {
+		l.client.Close()
+		l.server.Close()
+		close(l.gone)
+	})
+}
+
+// Hold stops forwarding, in both directions and on every connection, new
+// ones included, while keeping the connections open: a network partition,
+// where the peers see silence rather than a reset. Release ends it and
+// forwards what waited.
+func (p *Proxy) Hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held == nil {
+		p.held = make(chan struct{})
+	}
+}
+
+// Release ends Hold.
+func (p *Proxy) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held != nil {
+		close(p.held)
+		p.held = nil
+	}
+}
+
+// wait blocks while the proxy holds messages, or until c is closed
+// (reported as false).
+func (p *Proxy) wait(closed <-chan struct{}) bool {
+	p.mu.Lock()
+	held := p.held
+	p.mu.Unlock()
+	if held == nil {
+		return true
+	}
+	select {
+	case <-held:
+		return true
+	case <-closed:
+		return false
+	}
+}
+
+// track adds l to the open links (or removes it), so that CutAll can cut
+// it.
+func (p *Proxy) track(add bool, l *link) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.links[l] = true
+	} else {
+		delete(p.links, l)
+	}
+}
 
 func (p *Proxy) takeCut() *cut {
 	p.mu.Lock()
@@ -127,6 +206,13 @@ func (p *Proxy) handle(client net.Conn) {
 		return
 	}
 	defer server.Close()
+	l := &link{client: client, server: server, gone: make(chan struct{})}
+	p.track(true, l)
+	defer p.track(false, l)
+	// gone is closed when the link is cut, so that a held message stops
+	// waiting.
+	defer l.cut()
+	gone := l.gone
 	// Start-up messages have no type byte. An SSL or GSS encryption request
 	// is declined here, so that everything after it is readable.
 	for {
@@ -165,6 +251,9 @@ func (p *Proxy) handle(client net.Conn) {
 				}
 				continue
 			}
+			if !p.wait(gone) {
+				return
+			}
 			if _, err := client.Write(msg); err != nil && !drain.Load() {
 				return
 			}
@@ -193,6 +282,11 @@ func (p *Proxy) handle(client net.Conn) {
 				close(c.done)
 				return
 			}
+		}
+		if !p.wait(gone) {
+			server.Close()
+			<-answered
+			return
 		}
 		if _, err := server.Write(msg); err != nil {
 			<-answered

@@ -1,6 +1,6 @@
 // Package testkit holds what the tests of several packages share: a plan
-// the reference Stage-3 executes, a single-file audit log's file
-// (audit/filestore) that fails on demand, the records of a local log read
+// the reference Stage-3 executes, a segment file of a log directory
+// (audit/segstore) that fails on demand, the records of a local log read
 // behind the server's back, and a disk that fills up. It is imported by
 // tests only.
 package testkit
@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/stage4/stage4/audit/filestore"
+	"github.com/stage4/stage4/audit/segstore"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
@@ -45,12 +45,12 @@ func Plan(t *testing.T) *stage4v1.Plan {
 	}
 }
 
-// FaultyFile fails the Write that carries its Nth record (counting from 1,
-// 0 = never; a group commit writes several records at once) or its Nth
-// Sync, the way a full or dying disk would. This is how other packages
-// inject faults.
+// FaultyFile is a segment file (segstore.WithFileWrapper) that fails the
+// write that carries its Nth record (counting from 1, 0 = never; a group
+// commit writes several records at once) or its Nth Sync, the way a full
+// or dying disk would. This is how other packages inject faults.
 type FaultyFile struct {
-	filestore.File
+	segstore.File
 	FailRecordAt, FailSyncAt int32
 	Records, Writes, Syncs   atomic.Int32
 }
@@ -58,15 +58,15 @@ type FaultyFile struct {
 // ErrInjected is the error FaultyFile injects.
 var ErrInjected = errors.New("injected I/O error")
 
-// Write fails for the FailRecordAt-th record.
-func (f *FaultyFile) Write(p []byte) (int, error) {
+// WriteAt fails for the FailRecordAt-th record.
+func (f *FaultyFile) WriteAt(p []byte, off int64) (int, error) {
 	f.Writes.Add(1)
 	n := int32(bytes.Count(p, []byte{'\n'}))
 	last := f.Records.Add(n)
 	if f.FailRecordAt > last-n && f.FailRecordAt <= last {
 		return 0, ErrInjected
 	}
-	return f.File.Write(p)
+	return f.File.WriteAt(p, off)
 }
 
 // Sync fails for the FailSyncAt-th time.

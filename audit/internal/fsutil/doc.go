@@ -1,5 +1,5 @@
-// Package fsutil holds what the two local audit stores (audit/filestore,
-// one file, and audit/segstore, a directory of segments) do with files
-// beside their records in the same way: atomic replacement, the
-// fingerprint key file, the head file and the checkpoint file.
+// Package fsutil holds what the local audit store (audit/segstore) does
+// with the files beside its records: atomic replacement, the fingerprint
+// key file, the head file and the checkpoint file, its permanent failure
+// and its lock.
 package fsutil

@@ -9,8 +9,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
 
 // gatedStore holds every durable Append until release is closed, so a test
@@ -47,6 +45,7 @@ func (g *gatedStore) Append(_ context.Context, _ bool, build func(Head) ([]Recor
 
 func (g *gatedStore) Interrupted(context.Context) ([]OpenExecution, error) { return nil, nil }
 func (g *gatedStore) Ping(context.Context) error                           { return nil }
+func (g *gatedStore) FingerprintKey(context.Context) ([]byte, error)       { return make([]byte, 32), nil }
 func (g *gatedStore) Close() error                                         { return nil }
 
 func TestGroupCommit(t *testing.T) {
@@ -68,7 +67,7 @@ func TestGroupCommit(t *testing.T) {
 			require.NoError(t, err)
 			t.Cleanup(func() { lg.Close() })
 
-			ev := &stage4v1.AuditEvent{Type: stage4v1.AuditEventType_AUDIT_EVENT_TYPE_PLAN_RECEIVED, ExecutionId: "e"}
+			ev := Event{Type: PlanReceived, ExecutionID: "e"}
 			var wg sync.WaitGroup
 			appendOne := func() {
 				if _, err := lg.Append(context.Background(), ev); !errors.Is(err, tt.err) {
@@ -81,7 +80,7 @@ func TestGroupCommit(t *testing.T) {
 			for range queued {
 				wg.Go(appendOne)
 			}
-			for len(lg.requests) < queued {
+			for len(lg.writer.requests) < queued {
 				runtime.Gosched()
 			}
 			close(g.release)
