@@ -283,14 +283,14 @@ func TestInterceptorPanicLeavesNoAbortRegistration(t *testing.T) {
 // AfterFunc method, as it has a Done channel of its own), and how many of
 // them were stopped.
 type countingContext struct {
-	context.Context // for Deadline and Value: never done
+	context.Context     // for Deadline and Value: never done
 	done                chan struct{}
 	mu                  sync.Mutex
 	registered, stopped int
 }
 
 func (c *countingContext) Done() <-chan struct{} { return c.done }
-func (c *countingContext) Err() error             { return nil }
+func (c *countingContext) Err() error            { return nil }
 
 func (c *countingContext) AfterFunc(func()) func() bool {
 	c.mu.Lock()

@@ -18,8 +18,8 @@ import (
 
 // Defaults of serve, documented in its usage text.
 const (
-	defaultListen        = "127.0.0.1:8080"
-	defaultMetricsListen = "127.0.0.1:9090"
+	defaultListen            = "127.0.0.1:8080"
+	defaultMetricsListen     = "127.0.0.1:9090"
 	defaultAuditLog          = "stage4-audit"
 	defaultAuditSegmentBytes = segstore.DefaultSegmentBytes
 	minAuditSegmentBytes     = 1 << 20

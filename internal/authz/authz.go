@@ -78,4 +78,3 @@ func UnaryServerInterceptor(readers Readers, opts ...Option) grpc.UnaryServerInt
 			"this caller may not read the audit log: it needs a client certificate with an identity on the server's readers list", nil)
 	}
 }
-

@@ -26,7 +26,7 @@ type Proxy struct {
 
 	refuse atomic.Bool
 	mu     sync.Mutex
-	cut    *cut // armed cut, taken by the next COMMIT
+	cut    *cut          // armed cut, taken by the next COMMIT
 	held   chan struct{} // while not nil, messages wait for it to close (Hold)
 	links  map[*link]bool
 	wg     sync.WaitGroup
