@@ -238,32 +238,6 @@ func TestFlags(t *testing.T) {
 	require.True(t, strings.HasPrefix(shellQuote([]string{"a", "b c"}), "a 'b c'"))
 }
 
-func TestParseFsync(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name    string
-		body    string
-		want    fsyncTotals
-		wantErr bool
-	}{
-		{name: "histogram", body: "# HELP x\nstage4_audit_commit_duration_seconds_bucket{le=\"0.001\"} 3\nstage4_audit_commit_duration_seconds_sum 0.0006\nstage4_audit_commit_duration_seconds_count 3\n", want: fsyncTotals{sum: 0.0006, count: 3}},
-		{name: "missing", body: "go_goroutines 7\n", wantErr: true},
-		{name: "garbled", body: "stage4_audit_commit_duration_seconds_sum x\nstage4_audit_commit_duration_seconds_count 1\n", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := parseFsync([]byte(tt.body))
-			if tt.wantErr {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-		})
-	}
-}
-
 // TestProfileAll profiles two in-process gateways: this process stands in
 // for both, its profile served as stage4 serve --pprof serves stage4's.
 func TestProfileAll(t *testing.T) {
