@@ -154,30 +154,6 @@ func TestPlansAreValid(t *testing.T) {
 	}
 }
 
-func TestParseProc(t *testing.T) {
-	t.Parallel()
-	// A command name with a space and a parenthesis must not shift fields.
-	stat := "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 100 0 0\n"
-	d, err := parseStat([]byte(stat))
-	require.NoError(t, err)
-	require.Equal(t, 3250*time.Millisecond, d) // (250+75) ticks at 100 Hz
-
-	_, err = parseStat([]byte("1234 (x) S 1"))
-	require.Error(t, err)
-
-	rss, err := parseRSS([]byte("Name:\tstage4\nVmPeak:\t  9000 kB\nVmRSS:\t   5120 kB\n"))
-	require.NoError(t, err)
-	require.EqualValues(t, 5120, rss)
-
-	fsync, err := measureFsync(t.TempDir(), 3)
-	require.NoError(t, err)
-	require.Positive(t, fsync)
-
-	own, err := cpuTime(os.Getpid())
-	require.NoError(t, err)
-	require.GreaterOrEqual(t, own, time.Duration(0))
-}
-
 func TestStats(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // The PostgreSQL server of (d) and (e): the one the tests use.
@@ -116,7 +117,11 @@ func pgBackendFinder(serverURL string) (find func(dbURL string) []int, close fun
 		var out []int
 		for _, pid := range pids {
 			// A server in a container shares loopback but not pids.
-			if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+			p, err := procfs.NewProc(int(pid))
+			if err != nil {
+				continue
+			}
+			if comm, err := p.Comm(); err == nil && comm == "postgres" {
 				out = append(out, int(pid))
 			}
 		}
