@@ -10,11 +10,11 @@ import (
 	httppprof "net/http/pprof"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/pprof/profile"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -242,12 +242,21 @@ func TestProfileAll(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.HasPrefix(b, []byte{0x1f, 0x8b}), "a pprof profile is gzipped protobuf")
 		require.Len(t, r.Components, len(componentNames()))
-		prof, err := readCPUProfile(filepath.Join(cfg.profileDir, r.Profile))
+		var sum float64
+		for _, c := range r.Components {
+			sum += c
+		}
+		require.InDelta(t, r.ProfiledCPU, sum, 1e-6*r.ProfiledCPU)
+		prof, err := profile.ParseData(b)
 		require.NoError(t, err)
-		require.NotEmpty(t, prof.stacks, "the calls took CPU while the profile ran")
+		require.NotEmpty(t, prof.Sample, "the calls took CPU while the profile ran")
 		var found bool
-		for _, st := range prof.stacks {
-			found = found || slices.ContainsFunc(st, func(fn string) bool { return strings.Contains(fn, "stage3client.(*Client).Execute") })
+		for _, s := range prof.Sample {
+			for _, loc := range s.Location {
+				for _, line := range loc.Line {
+					found = found || strings.Contains(line.Function.Name, "stage3client.(*Client).Execute")
+				}
+			}
 		}
 		require.True(t, found, "function names are read")
 	}
