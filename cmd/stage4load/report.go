@@ -8,8 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
+
+	"golang.org/x/perf/benchfmt"
 )
 
 // results is everything one run measured; it is written verbatim as JSON.
@@ -311,29 +312,24 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 // with and without fsync, paired in the order they ran (go test -count
 // runs the pair again each time), so that a pair saw the same machine.
 func durableTarget(gobench []byte) (targetCheck, bool) {
-	var pkg string
 	var durable, volatile []float64
-	for line := range strings.SplitSeq(string(gobench), "\n") {
-		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
-			pkg = strings.TrimSpace(p)
+	br := benchfmt.NewReader(bytes.NewReader(gobench), "gobench")
+	for br.Scan() {
+		res, ok := br.Result().(*benchfmt.Result)
+		if !ok || !strings.HasSuffix(res.GetConfig("pkg"), "/audit/segstore") {
+			continue // a syntax error or unit line, or another package
+		}
+		secs, ok := res.Value("sec/op")
+		if !ok {
 			continue
 		}
-		if !strings.HasSuffix(pkg, "/audit/segstore") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 4 || f[3] != "ns/op" {
-			continue
-		}
-		ns, err := strconv.ParseFloat(f[2], 64)
-		if err != nil {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=true/writers=64-"):
-			durable = append(durable, ns)
-		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=false/writers=64-"):
-			volatile = append(volatile, ns)
+		// The name without the GOMAXPROCS that go test appends.
+		name, _, _ := strings.Cut(string(res.Name), "-")
+		switch name {
+		case "Append/fsync=true/writers=64":
+			durable = append(durable, secs*1e9)
+		case "Append/fsync=false/writers=64":
+			volatile = append(volatile, secs*1e9)
 		}
 	}
 	n := min(len(durable), len(volatile))
