@@ -80,6 +80,15 @@ func newStat(vals []float64) stat {
 	return stat{Median: med, Min: v[0], Max: v[n-1]}
 }
 
+// statOf summarizes f of each of xs, which must not be empty.
+func statOf[T any](xs []T, f func(T) float64) stat {
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = f(x)
+	}
+	return newStat(v)
+}
+
 // summaryRow is one configuration at one concurrency across rounds.
 type summaryRow struct {
 	Config          string `json:"config"`
@@ -164,13 +173,6 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 		}
 		return out
 	}
-	over := func(rs []roundResult, f func(roundResult) float64) stat {
-		v := make([]float64, len(rs))
-		for i, x := range rs {
-			v[i] = f(x)
-		}
-		return newStat(v)
-	}
 	cpu := func(role string) func(roundResult) float64 {
 		return func(x roundResult) float64 { return x.CPUPer1k[role] }
 	}
@@ -182,22 +184,22 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 			}
 			row := summaryRow{
 				Config: c, Concurrency: conc,
-				RPS:             over(rs, func(x roundResult) float64 { return x.RPS }),
-				P50:             over(rs, func(x roundResult) float64 { return x.P50 }),
-				P90:             over(rs, func(x roundResult) float64 { return x.P90 }),
-				P99:             over(rs, func(x roundResult) float64 { return x.P99 }),
-				Stage3CPUPer1k:  over(rs, cpu(roleStage3)),
-				LoadgenCPUPer1k: over(rs, cpu(roleLoadgen)),
+				RPS:             statOf(rs, func(x roundResult) float64 { return x.RPS }),
+				P50:             statOf(rs, func(x roundResult) float64 { return x.P50 }),
+				P90:             statOf(rs, func(x roundResult) float64 { return x.P90 }),
+				P99:             statOf(rs, func(x roundResult) float64 { return x.P99 }),
+				Stage3CPUPer1k:  statOf(rs, cpu(roleStage3)),
+				LoadgenCPUPer1k: statOf(rs, cpu(roleLoadgen)),
 			}
 			for _, x := range rs {
 				row.Errors += x.Errors
 			}
 			if c != cfgDirect {
-				g := over(rs, cpu(roleGateway))
+				g := statOf(rs, cpu(roleGateway))
 				row.GatewayCPUPer1k = &g
 			}
 			if _, ok := rs[0].CPU[rolePostgres]; ok {
-				p := over(rs, cpu(rolePostgres))
+				p := statOf(rs, cpu(rolePostgres))
 				row.PostgresCPUPer1k = &p
 			}
 			r.Summary = append(r.Summary, row)
