@@ -85,7 +85,7 @@ func pgBackendFinder(serverURL string) (find func(dbURL string) []int, close fun
 	if err != nil {
 		return nil, nil, fmt.Errorf("--postgres-url: %w", err)
 	}
-	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
+	if !onLoopback(u) {
 		return func(string) []int { return nil }, func() error { return nil }, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
@@ -128,6 +128,12 @@ func pgBackendFinder(serverURL string) (find func(dbURL string) []int, close fun
 		return out
 	}
 	return find, func() error { return conn.Close(context.Background()) }, nil
+}
+
+// onLoopback reports whether the server of u is on this machine's loopback.
+func onLoopback(u *url.URL) bool {
+	h := u.Hostname()
+	return h == "127.0.0.1" || h == "localhost" || h == "::1"
 }
 
 // pgInfo describes the PostgreSQL side of a run.
