@@ -79,7 +79,7 @@ func closedLoop(ctx context.Context, call callFunc, conc int, warmup, measure ti
 		b, okb := before[p]
 		a, oka := after[p]
 		if okb && oka {
-			s.CPU[p.role] += a - b
+			s.CPU[p.role] += (a - b).Seconds()
 		}
 	}
 	if s.Requests > 0 {
@@ -186,12 +186,12 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// cpuTimes reads the CPU seconds of each process; an optional one that is
+// cpuTimes reads the CPU time of each process; an optional one that is
 // gone is left out.
-func cpuTimes(procs []watched) (map[watched]float64, error) {
-	m := make(map[watched]float64, len(procs))
+func cpuTimes(procs []watched) (map[watched]time.Duration, error) {
+	m := make(map[watched]time.Duration, len(procs))
 	for _, p := range procs {
-		t, err := cpuSeconds(p.pid)
+		t, err := cpuTime(p.pid)
 		if err != nil {
 			if p.optional {
 				continue

@@ -23,16 +23,16 @@ func TestBreakdownOfARealProfile(t *testing.T) {
 	require.NoError(t, pprof.StartCPUProfile(&buf))
 	fp := server.NewFingerprinter([]byte("load tool test key"))
 	text := strings.Repeat("the quick brown fox ", 50)
-	start, err := cpuSeconds(os.Getpid())
+	start, err := cpuTime(os.Getpid())
 	require.NoError(t, err)
 	// Enough CPU for some 50 samples at the profiler's 100 Hz.
 	calls := 0
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); calls++ {
 		fp.Short(text)
 		if calls%1000 == 999 {
-			now, err := cpuSeconds(os.Getpid())
+			now, err := cpuTime(os.Getpid())
 			require.NoError(t, err)
-			if now-start >= 0.5 {
+			if now-start >= 500*time.Millisecond {
 				break
 			}
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -13,9 +14,9 @@ import (
 	"github.com/prometheus/procfs"
 )
 
-// cpuSeconds returns the user+system CPU time, in seconds, that process
-// pid has used so far: utime+stime of /proc/PID/stat.
-func cpuSeconds(pid int) (float64, error) {
+// cpuTime returns the user+system CPU time that process pid has used so
+// far: utime+stime of /proc/PID/stat, whole 10 ms ticks.
+func cpuTime(pid int) (time.Duration, error) {
 	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, fmt.Errorf("read cpu time: %w", err)
@@ -24,7 +25,8 @@ func cpuSeconds(pid int) (float64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read cpu time: %w", err)
 	}
-	return st.CPUTime(), nil
+	// Rounded to the nanosecond, ticks subtract exactly.
+	return time.Duration(math.Round(st.CPUTime() * float64(time.Second))), nil
 }
 
 // rssKiB returns the resident set size (VmRSS) of process pid in KiB.

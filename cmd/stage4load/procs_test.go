@@ -11,13 +11,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// rusageSeconds is this process's user+system CPU time as getrusage(2)
+// rusageTime is this process's user+system CPU time as getrusage(2)
 // counts it: the same clock as /proc/PID/stat, read another way.
-func rusageSeconds(t *testing.T) float64 {
+func rusageTime(t *testing.T) time.Duration {
 	t.Helper()
 	var ru syscall.Rusage
 	require.NoError(t, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
-	return time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime)).Seconds()
+	return time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
 }
 
 // TestProcReadings reads this process's CPU time and memory from /proc.
@@ -25,13 +25,14 @@ func TestProcReadings(t *testing.T) {
 	t.Parallel()
 	pid := os.Getpid()
 
-	before := rusageSeconds(t)
-	cpu, err := cpuSeconds(pid)
+	before := rusageTime(t)
+	cpu, err := cpuTime(pid)
 	require.NoError(t, err)
-	after := rusageSeconds(t)
+	after := rusageTime(t)
 	// /proc counts 10 ms ticks; the two clocks round differently.
-	require.GreaterOrEqual(t, cpu, before-0.05)
-	require.LessOrEqual(t, cpu, after+0.05)
+	require.GreaterOrEqual(t, cpu, before-50*time.Millisecond)
+	require.LessOrEqual(t, cpu, after+50*time.Millisecond)
+	require.Zero(t, cpu%(10*time.Millisecond), "whole ticks")
 
 	// 64 MiB, every page touched, is resident while it is alive.
 	const size = 64 << 20
@@ -48,7 +49,7 @@ func TestProcReadings(t *testing.T) {
 	require.Less(t, rss, int64(4<<20), "KiB, not bytes: under 4 GiB")
 	require.GreaterOrEqual(t, peak, rss)
 
-	_, err = cpuSeconds(math.MaxInt32)
+	_, err = cpuTime(math.MaxInt32)
 	require.Error(t, err, "no such process")
 	_, err = rssKiB(math.MaxInt32)
 	require.Error(t, err, "no such process")
