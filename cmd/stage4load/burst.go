@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -173,7 +172,7 @@ func burst(ctx context.Context, addr string, pid int, req *stage4v1.ExecutePlanR
 	close(gate)
 	wg.Wait()
 	res.Elapsed = time.Since(start)
-	if res.PeakRSSKiB, err = procStatusKiB(pid, "VmHWM:"); err != nil {
+	if res.PeakRSSKiB, err = peakRSSKiB(pid); err != nil {
 		return res, err
 	}
 	select {
@@ -216,21 +215,4 @@ func burstRequest(shape string, size int) (*stage4v1.ExecutePlanRequest, error) 
 		return nil, fmt.Errorf("request is %d bytes, over %d", n, size)
 	}
 	return req, nil
-}
-
-// procStatusKiB reads a "Key:  1234 kB" line of /proc/PID/status.
-func procStatusKiB(pid int, key string) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, key); ok {
-			f := strings.Fields(rest)
-			if len(f) == 2 {
-				return strconv.ParseInt(f[0], 10, 64)
-			}
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", key, pid)
 }

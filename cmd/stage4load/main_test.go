@@ -10,11 +10,11 @@ import (
 	httppprof "net/http/pprof"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/pprof/profile"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,8 +25,18 @@ import (
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
-// startProxy serves the pass-through proxy in-process on a loopback port.
-func startProxy(t *testing.T, stage3Addr string) stage4v1.Stage4ServiceClient {
+// startStage3 serves the reference Stage-3, knowing tokens, in-process.
+func startStage3(t *testing.T, tokens map[string]string) *stage3ref.Server {
+	t.Helper()
+	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(tokens)))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	return ref
+}
+
+// serveProxyOn serves the pass-through proxy in-process on a loopback port
+// and returns its address.
+func serveProxyOn(t *testing.T, stage3Addr string) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -37,7 +47,13 @@ func startProxy(t *testing.T, stage3Addr string) stage4v1.Stage4ServiceClient {
 		cancel()
 		require.NoError(t, <-done)
 	})
-	return stage4v1.NewStage4ServiceClient(dial(t, lis.Addr().String()))
+	return lis.Addr().String()
+}
+
+// startProxy is a client of a new in-process proxy.
+func startProxy(t *testing.T, stage3Addr string) stage4v1.Stage4ServiceClient {
+	t.Helper()
+	return stage4v1.NewStage4ServiceClient(dial(t, serveProxyOn(t, stage3Addr)))
 }
 
 func dial(t *testing.T, addr string) *grpc.ClientConn {
@@ -52,9 +68,7 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 // servers. This process stands in for every watched PID, and a second proxy
 // stands in for stage4, whose wiring lives in cmd/stage4's main package.
 func TestMeasureAll(t *testing.T) {
-	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	ref := startStage3(t, stage3ref.DefaultTokens())
 
 	pid := os.Getpid()
 	e := env{
@@ -128,16 +142,14 @@ func TestMeasureAll(t *testing.T) {
 // TestMeasureAllFailsOnErrors checks that a failing request fails the run
 // instead of producing a fast-looking table.
 func TestMeasureAllFailsOnErrors(t *testing.T) {
-	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(map[string]string{"alice": "other-token"})))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	ref := startStage3(t, map[string]string{"alice": "other-token"})
 	pid := os.Getpid()
 	e := env{
 		direct:    stage3v1.NewStage3ServiceClient(dial(t, ref.Addr)),
 		stage3PID: pid, proxyPID: pid, stage4PID: pid,
 	}
 	cfg := config{concurrency: []int{1}, rounds: 1, measure: 10 * time.Millisecond}
-	_, err = measureAll(t.Context(), e, cfg, 0.13, &bytes.Buffer{})
+	_, err := measureAll(t.Context(), e, cfg, 0.13, &bytes.Buffer{})
 	require.ErrorContains(t, err, "requests failed")
 }
 
@@ -152,30 +164,6 @@ func TestPlansAreValid(t *testing.T) {
 	for _, p := range plans {
 		require.NoError(t, server.Validate(&stage4v1.ExecutePlanRequest{Plan: p}), describePlan(p))
 	}
-}
-
-func TestParseProc(t *testing.T) {
-	t.Parallel()
-	// A command name with a space and a parenthesis must not shift fields.
-	stat := "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 100 0 0\n"
-	d, err := parseStat([]byte(stat))
-	require.NoError(t, err)
-	require.Equal(t, 3250*time.Millisecond, d) // (250+75) ticks at 100 Hz
-
-	_, err = parseStat([]byte("1234 (x) S 1"))
-	require.Error(t, err)
-
-	rss, err := parseRSS([]byte("Name:\tstage4\nVmPeak:\t  9000 kB\nVmRSS:\t   5120 kB\n"))
-	require.NoError(t, err)
-	require.EqualValues(t, 5120, rss)
-
-	fsync, err := measureFsync(t.TempDir(), 3)
-	require.NoError(t, err)
-	require.Positive(t, fsync)
-
-	own, err := cpuTime(os.Getpid())
-	require.NoError(t, err)
-	require.GreaterOrEqual(t, own, time.Duration(0))
 }
 
 func TestStats(t *testing.T) {
@@ -211,15 +199,18 @@ func TestFlags(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
+		wantPG  []int
 		wantErr string
 	}{
-		{name: "defaults", args: nil},
+		{name: "defaults", args: nil, wantPG: []int{16, 64}},
 		{name: "bad concurrency", args: []string{"--concurrency", "1,x"}, wantErr: "positive integers"},
 		{name: "too many steps", args: []string{"--scale-steps", "257"}, wantErr: "1 to 256"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
-		{name: "open fractions", args: []string{"--open-fractions", "0.5,0.8"}},
+		{name: "open fractions", args: []string{"--open-fractions", "0.5,0.8"}, wantPG: []int{16, 64}},
 		{name: "bad open fraction", args: []string{"--open-fractions", "0.5,x"}, wantErr: "fractions"},
 		{name: "open base not run", args: []string{"--open-fractions", "0.5", "--open-base-concurrency", "32"}, wantErr: "not in --concurrency"},
+		{name: "PostgreSQL left out", args: []string{"--pg-concurrency", ""}, wantPG: nil},
+		{name: "PostgreSQL not measured for the file", args: []string{"--concurrency", "1,16", "--pg-concurrency", "64"}, wantErr: "not in --concurrency"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,6 +222,7 @@ func TestFlags(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Equal(t, []int{1, 16, 64}, c.concurrency)
+			require.Equal(t, tt.wantPG, c.pgConcurrency)
 		})
 	}
 	err := runProxy(t.Context(), []string{"--listen", "0.0.0.0:0", "--stage3-addr", "127.0.0.1:1"})
@@ -238,38 +230,10 @@ func TestFlags(t *testing.T) {
 	require.True(t, strings.HasPrefix(shellQuote([]string{"a", "b c"}), "a 'b c'"))
 }
 
-func TestParseFsync(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name    string
-		body    string
-		want    fsyncTotals
-		wantErr bool
-	}{
-		{name: "histogram", body: "# HELP x\nstage4_audit_commit_duration_seconds_bucket{le=\"0.001\"} 3\nstage4_audit_commit_duration_seconds_sum 0.0006\nstage4_audit_commit_duration_seconds_count 3\n", want: fsyncTotals{sum: 0.0006, count: 3}},
-		{name: "missing", body: "go_goroutines 7\n", wantErr: true},
-		{name: "garbled", body: "stage4_audit_commit_duration_seconds_sum x\nstage4_audit_commit_duration_seconds_count 1\n", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := parseFsync([]byte(tt.body))
-			if tt.wantErr {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-		})
-	}
-}
-
 // TestProfileAll profiles two in-process gateways: this process stands in
 // for both, its profile served as stage4 serve --pprof serves stage4's.
 func TestProfileAll(t *testing.T) {
-	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	ref := startStage3(t, stage3ref.DefaultTokens())
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
 	pprofSrv := httptest.NewServer(mux)
@@ -292,12 +256,21 @@ func TestProfileAll(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.HasPrefix(b, []byte{0x1f, 0x8b}), "a pprof profile is gzipped protobuf")
 		require.Len(t, r.Components, len(componentNames()))
-		prof, err := readCPUProfile(filepath.Join(cfg.profileDir, r.Profile))
+		var sum float64
+		for _, c := range r.Components {
+			sum += c
+		}
+		require.InDelta(t, r.ProfiledCPU, sum, 1e-6*r.ProfiledCPU)
+		prof, err := profile.ParseData(b)
 		require.NoError(t, err)
-		require.NotEmpty(t, prof.stacks, "the calls took CPU while the profile ran")
+		require.NotEmpty(t, prof.Sample, "the calls took CPU while the profile ran")
 		var found bool
-		for _, st := range prof.stacks {
-			found = found || slices.ContainsFunc(st, func(fn string) bool { return strings.Contains(fn, "stage3client.(*Client).Execute") })
+		for _, s := range prof.Sample {
+			for _, loc := range s.Location {
+				for _, line := range loc.Line {
+					found = found || strings.Contains(line.Function.Name, "stage3client.(*Client).Execute")
+				}
+			}
 		}
 		require.True(t, found, "function names are read")
 	}
@@ -329,18 +302,11 @@ BenchmarkAppend/fsync=true/writers=64-2        	   22533	     99999 ns/op	    16
 }
 
 func TestCalls(t *testing.T) {
-	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, ref.Close()) })
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serveProxy(ctx, lis, ref.Addr) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	ref := startStage3(t, stage3ref.DefaultTokens())
+	addr := serveProxyOn(t, ref.Addr)
 
 	var out bytes.Buffer
-	require.NoError(t, runCalls(t.Context(), []string{"--addr", lis.Addr().String(), "--n", "25", "--concurrency", "4"}, &out, &bytes.Buffer{}))
+	require.NoError(t, runCalls(t.Context(), []string{"--addr", addr, "--n", "25", "--concurrency", "4"}, &out, &bytes.Buffer{}))
 	require.Contains(t, out.String(), "25 calls from 4 callers")
 	require.Equal(t, 25, ref.Service.Calls())
 	require.ErrorContains(t, runCalls(t.Context(), []string{"--addr", "0.0.0.0:1"}, &out, &bytes.Buffer{}), "only 127.0.0.1")

@@ -1,14 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
-	"strings"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // fsyncTotals are the sum (seconds) and count of stage4's audit fsyncs so
@@ -17,52 +18,48 @@ type fsyncTotals struct{ sum, count float64 }
 
 const fsyncMetric = "stage4_audit_commit_duration_seconds"
 
-// scrapeFsync reads stage4's fsync totals from its /metrics endpoint.
+// scrapeFsync reads stage4's fsync totals from its /metrics endpoint, which
+// serves the Prometheus text format.
 func scrapeFsync(ctx context.Context, url string) (fsyncTotals, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	body, err := httpGet(ctx, url)
+	if err != nil {
+		return fsyncTotals{}, fmt.Errorf("scrape: %w", err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
 		return fsyncTotals{}, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	f := families[fsyncMetric]
+	if f.GetType() != dto.MetricType_HISTOGRAM || len(f.GetMetric()) == 0 {
+		return fsyncTotals{}, fmt.Errorf("scrape %s: no %s histogram in the metrics", url, fsyncMetric)
+	}
+	var t fsyncTotals
+	for _, m := range f.GetMetric() {
+		t.sum += m.GetHistogram().GetSampleSum()
+		t.count += float64(m.GetHistogram().GetSampleCount())
+	}
+	return t, nil
+}
+
+// httpGet returns the body of url, which must answer 200 OK.
+func httpGet(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fsyncTotals{}, fmt.Errorf("scrape %s: %w", url, err)
+		return nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return fsyncTotals{}, fmt.Errorf("scrape %s: status %d: %v", url, resp.StatusCode, err)
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
 	}
-	return parseFsync(body)
-}
-
-// parseFsync finds the histogram's _sum and _count in the Prometheus text
-// format; both must be there.
-func parseFsync(body []byte) (fsyncTotals, error) {
-	var t fsyncTotals
-	var seen int
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		var dst *float64
-		switch {
-		case !ok:
-			continue
-		case name == fsyncMetric+"_sum":
-			dst = &t.sum
-		case name == fsyncMetric+"_count":
-			dst = &t.count
-		default:
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			return t, fmt.Errorf("parse %s: %w", name, err)
-		}
-		*dst = v
-		seen++
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
-	if seen != 2 {
-		return t, fmt.Errorf("no %s histogram in the metrics", fsyncMetric)
-	}
-	return t, nil
+	return b, nil
 }

@@ -202,21 +202,14 @@ func runOpenLoops(ctx context.Context, res *results, cfg config, callers map[str
 					runs = append(runs, o)
 				}
 			}
-			over := func(f func(openRun) float64) stat {
-				v := make([]float64, len(runs))
-				for i, o := range runs {
-					v[i] = f(o)
-				}
-				return newStat(v)
-			}
 			row := openRow{
 				Config: c, Fraction: rt.fraction, Rate: rt.rate,
-				Achieved: over(func(o openRun) float64 { return o.Achieved }),
-				P50:      over(func(o openRun) float64 { return o.P50 }),
-				P99:      over(func(o openRun) float64 { return o.P99 }),
-				P999:     over(func(o openRun) float64 { return o.P999 }),
-				Max:      over(func(o openRun) float64 { return o.Max }),
-				LagP99:   over(func(o openRun) float64 { return o.LagP99 }),
+				Achieved: statOf(runs, func(o openRun) float64 { return o.Achieved }),
+				P50:      statOf(runs, func(o openRun) float64 { return o.P50 }),
+				P99:      statOf(runs, func(o openRun) float64 { return o.P99 }),
+				P999:     statOf(runs, func(o openRun) float64 { return o.P999 }),
+				Max:      statOf(runs, func(o openRun) float64 { return o.Max }),
+				LagP99:   statOf(runs, func(o openRun) float64 { return o.LagP99 }),
 			}
 			for _, o := range runs {
 				row.Dropped += o.Dropped

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // The PostgreSQL server of (d) and (e): the one the tests use.
@@ -84,7 +85,7 @@ func pgBackendFinder(serverURL string) (find func(dbURL string) []int, close fun
 	if err != nil {
 		return nil, nil, fmt.Errorf("--postgres-url: %w", err)
 	}
-	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
+	if !onLoopback(u) {
 		return func(string) []int { return nil }, func() error { return nil }, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
@@ -116,13 +117,23 @@ func pgBackendFinder(serverURL string) (find func(dbURL string) []int, close fun
 		var out []int
 		for _, pid := range pids {
 			// A server in a container shares loopback but not pids.
-			if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+			p, err := procfs.NewProc(int(pid))
+			if err != nil {
+				continue
+			}
+			if comm, err := p.Comm(); err == nil && comm == "postgres" {
 				out = append(out, int(pid))
 			}
 		}
 		return out
 	}
 	return find, func() error { return conn.Close(context.Background()) }, nil
+}
+
+// onLoopback reports whether the server of u is on this machine's loopback.
+func onLoopback(u *url.URL) bool {
+	h := u.Hostname()
+	return h == "127.0.0.1" || h == "localhost" || h == "::1"
 }
 
 // pgInfo describes the PostgreSQL side of a run.

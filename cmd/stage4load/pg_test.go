@@ -23,9 +23,7 @@ import (
 // of two concurrencies, proxies standing in for the stage4 processes: (d)
 // and (e) run only there, right after (c), and are compared with it.
 func TestMeasureAllWithPostgres(t *testing.T) {
-	ref, err := stage3ref.NewServer(stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens())))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, ref.Close()) })
+	ref := startStage3(t, stage3ref.DefaultTokens())
 	pid := os.Getpid()
 	e := env{
 		direct:       stage3v1.NewStage3ServiceClient(dial(t, ref.Addr)),
@@ -109,7 +107,7 @@ func TestBenchmarkDatabase(t *testing.T) {
 	find, closeFind, err := pgBackendFinder(server)
 	require.NoError(t, err)
 	defer closeFind()
-	if isLoopback(t, server) {
+	if u, err := url.Parse(server); err == nil && onLoopback(u) {
 		require.Contains(t, find(dbURL), int(pid), "the session is found")
 	}
 	conn.Close(context.Background())
@@ -127,37 +125,4 @@ func TestBenchmarkDatabase(t *testing.T) {
 
 	_, _, err = createDatabase(ctx, "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2")
 	require.ErrorContains(t, err, "--pg-concurrency ''")
-}
-
-func isLoopback(t *testing.T, serverURL string) bool {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(serverURL)
-	require.NoError(t, err)
-	return cfg.Host == "127.0.0.1" || cfg.Host == "localhost" || cfg.Host == "::1"
-}
-
-func TestPGFlags(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name    string
-		args    []string
-		want    []int
-		wantErr string
-	}{
-		{name: "default", want: []int{16, 64}},
-		{name: "left out", args: []string{"--pg-concurrency", ""}, want: nil},
-		{name: "not measured for the file", args: []string{"--concurrency", "1,16", "--pg-concurrency", "64"}, wantErr: "not in --concurrency"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			c, err := parseConfig(tt.args, &bytes.Buffer{})
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, c.pgConcurrency)
-		})
-	}
 }

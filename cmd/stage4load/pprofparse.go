@@ -1,211 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"errors"
-	"fmt"
-	"io"
-	"os"
 	"regexp"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/google/pprof/profile"
 )
-
-// cpuProfile is what the breakdown needs of a pprof CPU profile: the stacks
-// of its samples, as function names from leaf to root, and their CPU time.
-type cpuProfile struct {
-	stacks [][]string
-	nanos  []int64
-}
-
-// readCPUProfile reads a gzipped pprof profile (perftools.profiles.Profile,
-// what runtime/pprof writes) with the protobuf wire reader: the load tool
-// needs five of its fields, not a dependency on the pprof module.
-func readCPUProfile(path string) (*cpuProfile, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("read profile %s: %w", path, err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		return nil, fmt.Errorf("read profile %s: %w", path, err)
-	}
-	p, err := parseProfile(b)
-	if err != nil {
-		return nil, fmt.Errorf("read profile %s: %w", path, err)
-	}
-	return p, nil
-}
-
-type pbSample struct {
-	locs   []uint64
-	values []int64
-}
-
-func parseProfile(b []byte) (*cpuProfile, error) {
-	var (
-		samples     []pbSample
-		sampleTypes [][2]int64 // type, unit: string table indexes
-		locs        = map[uint64][]uint64{}
-		funcs       = map[uint64]int64{}
-		strs        []string
-	)
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-		switch num {
-		case 1: // sample_type
-			var vt [2]int64
-			err := eachField(v, func(n protowire.Number, _ protowire.Type, _ []byte, x uint64) error {
-				if n == 1 || n == 2 {
-					vt[n-1] = int64(x)
-				}
-				return nil
-			})
-			sampleTypes = append(sampleTypes, vt)
-			return err
-		case 2: // sample
-			var s pbSample
-			err := eachField(v, func(n protowire.Number, t protowire.Type, raw []byte, x uint64) error {
-				switch n {
-				case 1:
-					return appendVarints(&s.locs, t, raw, x)
-				case 2:
-					var vals []uint64
-					if err := appendVarints(&vals, t, raw, x); err != nil {
-						return err
-					}
-					for _, u := range vals {
-						s.values = append(s.values, int64(u))
-					}
-				}
-				return nil
-			})
-			samples = append(samples, s)
-			return err
-		case 4: // location
-			var id uint64
-			var fns []uint64
-			err := eachField(v, func(n protowire.Number, _ protowire.Type, raw []byte, x uint64) error {
-				switch n {
-				case 1:
-					id = x
-				case 4: // line
-					return eachField(raw, func(ln protowire.Number, _ protowire.Type, _ []byte, fx uint64) error {
-						if ln == 1 {
-							fns = append(fns, fx)
-						}
-						return nil
-					})
-				}
-				return nil
-			})
-			locs[id] = fns
-			return err
-		case 5: // function
-			var id uint64
-			var name int64
-			err := eachField(v, func(n protowire.Number, _ protowire.Type, _ []byte, x uint64) error {
-				switch n {
-				case 1:
-					id = x
-				case 2:
-					name = int64(x)
-				}
-				return nil
-			})
-			funcs[id] = name
-			return err
-		case 6: // string_table
-			strs = append(strs, string(v))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	str := func(i int64) string {
-		if i >= 0 && int(i) < len(strs) {
-			return strs[i]
-		}
-		return ""
-	}
-	cpu := -1
-	for i, vt := range sampleTypes {
-		if str(vt[0]) == "cpu" && str(vt[1]) == "nanoseconds" {
-			cpu = i
-		}
-	}
-	if cpu < 0 {
-		return nil, errors.New("not a CPU profile: no cpu/nanoseconds sample type")
-	}
-	p := &cpuProfile{}
-	for _, s := range samples {
-		if cpu >= len(s.values) {
-			return nil, errors.New("a sample without its cpu value")
-		}
-		var stack []string
-		for _, l := range s.locs {
-			for _, f := range locs[l] {
-				stack = append(stack, str(funcs[f]))
-			}
-		}
-		p.stacks = append(p.stacks, stack)
-		p.nanos = append(p.nanos, s.values[cpu])
-	}
-	return p, nil
-}
-
-// eachField calls f for every field of the message b: for a varint field
-// with its value in x, for a length-delimited one with its bytes in v.
-func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		var v []byte
-		var x uint64
-		switch typ {
-		case protowire.VarintType:
-			x, n = protowire.ConsumeVarint(b)
-		case protowire.BytesType:
-			v, n = protowire.ConsumeBytes(b)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-		}
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if err := f(num, typ, v, x); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// appendVarints appends a repeated varint field's value(s): one varint, or
-// a packed run of them.
-func appendVarints(dst *[]uint64, typ protowire.Type, raw []byte, x uint64) error {
-	if typ == protowire.VarintType {
-		*dst = append(*dst, x)
-		return nil
-	}
-	for len(raw) > 0 {
-		u, n := protowire.ConsumeVarint(raw)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		*dst = append(*dst, u)
-		raw = raw[n:]
-	}
-	return nil
-}
 
 // component is a part of a gateway's work, recognised by the functions on
 // a sample's stack.
@@ -242,27 +42,57 @@ var components = []component{
 	{"gRPC server (rest)", regexp.MustCompile(`grpc\.\(\*Server\)|transport\.\(\*http2Server\)|transport\.NewServerTransport|loopyWriter`)},
 }
 
-// breakdown is the CPU per request of each component, in µs, in the order
-// of components, then "other"; and the total.
-func (p *cpuProfile) breakdown(requests int) (perComponent []float64, total float64) {
+// breakdown is the CPU per request of each component in p, a CPU profile
+// taken while the gateway served requests calls, in µs, in the order of
+// components, then "other"; and their total.
+func breakdown(p *profile.Profile, requests int) (perComponent []float64, total float64, err error) {
+	cpu, err := p.SampleIndexByName("cpu")
+	if err != nil || p.SampleType[cpu].Unit != "nanoseconds" {
+		return nil, 0, errors.New("not a CPU profile: no cpu/nanoseconds sample type")
+	}
 	perComponent = make([]float64, len(components)+1)
 	if requests <= 0 {
-		return perComponent, 0
+		return perComponent, 0, nil
 	}
-	for i, stack := range p.stacks {
+	// The first component that any function on a stack matches is the
+	// first that its own functions match, the least of them; each function
+	// is matched once.
+	first := map[*profile.Function]int{}
+	componentOf := func(fn *profile.Function) int {
+		if k, ok := first[fn]; ok {
+			return k
+		}
 		k := len(components) // other
-	find:
 		for j, c := range components {
-			for _, fn := range stack {
-				if c.match.MatchString(fn) {
-					k = j
-					break find
+			if c.match.MatchString(fn.Name) {
+				k = j
+				break
+			}
+		}
+		first[fn] = k
+		return k
+	}
+	for _, s := range p.Sample {
+		k := len(components)
+		for _, loc := range s.Location {
+			for _, line := range loc.Line {
+				if line.Function != nil {
+					k = min(k, componentOf(line.Function))
 				}
 			}
 		}
-		us := float64(p.nanos[i]) / 1e3 / float64(requests)
+		us := float64(s.Value[cpu]) / 1e3 / float64(requests)
 		perComponent[k] += us
 		total += us
 	}
-	return perComponent, total
+	return perComponent, total, nil
+}
+
+// componentNames names the entries of breakdown's perComponent.
+func componentNames() []string {
+	names := make([]string, 0, len(components)+1)
+	for _, c := range components {
+		names = append(names, c.name)
+	}
+	return append(names, "other")
 }

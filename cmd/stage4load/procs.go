@@ -2,75 +2,57 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat. It
-// is 100 on every Linux this runs on, and reading sysconf needs cgo.
-const clockTicks = 100
-
-// cpuTime returns the user+system CPU time that process pid has used so far.
+// cpuTime returns the user+system CPU time that process pid has used so
+// far: utime+stime of /proc/PID/stat, whole 10 ms ticks.
 func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, fmt.Errorf("read cpu time: %w", err)
 	}
-	return parseStat(b)
-}
-
-// parseStat reads utime and stime (fields 14 and 15) from a /proc/PID/stat
-// line. The command name (field 2) may hold spaces and parentheses, so
-// fields are counted after its last ')'.
-func parseStat(b []byte) (time.Duration, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("parse /proc stat: no command name")
+	st, err := p.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time: %w", err)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state), so field n is f[n-3].
-	if len(f) < 13 {
-		return 0, errors.New("parse /proc stat: too few fields")
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse /proc stat: %w", err)
-	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+	// Rounded to the nanosecond, ticks subtract exactly.
+	return time.Duration(math.Round(st.CPUTime() * float64(time.Second))), nil
 }
 
 // rssKiB returns the resident set size (VmRSS) of process pid in KiB.
 func rssKiB(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read rss: %w", err)
-	}
-	return parseRSS(b)
+	st, err := procStatus(pid)
+	return int64(st.VmRSS >> 10), err
 }
 
-// parseRSS reads the "VmRSS:  1234 kB" line of /proc/PID/status.
-func parseRSS(b []byte) (int64, error) {
-	for line := range strings.SplitSeq(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("parse VmRSS %q", line)
-		}
-		return strconv.ParseInt(f[0], 10, 64)
+// peakRSSKiB returns the high-water mark of the resident set size (VmHWM,
+// the kernel's own) of process pid in KiB.
+func peakRSSKiB(pid int) (int64, error) {
+	st, err := procStatus(pid)
+	return int64(st.VmHWM >> 10), err
+}
+
+// procStatus reads /proc/PID/status.
+func procStatus(pid int) (procfs.ProcStatus, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return procfs.ProcStatus{}, fmt.Errorf("read memory: %w", err)
 	}
-	return 0, errors.New("parse /proc status: no VmRSS")
+	st, err := p.NewStatus()
+	if err != nil {
+		return procfs.ProcStatus{}, fmt.Errorf("read memory: %w", err)
+	}
+	return st, nil
 }
 
 // freeAddr returns a loopback address with a port that was free a moment

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/google/pprof/profile"
 )
 
 // profiledRun is a closed-loop run of one configuration during which the
@@ -24,15 +25,6 @@ type profiledRun struct {
 	Components  []float64 `json:"components_us_per_req"`
 	ProfiledCPU float64   `json:"profiled_cpu_us_per_req"`
 	sample
-}
-
-// componentNames names the entries of profiledRun.Components.
-func componentNames() []string {
-	names := make([]string, 0, len(components)+1)
-	for _, c := range components {
-		names = append(names, c.name)
-	}
-	return append(names, "other")
 }
 
 // Profile file names in --profile-dir, by configuration.
@@ -61,8 +53,13 @@ func profileAll(ctx context.Context, e env, cfg config, callers map[string]callF
 		}
 		path := filepath.Join(cfg.profileDir, profileFiles[c])
 		secs := max(1, int(cfg.profileDuration.Round(time.Second)/time.Second))
+		var prof *profile.Profile
 		errc := make(chan error, 1)
-		go func() { errc <- fetchProfile(ctx, fmt.Sprintf("%s?seconds=%d", urls[c], secs), path) }()
+		go func() {
+			var err error
+			prof, err = fetchProfile(ctx, fmt.Sprintf("%s?seconds=%d", urls[c], secs), path)
+			errc <- err
+		}()
 		// The load runs a little longer than the profile, so that the
 		// profile never sees the machine idle.
 		s, err := closedLoop(ctx, callers[c], cfg.profileConc, 0, time.Duration(secs)*time.Second+500*time.Millisecond, e.watcher(c))
@@ -75,12 +72,11 @@ func profileAll(ctx context.Context, e env, cfg config, callers map[string]callF
 		if s.Errors > 0 {
 			return nil, fmt.Errorf("profile %s: %d requests failed, first: %s", c, s.Errors, s.FirstError)
 		}
-		prof, err := readCPUProfile(path)
-		if err != nil {
-			return nil, err
-		}
 		// The requests during the profile: the load ran a little longer.
-		comps, total := prof.breakdown(int(s.RPS * float64(secs)))
+		comps, total, err := breakdown(prof, int(s.RPS*float64(secs)))
+		if err != nil {
+			return nil, fmt.Errorf("profile %s: %w", c, err)
+		}
 		fmt.Fprintf(progress, "profiled %-10s %3d callers: %8.0f req/s  gateway CPU %5.0f ms/1k req (%.0f in the profile)  -> %s\n",
 			c, cfg.profileConc, s.RPS, s.CPUPer1k[roleGateway], total, path)
 		runs = append(runs, profiledRun{Config: c, Concurrency: cfg.profileConc, Profile: profileFiles[c],
@@ -90,28 +86,15 @@ func profileAll(ctx context.Context, e env, cfg config, callers map[string]callF
 }
 
 // fetchProfile saves the CPU profile that url (a /debug/pprof/profile
-// endpoint) takes.
-func fetchProfile(ctx context.Context, url, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// endpoint) takes to path, and returns it parsed.
+func fetchProfile(ctx context.Context, url, path string) (*profile.Profile, error) {
+	b, err := httpGet(ctx, url)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("fetch profile: %w", err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	p, err := profile.ParseData(b)
 	if err != nil {
-		return fmt.Errorf("fetch profile: %w", err)
+		return nil, fmt.Errorf("fetch profile: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("fetch profile: %s: %s", resp.Status, b)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return fmt.Errorf("fetch profile: %w", err)
-	}
-	return f.Close()
+	return p, os.WriteFile(path, b, 0o644)
 }

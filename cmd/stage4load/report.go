@@ -8,8 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
+
+	"golang.org/x/perf/benchfmt"
 )
 
 // results is everything one run measured; it is written verbatim as JSON.
@@ -77,6 +78,15 @@ func newStat(vals []float64) stat {
 		med = (v[n/2-1] + v[n/2]) / 2
 	}
 	return stat{Median: med, Min: v[0], Max: v[n-1]}
+}
+
+// statOf summarizes f of each of xs, which must not be empty.
+func statOf[T any](xs []T, f func(T) float64) stat {
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = f(x)
+	}
+	return newStat(v)
 }
 
 // summaryRow is one configuration at one concurrency across rounds.
@@ -163,13 +173,6 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 		}
 		return out
 	}
-	over := func(rs []roundResult, f func(roundResult) float64) stat {
-		v := make([]float64, len(rs))
-		for i, x := range rs {
-			v[i] = f(x)
-		}
-		return newStat(v)
-	}
 	cpu := func(role string) func(roundResult) float64 {
 		return func(x roundResult) float64 { return x.CPUPer1k[role] }
 	}
@@ -181,22 +184,22 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 			}
 			row := summaryRow{
 				Config: c, Concurrency: conc,
-				RPS:             over(rs, func(x roundResult) float64 { return x.RPS }),
-				P50:             over(rs, func(x roundResult) float64 { return x.P50 }),
-				P90:             over(rs, func(x roundResult) float64 { return x.P90 }),
-				P99:             over(rs, func(x roundResult) float64 { return x.P99 }),
-				Stage3CPUPer1k:  over(rs, cpu(roleStage3)),
-				LoadgenCPUPer1k: over(rs, cpu(roleLoadgen)),
+				RPS:             statOf(rs, func(x roundResult) float64 { return x.RPS }),
+				P50:             statOf(rs, func(x roundResult) float64 { return x.P50 }),
+				P90:             statOf(rs, func(x roundResult) float64 { return x.P90 }),
+				P99:             statOf(rs, func(x roundResult) float64 { return x.P99 }),
+				Stage3CPUPer1k:  statOf(rs, cpu(roleStage3)),
+				LoadgenCPUPer1k: statOf(rs, cpu(roleLoadgen)),
 			}
 			for _, x := range rs {
 				row.Errors += x.Errors
 			}
 			if c != cfgDirect {
-				g := over(rs, cpu(roleGateway))
+				g := statOf(rs, cpu(roleGateway))
 				row.GatewayCPUPer1k = &g
 			}
 			if _, ok := rs[0].CPU[rolePostgres]; ok {
-				p := over(rs, cpu(rolePostgres))
+				p := statOf(rs, cpu(rolePostgres))
 				row.PostgresCPUPer1k = &p
 			}
 			r.Summary = append(r.Summary, row)
@@ -311,29 +314,24 @@ func writeOutputs(r *results, cfg config, stdout io.Writer) error {
 // with and without fsync, paired in the order they ran (go test -count
 // runs the pair again each time), so that a pair saw the same machine.
 func durableTarget(gobench []byte) (targetCheck, bool) {
-	var pkg string
 	var durable, volatile []float64
-	for line := range strings.SplitSeq(string(gobench), "\n") {
-		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
-			pkg = strings.TrimSpace(p)
+	br := benchfmt.NewReader(bytes.NewReader(gobench), "gobench")
+	for br.Scan() {
+		res, ok := br.Result().(*benchfmt.Result)
+		if !ok || !strings.HasSuffix(res.GetConfig("pkg"), "/audit/segstore") {
+			continue // a syntax error or unit line, or another package
+		}
+		secs, ok := res.Value("sec/op")
+		if !ok {
 			continue
 		}
-		if !strings.HasSuffix(pkg, "/audit/segstore") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 4 || f[3] != "ns/op" {
-			continue
-		}
-		ns, err := strconv.ParseFloat(f[2], 64)
-		if err != nil {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=true/writers=64-"):
-			durable = append(durable, ns)
-		case strings.HasPrefix(f[0], "BenchmarkAppend/fsync=false/writers=64-"):
-			volatile = append(volatile, ns)
+		// The name without the GOMAXPROCS that go test appends.
+		name, _, _ := strings.Cut(string(res.Name), "-")
+		switch name {
+		case "Append/fsync=true/writers=64":
+			durable = append(durable, secs*1e9)
+		case "Append/fsync=false/writers=64":
+			volatile = append(volatile, secs*1e9)
 		}
 	}
 	n := min(len(durable), len(volatile))

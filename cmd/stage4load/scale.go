@@ -287,10 +287,9 @@ func openLine(logPath string) string {
 	return "(none)"
 }
 
-// durations summarises latencies: p50, p99 and max.
+// durations summarises latencies: p50, p99 (nearest rank) and max.
 func durations(d []time.Duration) string {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	q := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
-	return fmt.Sprintf("p50 %v, p99 %v, max %v", q(0.5).Round(time.Microsecond), q(0.99).Round(time.Microsecond), s[len(s)-1].Round(time.Microsecond))
+	s := slices.Sorted(slices.Values(d))
+	q := func(p float64) time.Duration { return percentile(s, p).Round(time.Microsecond) }
+	return fmt.Sprintf("p50 %v, p99 %v, max %v", q(0.5), q(0.99), q(1))
 }
