@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"net/url"
 	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -231,29 +234,25 @@ func TestServeFsyncHangs(t *testing.T) {
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
 }
 
-// TestServeDatabasePartition puts a proxy between serve and its
-// PostgreSQL audit store and partitions it (every byte held, connections
-// open): calls are answered within answerBound, AUDIT_UNAVAILABLE or
-// OUTCOME_UNKNOWN, and health turns NOT_SERVING; after the partition
-// heals, health is SERVING again and plans execute, without a restart.
-// Stage-3 was never called for an execution whose EXECUTION_STARTED the
-// database does not hold, no acknowledged execution is lost, and after a
-// restart the log verifies.
-func TestServeDatabasePartition(t *testing.T) {
-	t.Parallel()
-	dbURL := pgtest.NewDatabase(t)
+// partitionedGateway starts the reference Stage-3 with stage3Args and
+// serve on a new PostgreSQL database reached through a netfault proxy.
+// serveOn starts another serve, on the same Stage-3, with its audit log
+// at auditLog (the database's URL, without the proxy, for a restart).
+func partitionedGateway(t *testing.T, stage3Args ...string) (gw *stage4Process, proxy *netfault.Proxy, dbURL string, serveOn func(auditLog string) *stage4Process) {
+	t.Helper()
+	dbURL = pgtest.NewDatabase(t)
 	u, err := url.Parse(dbURL)
 	require.NoError(t, err)
-	proxy := netfault.New(t, u.Host)
+	proxy = netfault.New(t, u.Host)
 	proxied := *u
 	proxied.Host = proxy.Addr()
 	q := proxied.Query()
 	q.Set("sslmode", "disable")
 	proxied.RawQuery = q.Encode()
 
-	s3 := start(t, nil, "reference-stage3", "--listen", "127.0.0.1:0")
+	s3 := start(t, nil, append([]string{"reference-stage3", "--listen", "127.0.0.1:0"}, stage3Args...)...)
 	s3Addr, _ := s3.servingAddr(t)
-	serve := func(auditLog string) *stage4Process {
+	serveOn = func(auditLog string) *stage4Process {
 		s4 := start(t, nil, "serve", "--audit-readers", "*", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 			"--stage3-addr", s3Addr, "--stage3-insecure", "--audit-log", auditLog, "--replica-name", "r1")
 		addr, metricsAddr := s4.servingAddr(t)
@@ -263,40 +262,20 @@ func TestServeDatabasePartition(t *testing.T) {
 		return &stage4Process{stage3: s3, stage4: s4, addr: addr, metricsAddr: metricsAddr, auditLog: auditLog,
 			client: stage4v1.NewStage4ServiceClient(conn), conn: conn}
 	}
-	gw := serve(proxied.String())
-	ctx := testContext(t)
-	var acked []string
-	id, err := executeCall(ctx, t, gw.client)
-	require.NoError(t, err)
-	acked = append(acked, id)
-	watch, stopWatch := watchHealth(ctx, t, gw)
+	return serveOn(proxied.String()), proxy, dbURL, serveOn
+}
 
-	proxy.Partition()
-	const during = 4
-	var wg sync.WaitGroup
-	errs := make([]error, during)
-	for i := range during {
-		wg.Go(func() { _, errs[i] = boundedCall(t, gw.client) })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		code, reason := status.Code(err), rpcerr.Reason(err)
-		require.True(t, code == codes.Unavailable && reason == rpcerr.AuditUnavailable ||
-			code == codes.Unknown && reason == rpcerr.OutcomeUnknown, "%v (%s)", err, reason)
-	}
-	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_NOT_SERVING, answerBound)
-
-	proxy.Heal()
-	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_SERVING, 2*answerBound)
-	stopWatch()
-	id, err = executeCall(ctx, t, gw.client)
-	require.NoError(t, err, "no restart needed once the database answers again")
-	acked = append(acked, id)
-
+// requireDatabaseLogSound stops gw, restarts serve on the database
+// directly, and checks the log: every acknowledged execution is listed
+// whole, every execution is closed, Stage-3 was not called more often
+// than the log holds an EXECUTION_STARTED, and "stage4 audit verify"
+// finds it intact.
+func requireDatabaseLogSound(ctx context.Context, t *testing.T, gw *stage4Process, dbURL string, serveOn func(string) *stage4Process, acked []string) {
+	t.Helper()
 	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGTERM))
 	require.Equal(t, 0, gw.stage4.exitCode(t))
-	calls := stage3Started(s3)
-	restarted := serve(dbURL)
+	calls := stage3Started(gw.stage3)
+	restarted := serveOn(dbURL)
 	for _, id := range acked {
 		requireCompleted(ctx, t, restarted.client, id)
 	}
@@ -312,7 +291,145 @@ func TestServeDatabasePartition(t *testing.T) {
 			started++
 		}
 	}
+	t.Logf("%d Stage-3 calls, %d executions started in the log, %d in all", calls, started, len(types))
 	require.LessOrEqual(t, calls, started, "a Stage-3 call without a durable EXECUTION_STARTED")
 	code, stdout, stderr := runStage4(t, nil, "audit", "verify", dbURL)
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
+}
+
+// requirePartitionAnswer checks an answer to a call made while the
+// database was partitioned: nothing executed, or an outcome the caller
+// must check; never a plain failure or a hang.
+func requirePartitionAnswer(t *testing.T, err error, took time.Duration, okAllowed bool) {
+	t.Helper()
+	code, reason := status.Code(err), rpcerr.Reason(err)
+	t.Logf("call during the partition: %v %s after %v", code, reason, took.Round(time.Millisecond))
+	require.True(t, okAllowed && code == codes.OK || code == codes.Unavailable && reason == rpcerr.AuditUnavailable ||
+		code == codes.Unknown && reason == rpcerr.OutcomeUnknown, "%v (%s)", err, reason)
+}
+
+// TestServeDatabasePartition partitions serve from its PostgreSQL audit
+// store (a proxy holds every byte, connections stay open) while it is
+// idle: calls sent during the partition are answered within answerBound,
+// AUDIT_UNAVAILABLE (or OUTCOME_UNKNOWN), health turns NOT_SERVING; after
+// the partition heals, health is SERVING again and plans execute, without
+// a restart. Stage-3 was never called for an execution whose
+// EXECUTION_STARTED the database does not hold, no acknowledged
+// execution is lost, and after a restart the log verifies.
+func TestServeDatabasePartition(t *testing.T) {
+	t.Parallel()
+	gw, proxy, dbURL, serveOn := partitionedGateway(t)
+	ctx := testContext(t)
+	var acked []string
+	id, err := executeCall(ctx, t, gw.client)
+	require.NoError(t, err)
+	acked = append(acked, id)
+	watch, stopWatch := watchHealth(ctx, t, gw)
+
+	proxy.Partition()
+	const during = 4
+	var wg sync.WaitGroup
+	errs := make([]error, during)
+	took := make([]time.Duration, during)
+	for i := range during {
+		wg.Go(func() {
+			begin := time.Now()
+			_, errs[i] = boundedCall(t, gw.client)
+			took[i] = time.Since(begin)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		requirePartitionAnswer(t, err, took[i], false)
+	}
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_NOT_SERVING, answerBound)
+	require.Equal(t, 1, stage3Started(gw.stage3), "nothing reached Stage-3 during the partition")
+
+	proxy.Heal()
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_SERVING, answerBound)
+	stopWatch()
+	id, err = executeCall(ctx, t, gw.client)
+	require.NoError(t, err, "no restart needed once the database answers again")
+	acked = append(acked, id)
+	requireDatabaseLogSound(ctx, t, gw, dbURL, serveOn, acked)
+}
+
+// TestServeDatabasePartitionUnderLoad partitions serve from its
+// PostgreSQL audit store under the load of 8 callers, while executions
+// are in Stage-3 and transactions in flight: every call is answered
+// within answerBound, OK (finished before the partition took hold),
+// AUDIT_UNAVAILABLE or OUTCOME_UNKNOWN, and health turns NOT_SERVING;
+// after the partition heals, health is SERVING again and plans execute.
+// Stage-3 was never called more often than the database holds an
+// EXECUTION_STARTED, no acknowledged execution is lost, and after a
+// restart every execution is closed and the log verifies.
+func TestServeDatabasePartitionUnderLoad(t *testing.T) {
+	t.Skip("needs one bound on a call's whole audit wait: an execution in Stage-3 when the partition begins is answered " +
+		"OUTCOME_UNKNOWN only after ~16.7 s, its terminal event queued behind the audit writer's hung batch (10 s append timeout) " +
+		"and then offered again on its own (issue #18)")
+	t.Parallel()
+	// Stage-3 takes a while, so that the partition finds executions in
+	// it, whose terminal events are still to be written.
+	gw, proxy, dbURL, serveOn := partitionedGateway(t, "--delay", "20ms")
+	ctx := testContext(t)
+	watch, stopWatch := watchHealth(ctx, t, gw)
+
+	type answer struct {
+		err  error
+		took time.Duration
+	}
+	var mu sync.Mutex
+	var acked []string
+	var answers []answer
+	loaded := make(chan struct{})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				begin := time.Now()
+				id, err := boundedCall(t, gw.client)
+				mu.Lock()
+				if err == nil {
+					acked = append(acked, id)
+					if len(acked) == 50 {
+						close(loaded)
+					}
+				}
+				answers = append(answers, answer{err, time.Since(begin)})
+				mu.Unlock()
+				if errors.Is(err, errUnanswered) {
+					return
+				}
+			}
+		})
+	}
+	select {
+	case <-loaded:
+	case <-ctx.Done():
+		t.Fatal("the calls did not finish")
+	}
+	proxy.Partition()
+	mu.Lock()
+	before := len(answers)
+	mu.Unlock()
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_NOT_SERVING, answerBound)
+	close(stop) // the calls in flight are still answered within answerBound
+	wg.Wait()
+	for _, a := range answers[before:] {
+		requirePartitionAnswer(t, a.err, a.took, true)
+	}
+
+	proxy.Heal()
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_SERVING, answerBound)
+	stopWatch()
+	id, err := executeCall(ctx, t, gw.client)
+	require.NoError(t, err, "no restart needed once the database answers again")
+	acked = append(acked, id)
+	requireDatabaseLogSound(ctx, t, gw, dbURL, serveOn, acked)
 }
