@@ -300,6 +300,9 @@ func (c *Client) answer(a answer, old uint64, checkpoint []byte, origin string) 
 // (of the log origin) by the witness's key, ignoring other signature lines
 // as the protocol says, and returns it.
 func (c *Client) cosignature(body, checkpoint []byte, origin string) (Cosignature, error) {
+	if !bytes.HasPrefix(body, []byte("— ")) {
+		return Cosignature{}, c.fail(ErrRefused, "200 without cosignature lines: %s", shown(body))
+	}
 	n, err := note.Open(append(bytes.Clone(checkpoint), body...), note.VerifierList(c.w.verifier))
 	var unverified *note.UnverifiedNoteError
 	var invalid *note.InvalidSignatureError
@@ -307,12 +310,12 @@ func (c *Client) cosignature(body, checkpoint []byte, origin string) (Cosignatur
 	case errors.As(err, &unverified):
 		var by []string
 		for _, s := range unverified.Note.UnverifiedSigs {
-			if s.Name != origin { // the log's own signature
+			if s.Name != origin { // not the log's own signature
 				by = append(by, fmt.Sprintf("%s+%08x", s.Name, s.Hash))
 			}
 		}
-		return Cosignature{}, c.fail(ErrMisconfigured, "no cosignature by the policy's key %s, only by %v: fix the key in the policy",
-			c.w.VerifierKey(), by)
+		return Cosignature{}, c.fail(ErrMisconfigured, "no cosignature by the policy's key %s, only by %s: fix the key in the policy",
+			c.w.VerifierKey(), strings.Join(by, ", "))
 	case errors.As(err, &invalid):
 		return Cosignature{}, c.fail(ErrMisconfigured, "its cosignature does not verify with the policy's key %s", c.w.VerifierKey())
 	case err != nil:

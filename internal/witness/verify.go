@@ -23,9 +23,9 @@ type Verified struct {
 
 // Cosigners returns the names of the witnesses whose cosignatures verify.
 func (v *Verified) Cosigners() []string {
-	names := make([]string, len(v.Cosignatures))
-	for i, c := range v.Cosignatures {
-		names[i] = c.Witness
+	var names []string
+	for _, c := range v.Cosignatures {
+		names = append(names, c.Witness)
 	}
 	return names
 }
