@@ -115,7 +115,7 @@ func newConfig(opts []Option) config {
 // the size from the witness's 409. Its calls take turns, and each is
 // bounded by the timeout. It is safe for concurrent use.
 type Client struct {
-	w     *Witness
+	w     Witness
 	prove Prover
 	cfg   config
 	url   string
@@ -128,7 +128,7 @@ type Client struct {
 
 // NewClient returns a Client of the witness w, which must have a URL;
 // prove makes the consistency proofs of the log.
-func NewClient(w *Witness, prove Prover, opts ...Option) (*Client, error) {
+func NewClient(w Witness, prove Prover, opts ...Option) (*Client, error) {
 	if w.URL == "" {
 		return nil, fmt.Errorf("witness %s has no URL in the policy: Stage-4 cannot ask it to cosign", w.Name)
 	}
@@ -145,7 +145,7 @@ func NewClient(w *Witness, prove Prover, opts ...Option) (*Client, error) {
 }
 
 // Witness returns the witness the client asks.
-func (c *Client) Witness() *Witness { return c.w }
+func (c *Client) Witness() Witness { return c.w }
 
 // KnownSize returns the size of the latest tree the witness was known to
 // hold at its latest answer, and whether one is known.

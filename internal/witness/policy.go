@@ -43,19 +43,19 @@ type Witness struct {
 
 // Verifier returns the note verifier of the witness's c2sp.org/tlog-cosignature
 // (cosignature/v1) signatures: torchwood's CosignatureVerifier.
-func (w *Witness) Verifier() note.Verifier { return w.verifier }
+func (w Witness) Verifier() note.Verifier { return w.verifier }
 
 // VerifierKey returns the witness's key in c2sp.org/signed-note verifier key
 // form, <name>+<key hash>+<base64 of 0x04 || key>: how torchwood, litewitness
 // and the witness network name a cosignature key.
-func (w *Witness) VerifierKey() string { return w.verifier.(fmt.Stringer).String() }
+func (w Witness) VerifierKey() string { return w.verifier.(fmt.Stringer).String() }
 
 // Policy is a witness policy: the witnesses Stage-4 asks to cosign its
 // checkpoints and the quorum of their cosignatures that a checkpoint needs.
 // It is immutable and safe for concurrent use.
 type Policy struct {
-	witnesses []*Witness          // in the order of the file
-	byName    map[string]*Witness // witnesses by name
+	witnesses []Witness      // in the order of the file
+	byName    map[string]int // index in witnesses by name
 	quorum    *quorumNode
 	quorumOf  string // the name that the quorum line names
 }
@@ -82,14 +82,17 @@ func (n *quorumNode) met(cosigned map[string]bool) bool {
 }
 
 // Witnesses returns the policy's witnesses in the order of its lines.
-func (p *Policy) Witnesses() []*Witness {
-	return append([]*Witness(nil), p.witnesses...)
+func (p *Policy) Witnesses() []Witness {
+	return append([]Witness(nil), p.witnesses...)
 }
 
 // Witness returns the witness of that name.
-func (p *Policy) Witness(name string) (*Witness, bool) {
-	w, ok := p.byName[name]
-	return w, ok
+func (p *Policy) Witness(name string) (Witness, bool) {
+	i, ok := p.byName[name]
+	if !ok {
+		return Witness{}, false
+	}
+	return p.witnesses[i], true
 }
 
 // QuorumName returns the name that the policy's quorum line names.
@@ -153,7 +156,7 @@ func ReadPolicyFile(path string) (*Policy, error) {
 // policy. Errors wrap ErrInvalidPolicy and name the line.
 func ParsePolicy(r io.Reader) (*Policy, error) {
 	b := &policyBuilder{
-		Policy: &Policy{byName: map[string]*Witness{}},
+		Policy: &Policy{byName: map[string]int{}},
 		nodes:  map[string]*quorumNode{},
 		member: map[string]string{},
 		keys:   map[string]string{},
@@ -236,7 +239,7 @@ func (b *policyBuilder) witness(args []string) error {
 	if other, dup := b.keys[keyHex]; dup {
 		return fmt.Errorf("witness %s has the key of witness %s", name, other)
 	}
-	w := &Witness{Name: name, Key: ed25519.PublicKey(key)}
+	w := Witness{Name: name, Key: ed25519.PublicKey(key)}
 	if len(args) == 3 {
 		if w.URL, err = parseWitnessURL(args[2]); err != nil {
 			return fmt.Errorf("witness %s: %w", name, err)
@@ -247,7 +250,7 @@ func (b *policyBuilder) witness(args []string) error {
 	}
 	b.keys[keyHex] = name
 	b.nodes[name] = &quorumNode{witness: name}
-	b.byName[name] = w
+	b.byName[name] = len(b.witnesses)
 	b.witnesses = append(b.witnesses, w)
 	return nil
 }

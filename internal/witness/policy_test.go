@@ -127,7 +127,7 @@ func TestPolicyWitnesses(t *testing.T) {
 	require.Equal(t, "w2", p.QuorumName())
 	w, ok := p.Witness("w2")
 	require.True(t, ok)
-	require.Same(t, ws[1], w)
+	require.Equal(t, ws[1], w)
 	_, ok = p.Witness("w3")
 	require.False(t, ok)
 	require.Len(t, p.Verifiers(), 2)
