@@ -4,8 +4,11 @@
 #
 #   docker build --build-arg REVISION=$(git rev-parse HEAD) -t stage4 .
 #
-# cmd/stage4/deploy_test.go checks the flags and STAGE4_ variables named
-# here against the binary.
+# Without Docker, make image builds the same image from the checkout alone
+# (cmd/stage4image: no base image pulled). Its test holds that image to
+# what this file promises (ENTRYPOINT, CMD, USER, ENV, EXPOSE, LABEL, the
+# go build flags); cmd/stage4/deploy_test.go checks the flags and STAGE4_
+# variables named here against the binary.
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -24,6 +27,10 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.revision=${REVISION
 # package manager. Its nonroot user is 65532, given as a number so that
 # Kubernetes' runAsNonRoot can check it.
 FROM gcr.io/distroless/static-debian12:nonroot
+# A build argument is per stage: declared again for the label.
+ARG REVISION=""
+LABEL org.opencontainers.image.source=https://github.com/stage4/stage4 \
+      org.opencontainers.image.revision=${REVISION}
 COPY --from=build /out/stage4 /stage4
 USER 65532:65532
 # serve's defaults listen on loopback, which nothing outside a container can

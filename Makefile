@@ -32,6 +32,13 @@ build: ## Build bin/stage4 (stamped with its git revision: bin/stage4 version).
 	@# environment; it stamps in a git checkout and stays quiet elsewhere.
 	go build -buildvcs=auto -o bin/stage4 ./cmd/stage4
 
+.PHONY: image
+image: ## Build the container image without Docker or a base image: OCI layout bin/image, docker load tarball bin/stage4-image.tar.
+	@# The commit's time as the image's, so that one commit gives one digest.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) \
+	  go run ./cmd/stage4image --revision "$$(git rev-parse HEAD 2>/dev/null || true)" \
+	  --out bin/image --tar bin/stage4-image.tar
+
 .PHONY: test
 test: lint checkgenerate ## Run every check: lint, generated-code check, tests with -race.
 	tools/examples.sh status
