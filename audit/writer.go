@@ -48,6 +48,10 @@ type request struct {
 	ev     *Event // type and ids, for the store's columns
 	sync   bool   // answer only once durable
 	done   chan result
+	// deadline is when the request's wait for the store ends, set when it
+	// is queued: one bound on the whole wait, however many batches it
+	// spends queued behind or retried in (see commit).
+	deadline time.Time
 }
 
 type result struct {
@@ -75,7 +79,7 @@ func (w *writer) append(ctx context.Context, ev *Event, sync bool) (result, erro
 	if len(fields) > maxFieldsBytes {
 		return result{}, fmt.Errorf("encode audit event: larger than %d bytes", maxFieldsBytes)
 	}
-	r := &request{fields: fields, ev: ev, sync: sync, done: make(chan result, 1)}
+	r := &request{fields: fields, ev: ev, sync: sync, done: make(chan result, 1), deadline: time.Now().Add(w.timeout)}
 	select {
 	case w.requests <- r:
 	case <-w.closing:
@@ -146,8 +150,21 @@ func (w *writer) gather(batch []*request) []*request {
 // burst of large records does not pin memory for the life of the process.
 const keepBufBytes = 4 << 20
 
-// commit stores batch and answers every request in it.
+// commit stores batch and answers every request in it. The store gets
+// until the earliest deadline of the batch's requests; a request whose
+// deadline passed while it waited behind a batch the store took long
+// over is refused as it is, without being stored, so that no caller waits
+// for the store longer than the append timeout in all.
 func (w *writer) commit(batch []*request) {
+	now := time.Now()
+	if expired, live := splitExpired(batch, now); len(expired) > 0 {
+		err := fmt.Errorf("%w: the audit store did not take the record within %v", ErrUnavailable, w.timeout)
+		answer(expired, func(int) result { return result{err: err} })
+		if len(live) == 0 {
+			return
+		}
+		batch = live
+	}
 	if err := w.health.Err(); err != nil {
 		// New executions are refused at once while the store is
 		// unhealthy; the terminal events of executions already running
@@ -162,10 +179,13 @@ func (w *writer) commit(batch []*request) {
 		}
 		batch = terminal
 	}
-	now := time.Now()
 	sync := false
+	deadline := batch[0].deadline
 	for _, r := range batch {
 		sync = sync || r.sync
+		if r.deadline.Before(deadline) {
+			deadline = r.deadline
+		}
 	}
 	results := make([]result, len(batch))
 	recs := make([]Record, len(batch))
@@ -201,7 +221,7 @@ func (w *writer) commit(batch []*request) {
 		}
 		return recs, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	began := time.Now()
 	err := w.store.Append(ctx, sync, build)
 	cancel()
@@ -236,6 +256,25 @@ func (w *writer) retryTerminal(batch []*request) []*request {
 	}
 	w.commit(terminal)
 	return rest
+}
+
+// splitExpired splits batch into the requests whose deadline has passed
+// and the others.
+func splitExpired(batch []*request, now time.Time) (expired, live []*request) {
+	for i, r := range batch {
+		if !r.deadline.After(now) {
+			if expired == nil {
+				live = append(live, batch[:i]...)
+			}
+			expired = append(expired, r)
+		} else if expired != nil {
+			live = append(live, r)
+		}
+	}
+	if expired == nil {
+		return nil, batch
+	}
+	return expired, live
 }
 
 // splitTerminal splits batch into the terminal events and the others.

@@ -39,9 +39,11 @@ import (
 // without it. List shows records up to audit_head.durable_sequence only,
 // which only durable batches move, so that nothing listed can be lost.
 //
-// Once the records are sent, the caller's ctx no longer cancels the
-// append (a cancelled COMMIT would only make the outcome unknown); a 10 s
-// bound does.
+// ctx bounds the whole append, the resolution of a lost COMMIT included
+// (audit.Store's rule 5): an append that runs out of time before COMMIT
+// stored nothing (ErrUnavailable); one that runs out during COMMIT, or
+// while resolving it, is ErrOutcomeUnknown, and the next append reads the
+// true head under the row lock whatever happened.
 func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
 	if s.closed.Load() {
 		return audit.ErrClosed
@@ -74,7 +76,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		s.rollback(conn)
 		return fmt.Errorf("append audit records: %w", err)
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.writeTimeout)
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.writeTimeout)
 	defer cancel()
 	if err := s.write(wctx, conn, recs, tree, durable); err != nil {
 		s.rollback(conn)
@@ -88,7 +90,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		// COMMIT of a failed transaction answers ROLLBACK without an error.
 		return fmt.Errorf("append audit records: the transaction was rolled back")
 	}
-	return s.resolve(recs[len(recs)-1], err)
+	return s.resolve(ctx, recs[len(recs)-1], err)
 }
 
 // lockHead begins the transaction and reads the head under its row lock,
@@ -303,13 +305,16 @@ func (s *Store) rollback(conn *pgxpool.Conn) {
 // is gone, at the latest after idle_in_transaction_session_timeout), and
 // the record at last.Sequence is either last or not. It retries on other
 // connections until the resolve timeout.
-func (s *Store) resolve(last audit.Record, commitErr error) error {
+func (s *Store) resolve(ctx context.Context, last audit.Record, commitErr error) error {
 	s.dbError(commitErr) // drop idle connections that died with this one
 	deadline := time.Now().Add(s.cfg.resolveTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	wait := 50 * time.Millisecond
 	for {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		landed, err := s.landed(ctx, last)
+		actx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		landed, err := s.landed(actx, last)
 		cancel()
 		if err == nil {
 			if landed {
@@ -318,8 +323,8 @@ func (s *Store) resolve(last audit.Record, commitErr error) error {
 			return fmt.Errorf("append audit records: the connection was lost during COMMIT and the batch was not stored: %w: %w", audit.ErrUnavailable, commitErr)
 		}
 		if time.Until(deadline) < wait {
-			return fmt.Errorf("append audit records: the connection was lost during COMMIT (%v) and whether the batch was stored cannot be established: %w: %w",
-				commitErr, audit.ErrOutcomeUnknown, err)
+			return fmt.Errorf("append audit records: the connection was lost during COMMIT (%v) and whether the batch was stored cannot be established: %w: %w: %w",
+				commitErr, audit.ErrUnavailable, audit.ErrOutcomeUnknown, err)
 		}
 		// Backing off between attempts at an unreachable database.
 		time.Sleep(wait)

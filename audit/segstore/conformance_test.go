@@ -2,6 +2,7 @@ package segstore_test
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -31,9 +32,9 @@ func TestConformance(t *testing.T) {
 			t.Parallel()
 			storetest.Run(t, func(t *testing.T) storetest.Harness {
 				dir := t.TempDir()
-				var broken atomic.Bool
+				d := &disk{release: make(chan struct{})}
 				opts := append(tc.opts[:len(tc.opts):len(tc.opts)], segstore.WithFileWrapper(func(f segstore.File) segstore.File {
-					return &failingFile{File: f, broken: &broken}
+					return &failingFile{File: f, disk: d}
 				}))
 				return storetest.Harness{
 					Open: func(t *testing.T) audit.Store {
@@ -41,8 +42,10 @@ func TestConformance(t *testing.T) {
 						require.NoError(t, err)
 						return s
 					},
-					Break: func(*testing.T) { broken.Store(true) },
-					Heal:  func(*testing.T) { broken.Store(false) },
+					Break:      func(*testing.T) { d.broken.Store(true) },
+					Hang:       func(*testing.T) { d.hang() },
+					Heal:       func(*testing.T) { d.heal() },
+					LoseAnswer: func(*testing.T) { d.failNextSync.Store(true) },
 				}
 			})
 		})
@@ -52,21 +55,59 @@ func TestConformance(t *testing.T) {
 // errDisk is the failing disk's error.
 var errDisk = errors.New("injected disk error")
 
-// failingFile fails every write and sync while broken is set.
+// disk is the faults of a log directory's segment files: writes and syncs
+// that fail, syncs that hang until healed, or the next sync failing (its
+// records' fate unknown).
+type disk struct {
+	broken, failNextSync atomic.Bool
+	mu                   sync.Mutex
+	hung                 bool
+	release              chan struct{}
+}
+
+func (d *disk) hang() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.hung = true
+}
+
+func (d *disk) heal() {
+	d.broken.Store(false)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.hung {
+		d.hung = false
+		close(d.release)
+		d.release = make(chan struct{})
+	}
+}
+
+// waitIfHung blocks while the disk hangs.
+func (d *disk) waitIfHung() {
+	d.mu.Lock()
+	hung, release := d.hung, d.release
+	d.mu.Unlock()
+	if hung {
+		<-release
+	}
+}
+
+// failingFile is a segment file on d.
 type failingFile struct {
 	segstore.File
-	broken *atomic.Bool
+	disk *disk
 }
 
 func (f *failingFile) WriteAt(p []byte, off int64) (int, error) {
-	if f.broken.Load() {
+	if f.disk.broken.Load() {
 		return 0, errDisk
 	}
 	return f.File.WriteAt(p, off)
 }
 
 func (f *failingFile) Sync() error {
-	if f.broken.Load() {
+	f.disk.waitIfHung()
+	if f.disk.broken.Load() || f.disk.failNextSync.CompareAndSwap(true, false) {
 		return errDisk
 	}
 	return f.File.Sync()

@@ -33,6 +33,13 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	if err := ctx.Err(); err != nil {
 		return audit.Page{}, fmt.Errorf("list audit log: %w", err)
 	}
+	// On a goroutine of its own: a disk that stops answering cannot hold
+	// the caller past its deadline (the listing also looks at ctx between
+	// records, which bounds a long one on a disk that answers).
+	return read(ctx, func() (audit.Page, error) { return s.list(ctx, q) })
+}
+
+func (s *Store) list(ctx context.Context, q audit.Query) (audit.Page, error) {
 	v := s.view.Load()
 	from, offset := max(q.From.Sequence, 1), q.From.Offset
 	if from > v.head.Sequence {

@@ -40,6 +40,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -120,9 +121,9 @@ type Store struct {
 	recovery Recovery
 	failed   fsutil.Failure
 
-	// ioMu guards what Append owns (it is never called concurrently)
-	// against Ping and Close.
-	ioMu   sync.Mutex
+	// worker runs every write to the disk; what follows, up to view, is
+	// its own (see worker.go).
+	worker *worker
 	active *segment // nil while the next segment could not be started
 	// stalled is why the last roll to a new segment failed (a full disk),
 	// until an append or a ping succeeds in making one.
@@ -241,6 +242,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		s.closeFiles()
 		return nil, fmt.Errorf("open audit log %s: %w", dir, err)
 	}
+	s.worker = newWorker()
 	return s, nil
 }
 
@@ -443,13 +445,20 @@ func (s *Store) Err() error { return s.failed.Err() }
 // starting the next one when the batch would take it past the segment
 // size, and, when durable, syncs it, which makes every earlier write
 // durable too. Then it checks that the segment's path still names the
-// file it wrote, at the length it wrote.
-func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+// file it wrote, at the length it wrote. It runs on the worker: a disk
+// that does not answer within ctx leaves the store stuck (see do).
+func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head) ([]audit.Record, error)) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	s.ioMu.Lock()
-	defer s.ioMu.Unlock()
+	return s.do(ctx, "append", func() error { return s.appendNow(durable, build) })
+}
+
+// appendNow is Append's work, on the worker.
+func (s *Store) appendNow(durable bool, build func(audit.Head) ([]audit.Record, error)) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	if s.active == nil {
 		// The last seal could not start a segment: again.
 		if err := s.startSegment(); err != nil {
@@ -551,8 +560,8 @@ func (s *Store) syncSegment(a *segment) error {
 	return nil
 }
 
-// publish makes the head durable for readers: the caller synced every
-// write up to it, under ioMu.
+// publish makes the head durable for readers: the caller, on the worker,
+// synced every write up to it.
 func (s *Store) publish() {
 	s.durableHead = s.head
 	var v view
@@ -581,7 +590,7 @@ func keepBuf(b []byte) []byte {
 // file's length is not what the store made it: the segment (or the
 // directory) was removed, renamed, replaced, truncated or written by
 // someone else. Without it, writes would go on into a deleted inode and
-// be acknowledged while the log lost them. The caller holds ioMu.
+// be acknowledged while the log lost them. It runs on the worker.
 func (s *Store) checkIdentity(a *segment) error {
 	fi, err := os.Stat(a.path)
 	switch {
@@ -602,11 +611,18 @@ func (s *Store) checkIdentity(a *segment) error {
 // the next segment when the last attempt failed (a full disk), and writes
 // the head file when the durable head moved: the log pings about once a
 // second, which bounds how often that happens.
-func (s *Store) Ping(context.Context) error {
+func (s *Store) Ping(ctx context.Context) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	s.ioMu.Lock()
+	return s.do(ctx, "ping", s.pingNow)
+}
+
+// pingNow is Ping's work, on the worker.
+func (s *Store) pingNow() error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	var err error
 	switch {
 	case s.active == nil:
@@ -623,11 +639,10 @@ func (s *Store) Ping(context.Context) error {
 	if err == nil && s.active != nil {
 		err = s.checkIdentity(s.active)
 	}
-	head := s.durableHead
-	s.ioMu.Unlock()
 	if err != nil {
 		return err
 	}
+	head := s.durableHead
 	// Not latched: a head file that cannot be written now (a full disk)
 	// may be written at the next ping.
 	return s.saveHead(head)
@@ -659,11 +674,11 @@ func (s *Store) FingerprintKey(context.Context) ([]byte, error) {
 
 // SaveCheckpoint replaces the checkpoint file with checkpoint unless the
 // one there is for a larger tree.
-func (s *Store) SaveCheckpoint(_ context.Context, size uint64, checkpoint []byte) error {
+func (s *Store) SaveCheckpoint(ctx context.Context, size uint64, checkpoint []byte) error {
 	if s.isClosed() {
 		return audit.ErrClosed
 	}
-	return s.checkpoint.Save(size, checkpoint)
+	return s.do(ctx, "checkpoint", func() error { return s.checkpoint.Save(size, checkpoint) })
 }
 
 // LoadCheckpoint returns the latest checkpoint.
@@ -683,10 +698,14 @@ func (s *Store) DurableHead(context.Context) (audit.Head, error) {
 }
 
 // ReadHashes reads stored hashes of the durable tree from the tree file.
-func (s *Store) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, error) {
+func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error) {
 	if s.isClosed() {
 		return nil, audit.ErrClosed
 	}
+	return read(ctx, func() ([]tlog.Hash, error) { return s.readHashes(indexes) })
+}
+
+func (s *Store) readHashes(indexes []int64) ([]tlog.Hash, error) {
 	limit := tlog.StoredHashCount(int64(s.view.Load().head.Sequence))
 	for _, x := range indexes {
 		if x < 0 || x >= limit {
@@ -703,9 +722,14 @@ func (s *Store) ReadHashes(_ context.Context, indexes []int64) ([]tlog.Hash, err
 	return hashes, nil
 }
 
+// closeTimeout bounds Close's last sync and head file on a disk that
+// does not answer.
+const closeTimeout = 10 * time.Second
+
 // Close syncs what was written, checks that the active segment is still
 // in place, writes the head file, waits for the index's background work
-// and closes the files.
+// and closes the files. On a disk that does not answer it gives up after
+// closeTimeout: the next start checks what reached it.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -714,20 +738,23 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	var err error
-	s.ioMu.Lock()
-	if s.Err() == nil && s.active != nil {
-		if err = s.syncSegment(s.active); err == nil {
-			if err = s.checkIdentity(s.active); err == nil {
-				s.publish()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	err := s.do(ctx, "close", func() error {
+		var err error
+		if s.Err() == nil && s.active != nil {
+			if err = s.syncSegment(s.active); err == nil {
+				if err = s.checkIdentity(s.active); err == nil {
+					s.publish()
+				}
 			}
 		}
-	}
-	head := s.durableHead
-	s.ioMu.Unlock()
-	// Also after a failure: the head file then names the last record that
-	// was durable in place, so that the next start sees what was lost.
-	err = errors.Join(err, s.saveHead(head))
+		// Also after a failure: the head file then names the last record
+		// that was durable in place, so that the next start sees what was
+		// lost.
+		return errors.Join(err, s.saveHead(s.durableHead))
+	})
+	s.worker.stop()
 	if s.index != nil {
 		s.index.close()
 	}
