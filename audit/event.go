@@ -107,6 +107,10 @@ const (
 	PhaseStage3 = "stage3"
 	// PhaseInternal: the validator or the handler panicked.
 	PhaseInternal = "internal"
+	// PhaseAudit: the audit log could not record the execution's start
+	// (EXECUTION_STARTED); Stage-3 was not called. Recorded late, once
+	// the store took records again.
+	PhaseAudit = "audit"
 	// PhaseInterrupted: the Stage-4 process running the execution stopped
 	// before it ended; written by the log when its store hands the
 	// execution out (Store.Interrupted). After EXECUTION_STARTED the plan

@@ -64,34 +64,53 @@ func (h *health) failLocked(err error) {
 
 // pinged applies the result of a ping that began at generation gen: a
 // failure always, a success only if nothing failed since gen, and then
-// only after recover (if not nil) succeeded, under the transition lock,
-// so that whatever must be written before new plans are taken is written
-// first. It reports whether the log is healthy afterwards.
+// only after recover (if not nil) succeeded, so that whatever must be
+// written before new executions are taken is written first (recover runs
+// while the log still refuses them, and may append: it runs without the
+// transition lock, and a failure while it runs keeps the log unhealthy).
+// It reports whether the log is healthy afterwards.
 func (h *health) pinged(gen uint64, err error, recover func() error) bool {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if err != nil {
 		h.failLocked(err)
+		h.mu.Unlock()
 		return false
 	}
 	was := h.Err()
-	if was == nil {
+	switch {
+	case was == nil:
+		h.mu.Unlock()
 		return true
-	}
-	if h.gen != gen || errors.Is(was, ErrClosed) {
+	case h.gen != gen || errors.Is(was, ErrClosed):
+		h.mu.Unlock()
 		return false // a failure newer than the ping, or closed
 	}
+	h.mu.Unlock()
 	if recover != nil {
 		if err := recover(); err != nil {
-			h.failLocked(err)
+			h.fail(err)
 			return false
 		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen != gen || h.Err() == nil || errors.Is(h.Err(), ErrClosed) {
+		return h.Err() == nil
 	}
 	h.err.Store(nil)
 	if h.onChange != nil {
 		h.onChange(nil)
 	}
 	return true
+}
+
+// recover is what the log does when its store is found healthy again,
+// before it takes new executions: it writes the terminal events that the
+// outage kept it from writing (writeLate).
+func (l *Log) recover() error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.appendTimeout)
+	defer cancel()
+	return l.writeLate(ctx)
 }
 
 // close makes every later append fail with ErrClosed.
@@ -120,7 +139,16 @@ func (l *Log) supervise() {
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.pingInterval)
 		err := l.store.Ping(ctx)
 		cancel()
-		if !l.health.pinged(gen, err, nil) || time.Since(lastSweep) < l.cfg.sweepInterval {
+		if !l.health.pinged(gen, err, l.recover) {
+			continue
+		}
+		// A late event handed over just after the recovery above ran.
+		if l.hasLate() {
+			if err := l.recover(); err != nil && l.cfg.logger != nil {
+				l.cfg.logger.Warn("recording late terminal events failed; will retry", "error", err)
+			}
+		}
+		if time.Since(lastSweep) < l.cfg.sweepInterval {
 			continue
 		}
 		lastSweep = time.Now()

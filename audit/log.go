@@ -32,6 +32,7 @@ type Log struct {
 	sweeper *sweeper
 	cp      *checkpointer
 	tokens  *pageTokens
+	late    lateEvents
 
 	closing  chan struct{}
 	watched  chan struct{} // the supervisor's loop has returned

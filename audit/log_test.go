@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stage4/stage4/audit"
@@ -395,4 +396,108 @@ func TestCloseIsIdempotentAndFinal(t *testing.T) {
 	require.ErrorIs(t, err, audit.ErrClosed)
 	_, _, err = lg.List(context.Background(), audit.Filter{}, 10, "")
 	require.ErrorIs(t, err, audit.ErrClosed)
+}
+
+// TestLateTerminalEventsAreWrittenFirstWhenTheStoreIsBack: the terminal
+// event of an execution that ended during an outage is kept, and written
+// (with recorded_late) when a ping finds the store healthy again, before
+// the log takes a new execution; an execution a replica's sweep closed
+// meanwhile is not closed twice.
+func TestLateTerminalEventsAreWrittenFirstWhenTheStoreIsBack(t *testing.T) {
+	t.Parallel()
+	st := memstore.NewStorage()
+	changes := make(chan error, 10)
+	lg := newLog(t, memstore.Open(st, "owner"), audit.WithPingInterval(10*time.Millisecond),
+		audit.WithHealthFunc(func(err error) { changes <- err }))
+	ctx := context.Background()
+	for _, id := range []string{"running", "swept"} {
+		_, err := lg.Append(ctx, ev(audit.ExecutionStarted, id))
+		require.NoError(t, err)
+	}
+	st.Break(memstore.ErrBroken, false)
+	for _, id := range []string{"running", "swept"} {
+		done := ev(audit.ExecutionCompleted, id)
+		_, err := lg.Append(ctx, done)
+		require.ErrorIs(t, err, audit.ErrUnavailable)
+		done.Details = audit.Details{"caller_told": "OUTCOME_UNKNOWN"}
+		lg.AppendLater(done)
+	}
+	require.Error(t, <-changes)
+	// A replica closes "swept" meanwhile, as its sweep would.
+	other := memstore.Open(st, "other")
+	t.Cleanup(func() { other.Close() })
+	st.Heal()
+	require.NoError(t, other.Append(ctx, true, func(h audit.Head) ([]audit.Record, error) {
+		return audit.RenderRecords(h, time.Now(), []audit.Event{ev(audit.ExecutionFailed, "swept")})
+	}))
+	require.NoError(t, <-changes, "healthy again")
+	_, err := lg.Append(ctx, ev(audit.PlanReceived, "new"))
+	require.NoError(t, err)
+
+	got := listAll(t, lg, audit.Filter{}, 100)
+	var types []string
+	for _, e := range got {
+		types = append(types, e.ExecutionID+" "+e.Type.String())
+	}
+	require.Equal(t, []string{
+		"running AUDIT_EVENT_TYPE_EXECUTION_STARTED",
+		"swept AUDIT_EVENT_TYPE_EXECUTION_STARTED",
+		"swept AUDIT_EVENT_TYPE_EXECUTION_FAILED",
+		"running AUDIT_EVENT_TYPE_EXECUTION_COMPLETED",
+		"new AUDIT_EVENT_TYPE_PLAN_RECEIVED",
+	}, types, "the late event first, once; nothing for the execution closed elsewhere")
+	late := got[3]
+	require.Equal(t, true, late.Details["recorded_late"])
+	require.Equal(t, "OUTCOME_UNKNOWN", late.Details["caller_told"])
+}
+
+// TestLateEventsAreBounded: past MaxLateEvents, an execution is left to
+// the sweep rather than kept in memory.
+func TestLateEventsAreBounded(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	lg := newLog(t, memstore.Open(memstore.NewStorage(), ""), audit.WithRegisterer(reg))
+	for i := range audit.MaxLateEvents + 5 {
+		lg.AppendLater(ev(audit.ExecutionCompleted, fmt.Sprint("e", i)))
+	}
+	require.Equal(t, float64(audit.MaxLateEvents), gauge(t, reg, "stage4_audit_late_events"))
+	require.Equal(t, float64(5), counter(t, reg, "stage4_audit_late_events_dropped_total", "reason", "full"))
+}
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	return metricValue(t, reg, name, "", "")
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	return metricValue(t, reg, name, label, value)
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label != "" {
+				match := false
+				for _, l := range m.GetLabel() {
+					match = match || (l.GetName() == label && l.GetValue() == value)
+				}
+				if !match {
+					continue
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

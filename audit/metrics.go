@@ -7,6 +7,9 @@ type metrics struct {
 	failures      prometheus.Counter
 	commitSeconds prometheus.Histogram
 	batchSize     prometheus.Histogram
+	late          prometheus.Gauge
+	lateWritten   prometheus.Counter
+	lateDropped   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -29,11 +32,25 @@ func newMetrics() *metrics {
 			Help:    "Events stored by one group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
+		late: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "late_events",
+			Help: "Terminal events waiting in memory for the audit store to be healthy again (see Log.AppendLater).",
+		}),
+		lateWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "late_events_written_total",
+			Help: "Terminal events written late, once the audit store was healthy again.",
+		}),
+		lateDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "late_events_dropped_total",
+			Help: "Late terminal events not written: full (past the bound, left to the sweep) or closed_elsewhere (a replica's sweep closed the execution first, or it was never stored).",
+		}, []string{"reason"}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize} {
+	m.lateDropped.WithLabelValues("full")
+	m.lateDropped.WithLabelValues("closed_elsewhere")
+	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize, m.late, m.lateWritten, m.lateDropped} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -45,8 +45,10 @@ import (
 //     cannot. A store that failed for good keeps failing; one that can
 //     recover returns nil again once it has. (PingReportsFailure)
 //  7. Interrupted hands each open execution out once, to one process, and
-//     never while its owner may still be running it. (InterruptedAfterRestart,
-//     InterruptedClaimEndsWithClaimer, OpenUntilBoundsOtherReplicas)
+//     never while its owner may still be running it; Claim lets the owner
+//     close its own open executions late, exclusively of any other closer.
+//     (InterruptedAfterRestart, InterruptedClaimEndsWithClaimer,
+//     OpenUntilBoundsOtherReplicas, ClaimIsExclusive)
 //  8. The tree: records keep their TreeHashes and ReadHashes returns them;
 //     DurableHead is the head after the durable records, with its edge; a
 //     hash beyond the durable tree is an error. (TreeHashesAndEdgeSurviveRestart,
@@ -99,6 +101,15 @@ type Appender interface {
 	// OpenUntil has passed and its owner is gone, or once the owner has
 	// restarted.
 	Interrupted(ctx context.Context) ([]OpenExecution, error)
+
+	// Claim claims, for this process to close now, those of the executions
+	// named that are open and that no other live process has claimed (a
+	// sweep of another replica, or an earlier claim still being closed),
+	// and returns them; the others are left alone (closed already, never
+	// stored, or someone else's to close). It is how the owner of an
+	// execution whose terminal event an outage kept it from writing writes
+	// it later, exactly once whoever else may close it (rule 7).
+	Claim(ctx context.Context, executionIDs []string) ([]OpenExecution, error)
 }
 
 // Reader is the reading side of a Store.

@@ -39,7 +39,7 @@ func (l *Log) CloseInterrupted(ctx context.Context) ([]string, error) {
 	slices.SortFunc(open, func(a, b OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	ids := make([]string, 0, len(open))
 	for _, e := range open {
-		_, err := l.Append(ctx, Event{
+		ev := Event{
 			Type:        ExecutionFailed,
 			ExecutionID: e.ExecutionID,
 			PlanID:      e.PlanID,
@@ -49,10 +49,17 @@ func (l *Log) CloseInterrupted(ctx context.Context) ([]string, error) {
 				"message":         "Stage-4 stopped before the execution's terminal event was recorded",
 				"last_event_type": e.LastType.String(),
 			},
-		})
-		if err != nil {
+		}
+		// An execution of this process whose end an outage kept from the
+		// log (handed to it by its own store once its deadline passed) is
+		// closed with what really happened.
+		if late, ok := l.lateEvent(e.ExecutionID); ok {
+			ev = late
+		}
+		if _, err := l.Append(ctx, ev); err != nil {
 			return ids, fmt.Errorf("close interrupted execution %s: %w", e.ExecutionID, err)
 		}
+		l.forgetLate(e.ExecutionID)
 		ids = append(ids, e.ExecutionID)
 	}
 	if len(ids) > 0 && l.cfg.logger != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"maps"
 	"math"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -81,6 +83,9 @@ type AuditRecorder interface {
 	// Err says why the log refuses new executions now, nil while it
 	// takes them.
 	Err() error
+	// AppendLater keeps a terminal event that could not be appended, to
+	// be written once the store is healthy again (audit.Log.AppendLater).
+	AppendLater(ev audit.Event)
 }
 
 // AuditInterceptor records every ExecutePlan call in log: PLAN_RECEIVED,
@@ -164,8 +169,8 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	ended := false
 	defer func() {
 		if !ended {
-			_ = ex.record(audit.ExecutionFailed,
-				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
+			_ = ex.end(audit.ExecutionFailed,
+				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"), rpcerr.Internal)
 		}
 	}()
 	if panicked != nil {
@@ -173,16 +178,18 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	}
 	if verr != nil {
 		ended = true
-		if ex.record(audit.ExecutionFailed, validationFailedDetails(verr)) != nil {
+		if ex.end(audit.ExecutionFailed, validationFailedDetails(verr), rpcerr.AuditUnavailable) != nil {
 			return nil, ex.unavailable()
 		}
 		return nil, verr
 	}
 	if ex.record(audit.ExecutionStarted, nil) != nil {
-		// The store cannot record now, so no terminal event can be written
-		// either; the execution is closed as interrupted later (at the
-		// next start, or by a replica once its deadline has passed).
+		// Stage-3 is not called. The execution (its PLAN_RECEIVED, if
+		// that was stored) is closed once the store takes records again,
+		// by this process (or, if it stops first, as interrupted).
 		ended = true
+		ex.later(audit.ExecutionFailed, failedDetails(audit.PhaseAudit, codes.Unavailable,
+			"the audit log could not record the execution's start; Stage-3 was not called"), rpcerr.AuditUnavailable)
 		return nil, ex.unavailable()
 	}
 
@@ -204,16 +211,24 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
 		}
 		st := status.Convert(err)
-		if ex.record(audit.ExecutionFailed, c.stage3FailedDetails(st)) != nil {
+		if ex.end(audit.ExecutionFailed, c.stage3FailedDetails(st), rpcerr.OutcomeUnknown) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
 	}
 	out, _ := resp.(*stage4v1.ExecutePlanResponse)
-	if ex.record(audit.ExecutionCompleted, audit.Details{
+	completed := audit.Details{
 		"step_count":        float64(len(out.GetResult().GetResults())),
 		"stage3_latency_ms": math.Round(latency.Seconds()*1e6) / 1e3,
-	}) != nil {
+	}
+	if ex.record(audit.ExecutionCompleted, completed) != nil {
+		// Recorded once the store is back, with a keyed digest of what
+		// Stage-3 answered: its result bytes are the caller's, not the
+		// log's, but the digest lets them be matched later.
+		if b, err := (proto.MarshalOptions{Deterministic: true}).Marshal(out.GetResult()); err == nil {
+			completed["result_digest"] = c.fp.Short(string(b))
+		}
+		ex.later(audit.ExecutionCompleted, completed, rpcerr.OutcomeUnknown)
 		return nil, ex.outcomeUnknown()
 	}
 	return resp, nil
@@ -271,6 +286,28 @@ type recorder struct {
 func (r *recorder) record(t audit.EventType, details audit.Details) error {
 	_, err := r.log.Append(r.ctx, r.event(t, details))
 	return err
+}
+
+// end appends the execution's terminal event, or, when the log cannot
+// record it now, hands it to the log to record late (later), saying what
+// the caller is told instead (told).
+func (r *recorder) end(t audit.EventType, details audit.Details, told stage4v1.ErrorReason) error {
+	err := r.record(t, details)
+	if err != nil {
+		r.later(t, details, told)
+	}
+	return err
+}
+
+// later hands the execution's terminal event to the log to record once
+// its store is healthy again, with what the caller was told.
+func (r *recorder) later(t audit.EventType, details audit.Details, told stage4v1.ErrorReason) {
+	d := maps.Clone(details)
+	if d == nil {
+		d = audit.Details{}
+	}
+	d["caller_told"] = told.String()
+	r.log.AppendLater(r.event(t, d))
 }
 
 // event is an event of the execution.

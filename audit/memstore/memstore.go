@@ -300,6 +300,29 @@ func (s *Store) Interrupted(ctx context.Context) ([]audit.OpenExecution, error) 
 	return out, nil
 }
 
+// Claim claims this store's own open executions among ids (and those it
+// claimed before), unless another live store claimed them.
+func (s *Store) Claim(ctx context.Context, ids []string) ([]audit.OpenExecution, error) {
+	if err := s.enter(ctx, false); err != nil {
+		return nil, err
+	}
+	defer s.st.mu.Unlock()
+	var out []audit.OpenExecution
+	for _, id := range ids {
+		e, ok := s.st.open[id]
+		if !ok || (e.owner != s && e.claimedBy != s) {
+			continue
+		}
+		if e.claimedBy != nil && e.claimedBy != s && !e.claimedBy.closed && !e.claimedBy.crashed {
+			continue
+		}
+		e.claimedBy = s
+		out = append(out, e.OpenExecution)
+	}
+	slices.SortFunc(out, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	return out, nil
+}
+
 // List returns the durable records that match q.
 func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	if err := s.enter(ctx, false); err != nil {

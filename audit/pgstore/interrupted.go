@@ -81,14 +81,61 @@ func (s *Store) Interrupted(ctx context.Context) ([]audit.OpenExecution, error) 
 	if err != nil {
 		return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
 	}
+	out, err := scanOpen(rows)
+	if err != nil {
+		return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		// Not claimed, or (a lost COMMIT) perhaps claimed: such a claim
+		// stays ours, unclosed, until this process stops and the next
+		// claimer finds it expired. Rare, and never a double close.
+		return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
+	}
+	return out, nil
+}
+
+// Claim claims this process's own open executions among ids, unless
+// another live process claimed them (a replica's sweep, which takes an
+// owner's executions only once the owner's heartbeat went stale): one
+// UPDATE, whose WHERE PostgreSQL checks again on the row it locks, so that
+// of a claim and a sweep racing for one execution exactly one wins.
+func (s *Store) Claim(ctx context.Context, ids []string) ([]audit.OpenExecution, error) {
+	if s.closed.Load() {
+		return nil, audit.ErrClosed
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	mapped := make([]string, len(ids))
+	for i, id := range ids {
+		mapped[i] = column(id)
+	}
+	rows, err := s.pool.Query(ctx, `UPDATE audit_open o SET claimed_by = $1, claimed_at = now()
+		WHERE o.execution_id = ANY($2::text[]) AND (o.owner_instance = $1 OR o.claimed_by = $1)
+		AND (o.claimed_by IS NULL OR o.claimed_by = $1 OR NOT EXISTS (
+			SELECT 1 FROM audit_replicas r WHERE r.instance_id = o.claimed_by
+				AND r.last_seen >= now() - make_interval(secs => $3)))
+		RETURNING o.execution_id, o.plan_id, o.user_id, o.last_type, o.sequence`, s.instance, mapped, s.cfg.grace.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim executions: %w", s.dbError(err))
+	}
+	out, err := scanOpen(rows)
+	if err != nil {
+		return nil, fmt.Errorf("claim executions: %w", err)
+	}
+	return out, nil
+}
+
+// scanOpen reads the rows of a claim, in the order of their first event.
+func scanOpen(rows pgx.Rows) ([]audit.OpenExecution, error) {
+	defer rows.Close()
 	var out []audit.OpenExecution
 	for rows.Next() {
 		var e audit.OpenExecution
 		var last string
 		var seq int64
 		if err := rows.Scan(&e.ExecutionID, &e.PlanID, &e.UserID, &last, &seq); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
+			return nil, err
 		}
 		e.Sequence = uint64(seq)
 		if t, ok := audit.ParseEventType(last); ok && t == audit.PlanReceived {
@@ -99,13 +146,7 @@ func (s *Store) Interrupted(ctx context.Context) ([]audit.OpenExecution, error) 
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
-	}
-	if err := tx.Commit(ctx); err != nil {
-		// Not claimed, or (a lost COMMIT) perhaps claimed: such a claim
-		// stays ours, unclosed, until this process stops and the next
-		// claimer finds it expired. Rare, and never a double close.
-		return nil, fmt.Errorf("claim interrupted executions: %w", s.dbError(err))
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	return out, nil

@@ -135,6 +135,9 @@ type Store struct {
 	// sealsFile is the seal file, appended to at every seal.
 	sealsFile *os.File
 	open      map[string]*audit.OpenExecution // open executions at the head, for seals
+	// inherited are the executions a stopped process left open, which
+	// Interrupted hands out and Claim never does.
+	inherited map[string]bool
 
 	// view is what readers go by: the durable head and the segments.
 	view atomic.Pointer[view]
@@ -327,8 +330,10 @@ func (s *Store) start() error {
 	}
 	s.durableHead = s.head
 	// Executions open now belong to the process that stopped.
-	for _, e := range s.open {
+	s.inherited = map[string]bool{}
+	for id, e := range s.open {
 		s.interrupted = append(s.interrupted, *e)
+		s.inherited[id] = true
 	}
 	slices.SortFunc(s.interrupted, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
 	s.view.Store(&view{head: s.head, sealed: seals, activeFirst: activeFirst, activeSize: s.active.written, activeMem: s.active.mem})
@@ -387,12 +392,32 @@ func (s *Store) Interrupted(context.Context) ([]audit.OpenExecution, error) {
 	return list, nil
 }
 
+// Claim returns this process's open executions among ids: only one
+// process uses the directory, so they are its to close.
+func (s *Store) Claim(ctx context.Context, ids []string) ([]audit.OpenExecution, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	var out []audit.OpenExecution
+	err := s.do(ctx, "claim", func() error {
+		for _, id := range ids {
+			if e, ok := s.open[id]; ok && !s.inherited[id] {
+				out = append(out, *e)
+			}
+		}
+		return nil
+	})
+	slices.SortFunc(out, func(a, b audit.OpenExecution) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	return out, err
+}
+
 // track follows the executions of records in log order: those still
 // open at a seal are written into it, so that Open never reads a sealed
 // segment to find them.
 func (s *Store) track(seq uint64, t audit.EventType, executionID, planID, userID string) {
 	if t.Terminal() {
 		delete(s.open, executionID)
+		delete(s.inherited, executionID)
 		return
 	}
 	if e, ok := s.open[executionID]; ok {

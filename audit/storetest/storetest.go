@@ -86,6 +86,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"InterruptedAfterRestart", testInterruptedAfterRestart},
 		{"InterruptedClaimEndsWithClaimer", testInterruptedClaimEndsWithClaimer},
 		{"OpenUntilBoundsOtherReplicas", testOpenUntil},
+		{"ClaimIsExclusive", testClaim},
 		// Rule 8: the tree.
 		{"TreeHashesAndEdgeSurviveRestart", testTreeSurvivesRestart},
 		{"ReadHashesBeyondTheTreeFails", testReadHashesBeyondTree},
@@ -742,6 +743,59 @@ func testOpenUntil(t *testing.T, h Harness) {
 	again, err := third.Interrupted(ctx(t))
 	require.NoError(t, err)
 	require.Empty(t, again, "one replica gets it")
+}
+
+// testClaim: a process claims its own open executions to close them late,
+// and only those: not a closed one, not one it never stored, not one a
+// stopped process left open (Interrupted hands those out), not another
+// replica's; and what it claimed, no sweep hands out.
+func testClaim(t *testing.T, h Harness) {
+	s := openStore(t, h)
+	appendEvents(t, s, true, event(received, "inherited", "p", "u"))
+	s = restart(t, s, h)
+	appendEvents(t, s, true,
+		event(received, "open", "p", "u"), event(started, "open", "p", "u"),
+		event(received, "closed", "p", "u"), event(failed, "closed", "p", "u"))
+	got, err := s.Claim(ctx(t), []string{"open", "closed", "never-stored", "inherited"})
+	require.NoError(t, err)
+	require.Equal(t, []audit.OpenExecution{{ExecutionID: "open", PlanID: "p", UserID: "u", LastType: started, Sequence: 2}}, got)
+	again, err := s.Claim(ctx(t), []string{"open"})
+	require.NoError(t, err)
+	require.Len(t, again, 1, "a claim may be made again by the same process, to retry the close")
+	inherited, err := s.Interrupted(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, []string{"inherited"}, executionIDs(inherited), "the sweep hands out what a stopped process left, not what this one claimed")
+	appendEvents(t, s, true, event(failed, "open", "p", "u"))
+	after, err := s.Claim(ctx(t), []string{"open"})
+	require.NoError(t, err)
+	require.Empty(t, after, "closed now")
+
+	if h.OpenReplica == nil {
+		return
+	}
+	a := h.OpenReplica(t, "claim-a")
+	t.Cleanup(func() { a.Close() })
+	b := h.OpenReplica(t, "claim-b")
+	t.Cleanup(func() { b.Close() })
+	require.NoError(t, a.Append(ctx(t), true, render([]audit.Event{event(started, "a-owns", "p", "u")}, time.Now().Add(-time.Hour), nil)))
+	theirs, err := b.Claim(ctx(t), []string{"a-owns"})
+	require.NoError(t, err)
+	require.Empty(t, theirs, "another replica's execution is not ours to claim")
+	mine, err := a.Claim(ctx(t), []string{"a-owns"})
+	require.NoError(t, err)
+	require.Len(t, mine, 1)
+	require.NoError(t, a.Ping(ctx(t)))
+	swept, err := b.Interrupted(ctx(t))
+	require.NoError(t, err)
+	require.NotContains(t, executionIDs(swept), "a-owns", "claimed by a live owner: no sweep takes it")
+}
+
+func executionIDs(open []audit.OpenExecution) []string {
+	ids := make([]string, len(open))
+	for i, e := range open {
+		ids[i] = e.ExecutionID
+	}
+	return ids
 }
 
 // testFingerprintKeyIsKept: a store has one secret key of 32 random bytes,

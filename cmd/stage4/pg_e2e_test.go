@@ -22,12 +22,13 @@ import (
 )
 
 // startPGServe starts "stage4 serve" on the database at url under replica
-// name, in front of the Stage-3 at stage3Addr, and connects a client.
-func startPGServe(t *testing.T, stage3Addr, url, name string) (*proc, *grpc.ClientConn) {
+// name, in front of the Stage-3 at stage3Addr, with extra flags, and
+// connects a client.
+func startPGServe(t *testing.T, stage3Addr, url, name string, extra ...string) (*proc, *grpc.ClientConn) {
 	t.Helper()
-	s4 := start(t, nil, "serve", "--audit-readers", "*", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+	s4 := start(t, nil, append([]string{"serve", "--audit-readers", "*", "--listen", "127.0.0.1:0", "--metrics-listen", "",
 		"--stage3-addr", stage3Addr, "--stage3-insecure",
-		"--audit-log", url, "--replica-name", name)
+		"--audit-log", url, "--replica-name", name}, extra...)...)
 	addr, _ := s4.servingAddr(t)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

@@ -313,16 +313,21 @@ func TestDatabaseOutage(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, callsBefore+1, ref.Service.Calls())
 
-	// The refused calls left nothing; the call that was with Stage-3 has
-	// the two events before it, and no terminal event (it could not be
-	// stored).
+	// The refused calls left nothing; the call that was with Stage-3 got
+	// its terminal event once the database was back, before the new call
+	// was taken: Stage-3's deadline, and what the caller was told.
 	vr, err := pgstore.Verify(testContext(t), url)
 	require.NoError(t, err)
-	require.Equal(t, uint64(3+2+3), vr.Records)
+	require.Equal(t, uint64(3+3+3), vr.Records)
 	require.Equal(t, []stage4v1.AuditEventType{planReceived, executionStarted, executionCompleted},
 		types(listEvents(t, client, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})))
-	require.Equal(t, []stage4v1.AuditEventType{planReceived, executionStarted},
-		types(listEvents(t, client, &stage4v1.ListAuditEventsRequest{ExecutionId: inFlight})))
+	late := listEvents(t, client, &stage4v1.ListAuditEventsRequest{ExecutionId: inFlight})
+	require.Equal(t, []stage4v1.AuditEventType{planReceived, executionStarted, executionFailed}, types(late))
+	d := late[2].GetDetails().GetFields()
+	require.True(t, d["recorded_late"].GetBoolValue())
+	require.Equal(t, "OUTCOME_UNKNOWN", d["caller_told"].GetStringValue())
+	require.Equal(t, audit.PhaseStage3, d["phase"].GetStringValue())
+	require.Equal(t, uint64(6), late[2].GetSequence(), "written before the call after the outage")
 }
 
 // TestConcurrentFirstStart starts three gateways at the same moment on an
