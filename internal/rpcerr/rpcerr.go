@@ -48,6 +48,10 @@ const (
 	// as its message: invalid wire data, a string that is not UTF-8, or
 	// nesting beyond the decoder's limit.
 	RequestMalformed = "REQUEST_MALFORMED"
+	// RequestReadTimeout (DEADLINE_EXCEEDED): the request did not arrive
+	// whole within the server's read timeout (--request-read-timeout);
+	// nothing was recorded or executed.
+	RequestReadTimeout = "REQUEST_READ_TIMEOUT"
 	// NoServerStream (INTERNAL): the audit interceptor ran outside a gRPC
 	// server call and could not send the execution id header.
 	NoServerStream = "NO_SERVER_STREAM"
