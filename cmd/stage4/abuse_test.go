@@ -62,7 +62,7 @@ func TestServeAbuseSlowBodies(t *testing.T) {
 			}
 		}()
 		ended.Go(func() {
-			f := c.waitFor("the end of the slow call", func(f h2Frame) bool {
+			f := c.waitFor("trailers of the slow call", func(f h2Frame) bool {
 				return f.typ == http2.FrameHeaders && f.stream == 1 && f.flags.Has(http2.FlagHeadersEndStream)
 			})
 			if f.typ != http2.FrameHeaders {
