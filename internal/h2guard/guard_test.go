@@ -31,7 +31,7 @@ func (c chunked) Read(p []byte) (int, error) { return c.Conn.Read(p[:min(len(p),
 
 // TestWaitTellsTheDeclaredLength: through a real gRPC client, a call learns
 // its request's declared length and whether it has arrived whole before it
-// reads it, however the connection's bytes are cut.
+// reads it, however the connection's bytes are cut, and under TLS.
 func TestWaitTellsTheDeclaredLength(t *testing.T) {
 	t.Parallel()
 	// The largest BytesValue whose message and prefix fill the window.
@@ -49,15 +49,27 @@ func TestWaitTellsTheDeclaredLength(t *testing.T) {
 		{name: "4 MiB", n: 4 << 20},
 		{name: "compressed", n: 100 << 10, compress: true, whole: true},
 	}
-	for _, reads := range []int{0, 1, 7, 1000} {
-		t.Run("reads of "+strconv.Itoa(reads), func(t *testing.T) {
+	for _, reads := range []int{-1, 0, 1, 7, 1000} {
+		name := "reads of " + strconv.Itoa(reads)
+		if reads == -1 {
+			name = "TLS"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			var wrap func(net.Conn) net.Conn
 			if reads > 0 {
 				wrap = func(c net.Conn) net.Conn { return chunked{Conn: c, n: reads} }
 			}
-			ts := newServer(t, wrap)
-			conn := ts.client(t)
+			var ts *testServer
+			var conn *grpc.ClientConn
+			if reads == -1 {
+				server, client := selfSigned(t)
+				ts = newServerWith(t, server, nil)
+				conn = ts.client(t, grpc.WithTransportCredentials(client))
+			} else {
+				ts = newServer(t, wrap)
+				conn = ts.client(t)
+			}
 			for _, tc := range sizes {
 				if reads > 0 && reads < 1000 && tc.n > 1<<20 {
 					continue // millions of reads

@@ -3,9 +3,16 @@ package h2guard_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"strconv"
 	"sync"
@@ -17,6 +24,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -112,14 +120,20 @@ type testServer struct {
 	guard *h2guard.Guard
 }
 
-// newServer starts a guarded server; wrap, when set, wraps each accepted
-// connection before the guard sees it.
+// newServer starts a guarded plaintext server; wrap, when set, wraps each
+// accepted connection before the guard sees it.
 func newServer(t *testing.T, wrap func(net.Conn) net.Conn, opts ...h2guard.Option) *testServer {
+	t.Helper()
+	return newServerWith(t, nil, wrap, opts...)
+}
+
+// newServerWith is newServer with the transport credentials creds.
+func newServerWith(t *testing.T, creds credentials.TransportCredentials, wrap func(net.Conn) net.Conn, opts ...h2guard.Option) *testServer {
 	t.Helper()
 	ts := &testServer{svc: &echoService{seen: make(chan seen, 1<<16)}, reg: prometheus.NewRegistry()}
 	ts.guard = h2guard.New(append([]h2guard.Option{h2guard.WithRegisterer(ts.reg), h2guard.WithStreamWindow(streamWindow)}, opts...)...)
 	srv := grpc.NewServer(append(ts.guard.ServerOptions(),
-		grpc.Creds(ts.guard.Credentials(nil)),
+		grpc.Creds(ts.guard.Credentials(creds)),
 		grpc.StaticStreamWindowSize(streamWindow),
 		grpc.StaticConnWindowSize(1<<20),
 		grpc.MaxRecvMsgSize(8<<20))...)
@@ -149,7 +163,8 @@ func (l wrapListener) Accept() (net.Conn, error) {
 	return l.wrap(c), nil
 }
 
-// client connects a gRPC client to ts.
+// client connects a plaintext gRPC client to ts; opts may replace its
+// credentials.
 func (ts *testServer) client(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(ts.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
@@ -387,4 +402,27 @@ func (c *rawClient) closed() {
 			c.t.Fatalf("the connection did not end within %s", waitTimeout)
 		}
 	}
+}
+
+// selfSigned returns server credentials with a new self-signed certificate
+// for 127.0.0.1, and client credentials that trust it.
+func selfSigned(t *testing.T) (server, client credentials.TransportCredentials) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "h2guard test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	server = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12})
+	client = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	return server, client
 }
