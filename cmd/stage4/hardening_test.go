@@ -41,6 +41,16 @@ func TestServeHardeningFlagErrors(t *testing.T) {
 			env:        []string{"STAGE4_MAX_INFLIGHT_REQUEST_BYTES=1024"},
 			wantStderr: "--max-inflight-request-bytes must be 0 (the default) or at least --max-message-bytes",
 		},
+		{
+			name:       "no time to read a request",
+			args:       []string{"--request-read-timeout", "0s"},
+			wantStderr: "--request-read-timeout and --response-write-timeout must be positive",
+		},
+		{
+			name:       "negative time to take a response",
+			env:        []string{"STAGE4_RESPONSE_WRITE_TIMEOUT=-1s"},
+			wantStderr: "--request-read-timeout and --response-write-timeout must be positive",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

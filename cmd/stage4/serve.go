@@ -12,6 +12,7 @@ import (
 
 	"github.com/stage4/stage4/audit/segstore"
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/internal/h2guard"
 	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -73,7 +74,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&g.CheckpointInterval, "checkpoint-interval", gateway.DefaultCheckpointInterval, "how often, at most, a checkpoint is signed while the audit log grows (and once at shutdown)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.IntVar(&g.MaxHeaderListBytes, "max-header-list-bytes", gateway.DefaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
-	fs.Int64Var(&g.MaxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts --max-message-bytes while its request is read and decoded, then 16 x the request's size, at most --max-message-bytes, until it ends, and waits while the budget is spent")
+	fs.Int64Var(&g.MaxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts 16 x its request's declared\nlength, at most --max-message-bytes, from when its request has arrived (or begins to be read, when larger\nthan 64 KiB) until it ends, and waits while the budget, or its connection's fair share, is spent")
+	fs.DurationVar(&g.RequestReadTimeout, "request-read-timeout", h2guard.DefaultRequestReadTimeout, "how long a request may take to arrive whole (from the call's start, or from when a request\nlarger than 64 KiB begins to be read); a later one's call ends with DEADLINE_EXCEEDED")
+	fs.DurationVar(&g.ResponseWriteTimeout, "response-write-timeout", h2guard.DefaultResponseWriteTimeout, "how long a response may wait for its caller to take it; past it the connection is closed\n(GOAWAY ENHANCE_YOUR_CALM) and its other calls fail with UNAVAILABLE")
 	fs.Var(&g.AuditReaders, "audit-readers", "comma-separated `identities` that may read the audit log: URI SANs (SPIFFE IDs) or DNS SANs of client certificates verified with --tls-client-ca-file, or * for every caller (a mesh that enforces its own policy); empty denies everyone")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
@@ -114,6 +117,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if b := f.gateway.MaxInflightRequestBytes; b < 0 || (b > 0 && b < int64(f.gateway.MaxMessageBytes)) {
 		return usageError("serve: --max-inflight-request-bytes must be 0 (the default) or at least --max-message-bytes")
+	}
+	if f.gateway.RequestReadTimeout <= 0 || f.gateway.ResponseWriteTimeout <= 0 {
+		return usageError("serve: --request-read-timeout and --response-write-timeout must be positive")
 	}
 	if len(f.gateway.AuditReaders.Identities()) > 0 && f.gateway.TLSClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")

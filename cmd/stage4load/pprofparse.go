@@ -33,7 +33,11 @@ var components = []component{
 	// frame is under everything the call does.
 	{"call log", regexp.MustCompile(`interceptors/logging\.(\(\*reporter\)|Fields\.|ExtractFields|InjectFields|DurationToTimeMillisFields|newCommonFields|UnaryServerInterceptor\.reportable|LoggerFunc)|interceptors\.CommonReportableFunc|gateway\.(GRPCLogger|traceFields)|^log/slog\.`)},
 	{"metrics (gRPC, Prometheus)", regexp.MustCompile(`providers/prometheus\.\(\*report|interceptors\.New(Server|Client)CallMeta|prometheus/client_golang`)},
-	{"in-flight budget", regexp.MustCompile(`internal/inflight\.(requestSize|\(\*Limiter\)\.(acquire|keep|release))|x/sync/semaphore`)},
+	// The guard's own work, not its interceptor, under which the handler
+	// runs, nor its Read, under which the socket is read.
+	{"HTTP/2 guard", regexp.MustCompile(`internal/h2guard\.(\(\*Conn\)\.(consume|written|tap|peek|ended|responded)|\(\*Stream\)\.Wait|\(\*Guard\)\.tapHandle)`)},
+	// Not the call's decode, under which its request is decoded.
+	{"in-flight budget", regexp.MustCompile(`internal/inflight\.(requestSize|\(\*Limiter\)\.|\(\*call\)\.(admit|end))`)},
 	{"request and response decoding", regexp.MustCompile(`protobuf/proto\.Unmarshal|codecV2\)\.Unmarshal`)},
 	{"request and response encoding", regexp.MustCompile(`protobuf/proto\.(MarshalOptions|Size)|codecV2\)\.Marshal`)},
 	{"contexts", regexp.MustCompile(`^context\.(WithCancel|AfterFunc|WithValue|WithoutCancel|WithTimeout|WithDeadline)`)},

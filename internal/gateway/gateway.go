@@ -126,6 +126,14 @@ type Config struct {
 	// MaxInflightRequestBytes bounds the request bytes that calls hold at
 	// once; 0 means InflightRequestsPerBudget x MaxMessageBytes.
 	MaxInflightRequestBytes int64
+	// RequestReadTimeout is how long a request may take to arrive whole
+	// before its call is cancelled; 0 means
+	// h2guard.DefaultRequestReadTimeout.
+	RequestReadTimeout time.Duration
+	// ResponseWriteTimeout is how long a response may wait for its caller
+	// to take it before the connection is closed; 0 means
+	// h2guard.DefaultResponseWriteTimeout.
+	ResponseWriteTimeout time.Duration
 	// TracerProvider records the spans of Stage-4's calls and of its calls
 	// to Stage-3 (telemetry.Setup makes it from OTEL_* variables). Nil
 	// records none, but trace context still flows from callers to Stage-3.
@@ -390,10 +398,8 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 		}),
 	}...)
 	opts = append(opts, guard.serverOptions()...)
-	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
-	}
-	return opts
+	// Plaintext too: the guard wraps every connection after its handshake.
+	return append(opts, grpc.Creds(guard.credentials(creds)))
 }
 
 // serveMetrics serves reg at /metrics on addr in the background, and with

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math"
@@ -8,10 +9,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
+	"github.com/stage4/stage4/internal/h2guard"
 	"github.com/stage4/stage4/internal/inflight"
 	"github.com/stage4/stage4/internal/malformed"
 	"github.com/stage4/stage4/internal/ratelog"
@@ -49,8 +52,9 @@ const (
 // hardening is what protects the gateway from hostile and careless callers,
 // built once per gateway: who may read the audit log, what a request that
 // does not decode gets, how many request bytes calls may hold at once, how
-// large a header list may be, and the rate limit on the warnings those
-// callers cause.
+// large a header list may be, how long requests may take to arrive and
+// responses to be taken, which HTTP/2 floods close a connection, and the
+// rate limit on the warnings those callers cause.
 type hardening struct {
 	maxHeaderListBytes uint32
 	warnings           *ratelog.Logger
@@ -64,6 +68,11 @@ type hardening struct {
 	// inflight bounds the request bytes that calls hold at once; register
 	// Stage4Service through its Registrar.
 	inflight *inflight.Limiter
+	// h2 follows every connection's HTTP/2 frames: it tells inflight each
+	// request's declared length and connection, cancels calls whose
+	// requests are late, and closes connections that flood control frames
+	// or do not read their responses. Its credentials wrap the server's.
+	h2 *h2guard.Guard
 }
 
 // newHardening builds the gateway's protections from cfg, registering their
@@ -80,28 +89,47 @@ func newHardening(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*
 	h.malformed = malformed.New(
 		[]protoreflect.ServiceDescriptor{stage4v1.File_stage4_v1_stage4_proto.Services().ByName("Stage4Service")},
 		malformed.WithRegisterer(reg), malformed.WithLogger(h.warnings))
+	if cfg.RequestReadTimeout < 0 || cfg.ResponseWriteTimeout < 0 {
+		return nil, fmt.Errorf("%w: --request-read-timeout and --response-write-timeout must not be negative", ErrConfig)
+	}
+	h.h2 = h2guard.New(h2guard.WithRequestReadTimeout(cfg.RequestReadTimeout), h2guard.WithResponseWriteTimeout(cfg.ResponseWriteTimeout),
+		h2guard.WithStreamWindow(streamWindowBytes), h2guard.WithRegisterer(reg), h2guard.WithLogger(h.warnings))
 	budget := cfg.MaxInflightRequestBytes
 	if budget == 0 {
 		budget = InflightRequestsPerBudget * int64(cfg.MaxMessageBytes)
 	}
 	var err error
 	h.inflight, err = inflight.New(budget, int64(cfg.MaxMessageBytes), inflight.WithRegisterer(reg),
-		inflight.WithAfterBurst((&memoryReleaser{logger: logger}).afterBurst))
+		inflight.WithAfterBurst((&memoryReleaser{logger: logger}).afterBurst), inflight.WithRequests(requestOf))
 	if err != nil {
 		return nil, fmt.Errorf("%w: --max-inflight-request-bytes: %w", ErrConfig, err)
 	}
 	return h, nil
 }
 
+// requestOf is the h2guard Stream of a call, as the Limiter sees it.
+func requestOf(ctx context.Context) (inflight.Request, bool) {
+	if s := h2guard.FromContext(ctx); s != nil {
+		return s, true
+	}
+	return nil, false
+}
+
+// credentials wraps the server's transport credentials (nil: plaintext)
+// so that h2 follows every connection.
+func (h *hardening) credentials(c credentials.TransportCredentials) credentials.TransportCredentials {
+	return h.h2.Credentials(c)
+}
+
 // serverOptions are the gRPC server options the protections need besides
-// their interceptors.
+// their interceptors and credentials.
 func (h *hardening) serverOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append(h.h2.ServerOptions(),
 		h.malformed.ServerOption(),
 		// Announced to clients in SETTINGS_MAX_HEADER_LIST_SIZE; a header
 		// list beyond it is read no further and its stream is reset.
 		grpc.MaxHeaderListSize(h.maxHeaderListBytes),
 		grpc.StaticStreamWindowSize(streamWindowBytes),
 		grpc.StaticConnWindowSize(connWindowBytes),
-	}
+	)
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/h2guard"
 	"github.com/stage4/stage4/internal/inflight"
 )
 
@@ -25,16 +26,31 @@ func (instant) ValidatePlan(context.Context, *stage4v1.ValidatePlanRequest) (*st
 }
 
 // BenchmarkCall measures what the Limiter adds to a small call through
-// real gRPC.
+// real gRPC: alone, and with the h2guard Streams that Stage-4 gives it
+// (the guard's own cost included).
 func BenchmarkCall(b *testing.B) {
 	for _, tc := range []struct {
-		name  string
-		limit bool
-	}{{name: "bare"}, {name: "limiter", limit: true}} {
+		name         string
+		limit, guard bool
+	}{{name: "bare"}, {name: "limiter", limit: true}, {name: "guard+limiter", limit: true, guard: true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			l, err := inflight.New(32<<20, 4<<20)
+			var opts []inflight.Option
+			// Stream workers, as in Stage-4: a call on a fresh goroutine
+			// would measure the growth of its stack.
+			srvOpts := []grpc.ServerOption{grpc.NumStreamWorkers(64)}
+			if tc.guard {
+				g := h2guard.New(h2guard.WithStreamWindow(64 << 10))
+				srvOpts = append(append(srvOpts, g.ServerOptions()...), grpc.Creds(g.Credentials(nil)), grpc.StaticStreamWindowSize(64<<10))
+				opts = append(opts, inflight.WithRequests(func(ctx context.Context) (inflight.Request, bool) {
+					if s := h2guard.FromContext(ctx); s != nil {
+						return s, true
+					}
+					return nil, false
+				}))
+			}
+			l, err := inflight.New(32<<20, 4<<20, opts...)
 			require.NoError(b, err)
-			srv := grpc.NewServer()
+			srv := grpc.NewServer(srvOpts...)
 			var reg grpc.ServiceRegistrar = srv
 			if tc.limit {
 				reg = l.Registrar(srv)

@@ -1,6 +1,10 @@
 package inflight
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Option configures New.
 type Option func(*config)
@@ -8,6 +12,16 @@ type Option func(*config)
 type config struct {
 	registerer prometheus.Registerer
 	afterBurst func()
+	requests   func(context.Context) (Request, bool)
+}
+
+// WithRequests gives the Limiter each call's Request, from the call's
+// context; from returns false for a call without one. With it, calls
+// reserve by their requests' declared lengths, wait for their requests
+// holding nothing, and share the budget fairly between connections (see
+// the package documentation).
+func WithRequests(from func(context.Context) (Request, bool)) Option {
+	return func(c *config) { c.requests = from }
 }
 
 // WithRegisterer registers the Limiter's metrics with r: the request bytes

@@ -36,6 +36,7 @@ const (
 	NoCheckpoint        = stage4v1.ErrorReason_NO_CHECKPOINT
 	InvalidProofRequest = stage4v1.ErrorReason_INVALID_PROOF_REQUEST
 	BeyondTree          = stage4v1.ErrorReason_BEYOND_TREE
+	RequestReadTimeout  = stage4v1.ErrorReason_REQUEST_READ_TIMEOUT
 )
 
 // New returns a status error with code and msg whose details are an

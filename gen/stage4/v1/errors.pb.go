@@ -75,6 +75,10 @@ const (
 	// OUT_OF_RANGE: a sequence or tree size beyond the durable log (or the
 	// latest checkpoint); metadata tree_size says how far it reaches.
 	ErrorReason_BEYOND_TREE ErrorReason = 16
+	// DEADLINE_EXCEEDED: the request did not arrive whole within the
+	// server's read timeout (--request-read-timeout); nothing was recorded
+	// or executed, and a retry is safe.
+	ErrorReason_REQUEST_READ_TIMEOUT ErrorReason = 27
 )
 
 // Enum value maps for ErrorReason.
@@ -97,6 +101,7 @@ var (
 		14: "NO_CHECKPOINT",
 		15: "INVALID_PROOF_REQUEST",
 		16: "BEYOND_TREE",
+		27: "REQUEST_READ_TIMEOUT",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -116,6 +121,7 @@ var (
 		"NO_CHECKPOINT":            14,
 		"INVALID_PROOF_REQUEST":    15,
 		"BEYOND_TREE":              16,
+		"REQUEST_READ_TIMEOUT":     27,
 	}
 )
 
@@ -150,7 +156,7 @@ var File_stage4_v1_errors_proto protoreflect.FileDescriptor
 
 const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\x84\x03\n" +
+	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\x9e\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPLAN_INVALID\x10\x01\x12\x13\n" +
@@ -169,7 +175,8 @@ const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\x0eNO_SIGNING_KEY\x10\r\x12\x11\n" +
 	"\rNO_CHECKPOINT\x10\x0e\x12\x19\n" +
 	"\x15INVALID_PROOF_REQUEST\x10\x0f\x12\x0f\n" +
-	"\vBEYOND_TREE\x10\x10B\x92\x01\n" +
+	"\vBEYOND_TREE\x10\x10\x12\x18\n" +
+	"\x14REQUEST_READ_TIMEOUT\x10\x1bB\x92\x01\n" +
 	"\rcom.stage4.v1B\vErrorsProtoP\x01Z/github.com/stage4/stage4/gen/stage4/v1;stage4v1\xa2\x02\x03SXX\xaa\x02\tStage4.V1\xca\x02\tStage4\\V1\xe2\x02\x15Stage4\\V1\\GPBMetadata\xea\x02\n" +
 	"Stage4::V1b\x06proto3"
 
