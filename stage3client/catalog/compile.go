@@ -35,9 +35,10 @@ var ErrInvalid = errors.New("invalid catalog")
 
 // Catalog is a compiled catalogue: immutable, safe for concurrent use.
 type Catalog struct {
-	desc    *stage3v1.DescribeMethodsResponse
-	domains map[string]*domain
-	methods int
+	desc        *stage3v1.DescribeMethodsResponse
+	domains     map[string]*domain
+	domainNames []string // sorted, for messages
+	methods     int
 }
 
 // domain is one domain's methods.
@@ -77,6 +78,10 @@ func (c *Catalog) Lookup(domainName, methodName string) *Method {
 	}
 	return nil
 }
+
+// DomainNames returns the sorted names of the domains. The slice is
+// shared: callers must not modify it.
+func (c *Catalog) DomainNames() []string { return c.domainNames }
 
 // MethodNames returns the sorted names of a domain's methods (nil for an
 // unknown domain). The slice is shared: callers must not modify it.
@@ -142,6 +147,7 @@ func Compile(resp *stage3v1.DescribeMethodsResponse) (*Catalog, error) {
 		}
 		dom.names = slices.Sorted(maps.Keys(dom.methods))
 	}
+	c.domainNames = slices.Sorted(maps.Keys(c.domains))
 	// Compiled after every resource is added, so that a schema may refer
 	// to another method's.
 	for i, m := range pending {

@@ -59,6 +59,7 @@ func TestCompileTheReferenceCatalogue(t *testing.T) {
 	require.True(t, proto.Equal(resp, cat.Description()))
 	require.True(t, cat.HasDomain("text"))
 	require.False(t, cat.HasDomain("mail"))
+	require.Equal(t, []string{"json", "math", "text"}, cat.DomainNames())
 	require.Equal(t, []string{"concat", "length", "lower", "upper"}, cat.MethodNames("text"))
 	require.Equal(t, "text.upper", cat.Lookup("text", "upper").FullName())
 	require.Nil(t, cat.Lookup("text", "uppercase"))
