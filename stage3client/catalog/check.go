@@ -177,8 +177,10 @@ func (c *checker) describe(at []string, k jsonschema.ErrorKind) string {
 			names(k.Missing)+plural(len(k.Missing), " is", " are"), quote(k.Prop))
 	}
 	kw := "the schema"
-	if path := k.KeywordPath(); len(path) > 0 {
-		kw = quote(path[0])
+	if k != nil {
+		if path := k.KeywordPath(); len(path) > 0 {
+			kw = quote(path[0])
+		}
 	}
 	return fmt.Sprintf("%s fails %s of %s", where(at), kw, c.method)
 }
