@@ -10,11 +10,13 @@ import (
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/stage4/stage4/audit"
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/stage3client/catalog"
 )
 
 // Executor forwards a plan to Stage-3 exactly once. *stage3client.Client is
@@ -52,9 +54,10 @@ type AuditLog interface {
 type Server struct {
 	stage4v1.UnimplementedStage4ServiceServer
 
-	stage3 Executor
-	log    AuditLog
-	fp     *Fingerprinter
+	stage3    Executor
+	log       AuditLog
+	fp        *Fingerprinter
+	validator *Validator // nil: Validate, and no catalogue to list
 }
 
 var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
@@ -62,8 +65,24 @@ var _ stage4v1.Stage4ServiceServer = (*Server)(nil)
 // New returns a Server that forwards to stage3, serves the audit log's
 // events, checkpoints and proofs from log and computes ValidatePlan's
 // plan_id with fp, as the audit interceptor does.
-func New(stage3 Executor, log AuditLog, fp *Fingerprinter) *Server {
-	return &Server{stage3: stage3, log: log, fp: fp}
+func New(stage3 Executor, log AuditLog, fp *Fingerprinter, opts ...Option) *Server {
+	s := &Server{stage3: stage3, log: log, fp: fp}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithValidator makes ValidatePlan (and ExecutePlan, for a request it
+// must validate itself) validate with v, and ListMethods list v's
+// catalogue. Give the audit interceptor the same v, so that a dry run and
+// an execution cannot disagree. Without it, plans are validated with
+// Validate and ListMethods answers CATALOG_STATE_OFF.
+func WithValidator(v *Validator) Option {
+	return func(s *Server) { s.validator = v }
 }
 
 // ExecutePlan validates the plan, forwards it once to Stage-3 and returns
@@ -79,7 +98,7 @@ func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanReque
 	// such as a request replaced on the way, is validated here: the handler
 	// never forwards a plan that was not validated as it is.
 	if exec.Validated != req {
-		if err := Validate(req); err != nil {
+		if err := s.validator.Validate(req); err != nil {
 			return nil, err
 		}
 	}
@@ -100,10 +119,43 @@ func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanReque
 
 // ValidatePlan is ExecutePlan's validation as a dry run.
 func (s *Server) ValidatePlan(_ context.Context, req *stage4v1.ValidatePlanRequest) (*stage4v1.ValidatePlanResponse, error) {
-	if err := Validate(req); err != nil {
+	if err := s.validator.Validate(req); err != nil {
 		return nil, err
 	}
 	return &stage4v1.ValidatePlanResponse{PlanId: s.fp.PlanID(req.GetPlan())}, nil
+}
+
+// ListMethods lists the catalogue that plans are checked against: a
+// plain read of what the validator's source holds, open to every caller.
+func (s *Server) ListMethods(context.Context, *stage4v1.ListMethodsRequest) (*stage4v1.ListMethodsResponse, error) {
+	if s.validator == nil || s.validator.catalogs == nil {
+		return &stage4v1.ListMethodsResponse{State: stage4v1.CatalogState_CATALOG_STATE_OFF}, nil
+	}
+	snap := s.validator.catalogs.Snapshot()
+	resp := &stage4v1.ListMethodsResponse{State: catalogState(snap.Status)}
+	if !snap.AttemptTime.IsZero() {
+		resp.AttemptTime = timestamppb.New(snap.AttemptTime)
+	}
+	if snap.Catalog != nil {
+		// Shared with the catalogue, never modified: gRPC only encodes it.
+		resp.Domains = snap.Catalog.Description().GetDomains()
+		resp.FetchTime = timestamppb.New(snap.FetchTime)
+	}
+	return resp, nil
+}
+
+// catalogState maps a catalogue's status onto the contract's.
+func catalogState(s catalog.Status) stage4v1.CatalogState {
+	switch s {
+	case catalog.StatusNotOffered:
+		return stage4v1.CatalogState_CATALOG_STATE_NOT_OFFERED
+	case catalog.StatusCurrent:
+		return stage4v1.CatalogState_CATALOG_STATE_CURRENT
+	case catalog.StatusStale:
+		return stage4v1.CatalogState_CATALOG_STATE_STALE
+	default:
+		return stage4v1.CatalogState_CATALOG_STATE_UNAVAILABLE
+	}
 }
 
 // ListAuditEvents serves the audit log.

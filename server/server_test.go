@@ -29,6 +29,7 @@ import (
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/stage3client"
+	"github.com/stage4/stage4/stage3client/catalog"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
@@ -40,6 +41,7 @@ type harness struct {
 	stage3  *stage3ref.Service
 	log     *audit.Log
 	logPath string
+	catalog *catalog.Cache // with harnessOptions.catalog
 }
 
 type harnessOptions struct {
@@ -51,6 +53,9 @@ type harnessOptions struct {
 	inner grpc.UnaryServerInterceptor
 	// auditOptions are audit.New's (a checkpoint signer).
 	auditOptions []audit.Option
+	// catalog validates with the reference Stage-3's catalogue, fetched
+	// over the same client, as the gateway wires it.
+	catalog bool
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -84,16 +89,23 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })
 
+	var validator *Validator
+	if o.catalog {
+		h.catalog, err = catalog.New(s3client)
+		require.NoError(t, err)
+		require.NoError(t, h.catalog.Refresh(context.Background()))
+		validator = NewValidator(h.catalog)
+	}
 	var srvOpts []grpc.ServerOption
 	if !o.noAudit {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(AuditInterceptor(h.log,
-			func(r *stage4v1.ExecutePlanRequest) error { return Validate(r) }, testFingerprinter)))
+			func(r *stage4v1.ExecutePlanRequest) error { return validator.Validate(r) }, testFingerprinter)))
 	}
 	if o.inner != nil {
 		srvOpts = append(srvOpts, grpc.ChainUnaryInterceptor(o.inner))
 	}
 	srv := grpc.NewServer(srvOpts...)
-	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log, testFingerprinter))
+	stage4v1.RegisterStage4ServiceServer(srv, New(s3client, h.log, testFingerprinter, WithValidator(validator)))
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)

@@ -19,6 +19,7 @@ import (
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/stage3client/catalog"
 )
 
 // Limits on parameter contents, as documented on stage4.v1.Step.parameters.
@@ -61,13 +62,24 @@ const (
 	ruleKeyBytes         = "stage4.parameters.key_max_bytes"
 	ruleStringBytes      = "stage4.parameters.string_max_bytes"
 	ruleTotalBytes       = "stage4.parameters.total_max_bytes"
+
+	// Rules of Stage-3's catalogue (Validator).
+	ruleCatalogDomain     = "stage4.catalog.unknown_domain"
+	ruleCatalogMethod     = "stage4.catalog.unknown_method"
+	ruleCatalogParameters = "stage4.catalog.parameters"
+	ruleCatalogBinding    = "stage4.catalog.bound_parameter"
 )
+
+// maxListedNames is how many names of the catalogue a violation lists.
+const maxListedNames = 10
 
 // Field descriptors that the Go rules name in their violations' field paths.
 var (
 	stepsField           = (*stage4v1.Plan)(nil).ProtoReflect().Descriptor().Fields().ByName("steps")
 	bindingsField        = (*stage4v1.Plan)(nil).ProtoReflect().Descriptor().Fields().ByName("data_bindings")
 	parametersField      = (*stage4v1.Step)(nil).ProtoReflect().Descriptor().Fields().ByName("parameters")
+	domainField          = (*stage4v1.Step)(nil).ProtoReflect().Descriptor().Fields().ByName("domain")
+	methodField          = (*stage4v1.Step)(nil).ProtoReflect().Descriptor().Fields().ByName("method")
 	sourceStepField      = (*stage4v1.DataBinding)(nil).ProtoReflect().Descriptor().Fields().ByName("source_step")
 	targetStepField      = (*stage4v1.DataBinding)(nil).ProtoReflect().Descriptor().Fields().ByName("target_step")
 	targetParameterField = (*stage4v1.DataBinding)(nil).ProtoReflect().Descriptor().Fields().ByName("target_parameter")
@@ -102,19 +114,60 @@ type PlanRequest interface {
 // anywhere, bindings that point backwards into the plan without overwriting
 // literal parameters, and parameters that are bounded JSON.
 //
+// It does not know Stage-3's methods: Validator adds those rules when
+// Stage-3 describes them.
+//
 // It returns nil, or an INVALID_ARGUMENT status error with an ErrorInfo
 // (reason PLAN_INVALID) and a buf.validate.Violations detail listing every
 // violation (at most 100): protovalidate's first, then the Go rules' by
-// group (unknown fields, bindings, parameters) and within a group in plan
-// order. Any other failure is INTERNAL: when unsure, refuse. The same
+// group (unknown fields, bindings, parameters, and Validator's catalogue)
+// and within a group in plan order. Any other failure is INTERNAL: when unsure, refuse. The same
 // request always gives the same error, and req is never modified.
 func Validate(req PlanRequest) error {
-	return validateWith(protovalidate.GlobalValidator, req)
+	return validateWith(protovalidate.GlobalValidator, nil, req)
+}
+
+// CatalogSource holds the catalogue of Stage-3's methods that a Validator
+// checks plans against; *catalog.Cache is one.
+type CatalogSource interface {
+	// Snapshot returns what the source holds now; never nil. Its Catalog
+	// is nil when there is no catalogue to check against.
+	Snapshot() *catalog.Snapshot
+}
+
+// Validator is Validate with Stage-3's catalogue: while its source holds
+// one, a plan must also name only listed domains and methods, and each
+// step's parameters must match its method's schema (stage3client/catalog
+// says exactly what that checks, bound parameters included). Without a
+// catalogue it is Validate. A nil *Validator is Validate too.
+type Validator struct {
+	catalogs CatalogSource
+}
+
+// NewValidator returns a Validator that checks plans against what
+// catalogs holds at each call; nil checks against no catalogue.
+func NewValidator(catalogs CatalogSource) *Validator {
+	return &Validator{catalogs: catalogs}
+}
+
+// Validate is the package's Validate plus the catalogue's rules, whose
+// violations come after the others. It reads the catalogue once per call.
+func (v *Validator) Validate(req PlanRequest) error {
+	return validateWith(protovalidate.GlobalValidator, v.catalog(), req)
+}
+
+// catalog is the catalogue to check against now, or nil.
+func (v *Validator) catalog() *catalog.Catalog {
+	if v == nil || v.catalogs == nil {
+		return nil
+	}
+	return v.catalogs.Snapshot().Catalog
 }
 
 // validateWith is Validate with the protovalidate validator as a parameter,
-// so that tests can make it fail.
-func validateWith(validator protovalidate.Validator, req PlanRequest) error {
+// so that tests can make it fail, and the catalogue to check against (nil
+// for none).
+func validateWith(validator protovalidate.Validator, cat *catalog.Catalog, req PlanRequest) error {
 	if req == nil {
 		return rpcerr.New(codes.Internal, rpcerr.Internal, "validate plan: no request", nil)
 	}
@@ -134,13 +187,13 @@ func validateWith(validator protovalidate.Validator, req PlanRequest) error {
 			found = append(found, v.Proto)
 		}
 	}
-	c := planChecker{planField: planField}
+	c := planChecker{planField: planField, cat: cat}
 	c.check(req)
-	total := len(found) + c.unknown.total + c.bindings.total + c.params.total
+	total := len(found) + c.unknown.total + c.bindings.total + c.params.total + c.catalog.total
 	if total == 0 {
 		return nil
 	}
-	return violationsError(rpcerr.PlanInvalid, slices.Concat(found, c.unknown.items, c.bindings.items, c.params.items), total)
+	return violationsError(rpcerr.PlanInvalid, slices.Concat(found, c.unknown.items, c.bindings.items, c.params.items, c.catalog.items), total)
 }
 
 // violationsError returns an INVALID_ARGUMENT status error for reason whose
@@ -181,8 +234,9 @@ func (l *violationList) add(field *validate.FieldPath, ruleID, format string, ar
 // and, within a rule group, the order in the plan.
 type planChecker struct {
 	planField protoreflect.FieldDescriptor
+	cat       *catalog.Catalog // nil: no catalogue to check against
 
-	unknown, bindings, params violationList
+	unknown, bindings, params, catalog violationList
 
 	// State of the walk through parameters.
 	step       int                 // the step whose parameters are walked
@@ -220,6 +274,81 @@ func (c *planChecker) check(req PlanRequest) {
 		}
 	}
 	c.checkBindings(plan)
+	if c.cat != nil {
+		c.checkCatalog(plan)
+	}
+}
+
+// checkCatalog holds every step to Stage-3's catalogue: its domain and
+// method must be listed, and its parameters must match the method's
+// schema, with the parameters its bindings fill counted as present. The
+// parameters are checked only when the plan's parameters passed the rules
+// above, so that the schemas see bounded JSON and a plan that is invalid
+// anyway costs no more.
+func (c *planChecker) checkCatalog(plan *stage4v1.Plan) {
+	steps := plan.GetSteps()
+	checkParameters := c.unknown.total == 0 && c.params.total == 0
+	type target struct {
+		step      int
+		parameter string
+	}
+	var bound map[int][]string // step -> the parameters bindings fill
+	var binding map[target]int // -> the first binding that fills it
+	if checkParameters {
+		bound, binding = map[int][]string{}, map[target]int{}
+		for j, b := range plan.GetDataBindings() {
+			dst, param := int(b.GetTargetStep()), b.GetTargetParameter()
+			if dst >= len(steps) {
+				continue // reported by checkBindings
+			}
+			if _, dup := binding[target{dst, param}]; !dup {
+				binding[target{dst, param}] = j
+				bound[dst] = append(bound[dst], param)
+			}
+		}
+	}
+	for i, st := range steps {
+		d, m := st.GetDomain(), st.GetMethod()
+		if !isIdentifier(d) || !isIdentifier(m) {
+			continue // protovalidate reported it
+		}
+		if !c.cat.HasDomain(d) {
+			c.catalog.add(c.path(indexElem(stepsField, i), fieldElem(domainField)), ruleCatalogDomain,
+				"domain %q is not in Stage-3's catalog (domains: %s)", d, listNames(c.cat.DomainNames()))
+			continue
+		}
+		method := c.cat.Lookup(d, m)
+		if method == nil {
+			c.catalog.add(c.path(indexElem(stepsField, i), fieldElem(methodField)), ruleCatalogMethod,
+				"method %q is not in domain %q of Stage-3's catalog (methods: %s)", m, d, listNames(c.cat.MethodNames(d)))
+			continue
+		}
+		if !checkParameters || st.GetParameters() == nil {
+			continue
+		}
+		c.step, c.stepPath = i, nil
+		for _, p := range method.Check(st.GetParameters(), bound[i]) {
+			if p.Binding != "" {
+				j := binding[target{i, p.Binding}]
+				c.catalog.add(c.path(indexElem(bindingsField, j), fieldElem(targetParameterField)), ruleCatalogBinding, "%s", p.Message)
+				continue
+			}
+			c.catalog.add(c.parametersPath(), ruleCatalogParameters, "%s", p.Message)
+		}
+	}
+}
+
+// listNames lists up to maxListedNames names of the catalogue, which are
+// identifiers of at most 64 characters, and counts the rest.
+func listNames(names []string) string {
+	s := strings.Join(names[:min(len(names), maxListedNames)], ", ")
+	if len(names) > maxListedNames {
+		s += fmt.Sprintf(" and %d more", len(names)-maxListedNames)
+	}
+	if s == "" {
+		s = "none"
+	}
+	return s
 }
 
 // checkBindings checks that bindings point backwards to existing steps, feed

@@ -837,7 +837,7 @@ func TestValidateFailClosed(t *testing.T) {
 
 	t.Run("validator failure is INTERNAL without internals", func(t *testing.T) {
 		t.Parallel()
-		err := validateWith(failingValidator{}, &stage4v1.ExecutePlanRequest{Plan: validPlan(1)})
+		err := validateWith(failingValidator{}, nil, &stage4v1.ExecutePlanRequest{Plan: validPlan(1)})
 		requireInternal(t, err)
 		require.NotContains(t, err.Error(), "secret")
 	})

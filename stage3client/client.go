@@ -209,6 +209,24 @@ func (c *Client) ExecuteEncoded(ctx context.Context, req []byte) (*stage3v1.Exec
 	return resp, nil
 }
 
+// DescribeMethods asks Stage-3 for its catalogue of methods
+// (stage3.v1.Stage3Service/DescribeMethods) in one attempt, bounded by ctx
+// and MaxDeadline. opts follow the client's own call options, so that
+// grpc.MaxCallRecvMsgSize can hold the answer below MaxMessageBytes. Its
+// errors are the status that Stage-3 or the transport gave, not mapped as
+// Execute's are (no plan is at stake): UNIMPLEMENTED means that Stage-3
+// does not offer DescribeMethods.
+func (c *Client) DescribeMethods(ctx context.Context, req *stage3v1.DescribeMethodsRequest, opts ...grpc.CallOption) (*stage3v1.DescribeMethodsResponse, error) {
+	callCtx, cancel := context.WithTimeout(ctx, c.maxDeadline)
+	defer cancel()
+	callCtx = metadata.NewOutgoingContext(callCtx, outgoingMetadata(ctx))
+	resp, err := c.stage3.DescribeMethods(callCtx, req, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("stage3 describe methods: %w", err)
+	}
+	return resp, nil
+}
+
 // tooLarge is the error of a plan over the size limit, which is not sent.
 func tooLarge(size, limit int) error {
 	return rpcerr.New(codes.InvalidArgument, rpcerr.PlanInvalid,

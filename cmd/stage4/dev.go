@@ -102,13 +102,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	cfg := gateway.Config{
-		Listen:          f.listen,
-		MetricsListen:   f.metricsListen,
-		AuditLog:        f.auditLog,
-		AuditStore:      audit.OpenConfig{SegmentBytes: f.segmentBytes, NewLog: f.newAuditLog},
-		AuditReaders:    authz.Everyone(), // a local tryout; serve denies by default
-		MaxMessageBytes: defaultMaxMessageBytes,
-		ShutdownGrace:   defaultShutdownGrace,
+		Listen:                f.listen,
+		MetricsListen:         f.metricsListen,
+		AuditLog:              f.auditLog,
+		AuditStore:            audit.OpenConfig{SegmentBytes: f.segmentBytes, NewLog: f.newAuditLog},
+		AuditReaders:          authz.Everyone(), // a local tryout; serve denies by default
+		MaxMessageBytes:       defaultMaxMessageBytes,
+		ShutdownGrace:         defaultShutdownGrace,
+		Stage3CatalogInterval: gateway.DefaultCatalogInterval,
 		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process
@@ -156,5 +157,8 @@ Execute a plan (from the repository root):
 
 List the audit log:
   go tool -modfile=tools/go.mod grpcurl -plaintext -d '{}' %s stage4.v1.Stage4Service/ListAuditEvents
-`, a.GRPC, stage3, metrics, auditLog, devPlan, a.GRPC, a.GRPC)
+
+List the methods Stage-3 offers (plans are checked against them):
+  go tool -modfile=tools/go.mod grpcurl -plaintext -d '{}' %s stage4.v1.Stage4Service/ListMethods
+`, a.GRPC, stage3, metrics, auditLog, devPlan, a.GRPC, a.GRPC, a.GRPC)
 }

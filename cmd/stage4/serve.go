@@ -91,6 +91,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&s3.KeyFile, "stage3-key-file", "", "client private key `file` (PEM) for mTLS to Stage-3")
 	fs.StringVar(&s3.ServerName, "stage3-server-name", "", "`name` to verify Stage-3's certificate against; the host of --stage3-addr when empty")
 	fs.DurationVar(&s3.MaxDeadline, "stage3-max-deadline", defaultMaxDeadline, "upper bound of the deadline of one Stage-3 call")
+	fs.DurationVar(&g.Stage3CatalogInterval, "stage3-catalog-interval", gateway.DefaultCatalogInterval, "how often Stage-3 is asked for its catalogue of methods (DescribeMethods, also once at start),\nwhich ValidatePlan and ExecutePlan check plans against when Stage-3 offers it; 0 turns it off")
 
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "json", "log `format`: json or text")
@@ -123,6 +124,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if len(f.gateway.AuditReaders.Identities()) > 0 && f.gateway.TLSClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")
+	}
+	if f.gateway.Stage3CatalogInterval < 0 {
+		return usageError("serve: --stage3-catalog-interval must not be negative (0 turns the catalogue off)")
 	}
 	if f.gateway.CheckpointInterval <= 0 {
 		return usageError("serve: --checkpoint-interval must be positive")

@@ -19,8 +19,10 @@ import (
 
 const validateUsage = `Usage: stage4 validate PLAN.json
 
-Validates a plan offline, exactly as ExecutePlan and ValidatePlan would. The
-file holds a stage4.v1.Plan in protojson form, or a whole ExecutePlan or
+Validates a plan offline, exactly as ExecutePlan and ValidatePlan would
+without Stage-3's catalogue: offline, Stage-3's methods are unknown, so an
+unknown method or parameter is not found here (ValidatePlan finds it when
+Stage-3 describes its methods). The file holds a stage4.v1.Plan in protojson form, or a whole ExecutePlan or
 ValidatePlan request body with the plan in its "plan" member (what grpcurl's
 -d takes). "-" reads from stdin.
 

@@ -102,6 +102,10 @@ type Config struct {
 	CheckpointInterval time.Duration
 	// Stage3 configures the Stage-3 client.
 	Stage3 stage3client.Config
+	// Stage3CatalogInterval is how often Stage-3's catalogue of methods
+	// is asked for (DescribeMethods), for ValidatePlan and ExecutePlan to
+	// check plans against; 0 turns the catalogue off.
+	Stage3CatalogInterval time.Duration
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
 	// both empty serves plaintext.
 	TLSCertFile string
@@ -260,6 +264,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 	}()
 
+	// Stage-3's catalogue (catalog.go). Stopped before the client closes.
+	validator, stopCatalog, err := startCatalog(ctx, cfg.Stage3CatalogInterval, stage3, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer stopCatalog()
+
 	key, err := FingerprintKey(ctx, owned, cfg)
 	if err != nil {
 		return err
@@ -277,7 +288,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		return err
 	}
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
-		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
+		func(req *stage4v1.ExecutePlanRequest) error { return validator.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics, guard)...)
 	// Until ServeGRPC owns it: NewServer starts the stream workers, which
 	// an early return would leave running.
@@ -287,7 +298,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			srv.Stop()
 		}
 	}()
-	stage4v1.RegisterStage4ServiceServer(guard.inflight.Registrar(srv), server.New(stage3, auditLog, fp))
+	stage4v1.RegisterStage4ServiceServer(guard.inflight.Registrar(srv), server.New(stage3, auditLog, fp, server.WithValidator(validator)))
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	serverMetrics.InitializeMetrics(srv)

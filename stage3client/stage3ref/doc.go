@@ -16,6 +16,12 @@
 // text methods output {"text"} (length outputs {"length"}), math methods
 // {"result"}, json.get {"value"}, json.keys {"keys"} and json.merge {"object"}.
 //
+// DescribeMethods lists these domains and methods with their parameters and
+// outputs as JSON Schemas (draft 2020-12). The parameter schemas require
+// exactly the parameters above, with their types, and forbid any other:
+// the executor ignores parameters its methods do not read, and the
+// catalogue says so, so that Stage-4 refuses a misspelt one.
+//
 // Codes: PERMISSION_DENIED for a bad token, NOT_FOUND for an unknown domain or
 // method, INVALID_ARGUMENT for bad parameters or binding indices,
 // FAILED_PRECONDITION for a binding whose source output does not exist.

@@ -17,24 +17,72 @@ import (
 // parameters and become INVALID_ARGUMENT.
 type method func(params *structpb.Struct) (*structpb.Struct, error)
 
+// spec is a method with what DescribeMethods says of it.
+type spec struct {
+	run         method
+	description string
+	// params and output are JSON Schemas of the parameters object and of
+	// the output object.
+	params, output map[string]any
+}
+
+// domain is a named set of methods.
+type domain struct {
+	description string
+	methods     map[string]spec
+}
+
 // domains is the executor's fixed, read-only method table.
-var domains = map[string]map[string]method{
-	"text": {
-		"upper":  textMethod(strings.ToUpper),
-		"lower":  textMethod(strings.ToLower),
-		"length": textLength,
-		"concat": textConcat,
-	},
-	"math": {
-		"add":      mathPair(func(a, b float64) float64 { return a + b }),
-		"multiply": mathPair(func(a, b float64) float64 { return a * b }),
-		"sum":      mathSum,
-	},
-	"json": {
-		"get":   jsonGet,
-		"keys":  jsonKeys,
-		"merge": jsonMerge,
-	},
+var domains = map[string]domain{
+	"text": {description: "Text transformations.", methods: map[string]spec{
+		"upper":  {textMethod(strings.ToUpper), "Upper-cases text.", object(str("text")), object(str("text"))},
+		"lower":  {textMethod(strings.ToLower), "Lower-cases text.", object(str("text")), object(str("text"))},
+		"length": {textLength, "Counts the characters (Unicode code points) of text.", object(str("text")), object(num("length"))},
+		"concat": {textConcat, "Joins left and right.", object(str("left"), str("right")), object(str("text"))},
+	}},
+	"math": {description: "Arithmetic on finite numbers.", methods: map[string]spec{
+		"add": {mathPair(func(a, b float64) float64 { return a + b }), "Adds a and b.",
+			object(num("a"), num("b")), object(num("result"))},
+		"multiply": {mathPair(func(a, b float64) float64 { return a * b }), "Multiplies a by b.",
+			object(num("a"), num("b")), object(num("result"))},
+		"sum": {mathSum, "Adds up values.",
+			object(property{"values", map[string]any{"type": "array", "items": map[string]any{"type": "number"}}}), object(num("result"))},
+	}},
+	"json": {description: "Reading and combining JSON objects.", methods: map[string]spec{
+		"get":   {jsonGet, "Returns the value of key in object.", object(obj("object"), str("key")), object(property{"value", map[string]any{}})},
+		"keys":  {jsonKeys, "Lists the keys of object, sorted.", object(obj("object")), object(property{"keys", map[string]any{"type": "array", "items": map[string]any{"type": "string"}}})},
+		"merge": {jsonMerge, "Merges patch into base, shallowly: patch's keys win.", object(obj("base"), obj("patch")), object(obj("object"))},
+	}},
+}
+
+// property is a required property of an object schema.
+type property struct {
+	name   string
+	schema map[string]any
+}
+
+func str(name string) property { return property{name, map[string]any{"type": "string"}} }
+func num(name string) property { return property{name, map[string]any{"type": "number"}} }
+func obj(name string) property { return property{name, map[string]any{"type": "object"}} }
+
+// object is the JSON Schema of an object that has exactly props, all
+// required. The executor itself ignores parameters its methods do not
+// read; its catalogue forbids them, so that Stage-4 can refuse a misspelt
+// parameter name before the plan runs.
+func object(props ...property) map[string]any {
+	properties := map[string]any{}
+	required := []any{}
+	for _, p := range props {
+		properties[p.name] = p.schema
+		required = append(required, p.name)
+	}
+	return map[string]any{
+		"$schema":              "https://json-schema.org/draft/2020-12/schema",
+		"type":                 "object",
+		"properties":           properties,
+		"required":             required,
+		"additionalProperties": false,
+	}
 }
 
 func textMethod(f func(string) string) method {

@@ -268,11 +268,11 @@ func resolve(req *stage3v1.ExecuteMultiDomainPlanRequest) ([]method, error) {
 	steps := req.GetSteps()
 	methods := make([]method, len(steps))
 	for i, step := range steps {
-		m, ok := domains[step.GetDomain()][step.GetMethod()]
+		m, ok := domains[step.GetDomain()].methods[step.GetMethod()]
 		if !ok {
 			return nil, status.Errorf(codes.NotFound, "step %d: unknown method %s.%s", i, step.GetDomain(), step.GetMethod())
 		}
-		methods[i] = m
+		methods[i] = m.run
 	}
 	for i, b := range req.GetDataBindings() {
 		if b.GetSourceStep() >= b.GetTargetStep() || int(b.GetTargetStep()) >= len(steps) {

@@ -374,3 +374,39 @@ func TestRecordingIsBounded(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("s3-%d", limit+extra), trail[len(trail)-1].ExecutionID)
 	require.Equal(t, fmt.Sprintf("s3-%d", extra+1), trail[0].ExecutionID)
 }
+
+// TestDescribeMethodsListsTheTable checks that the catalogue names every
+// method the executor runs and nothing else, whatever the fault: a listed
+// method is never NOT_FOUND, and a hanging executor still describes itself.
+func TestDescribeMethodsListsTheTable(t *testing.T) {
+	t.Parallel()
+	svc := stage3ref.NewService()
+	svc.SetFault(stage3ref.Fault{Hang: true})
+	client := dial(t, svc)
+	resp, err := client.DescribeMethods(t.Context(), &stage3v1.DescribeMethodsRequest{})
+	require.NoError(t, err)
+	requireProtoEqual(t, stage3ref.Catalogue(), resp)
+	listed := map[string][]string{}
+	for _, d := range resp.GetDomains() {
+		for _, m := range d.GetMethods() {
+			listed[d.GetName()] = append(listed[d.GetName()], m.GetName())
+			require.NotEmpty(t, m.GetDescription(), "%s.%s", d.GetName(), m.GetName())
+			require.Equal(t, "object", m.GetParametersSchema().GetFields()["type"].GetStringValue(), "%s.%s", d.GetName(), m.GetName())
+			require.False(t, m.GetParametersSchema().GetFields()["additionalProperties"].GetBoolValue(), "%s.%s forbids other parameters", d.GetName(), m.GetName())
+		}
+	}
+	require.Equal(t, map[string][]string{
+		"json": {"get", "keys", "merge"},
+		"math": {"add", "multiply", "sum"},
+		"text": {"concat", "length", "lower", "upper"},
+	}, listed)
+
+	svc.SetFault(stage3ref.Fault{})
+	for domain, methods := range listed {
+		for _, m := range methods {
+			_, err := client.ExecuteMultiDomainPlan(t.Context(), plan(step(t, domain, m, nil)))
+			require.Equal(t, codes.InvalidArgument, status.Code(err), "%s.%s runs (and wants parameters): %v", domain, m, err)
+		}
+	}
+	require.Equal(t, 10, svc.Calls(), "only executions are counted, not DescribeMethods")
+}

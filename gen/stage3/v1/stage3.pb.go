@@ -376,6 +376,237 @@ func (x *StepResult) GetOutput() *structpb.Struct {
 	return nil
 }
 
+// DescribeMethodsRequest asks for the executor's catalogue of methods.
+type DescribeMethodsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeMethodsRequest) Reset() {
+	*x = DescribeMethodsRequest{}
+	mi := &file_stage3_v1_stage3_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeMethodsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeMethodsRequest) ProtoMessage() {}
+
+func (x *DescribeMethodsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage3_v1_stage3_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeMethodsRequest.ProtoReflect.Descriptor instead.
+func (*DescribeMethodsRequest) Descriptor() ([]byte, []int) {
+	return file_stage3_v1_stage3_proto_rawDescGZIP(), []int{5}
+}
+
+// DescribeMethodsResponse is the executor's catalogue: every domain and
+// method that ExecuteMultiDomainPlan accepts. Stage-4 takes it whole or not
+// at all, and only within its limits (see the README of Stage-4: at most
+// 1 MiB, 1024 methods, schemas of at most 64 KiB each).
+type DescribeMethodsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domains, each with its methods. Domain names are distinct.
+	Domains       []*DomainDescription `protobuf:"bytes,1,rep,name=domains,proto3" json:"domains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeMethodsResponse) Reset() {
+	*x = DescribeMethodsResponse{}
+	mi := &file_stage3_v1_stage3_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeMethodsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeMethodsResponse) ProtoMessage() {}
+
+func (x *DescribeMethodsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stage3_v1_stage3_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeMethodsResponse.ProtoReflect.Descriptor instead.
+func (*DescribeMethodsResponse) Descriptor() ([]byte, []int) {
+	return file_stage3_v1_stage3_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DescribeMethodsResponse) GetDomains() []*DomainDescription {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+// DomainDescription is one domain of the catalogue.
+type DomainDescription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain's name as a step names it, for example "text": a lowercase
+	// identifier of at most 64 characters (^[a-z][a-z0-9_]*$).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the domain is for, for people reading the catalogue.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The domain's methods. Method names are distinct within a domain.
+	Methods       []*MethodDescription `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DomainDescription) Reset() {
+	*x = DomainDescription{}
+	mi := &file_stage3_v1_stage3_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DomainDescription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DomainDescription) ProtoMessage() {}
+
+func (x *DomainDescription) ProtoReflect() protoreflect.Message {
+	mi := &file_stage3_v1_stage3_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DomainDescription.ProtoReflect.Descriptor instead.
+func (*DomainDescription) Descriptor() ([]byte, []int) {
+	return file_stage3_v1_stage3_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DomainDescription) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DomainDescription) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *DomainDescription) GetMethods() []*MethodDescription {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+// MethodDescription is one method of a domain.
+type MethodDescription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The method's name as a step names it, for example "upper": a lowercase
+	// identifier of at most 64 characters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the method does, for people reading the catalogue.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// A JSON Schema (draft 2020-12 unless its "$schema" names another draft)
+	// that a step's parameters object must match once its data bindings have
+	// filled it. It may refer only to itself and to the other methods'
+	// schemas (no remote references). Unset when the parameters are not
+	// described: any object is accepted then.
+	ParametersSchema *structpb.Struct `protobuf:"bytes,3,opt,name=parameters_schema,json=parametersSchema,proto3" json:"parameters_schema,omitempty"`
+	// What the method outputs, as a JSON Schema, for people and tools that
+	// write data bindings. Stage-4 does not check outputs. Unset when not
+	// described.
+	OutputSchema  *structpb.Struct `protobuf:"bytes,4,opt,name=output_schema,json=outputSchema,proto3" json:"output_schema,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MethodDescription) Reset() {
+	*x = MethodDescription{}
+	mi := &file_stage3_v1_stage3_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MethodDescription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MethodDescription) ProtoMessage() {}
+
+func (x *MethodDescription) ProtoReflect() protoreflect.Message {
+	mi := &file_stage3_v1_stage3_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MethodDescription.ProtoReflect.Descriptor instead.
+func (*MethodDescription) Descriptor() ([]byte, []int) {
+	return file_stage3_v1_stage3_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MethodDescription) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MethodDescription) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *MethodDescription) GetParametersSchema() *structpb.Struct {
+	if x != nil {
+		return x.ParametersSchema
+	}
+	return nil
+}
+
+func (x *MethodDescription) GetOutputSchema() *structpb.Struct {
+	if x != nil {
+		return x.OutputSchema
+	}
+	return nil
+}
+
 var File_stage3_v1_stage3_proto protoreflect.FileDescriptor
 
 const file_stage3_v1_stage3_proto_rawDesc = "" +
@@ -410,9 +641,22 @@ const file_stage3_v1_stage3_proto_rawDesc = "" +
 	"step_index\x18\x01 \x01(\rR\tstepIndex\x12\x16\n" +
 	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x16\n" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12/\n" +
-	"\x06output\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x06output2~\n" +
+	"\x06output\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x06output\"\x18\n" +
+	"\x16DescribeMethodsRequest\"Q\n" +
+	"\x17DescribeMethodsResponse\x126\n" +
+	"\adomains\x18\x01 \x03(\v2\x1c.stage3.v1.DomainDescriptionR\adomains\"\x81\x01\n" +
+	"\x11DomainDescription\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x126\n" +
+	"\amethods\x18\x03 \x03(\v2\x1c.stage3.v1.MethodDescriptionR\amethods\"\xcd\x01\n" +
+	"\x11MethodDescription\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12D\n" +
+	"\x11parameters_schema\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x10parametersSchema\x12<\n" +
+	"\routput_schema\x18\x04 \x01(\v2\x17.google.protobuf.StructR\foutputSchema2\xdd\x01\n" +
 	"\rStage3Service\x12m\n" +
-	"\x16ExecuteMultiDomainPlan\x12(.stage3.v1.ExecuteMultiDomainPlanRequest\x1a).stage3.v1.ExecuteMultiDomainPlanResponseB\x92\x01\n" +
+	"\x16ExecuteMultiDomainPlan\x12(.stage3.v1.ExecuteMultiDomainPlanRequest\x1a).stage3.v1.ExecuteMultiDomainPlanResponse\x12]\n" +
+	"\x0fDescribeMethods\x12!.stage3.v1.DescribeMethodsRequest\x1a\".stage3.v1.DescribeMethodsResponse\"\x03\x90\x02\x01B\x92\x01\n" +
 	"\rcom.stage3.v1B\vStage3ProtoP\x01Z/github.com/stage4/stage4/gen/stage3/v1;stage3v1\xa2\x02\x03SXX\xaa\x02\tStage3.V1\xca\x02\tStage3\\V1\xe2\x02\x15Stage3\\V1\\GPBMetadata\xea\x02\n" +
 	"Stage3::V1b\x06proto3"
 
@@ -428,28 +672,38 @@ func file_stage3_v1_stage3_proto_rawDescGZIP() []byte {
 	return file_stage3_v1_stage3_proto_rawDescData
 }
 
-var file_stage3_v1_stage3_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_stage3_v1_stage3_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_stage3_v1_stage3_proto_goTypes = []any{
 	(*ExecuteMultiDomainPlanRequest)(nil),  // 0: stage3.v1.ExecuteMultiDomainPlanRequest
 	(*Step)(nil),                           // 1: stage3.v1.Step
 	(*DataBinding)(nil),                    // 2: stage3.v1.DataBinding
 	(*ExecuteMultiDomainPlanResponse)(nil), // 3: stage3.v1.ExecuteMultiDomainPlanResponse
 	(*StepResult)(nil),                     // 4: stage3.v1.StepResult
-	(*structpb.Struct)(nil),                // 5: google.protobuf.Struct
+	(*DescribeMethodsRequest)(nil),         // 5: stage3.v1.DescribeMethodsRequest
+	(*DescribeMethodsResponse)(nil),        // 6: stage3.v1.DescribeMethodsResponse
+	(*DomainDescription)(nil),              // 7: stage3.v1.DomainDescription
+	(*MethodDescription)(nil),              // 8: stage3.v1.MethodDescription
+	(*structpb.Struct)(nil),                // 9: google.protobuf.Struct
 }
 var file_stage3_v1_stage3_proto_depIdxs = []int32{
-	1, // 0: stage3.v1.ExecuteMultiDomainPlanRequest.steps:type_name -> stage3.v1.Step
-	2, // 1: stage3.v1.ExecuteMultiDomainPlanRequest.data_bindings:type_name -> stage3.v1.DataBinding
-	5, // 2: stage3.v1.Step.parameters:type_name -> google.protobuf.Struct
-	4, // 3: stage3.v1.ExecuteMultiDomainPlanResponse.results:type_name -> stage3.v1.StepResult
-	5, // 4: stage3.v1.StepResult.output:type_name -> google.protobuf.Struct
-	0, // 5: stage3.v1.Stage3Service.ExecuteMultiDomainPlan:input_type -> stage3.v1.ExecuteMultiDomainPlanRequest
-	3, // 6: stage3.v1.Stage3Service.ExecuteMultiDomainPlan:output_type -> stage3.v1.ExecuteMultiDomainPlanResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	1,  // 0: stage3.v1.ExecuteMultiDomainPlanRequest.steps:type_name -> stage3.v1.Step
+	2,  // 1: stage3.v1.ExecuteMultiDomainPlanRequest.data_bindings:type_name -> stage3.v1.DataBinding
+	9,  // 2: stage3.v1.Step.parameters:type_name -> google.protobuf.Struct
+	4,  // 3: stage3.v1.ExecuteMultiDomainPlanResponse.results:type_name -> stage3.v1.StepResult
+	9,  // 4: stage3.v1.StepResult.output:type_name -> google.protobuf.Struct
+	7,  // 5: stage3.v1.DescribeMethodsResponse.domains:type_name -> stage3.v1.DomainDescription
+	8,  // 6: stage3.v1.DomainDescription.methods:type_name -> stage3.v1.MethodDescription
+	9,  // 7: stage3.v1.MethodDescription.parameters_schema:type_name -> google.protobuf.Struct
+	9,  // 8: stage3.v1.MethodDescription.output_schema:type_name -> google.protobuf.Struct
+	0,  // 9: stage3.v1.Stage3Service.ExecuteMultiDomainPlan:input_type -> stage3.v1.ExecuteMultiDomainPlanRequest
+	5,  // 10: stage3.v1.Stage3Service.DescribeMethods:input_type -> stage3.v1.DescribeMethodsRequest
+	3,  // 11: stage3.v1.Stage3Service.ExecuteMultiDomainPlan:output_type -> stage3.v1.ExecuteMultiDomainPlanResponse
+	6,  // 12: stage3.v1.Stage3Service.DescribeMethods:output_type -> stage3.v1.DescribeMethodsResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_stage3_v1_stage3_proto_init() }
@@ -463,7 +717,7 @@ func file_stage3_v1_stage3_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage3_v1_stage3_proto_rawDesc), len(file_stage3_v1_stage3_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Stage3Service_ExecuteMultiDomainPlan_FullMethodName = "/stage3.v1.Stage3Service/ExecuteMultiDomainPlan"
+	Stage3Service_DescribeMethods_FullMethodName        = "/stage3.v1.Stage3Service/DescribeMethods"
 )
 
 // Stage3ServiceClient is the client API for Stage3Service service.
@@ -36,6 +37,13 @@ type Stage3ServiceClient interface {
 	// steps as the data bindings say, and returns every step's output. A plan is
 	// executed at most once per call; the service does not retry steps.
 	ExecuteMultiDomainPlan(ctx context.Context, in *ExecuteMultiDomainPlanRequest, opts ...grpc.CallOption) (*ExecuteMultiDomainPlanResponse, error)
+	// DescribeMethods lists the domains and methods this executor offers, and
+	// each method's parameters as a JSON Schema. It is optional: an executor
+	// that does not implement it answers UNIMPLEMENTED, and Stage-4 then
+	// checks plans without a catalogue. Stage-4 calls it at start and on an
+	// interval, and rejects plans that name a method not listed here or whose
+	// parameters do not match its schema before they are executed.
+	DescribeMethods(ctx context.Context, in *DescribeMethodsRequest, opts ...grpc.CallOption) (*DescribeMethodsResponse, error)
 }
 
 type stage3ServiceClient struct {
@@ -56,6 +64,16 @@ func (c *stage3ServiceClient) ExecuteMultiDomainPlan(ctx context.Context, in *Ex
 	return out, nil
 }
 
+func (c *stage3ServiceClient) DescribeMethods(ctx context.Context, in *DescribeMethodsRequest, opts ...grpc.CallOption) (*DescribeMethodsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DescribeMethodsResponse)
+	err := c.cc.Invoke(ctx, Stage3Service_DescribeMethods_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Stage3ServiceServer is the server API for Stage3Service service.
 // All implementations must embed UnimplementedStage3ServiceServer
 // for forward compatibility.
@@ -67,6 +85,13 @@ type Stage3ServiceServer interface {
 	// steps as the data bindings say, and returns every step's output. A plan is
 	// executed at most once per call; the service does not retry steps.
 	ExecuteMultiDomainPlan(context.Context, *ExecuteMultiDomainPlanRequest) (*ExecuteMultiDomainPlanResponse, error)
+	// DescribeMethods lists the domains and methods this executor offers, and
+	// each method's parameters as a JSON Schema. It is optional: an executor
+	// that does not implement it answers UNIMPLEMENTED, and Stage-4 then
+	// checks plans without a catalogue. Stage-4 calls it at start and on an
+	// interval, and rejects plans that name a method not listed here or whose
+	// parameters do not match its schema before they are executed.
+	DescribeMethods(context.Context, *DescribeMethodsRequest) (*DescribeMethodsResponse, error)
 	mustEmbedUnimplementedStage3ServiceServer()
 }
 
@@ -79,6 +104,9 @@ type UnimplementedStage3ServiceServer struct{}
 
 func (UnimplementedStage3ServiceServer) ExecuteMultiDomainPlan(context.Context, *ExecuteMultiDomainPlanRequest) (*ExecuteMultiDomainPlanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExecuteMultiDomainPlan not implemented")
+}
+func (UnimplementedStage3ServiceServer) DescribeMethods(context.Context, *DescribeMethodsRequest) (*DescribeMethodsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DescribeMethods not implemented")
 }
 func (UnimplementedStage3ServiceServer) mustEmbedUnimplementedStage3ServiceServer() {}
 func (UnimplementedStage3ServiceServer) testEmbeddedByValue()                       {}
@@ -119,6 +147,24 @@ func _Stage3Service_ExecuteMultiDomainPlan_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Stage3Service_DescribeMethods_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeMethodsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Stage3ServiceServer).DescribeMethods(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage3Service_DescribeMethods_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Stage3ServiceServer).DescribeMethods(ctx, req.(*DescribeMethodsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Stage3Service_ServiceDesc is the grpc.ServiceDesc for Stage3Service service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -129,6 +175,10 @@ var Stage3Service_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExecuteMultiDomainPlan",
 			Handler:    _Stage3Service_ExecuteMultiDomainPlan_Handler,
+		},
+		{
+			MethodName: "DescribeMethods",
+			Handler:    _Stage3Service_DescribeMethods_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -29,6 +29,78 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// CatalogState says whether plans are checked against a catalogue of
+// Stage-3's methods.
+type CatalogState int32
+
+const (
+	// Not a state Stage-4 reports.
+	CatalogState_CATALOG_STATE_UNSPECIFIED CatalogState = 0
+	// The catalogue is turned off (--stage3-catalog-interval 0): plans are
+	// not checked against one.
+	CatalogState_CATALOG_STATE_OFF CatalogState = 1
+	// Stage-3 answered DescribeMethods with UNIMPLEMENTED: plans are not
+	// checked against a catalogue.
+	CatalogState_CATALOG_STATE_NOT_OFFERED CatalogState = 2
+	// No catalogue yet: Stage-3 has not answered DescribeMethods, or its
+	// answer broke Stage-4's limits. Plans are not checked against one;
+	// Stage-4 keeps asking.
+	CatalogState_CATALOG_STATE_UNAVAILABLE CatalogState = 3
+	// The last refresh succeeded: plans are checked against this catalogue.
+	CatalogState_CATALOG_STATE_CURRENT CatalogState = 4
+	// The last refresh failed: plans are still checked against the catalogue
+	// of fetch_time, which is kept until a refresh succeeds or Stage-3
+	// answers UNIMPLEMENTED.
+	CatalogState_CATALOG_STATE_STALE CatalogState = 5
+)
+
+// Enum value maps for CatalogState.
+var (
+	CatalogState_name = map[int32]string{
+		0: "CATALOG_STATE_UNSPECIFIED",
+		1: "CATALOG_STATE_OFF",
+		2: "CATALOG_STATE_NOT_OFFERED",
+		3: "CATALOG_STATE_UNAVAILABLE",
+		4: "CATALOG_STATE_CURRENT",
+		5: "CATALOG_STATE_STALE",
+	}
+	CatalogState_value = map[string]int32{
+		"CATALOG_STATE_UNSPECIFIED": 0,
+		"CATALOG_STATE_OFF":         1,
+		"CATALOG_STATE_NOT_OFFERED": 2,
+		"CATALOG_STATE_UNAVAILABLE": 3,
+		"CATALOG_STATE_CURRENT":     4,
+		"CATALOG_STATE_STALE":       5,
+	}
+)
+
+func (x CatalogState) Enum() *CatalogState {
+	p := new(CatalogState)
+	*p = x
+	return p
+}
+
+func (x CatalogState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CatalogState) Descriptor() protoreflect.EnumDescriptor {
+	return file_stage4_v1_stage4_proto_enumTypes[0].Descriptor()
+}
+
+func (CatalogState) Type() protoreflect.EnumType {
+	return &file_stage4_v1_stage4_proto_enumTypes[0]
+}
+
+func (x CatalogState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CatalogState.Descriptor instead.
+func (CatalogState) EnumDescriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{0}
+}
+
 // AuditEventType is the kind of an audit event.
 type AuditEventType int32
 
@@ -77,11 +149,11 @@ func (x AuditEventType) String() string {
 }
 
 func (AuditEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_stage4_v1_stage4_proto_enumTypes[0].Descriptor()
+	return file_stage4_v1_stage4_proto_enumTypes[1].Descriptor()
 }
 
 func (AuditEventType) Type() protoreflect.EnumType {
-	return &file_stage4_v1_stage4_proto_enumTypes[0]
+	return &file_stage4_v1_stage4_proto_enumTypes[1]
 }
 
 func (x AuditEventType) Number() protoreflect.EnumNumber {
@@ -90,7 +162,7 @@ func (x AuditEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AuditEventType.Descriptor instead.
 func (AuditEventType) EnumDescriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{0}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{1}
 }
 
 // Plan is a user's declarative execution plan: steps run in order by Stage-3,
@@ -534,6 +606,121 @@ func (x *ValidatePlanResponse) GetPlanId() string {
 	return ""
 }
 
+// ListMethodsRequest asks for the catalogue of Stage-3's methods.
+type ListMethodsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMethodsRequest) Reset() {
+	*x = ListMethodsRequest{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMethodsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMethodsRequest) ProtoMessage() {}
+
+func (x *ListMethodsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMethodsRequest.ProtoReflect.Descriptor instead.
+func (*ListMethodsRequest) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{7}
+}
+
+// ListMethodsResponse is the catalogue Stage-4 holds. It is small enough
+// for one response (Stage-4 refuses a catalogue over 1 MiB), so it is not
+// paged.
+type ListMethodsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether Stage-4 holds a catalogue, and how fresh it is.
+	State CatalogState `protobuf:"varint,1,opt,name=state,proto3,enum=stage4.v1.CatalogState" json:"state,omitempty"`
+	// The catalogue, exactly as Stage-3 described it; empty unless state is
+	// CATALOG_STATE_CURRENT or CATALOG_STATE_STALE.
+	Domains []*v1.DomainDescription `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
+	// When Stage-3 last answered DescribeMethods with the catalogue held;
+	// unset when none is held.
+	FetchTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=fetch_time,json=fetchTime,proto3" json:"fetch_time,omitempty"`
+	// When Stage-4 last asked Stage-3, successfully or not; unset before the
+	// first attempt and when the catalogue is off.
+	AttemptTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=attempt_time,json=attemptTime,proto3" json:"attempt_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMethodsResponse) Reset() {
+	*x = ListMethodsResponse{}
+	mi := &file_stage4_v1_stage4_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMethodsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMethodsResponse) ProtoMessage() {}
+
+func (x *ListMethodsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_stage4_v1_stage4_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMethodsResponse.ProtoReflect.Descriptor instead.
+func (*ListMethodsResponse) Descriptor() ([]byte, []int) {
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListMethodsResponse) GetState() CatalogState {
+	if x != nil {
+		return x.State
+	}
+	return CatalogState_CATALOG_STATE_UNSPECIFIED
+}
+
+func (x *ListMethodsResponse) GetDomains() []*v1.DomainDescription {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+func (x *ListMethodsResponse) GetFetchTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FetchTime
+	}
+	return nil
+}
+
+func (x *ListMethodsResponse) GetAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AttemptTime
+	}
+	return nil
+}
+
 // AuditEvent is one record of the append-only, hash-chained audit log. The
 // record format is documented in docs/AUDIT_LOG.md.
 type AuditEvent struct {
@@ -565,7 +752,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[7]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +764,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[7]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +777,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{7}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuditEvent) GetSequence() uint64 {
@@ -679,7 +866,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[8]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +878,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[8]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +891,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{8}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAuditEventsRequest) GetPageSize() int32 {
@@ -762,7 +949,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[9]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +961,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[9]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +974,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{9}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAuditEventsResponse) GetAuditEvents() []*AuditEvent {
@@ -813,7 +1000,7 @@ type GetCheckpointRequest struct {
 
 func (x *GetCheckpointRequest) Reset() {
 	*x = GetCheckpointRequest{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1012,7 @@ func (x *GetCheckpointRequest) String() string {
 func (*GetCheckpointRequest) ProtoMessage() {}
 
 func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[10]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1025,7 @@ func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{10}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{12}
 }
 
 // GetCheckpointResponse is the latest signed checkpoint.
@@ -854,7 +1041,7 @@ type GetCheckpointResponse struct {
 
 func (x *GetCheckpointResponse) Reset() {
 	*x = GetCheckpointResponse{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1053,7 @@ func (x *GetCheckpointResponse) String() string {
 func (*GetCheckpointResponse) ProtoMessage() {}
 
 func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[11]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1066,7 @@ func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{11}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetCheckpointResponse) GetCheckpoint() string {
@@ -903,7 +1090,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1102,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[12]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1115,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{12}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetInclusionProofRequest) GetSequence() uint64 {
@@ -963,7 +1150,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1162,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[13]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1175,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{13}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetInclusionProofResponse) GetTreeSize() uint64 {
@@ -1026,7 +1213,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1225,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[14]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1238,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{14}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetConsistencyProofRequest) GetFirstSize() uint64 {
@@ -1080,7 +1267,7 @@ type GetConsistencyProofResponse struct {
 
 func (x *GetConsistencyProofResponse) Reset() {
 	*x = GetConsistencyProofResponse{}
-	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1279,7 @@ func (x *GetConsistencyProofResponse) String() string {
 func (*GetConsistencyProofResponse) ProtoMessage() {}
 
 func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_stage4_v1_stage4_proto_msgTypes[15]
+	mi := &file_stage4_v1_stage4_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1292,7 @@ func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
-	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{15}
+	return file_stage4_v1_stage4_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetConsistencyProofResponse) GetHashes() [][]byte {
@@ -1149,7 +1336,14 @@ const file_stage4_v1_stage4_proto_rawDesc = "" +
 	"\x13ValidatePlanRequest\x12+\n" +
 	"\x04plan\x18\x01 \x01(\v2\x0f.stage4.v1.PlanB\x06\xbaH\x03\xc8\x01\x01R\x04plan\"/\n" +
 	"\x14ValidatePlanResponse\x12\x17\n" +
-	"\aplan_id\x18\x01 \x01(\tR\x06planId\"\xc8\x02\n" +
+	"\aplan_id\x18\x01 \x01(\tR\x06planId\"\x14\n" +
+	"\x12ListMethodsRequest\"\xf6\x01\n" +
+	"\x13ListMethodsResponse\x12-\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x17.stage4.v1.CatalogStateR\x05state\x126\n" +
+	"\adomains\x18\x02 \x03(\v2\x1c.stage3.v1.DomainDescriptionR\adomains\x129\n" +
+	"\n" +
+	"fetch_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\x12=\n" +
+	"\fattempt_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vattemptTime\"\xc8\x02\n" +
 	"\n" +
 	"AuditEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
@@ -1193,16 +1387,24 @@ const file_stage4_v1_stage4_proto_rawDesc = "" +
 	"secondSize:q\xbaHn\x1al\n" +
 	"\x1dfirst_size_within_second_size\x12&first_size must not exceed second_size\x1a#this.first_size <= this.second_size\"5\n" +
 	"\x1bGetConsistencyProofResponse\x12\x16\n" +
-	"\x06hashes\x18\x01 \x03(\fR\x06hashes*\xcf\x01\n" +
+	"\x06hashes\x18\x01 \x03(\fR\x06hashes*\xb6\x01\n" +
+	"\fCatalogState\x12\x1d\n" +
+	"\x19CATALOG_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11CATALOG_STATE_OFF\x10\x01\x12\x1d\n" +
+	"\x19CATALOG_STATE_NOT_OFFERED\x10\x02\x12\x1d\n" +
+	"\x19CATALOG_STATE_UNAVAILABLE\x10\x03\x12\x19\n" +
+	"\x15CATALOG_STATE_CURRENT\x10\x04\x12\x17\n" +
+	"\x13CATALOG_STATE_STALE\x10\x05*\xcf\x01\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eAUDIT_EVENT_TYPE_PLAN_RECEIVED\x10\x01\x12&\n" +
 	"\"AUDIT_EVENT_TYPE_EXECUTION_STARTED\x10\x02\x12(\n" +
 	"$AUDIT_EVENT_TYPE_EXECUTION_COMPLETED\x10\x03\x12%\n" +
-	"!AUDIT_EVENT_TYPE_EXECUTION_FAILED\x10\x042\xbb\x04\n" +
+	"!AUDIT_EVENT_TYPE_EXECUTION_FAILED\x10\x042\x8e\x05\n" +
 	"\rStage4Service\x12L\n" +
 	"\vExecutePlan\x12\x1d.stage4.v1.ExecutePlanRequest\x1a\x1e.stage4.v1.ExecutePlanResponse\x12T\n" +
-	"\fValidatePlan\x12\x1e.stage4.v1.ValidatePlanRequest\x1a\x1f.stage4.v1.ValidatePlanResponse\"\x03\x90\x02\x01\x12]\n" +
+	"\fValidatePlan\x12\x1e.stage4.v1.ValidatePlanRequest\x1a\x1f.stage4.v1.ValidatePlanResponse\"\x03\x90\x02\x01\x12Q\n" +
+	"\vListMethods\x12\x1d.stage4.v1.ListMethodsRequest\x1a\x1e.stage4.v1.ListMethodsResponse\"\x03\x90\x02\x01\x12]\n" +
 	"\x0fListAuditEvents\x12!.stage4.v1.ListAuditEventsRequest\x1a\".stage4.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12W\n" +
 	"\rGetCheckpoint\x12\x1f.stage4.v1.GetCheckpointRequest\x1a .stage4.v1.GetCheckpointResponse\"\x03\x90\x02\x01\x12c\n" +
 	"\x11GetInclusionProof\x12#.stage4.v1.GetInclusionProofRequest\x1a$.stage4.v1.GetInclusionProofResponse\"\x03\x90\x02\x01\x12i\n" +
@@ -1222,59 +1424,69 @@ func file_stage4_v1_stage4_proto_rawDescGZIP() []byte {
 	return file_stage4_v1_stage4_proto_rawDescData
 }
 
-var file_stage4_v1_stage4_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_stage4_v1_stage4_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_stage4_v1_stage4_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_stage4_v1_stage4_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_stage4_v1_stage4_proto_goTypes = []any{
-	(AuditEventType)(0),                       // 0: stage4.v1.AuditEventType
-	(*Plan)(nil),                              // 1: stage4.v1.Plan
-	(*Step)(nil),                              // 2: stage4.v1.Step
-	(*DataBinding)(nil),                       // 3: stage4.v1.DataBinding
-	(*ExecutePlanRequest)(nil),                // 4: stage4.v1.ExecutePlanRequest
-	(*ExecutePlanResponse)(nil),               // 5: stage4.v1.ExecutePlanResponse
-	(*ValidatePlanRequest)(nil),               // 6: stage4.v1.ValidatePlanRequest
-	(*ValidatePlanResponse)(nil),              // 7: stage4.v1.ValidatePlanResponse
-	(*AuditEvent)(nil),                        // 8: stage4.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),            // 9: stage4.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),           // 10: stage4.v1.ListAuditEventsResponse
-	(*GetCheckpointRequest)(nil),              // 11: stage4.v1.GetCheckpointRequest
-	(*GetCheckpointResponse)(nil),             // 12: stage4.v1.GetCheckpointResponse
-	(*GetInclusionProofRequest)(nil),          // 13: stage4.v1.GetInclusionProofRequest
-	(*GetInclusionProofResponse)(nil),         // 14: stage4.v1.GetInclusionProofResponse
-	(*GetConsistencyProofRequest)(nil),        // 15: stage4.v1.GetConsistencyProofRequest
-	(*GetConsistencyProofResponse)(nil),       // 16: stage4.v1.GetConsistencyProofResponse
-	(*structpb.Struct)(nil),                   // 17: google.protobuf.Struct
-	(*v1.ExecuteMultiDomainPlanResponse)(nil), // 18: stage3.v1.ExecuteMultiDomainPlanResponse
-	(*timestamppb.Timestamp)(nil),             // 19: google.protobuf.Timestamp
+	(CatalogState)(0),                         // 0: stage4.v1.CatalogState
+	(AuditEventType)(0),                       // 1: stage4.v1.AuditEventType
+	(*Plan)(nil),                              // 2: stage4.v1.Plan
+	(*Step)(nil),                              // 3: stage4.v1.Step
+	(*DataBinding)(nil),                       // 4: stage4.v1.DataBinding
+	(*ExecutePlanRequest)(nil),                // 5: stage4.v1.ExecutePlanRequest
+	(*ExecutePlanResponse)(nil),               // 6: stage4.v1.ExecutePlanResponse
+	(*ValidatePlanRequest)(nil),               // 7: stage4.v1.ValidatePlanRequest
+	(*ValidatePlanResponse)(nil),              // 8: stage4.v1.ValidatePlanResponse
+	(*ListMethodsRequest)(nil),                // 9: stage4.v1.ListMethodsRequest
+	(*ListMethodsResponse)(nil),               // 10: stage4.v1.ListMethodsResponse
+	(*AuditEvent)(nil),                        // 11: stage4.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),            // 12: stage4.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),           // 13: stage4.v1.ListAuditEventsResponse
+	(*GetCheckpointRequest)(nil),              // 14: stage4.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),             // 15: stage4.v1.GetCheckpointResponse
+	(*GetInclusionProofRequest)(nil),          // 16: stage4.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),         // 17: stage4.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),        // 18: stage4.v1.GetConsistencyProofRequest
+	(*GetConsistencyProofResponse)(nil),       // 19: stage4.v1.GetConsistencyProofResponse
+	(*structpb.Struct)(nil),                   // 20: google.protobuf.Struct
+	(*v1.ExecuteMultiDomainPlanResponse)(nil), // 21: stage3.v1.ExecuteMultiDomainPlanResponse
+	(*v1.DomainDescription)(nil),              // 22: stage3.v1.DomainDescription
+	(*timestamppb.Timestamp)(nil),             // 23: google.protobuf.Timestamp
 }
 var file_stage4_v1_stage4_proto_depIdxs = []int32{
-	2,  // 0: stage4.v1.Plan.steps:type_name -> stage4.v1.Step
-	3,  // 1: stage4.v1.Plan.data_bindings:type_name -> stage4.v1.DataBinding
-	17, // 2: stage4.v1.Step.parameters:type_name -> google.protobuf.Struct
-	1,  // 3: stage4.v1.ExecutePlanRequest.plan:type_name -> stage4.v1.Plan
-	18, // 4: stage4.v1.ExecutePlanResponse.result:type_name -> stage3.v1.ExecuteMultiDomainPlanResponse
-	1,  // 5: stage4.v1.ValidatePlanRequest.plan:type_name -> stage4.v1.Plan
-	19, // 6: stage4.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 7: stage4.v1.AuditEvent.type:type_name -> stage4.v1.AuditEventType
-	17, // 8: stage4.v1.AuditEvent.details:type_name -> google.protobuf.Struct
-	0,  // 9: stage4.v1.ListAuditEventsRequest.type:type_name -> stage4.v1.AuditEventType
-	8,  // 10: stage4.v1.ListAuditEventsResponse.audit_events:type_name -> stage4.v1.AuditEvent
-	4,  // 11: stage4.v1.Stage4Service.ExecutePlan:input_type -> stage4.v1.ExecutePlanRequest
-	6,  // 12: stage4.v1.Stage4Service.ValidatePlan:input_type -> stage4.v1.ValidatePlanRequest
-	9,  // 13: stage4.v1.Stage4Service.ListAuditEvents:input_type -> stage4.v1.ListAuditEventsRequest
-	11, // 14: stage4.v1.Stage4Service.GetCheckpoint:input_type -> stage4.v1.GetCheckpointRequest
-	13, // 15: stage4.v1.Stage4Service.GetInclusionProof:input_type -> stage4.v1.GetInclusionProofRequest
-	15, // 16: stage4.v1.Stage4Service.GetConsistencyProof:input_type -> stage4.v1.GetConsistencyProofRequest
-	5,  // 17: stage4.v1.Stage4Service.ExecutePlan:output_type -> stage4.v1.ExecutePlanResponse
-	7,  // 18: stage4.v1.Stage4Service.ValidatePlan:output_type -> stage4.v1.ValidatePlanResponse
-	10, // 19: stage4.v1.Stage4Service.ListAuditEvents:output_type -> stage4.v1.ListAuditEventsResponse
-	12, // 20: stage4.v1.Stage4Service.GetCheckpoint:output_type -> stage4.v1.GetCheckpointResponse
-	14, // 21: stage4.v1.Stage4Service.GetInclusionProof:output_type -> stage4.v1.GetInclusionProofResponse
-	16, // 22: stage4.v1.Stage4Service.GetConsistencyProof:output_type -> stage4.v1.GetConsistencyProofResponse
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	3,  // 0: stage4.v1.Plan.steps:type_name -> stage4.v1.Step
+	4,  // 1: stage4.v1.Plan.data_bindings:type_name -> stage4.v1.DataBinding
+	20, // 2: stage4.v1.Step.parameters:type_name -> google.protobuf.Struct
+	2,  // 3: stage4.v1.ExecutePlanRequest.plan:type_name -> stage4.v1.Plan
+	21, // 4: stage4.v1.ExecutePlanResponse.result:type_name -> stage3.v1.ExecuteMultiDomainPlanResponse
+	2,  // 5: stage4.v1.ValidatePlanRequest.plan:type_name -> stage4.v1.Plan
+	0,  // 6: stage4.v1.ListMethodsResponse.state:type_name -> stage4.v1.CatalogState
+	22, // 7: stage4.v1.ListMethodsResponse.domains:type_name -> stage3.v1.DomainDescription
+	23, // 8: stage4.v1.ListMethodsResponse.fetch_time:type_name -> google.protobuf.Timestamp
+	23, // 9: stage4.v1.ListMethodsResponse.attempt_time:type_name -> google.protobuf.Timestamp
+	23, // 10: stage4.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 11: stage4.v1.AuditEvent.type:type_name -> stage4.v1.AuditEventType
+	20, // 12: stage4.v1.AuditEvent.details:type_name -> google.protobuf.Struct
+	1,  // 13: stage4.v1.ListAuditEventsRequest.type:type_name -> stage4.v1.AuditEventType
+	11, // 14: stage4.v1.ListAuditEventsResponse.audit_events:type_name -> stage4.v1.AuditEvent
+	5,  // 15: stage4.v1.Stage4Service.ExecutePlan:input_type -> stage4.v1.ExecutePlanRequest
+	7,  // 16: stage4.v1.Stage4Service.ValidatePlan:input_type -> stage4.v1.ValidatePlanRequest
+	9,  // 17: stage4.v1.Stage4Service.ListMethods:input_type -> stage4.v1.ListMethodsRequest
+	12, // 18: stage4.v1.Stage4Service.ListAuditEvents:input_type -> stage4.v1.ListAuditEventsRequest
+	14, // 19: stage4.v1.Stage4Service.GetCheckpoint:input_type -> stage4.v1.GetCheckpointRequest
+	16, // 20: stage4.v1.Stage4Service.GetInclusionProof:input_type -> stage4.v1.GetInclusionProofRequest
+	18, // 21: stage4.v1.Stage4Service.GetConsistencyProof:input_type -> stage4.v1.GetConsistencyProofRequest
+	6,  // 22: stage4.v1.Stage4Service.ExecutePlan:output_type -> stage4.v1.ExecutePlanResponse
+	8,  // 23: stage4.v1.Stage4Service.ValidatePlan:output_type -> stage4.v1.ValidatePlanResponse
+	10, // 24: stage4.v1.Stage4Service.ListMethods:output_type -> stage4.v1.ListMethodsResponse
+	13, // 25: stage4.v1.Stage4Service.ListAuditEvents:output_type -> stage4.v1.ListAuditEventsResponse
+	15, // 26: stage4.v1.Stage4Service.GetCheckpoint:output_type -> stage4.v1.GetCheckpointResponse
+	17, // 27: stage4.v1.Stage4Service.GetInclusionProof:output_type -> stage4.v1.GetInclusionProofResponse
+	19, // 28: stage4.v1.Stage4Service.GetConsistencyProof:output_type -> stage4.v1.GetConsistencyProofResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_stage4_v1_stage4_proto_init() }
@@ -1287,8 +1499,8 @@ func file_stage4_v1_stage4_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage4_v1_stage4_proto_rawDesc), len(file_stage4_v1_stage4_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   16,
+			NumEnums:      2,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Stage4Service_ExecutePlan_FullMethodName         = "/stage4.v1.Stage4Service/ExecutePlan"
 	Stage4Service_ValidatePlan_FullMethodName        = "/stage4.v1.Stage4Service/ValidatePlan"
+	Stage4Service_ListMethods_FullMethodName         = "/stage4.v1.Stage4Service/ListMethods"
 	Stage4Service_ListAuditEvents_FullMethodName     = "/stage4.v1.Stage4Service/ListAuditEvents"
 	Stage4Service_GetCheckpoint_FullMethodName       = "/stage4.v1.Stage4Service/GetCheckpoint"
 	Stage4Service_GetInclusionProof_FullMethodName   = "/stage4.v1.Stage4Service/GetInclusionProof"
@@ -47,6 +48,11 @@ type Stage4ServiceClient interface {
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.
 	ValidatePlan(ctx context.Context, in *ValidatePlanRequest, opts ...grpc.CallOption) (*ValidatePlanResponse, error)
+	// ListMethods returns the catalogue of Stage-3's domains and methods that
+	// ValidatePlan and ExecutePlan check plans against, as Stage-4 last
+	// fetched it with stage3.v1.Stage3Service/DescribeMethods, or says why
+	// there is none. Every caller may call it: it reads no audit event.
+	ListMethods(ctx context.Context, in *ListMethodsRequest, opts ...grpc.CallOption) (*ListMethodsResponse, error)
 	// ListAuditEvents returns the audit log in sequence order, filtered and
 	// paged.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
@@ -91,6 +97,16 @@ func (c *stage4ServiceClient) ValidatePlan(ctx context.Context, in *ValidatePlan
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ValidatePlanResponse)
 	err := c.cc.Invoke(ctx, Stage4Service_ValidatePlan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stage4ServiceClient) ListMethods(ctx context.Context, in *ListMethodsRequest, opts ...grpc.CallOption) (*ListMethodsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMethodsResponse)
+	err := c.cc.Invoke(ctx, Stage4Service_ListMethods_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -153,6 +169,11 @@ type Stage4ServiceServer interface {
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.
 	ValidatePlan(context.Context, *ValidatePlanRequest) (*ValidatePlanResponse, error)
+	// ListMethods returns the catalogue of Stage-3's domains and methods that
+	// ValidatePlan and ExecutePlan check plans against, as Stage-4 last
+	// fetched it with stage3.v1.Stage3Service/DescribeMethods, or says why
+	// there is none. Every caller may call it: it reads no audit event.
+	ListMethods(context.Context, *ListMethodsRequest) (*ListMethodsResponse, error)
 	// ListAuditEvents returns the audit log in sequence order, filtered and
 	// paged.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
@@ -188,6 +209,9 @@ func (UnimplementedStage4ServiceServer) ExecutePlan(context.Context, *ExecutePla
 }
 func (UnimplementedStage4ServiceServer) ValidatePlan(context.Context, *ValidatePlanRequest) (*ValidatePlanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ValidatePlan not implemented")
+}
+func (UnimplementedStage4ServiceServer) ListMethods(context.Context, *ListMethodsRequest) (*ListMethodsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMethods not implemented")
 }
 func (UnimplementedStage4ServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -254,6 +278,24 @@ func _Stage4Service_ValidatePlan_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(Stage4ServiceServer).ValidatePlan(ctx, req.(*ValidatePlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage4Service_ListMethods_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMethodsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Stage4ServiceServer).ListMethods(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage4Service_ListMethods_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Stage4ServiceServer).ListMethods(ctx, req.(*ListMethodsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -344,6 +386,10 @@ var Stage4Service_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ValidatePlan",
 			Handler:    _Stage4Service_ValidatePlan_Handler,
+		},
+		{
+			MethodName: "ListMethods",
+			Handler:    _Stage4Service_ListMethods_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",
