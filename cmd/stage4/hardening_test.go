@@ -51,6 +51,21 @@ func TestServeHardeningFlagErrors(t *testing.T) {
 			env:        []string{"STAGE4_RESPONSE_WRITE_TIMEOUT=-1s"},
 			wantStderr: "--request-read-timeout and --response-write-timeout must be positive",
 		},
+		{
+			name:       "no audit reads",
+			args:       []string{"--max-concurrent-audit-reads", "0"},
+			wantStderr: "--max-concurrent-audit-reads and --audit-read-max-scanned must be at least 1",
+		},
+		{
+			name:       "more reading time than turns",
+			env:        []string{"STAGE4_AUDIT_READ_SHARE=3", "STAGE4_MAX_CONCURRENT_AUDIT_READS=2"},
+			wantStderr: "--audit-read-share above 0 and at most --max-concurrent-audit-reads",
+		},
+		{
+			name:       "no records to scan",
+			args:       []string{"--audit-read-max-scanned", "-1"},
+			wantStderr: "--max-concurrent-audit-reads and --audit-read-max-scanned must be at least 1",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

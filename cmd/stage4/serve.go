@@ -13,6 +13,7 @@ import (
 	"github.com/stage4/stage4/audit/segstore"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/h2guard"
+	"github.com/stage4/stage4/internal/readlimit"
 	"github.com/stage4/stage4/internal/telemetry"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -78,6 +79,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&g.RequestReadTimeout, "request-read-timeout", h2guard.DefaultRequestReadTimeout, "how long a request may take to arrive whole (from the call's start, or from when a request\nlarger than 64 KiB begins to be read); a later one's call ends with DEADLINE_EXCEEDED")
 	fs.DurationVar(&g.ResponseWriteTimeout, "response-write-timeout", h2guard.DefaultResponseWriteTimeout, "how long a response may wait for its caller to take it; past it the connection is closed\n(GOAWAY ENHANCE_YOUR_CALM) and its other calls fail with UNAVAILABLE")
 	fs.Var(&g.AuditReaders, "audit-readers", "comma-separated `identities` that may read the audit log: URI SANs (SPIFFE IDs) or DNS SANs of client certificates verified with --tls-client-ca-file, or * for every caller (a mesh that enforces its own policy); empty denies everyone")
+	fs.IntVar(&g.MaxConcurrentAuditReads, "max-concurrent-audit-reads", readlimit.DefaultConcurrency, "how many audit reads (ListAuditEvents, GetCheckpoint, the proofs) run at once;\nthe others wait their turn until their deadline (at most 30s), then get RESOURCE_EXHAUSTED")
+	fs.Float64Var(&g.AuditReadShare, "audit-read-share", readlimit.DefaultShare, "`share` of the time (0.25: a quarter of a second each second) that audit reads may take together,\non average, so that they cannot starve executions; each read is charged the time it took")
+	fs.IntVar(&g.AuditReadMaxScanned, "audit-read-max-scanned", gateway.DefaultAuditReadMaxScanned, "`records` (and index entries) one ListAuditEvents call may scan; past it its page ends early,\nwith a next_page_token to go on from")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.TLSKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
@@ -121,6 +125,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if f.gateway.RequestReadTimeout <= 0 || f.gateway.ResponseWriteTimeout <= 0 {
 		return usageError("serve: --request-read-timeout and --response-write-timeout must be positive")
+	}
+	if g := f.gateway; g.MaxConcurrentAuditReads < 1 || g.AuditReadMaxScanned < 1 || !(g.AuditReadShare > 0 && g.AuditReadShare <= float64(g.MaxConcurrentAuditReads)) {
+		return usageError("serve: --max-concurrent-audit-reads and --audit-read-max-scanned must be at least 1, and --audit-read-share above 0 and at most --max-concurrent-audit-reads")
 	}
 	if len(f.gateway.AuditReaders.Identities()) > 0 && f.gateway.TLSClientCAFile == "" {
 		return usageError("serve: --audit-readers names identities, which only verified client certificates carry: it needs --tls-client-ca-file (or * behind a mesh)")

@@ -5,6 +5,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -130,6 +131,17 @@ type Config struct {
 	// MaxInflightRequestBytes bounds the request bytes that calls hold at
 	// once; 0 means InflightRequestsPerBudget x MaxMessageBytes.
 	MaxInflightRequestBytes int64
+	// MaxConcurrentAuditReads is how many audit reads (ListAuditEvents,
+	// GetCheckpoint, the proofs) run at once; 0 means
+	// readlimit.DefaultConcurrency.
+	MaxConcurrentAuditReads int
+	// AuditReadShare is the share of the time that audit reads may take
+	// together, on average; 0 means readlimit.DefaultShare.
+	AuditReadShare float64
+	// AuditReadMaxScanned is how many records (and index entries) one
+	// ListAuditEvents call may scan before its page ends early; 0 means
+	// DefaultAuditReadMaxScanned.
+	AuditReadMaxScanned int
 	// RequestReadTimeout is how long a request may take to arrive whole
 	// before its call is cancelled; 0 means
 	// h2guard.DefaultRequestReadTimeout.
@@ -193,6 +205,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
+	// Built before anything opens, so that a wrong limit is refused
+	// before the log is created.
+	guard, err := newHardening(cfg, reg, logger)
+	if err != nil {
+		return err
+	}
+
 	serviceName := stage4v1.Stage4Service_ServiceDesc.ServiceName
 	hs := NewHealth(serviceName)
 
@@ -214,6 +233,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		// execution as interrupted.
 		audit.WithOpenFor(cfg.Stage3.EffectiveMaxDeadline() + openForMargin),
 		audit.WithCheckpointSigner(signer),
+		audit.WithMaxScanned(cmp.Or(cfg.AuditReadMaxScanned, DefaultAuditReadMaxScanned)),
 		// While the store cannot record, ExecutePlan refuses every plan
 		// (fail closed); NOT_SERVING tells load balancers to send them
 		// elsewhere. A store that recovers (a database back online) turns
@@ -283,10 +303,6 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	guard, err := newHardening(cfg, reg, logger)
-	if err != nil {
-		return err
-	}
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return validator.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics, guard)...)
@@ -372,7 +388,9 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 		//     them through empty), before anything reads them;
 		//  5. authz refuses audit reads to callers not on --audit-readers,
 		//     inside logging and metrics so that denials show in both;
-		//  6. audit is innermost, next to the handler: it validates the
+		//  6. reads makes the audit reads that authz let through take
+		//     turns and a share of the time (a denied caller takes none);
+		//  7. audit is innermost, next to the handler: it validates the
 		//     plan and makes PLAN_RECEIVED and EXECUTION_STARTED durable
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
@@ -382,6 +400,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			guard.malformed.UnaryServerInterceptor(),
 			guard.authz,
+			guard.reads,
 			auditInterceptor,
 		),
 		// Streams (health Watch, reflection) are not audited: they carry no

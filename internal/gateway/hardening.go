@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/stage4/stage4/internal/inflight"
 	"github.com/stage4/stage4/internal/malformed"
 	"github.com/stage4/stage4/internal/ratelog"
+	"github.com/stage4/stage4/internal/readlimit"
 )
 
 // DefaultMaxHeaderListBytes is far above what real metadata needs (tokens,
@@ -49,6 +51,12 @@ const (
 	connWindowBytes   = 1 << 20
 )
 
+// DefaultAuditReadMaxScanned is the records (and index entries) one
+// ListAuditEvents call may scan before its page ends early with a
+// next_page_token: ten full pages, a few tens of milliseconds of work here
+// (docs/PERFORMANCE.md), whatever the filter or the log's size.
+const DefaultAuditReadMaxScanned = 10_000
+
 // hardening is what protects the gateway from hostile and careless callers,
 // built once per gateway: who may read the audit log, what a request that
 // does not decode gets, how many request bytes calls may hold at once, how
@@ -61,6 +69,10 @@ type hardening struct {
 	// authz refuses the audit-reading RPCs to callers not on
 	// cfg.auditReaders.
 	authz grpc.UnaryServerInterceptor
+	// reads makes the audit-reading RPCs that authz let through take
+	// turns and a share of the time, so that they cannot starve
+	// executions.
+	reads grpc.UnaryServerInterceptor
 	// malformed answers Stage4Service requests that do not decode with
 	// INVALID_ARGUMENT; its codec is among serverOptions, its interceptor
 	// goes into the chain.
@@ -86,6 +98,15 @@ func newHardening(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*
 		h.maxHeaderListBytes = uint32(cfg.MaxHeaderListBytes)
 	}
 	h.authz = authz.UnaryServerInterceptor(cfg.AuditReaders, authz.WithRegisterer(reg), authz.WithLogger(h.warnings))
+	if cfg.MaxConcurrentAuditReads < 0 || cfg.AuditReadShare < 0 || cfg.AuditReadMaxScanned < 0 {
+		return nil, fmt.Errorf("%w: --max-concurrent-audit-reads, --audit-read-share and --audit-read-max-scanned must not be negative", ErrConfig)
+	}
+	reads, err := readlimit.New(cmp.Or(cfg.MaxConcurrentAuditReads, readlimit.DefaultConcurrency),
+		cmp.Or(cfg.AuditReadShare, readlimit.DefaultShare), reg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --max-concurrent-audit-reads, --audit-read-share: %w", ErrConfig, err)
+	}
+	h.reads = reads.UnaryServerInterceptor(authz.AuditReadMethods)
 	h.malformed = malformed.New(
 		[]protoreflect.ServiceDescriptor{stage4v1.File_stage4_v1_stage4_proto.Services().ByName("Stage4Service")},
 		malformed.WithRegisterer(reg), malformed.WithLogger(h.warnings))
@@ -98,7 +119,6 @@ func newHardening(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*
 	if budget == 0 {
 		budget = InflightRequestsPerBudget * int64(cfg.MaxMessageBytes)
 	}
-	var err error
 	h.inflight, err = inflight.New(budget, int64(cfg.MaxMessageBytes), inflight.WithRegisterer(reg),
 		inflight.WithAfterBurst((&memoryReleaser{logger: logger}).afterBurst), inflight.WithRequests(requestOf))
 	if err != nil {

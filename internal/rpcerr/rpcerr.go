@@ -37,6 +37,7 @@ const (
 	InvalidProofRequest = stage4v1.ErrorReason_INVALID_PROOF_REQUEST
 	BeyondTree          = stage4v1.ErrorReason_BEYOND_TREE
 	RequestReadTimeout  = stage4v1.ErrorReason_REQUEST_READ_TIMEOUT
+	AuditReadsBusy      = stage4v1.ErrorReason_AUDIT_READS_BUSY
 )
 
 // New returns a status error with code and msg whose details are an

@@ -79,6 +79,10 @@ const (
 	// server's read timeout (--request-read-timeout); nothing was recorded
 	// or executed, and a retry is safe.
 	ErrorReason_REQUEST_READ_TIMEOUT ErrorReason = 27
+	// RESOURCE_EXHAUSTED: audit reads are at their limits
+	// (--max-concurrent-audit-reads, --audit-read-share) and this one's turn
+	// would not come before its deadline; retry later, with backoff.
+	ErrorReason_AUDIT_READS_BUSY ErrorReason = 28
 )
 
 // Enum value maps for ErrorReason.
@@ -102,6 +106,7 @@ var (
 		15: "INVALID_PROOF_REQUEST",
 		16: "BEYOND_TREE",
 		27: "REQUEST_READ_TIMEOUT",
+		28: "AUDIT_READS_BUSY",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -122,6 +127,7 @@ var (
 		"INVALID_PROOF_REQUEST":    15,
 		"BEYOND_TREE":              16,
 		"REQUEST_READ_TIMEOUT":     27,
+		"AUDIT_READS_BUSY":         28,
 	}
 )
 
@@ -156,7 +162,7 @@ var File_stage4_v1_errors_proto protoreflect.FileDescriptor
 
 const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\x9e\x03\n" +
+	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\xb4\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPLAN_INVALID\x10\x01\x12\x13\n" +
@@ -176,7 +182,8 @@ const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\rNO_CHECKPOINT\x10\x0e\x12\x19\n" +
 	"\x15INVALID_PROOF_REQUEST\x10\x0f\x12\x0f\n" +
 	"\vBEYOND_TREE\x10\x10\x12\x18\n" +
-	"\x14REQUEST_READ_TIMEOUT\x10\x1bB\x92\x01\n" +
+	"\x14REQUEST_READ_TIMEOUT\x10\x1b\x12\x14\n" +
+	"\x10AUDIT_READS_BUSY\x10\x1cB\x92\x01\n" +
 	"\rcom.stage4.v1B\vErrorsProtoP\x01Z/github.com/stage4/stage4/gen/stage4/v1;stage4v1\xa2\x02\x03SXX\xaa\x02\tStage4.V1\xca\x02\tStage4\\V1\xe2\x02\x15Stage4\\V1\\GPBMetadata\xea\x02\n" +
 	"Stage4::V1b\x06proto3"
 
