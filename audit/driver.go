@@ -120,10 +120,30 @@ func (l Location) Redacted() string {
 	case l.URL.Opaque != "":
 		// scheme:user:password@host has no authority to parse the user
 		// information from, but may still be one mistyped.
-		return redactUnparsable(l.Raw)
+		return redactQuery(redactUnparsable(l.Raw))
 	}
-	return l.URL.Redacted()
+	return redactQuery(l.URL.Redacted())
 }
+
+// RedactLocation is s with anything that may be a password in a location
+// hidden, whether or not s is a valid one: for command lines and errors
+// that quote what the user typed.
+func RedactLocation(s string) string {
+	if l, err := ParseLocation(s); err == nil {
+		return l.Redacted()
+	}
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return redactQuery(u.Redacted())
+	}
+	return redactQuery(redactUnparsable(s))
+}
+
+// queryPassword is a password given as a URL query parameter, which
+// libpq and pgx accept (postgres://db/x?password=...), or in a
+// keyword/value connection string.
+var queryPassword = regexp.MustCompile(`(?i)(\bpassword=)[^&\s]*`)
+
+func redactQuery(s string) string { return queryPassword.ReplaceAllString(s, "${1}xxxxx") }
 
 // String is Redacted, so that a Location is never printed with its
 // password by accident.
@@ -156,7 +176,7 @@ func ParseLocation(s string) (Location, error) {
 	if schemePrefix.MatchString(s) {
 		u, err := url.Parse(s)
 		if err != nil {
-			return Location{}, fmt.Errorf("%w: %s is not a valid URL", ErrLocation, redactUnparsable(s))
+			return Location{}, fmt.Errorf("%w: %s is not a valid URL", ErrLocation, redactQuery(redactUnparsable(s)))
 		}
 		u.Scheme = strings.ToLower(u.Scheme)
 		return Location{Raw: s, URL: u}, nil
@@ -164,7 +184,7 @@ func ParseLocation(s string) (Location, error) {
 	if likelyURL.MatchString(s) {
 		return Location{}, fmt.Errorf("%w: %s looks like a URL with a mistake, not a directory: "+
 			"a URL starts with its scheme and a colon (postgres://...); a directory whose name has a colon or @ is written ./name",
-			ErrLocation, redactUnparsable(s))
+			ErrLocation, redactQuery(redactUnparsable(s)))
 	}
 	return Location{Raw: s, Path: s}, nil
 }

@@ -31,6 +31,7 @@ func TestParseLocation(t *testing.T) {
 		{name: "a scheme in capitals", in: "PostgreSQL://db/stage4", url: true, scheme: "postgresql", redacted: "postgresql://db/stage4"},
 		{name: "an opaque URL", in: "mem:test", url: true, scheme: "mem", redacted: "mem:test"},
 		{name: "an opaque URL with a password", in: "stage4:pw@db/x", url: true, scheme: "stage4", redacted: "stage4:xxxxx@db/x"},
+		{name: "a password as a parameter", in: "postgres://stage4@db/x?sslmode=require&password=pw", url: true, scheme: "postgres", redacted: "postgres://stage4@db/x?sslmode=require&password=xxxxx"},
 		{name: "a scheme without its colon", in: "postgresql//stage4:pw@db/x", wantErr: true},
 		{name: "empty", in: "", wantErr: true},
 	}

@@ -75,6 +75,10 @@ func TestServeAuditReadersByClientCertificate(t *testing.T) {
 	}{
 		{name: "listed URI SAN", cert: pair("auditor", auditor), wantCode: codes.OK},
 		{name: "listed DNS SAN", cert: pair("dashboard", "dashboard.stage4.test"), wantCode: codes.OK},
+		// A certificate whose DNS SAN spells the listed SPIFFE ID is not
+		// the workload with that ID: entries with a scheme match URI SANs
+		// only.
+		{name: "SPIFFE ID spelled in a DNS SAN", cert: pair("lookalike", "dns:"+auditor), wantCode: codes.PermissionDenied},
 		{name: "unlisted identity", cert: pair("planner", "spiffe://stage4.test/ns/apps/sa/planner", "planner.stage4.test"), wantCode: codes.PermissionDenied},
 	}
 	for _, tt := range tests {

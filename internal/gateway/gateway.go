@@ -11,11 +11,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	httppprof "net/http/pprof"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -350,7 +352,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		metricsAddr = addrs.Metrics.String()
 	}
 	logger.Info("serving", "grpc_addr", addrs.GRPC.String(), "metrics_addr", metricsAddr,
-		"tls", creds != nil, "stage3_addr", cfg.Stage3.Target, "audit_log", RedactLocation(cfg.AuditLog))
+		"tls", creds != nil, "stage3_addr", cfg.Stage3.Target, "audit_log", audit.RedactLocation(cfg.AuditLog))
 	if ready != nil {
 		ready(addrs)
 	}
@@ -446,7 +448,7 @@ func serveMetrics(addr string, reg *prometheus.Registry, pprof bool, logger *slo
 		// On this mux only: importing net/http/pprof for its side effect
 		// would register the handlers on http.DefaultServeMux.
 		mux.HandleFunc("/debug/pprof/", httppprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/cmdline", redactedCmdline)
 		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
@@ -468,6 +470,24 @@ func serveMetrics(addr string, reg *prometheus.Registry, pprof bool, logger *slo
 		<-done
 	}
 	return stop, lis.Addr(), nil
+}
+
+// redactedCmdline is pprof's /debug/pprof/cmdline with anything in the
+// arguments that may be a password hidden: --audit-log may be a
+// postgres:// URL with one, and the profiles are for whoever debugs the
+// process, not for the database's secrets.
+func redactedCmdline(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	args := make([]string, len(os.Args))
+	for i, a := range os.Args {
+		if name, value, ok := strings.Cut(a, "="); ok && strings.HasPrefix(name, "-") {
+			args[i] = name + "=" + audit.RedactLocation(value)
+			continue
+		}
+		args[i] = audit.RedactLocation(a)
+	}
+	_, _ = io.WriteString(w, strings.Join(args, "\x00"))
 }
 
 // serverCredentials returns TLS credentials for the gRPC server, or nil for

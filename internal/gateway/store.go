@@ -88,12 +88,3 @@ func FingerprintKey(ctx context.Context, store audit.Store, cfg Config) ([]byte,
 	return key, nil
 }
 
-// RedactLocation is an --audit-log value fit for logs: a URL's password
-// hidden, a path as it is.
-func RedactLocation(auditLog string) string {
-	loc, err := audit.ParseLocation(auditLog)
-	if err != nil {
-		return "(an invalid audit log location)"
-	}
-	return loc.Redacted()
-}

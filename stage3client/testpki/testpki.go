@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,8 +59,10 @@ func NewCA(t testing.TB, name string) *CA {
 }
 
 // Issue signs a certificate named name for usage, valid for hosts (IP
-// addresses, DNS names, or URIs such as SPIFFE IDs, which become URI SANs),
-// and writes it and its key as name.pem and name-key.pem.
+// addresses, DNS names, or URIs such as SPIFFE IDs, which become URI SANs;
+// "dns:" before a host makes the rest a DNS SAN whatever it looks like, as
+// an attacker's CA might), and writes it and its key as name.pem and
+// name-key.pem.
 func (ca *CA) Issue(t testing.TB, name string, usage x509.ExtKeyUsage, hosts ...string) (certFile, keyFile string) {
 	t.Helper()
 	key := newKey(t)
@@ -72,7 +75,9 @@ func (ca *CA) Issue(t testing.TB, name string, usage x509.ExtKeyUsage, hosts ...
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
+		if name, ok := strings.CutPrefix(h, "dns:"); ok {
+			tmpl.DNSNames = append(tmpl.DNSNames, name)
+		} else if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		} else if u, err := url.Parse(h); err == nil && u.Scheme != "" {
 			tmpl.URIs = append(tmpl.URIs, u)
