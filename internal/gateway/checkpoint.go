@@ -29,9 +29,9 @@ const maxSigningKeyBytes = 4096
 // LoadSigningKey reads the checkpoint signing key in the file at path
 // (--audit-signing-key): a golang.org/x/mod/sumdb/note private key,
 // PRIVATE+KEY+<name>+<hash>+<key> (Ed25519), as stage4 audit keygen
-// writes it. "" means no key: nil, nil. A file its group or others may
-// read or write is refused: whoever holds the key can sign checkpoints of
-// a forged log.
+// writes it. "" means no key: nil, nil. A file others than its owner may
+// read is refused (see checkSecretFile): whoever holds the key can sign
+// checkpoints of a forged log.
 func LoadSigningKey(path string) (note.Signer, error) {
 	if path == "" {
 		return nil, nil
@@ -45,9 +45,8 @@ func LoadSigningKey(path string) (note.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--audit-signing-key: %w", err)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: --audit-signing-key %s has mode %04o: the key is a secret, "+
-			"readable by its owner only (chmod 600 %s)", ErrConfig, path, perm, path)
+	if err := checkSecretFile("--audit-signing-key", path, fi); err != nil {
+		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSigningKeyBytes))
 	if err != nil {

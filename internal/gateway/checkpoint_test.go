@@ -166,24 +166,35 @@ func TestLoadSigningKey(t *testing.T) {
 		p := filepath.Join(dir, name)
 		require.NoError(t, os.WriteFile(p, []byte(content), mode))
 		require.NoError(t, os.Chmod(p, mode))
+		ownFile(t, p, false)
 		return p
 	}
+	// A Secret mounted under fsGroup: root's, readable by the group.
+	secret := filepath.Join(dir, "secret.key")
+	require.NoError(t, os.WriteFile(secret, []byte(skey), 0o440))
+	require.NoError(t, os.Chmod(secret, 0o440))
 	tests := []struct {
-		name    string
-		path    string
-		wantErr string
+		name      string
+		path      string
+		rootOwned bool
+		wantErr   string
 	}{
 		{name: "none", path: ""},
 		{name: "a key with a newline", path: write("good.key", skey+"\n", 0o600)},
 		{name: "read-only", path: write("ro.key", skey, 0o400)},
 		{name: "missing", path: filepath.Join(dir, "nope"), wantErr: "no such file"},
 		{name: "readable by others", path: write("open.key", skey, 0o644), wantErr: "mode 0644"},
+		{name: "readable by group, not root's", path: write("group.key", skey, 0o640), wantErr: "mode 0640"},
+		{name: "root's, readable by group", path: secret, rootOwned: true},
 		{name: "the verifier key", path: write("vkey", vkey, 0o600), wantErr: "does not hold a note signing key"},
 		{name: "garbage", path: write("garbage", "PRIVATE+KEY+x", 0o600), wantErr: "does not hold a note signing key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			if tt.rootOwned {
+				ownFile(t, tt.path, true)
+			}
 			signer, err := gateway.LoadSigningKey(tt.path)
 			if tt.wantErr != "" {
 				require.ErrorIs(t, err, gateway.ErrConfig)

@@ -38,9 +38,9 @@ const MinFingerprintKeyBytes = 32
 // LoadFingerprintKey reads a fingerprint key from the file at path
 // (--fingerprint-key-file). The file's bytes are the key, as they are (a
 // trailing newline is part of it): at least MinFingerprintKeyBytes, for
-// instance made with "head -c 32 /dev/urandom". A file its group or others
-// may read or write is refused, because whoever reads the key can confirm
-// guessed tokens and plans against the audit log.
+// instance made with "head -c 32 /dev/urandom". A file others than its
+// owner may read is refused (see checkSecretFile), because whoever reads
+// the key can confirm guessed tokens and plans against the audit log.
 func LoadFingerprintKey(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -51,9 +51,8 @@ func LoadFingerprintKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--fingerprint-key-file: %w", err)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: --fingerprint-key-file %s has mode %04o: the key is a secret, "+
-			"readable by its owner only (chmod 600 %s)", ErrConfig, path, perm, path)
+	if err := checkSecretFile("--fingerprint-key-file", path, fi); err != nil {
+		return nil, err
 	}
 	// One byte more than a sane key file, to refuse the wrong file early.
 	key, err := io.ReadAll(io.LimitReader(f, maxFingerprintKeyBytes+1))
@@ -87,4 +86,3 @@ func FingerprintKey(ctx context.Context, store audit.Store, cfg Config) ([]byte,
 	}
 	return key, nil
 }
-

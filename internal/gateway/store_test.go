@@ -26,14 +26,19 @@ func TestLoadFingerprintKey(t *testing.T) {
 		name    string
 		content string
 		mode    os.FileMode
-		missing bool
-		want    string // error text; "" for success
+		// rootOwned makes root the file's owner, else another user.
+		rootOwned bool
+		missing   bool
+		want      string // error text; "" for success
 	}{
 		{name: "32 raw bytes", content: key32, mode: 0o600},
 		{name: "owner read-only", content: key32 + "more", mode: 0o400},
 		{name: "readable by group", content: key32, mode: 0o640, want: "has mode 0640"},
 		{name: "readable by others", content: key32, mode: 0o604, want: "has mode 0604"},
 		{name: "writable by group", content: key32, mode: 0o620, want: "has mode 0620"},
+		{name: "root's, readable by group (a Secret under fsGroup)", content: key32, mode: 0o440, rootOwned: true},
+		{name: "root's, writable by group", content: key32, mode: 0o660, rootOwned: true, want: "has mode 0660"},
+		{name: "root's, readable by others", content: key32, mode: 0o444, rootOwned: true, want: "has mode 0444"},
 		{name: "too short", content: key32[:31], mode: 0o600, want: "holds 31 bytes; the key needs at least 32"},
 		{name: "empty", mode: 0o600, want: "holds 0 bytes"},
 		{name: "far too long", content: strings.Repeat("k", 5000), mode: 0o600, want: "not a key file"},
@@ -46,6 +51,7 @@ func TestLoadFingerprintKey(t *testing.T) {
 			if !tt.missing {
 				require.NoError(t, os.WriteFile(path, []byte(tt.content), tt.mode))
 				require.NoError(t, os.Chmod(path, tt.mode)) // past the umask
+				ownFile(t, path, tt.rootOwned)
 			}
 			key, err := gateway.LoadFingerprintKey(path)
 			if tt.want != "" {
@@ -57,6 +63,18 @@ func TestLoadFingerprintKey(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, tt.content, string(key), "the file's bytes are the key")
 		})
+	}
+}
+
+// ownFile gives the file at path to root, or else to a user other than
+// root; a test that needs a change of owner it cannot make skips.
+func ownFile(t *testing.T, path string, root bool) {
+	t.Helper()
+	switch {
+	case root && os.Geteuid() != 0:
+		t.Skip("making a file root's needs root")
+	case !root && os.Geteuid() == 0:
+		require.NoError(t, os.Chown(path, 65532, 65532))
 	}
 }
 
