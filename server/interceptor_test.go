@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,10 +12,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/stage4/stage4/audit"
@@ -76,18 +73,10 @@ func startServer(t *testing.T, lg *audit.Log, fake *fakeStage4, outer ...grpc.Un
 // startServerWith is startServer with options for the audit interceptor.
 func startServerWith(t *testing.T, lg *audit.Log, fake *fakeStage4, opts []InterceptorOption, outer ...grpc.UnaryServerInterceptor) stage4v1.Stage4ServiceClient {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
 	chain := append(outer, AuditInterceptor(lg, testValidate, testFingerprinter, opts...))
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	stage4v1.RegisterStage4ServiceServer(srv, fake)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	return stage4v1.NewStage4ServiceClient(conn)
+	return stage4v1.NewStage4ServiceClient(testkit.Serve(t, srv))
 }
 
 const secretParam = "do-not-log-this-parameter-value"

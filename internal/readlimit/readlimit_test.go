@@ -2,7 +2,6 @@ package readlimit_test
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -12,14 +11,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/readlimit"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 // reader is a Stage4Service whose ListAuditEvents runs until the test
@@ -47,16 +45,9 @@ func (r *reader) ValidatePlan(context.Context, *stage4v1.ValidatePlanRequest) (*
 func serve(t *testing.T, l *readlimit.Limiter) (stage4v1.Stage4ServiceClient, *reader) {
 	t.Helper()
 	r := &reader{entered: make(chan struct{}, 16), release: make(chan struct{})}
-	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(grpc.UnaryInterceptor(l.UnaryServerInterceptor(authz.AuditReadMethods)))
 	stage4v1.RegisterStage4ServiceServer(srv, r)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
+	conn := testkit.Serve(t, srv)
 	return stage4v1.NewStage4ServiceClient(conn), r
 }
 

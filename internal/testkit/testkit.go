@@ -1,8 +1,8 @@
 // Package testkit holds what the tests of several packages share: a plan
 // the reference Stage-3 executes, a segment file of a log directory
 // (audit/segstore) that fails on demand, the records of a local log read
-// behind the server's back, and a disk that fills up. It is imported by
-// tests only.
+// behind the server's back, a disk that fills up, and a gRPC server on an
+// in-memory connection. It is imported by tests only.
 package testkit
 
 import (
