@@ -16,8 +16,10 @@
 // Stage-3, (b) and (c) are separate processes, so the CPU time each uses can
 // be read from /proc and none of it is the load generator's. It then
 // measures ExecutePlan against plan size through (c), optionally a soak for
-// memory growth and an open-loop run, and writes a markdown report and the
-// raw results as JSON.
+// memory growth, an open-loop run and, with --readers-records, ExecutePlan
+// while heavy audit readers run (two more stage4 serve processes on a large
+// log, readers.go), and writes a markdown report and the raw results as
+// JSON.
 //
 // "stage4load burst" measures something else: stage4's resident set under
 // a burst of concurrent maximum-size requests, and after it. "stage4load
