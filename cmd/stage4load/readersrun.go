@@ -62,6 +62,8 @@ func startReadTargets(ctx context.Context, cfg readConfig, bin string, extra []s
 ) (e readEnv, log filled, stop func(), err error) {
 	var children []*child
 	var conns []*grpc.ClientConn
+	limitedDir, offDir := filepath.Join(dir, readLogLimited), filepath.Join(dir, readLogOff)
+	// The logs go with the servers: hundreds of MiB made for one run.
 	stop = func() {
 		for _, c := range conns {
 			_ = c.Close()
@@ -69,13 +71,15 @@ func startReadTargets(ctx context.Context, cfg readConfig, bin string, extra []s
 		for _, c := range children {
 			c.stop()
 		}
+		if err := errors.Join(os.RemoveAll(limitedDir), os.RemoveAll(offDir)); err != nil {
+			fmt.Fprintf(progress, "audit readers: %v\n", err)
+		}
 	}
 	defer func() {
 		if err != nil {
 			stop()
 		}
 	}()
-	limitedDir, offDir := filepath.Join(dir, readLogLimited), filepath.Join(dir, readLogOff)
 	// A kept work directory may hold the logs of an earlier run.
 	if err := errors.Join(os.RemoveAll(limitedDir), os.RemoveAll(offDir)); err != nil {
 		return e, log, stop, fmt.Errorf("audit readers: %w", err)
@@ -243,7 +247,7 @@ func runReadersCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	})
 	var cfg readConfig
 	cfg.flags(fs, "", 300_000)
-	workDir := fs.String("work-dir", "", "keep the logs and the servers' logs here instead of a removed temp dir")
+	workDir := fs.String("work-dir", "", "keep the servers' logs here instead of in a removed temp dir (the audit logs are removed after the run)")
 	jsonOut := fs.String("json", "", "write the results as JSON here")
 	profileDir := fs.String("profile-dir", "", "after the rounds, run each configuration once more while its stage4 is CPU-profiled, into this directory; empty skips it")
 	profileDuration := fs.Duration("profile-duration", 10*time.Second, "length of each profile (whole seconds)")
