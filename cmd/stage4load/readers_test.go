@@ -35,7 +35,9 @@ func startReadGateway(t *testing.T, stage3Addr, dir string, cfg gateway.Config, 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	ready := make(chan gateway.Addrs, 1)
-	go func() { done <- gateway.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a gateway.Addrs) { ready <- a }) }()
+	go func() {
+		done <- gateway.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a gateway.Addrs) { ready <- a })
+	}()
 	var addr string
 	select {
 	case a := <-ready:
