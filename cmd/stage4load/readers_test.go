@@ -45,6 +45,9 @@ func startReadGateway(t *testing.T, stage3Addr, dir string, cfg gateway.Config, 
 	case err := <-done:
 		cancel()
 		t.Fatalf("gateway ended before it was ready: %v", err)
+	case <-time.After(time.Minute):
+		cancel()
+		t.Fatal("gateway not ready in a minute")
 	}
 	t.Cleanup(func() {
 		cancel()
