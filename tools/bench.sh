@@ -4,8 +4,10 @@
 # which compares direct Stage-3 calls, a bare proxy and the real stage4
 # process on loopback (closed loop, then open loop at fixed rates), the same
 # with its audit log in PostgreSQL (one replica, and two on one database),
-# CPU-profiles the proxy and stage4, checks ExecutePlan against plan size
-# and runs a soak for stage4's memory. `make bench` calls it.
+# CPU-profiles the proxy and stage4, checks ExecutePlan against plan size,
+# runs a soak for stage4's memory, and measures ExecutePlan while heavy
+# audit readers run, with serve's limits on audit reads and without them.
+# `make bench` calls it.
 #
 # Usage:
 #   tools/bench.sh [--out DIR]   measure; write DIR (default bench-out)
@@ -29,13 +31,18 @@
 #   profiles: 2 x (1 s + 10.5 s)   ~25 s
 #   plan size: 4 sizes x (0.5 s + 3 s)   ~15 s
 #   soak: 30 s
+#   audit readers: fill + copy a 300k-event log ~10 s, 2 start-ups,
+#     3 rounds x 3 configs x (1 s + 3 s)   ~50 s
 # Environment overrides: BENCHTIME (default 200ms), SOAK (default 30s),
 # ROUNDS (default 3), DURATION (default 3s), OPEN_FRACTIONS (default
 # 0.5,0.8 of stage4's closed-loop maximum at 64 callers; empty skips the
 # open loop), OPEN_DURATION (default 5s), PROFILE_DURATION (default 10s; 0
 # skips the profiles), APPEND_PAIRS (default 6: extra runs of the durable
 # and volatile BenchmarkAppend at 64 writers), BIN_DIR (default bin), PG_CONCURRENCY (default
-# 16,64; empty leaves PostgreSQL out), STAGE4_TEST_POSTGRES_URL (the server
+# 16,64; empty leaves PostgreSQL out), READERS_RECORDS (default 300000:
+# events in the log of the audit readers measurement; 0 skips it),
+# READERS_DURATION (default 3s: its measured time per configuration and
+# round, of ROUNDS rounds), STAGE4_TEST_POSTGRES_URL (the server
 # on which the run creates and drops its databases; default
 # postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -94,6 +101,8 @@ PROFILE_DURATION=${PROFILE_DURATION:-10s}
 APPEND_PAIRS=${APPEND_PAIRS:-6}
 BIN_DIR=${BIN_DIR:-bin}
 PG_CONCURRENCY=${PG_CONCURRENCY-16,64}
+READERS_RECORDS=${READERS_RECORDS:-300000}
+READERS_DURATION=${READERS_DURATION:-3s}
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -123,7 +132,7 @@ if [[ $PROFILE_DURATION != 0 && $PROFILE_DURATION != 0s ]]; then
 	profile_args=(--profile-dir "$OUT" --profile-duration "$PROFILE_DURATION")
 fi
 
-echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}' callers), open loop at '${OPEN_FRACTIONS}', profiles, plan size, ${SOAK} soak" >&2
+echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}' callers), open loop at '${OPEN_FRACTIONS}', profiles, plan size, ${SOAK} soak, audit readers on ${READERS_RECORDS} events" >&2
 "$BIN_DIR/stage4load" \
 	--stage4-bin "$BIN_DIR/stage4" \
 	--rounds "$ROUNDS" \
@@ -133,6 +142,9 @@ echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}
 	"${profile_args[@]}" \
 	--soak "$SOAK" \
 	--pg-concurrency "$PG_CONCURRENCY" \
+	--readers-records "$READERS_RECORDS" \
+	--readers-rounds "$ROUNDS" \
+	--readers-duration "$READERS_DURATION" \
 	--gobench "$OUT/gobench.txt" \
 	--work-dir "$OUT/logs" \
 	--out "$OUT/PERFORMANCE.md" \

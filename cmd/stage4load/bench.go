@@ -83,6 +83,9 @@ type config struct {
 	// pgConcurrency are the caller counts at which (d) and (e) run; empty
 	// leaves PostgreSQL out.
 	pgConcurrency []int
+	// readers is the audit readers measurement (readers.go), after the
+	// others; readers.records 0 skips it.
+	readers readConfig
 }
 
 // parseConfig reads the benchmark flags.
@@ -120,6 +123,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.workDir, "work-dir", "", "keep logs and the audit log here instead of a removed temp dir")
 	fs.StringVar(&c.pgURL, "postgres-url", defaultPGURL(), "PostgreSQL `server` for (d) and (e): each run creates databases of its own there and drops them; default $"+envPGURL+" or "+pgDefaultURL)
 	pgConc := fs.String("pg-concurrency", "16,64", "caller counts at which (d) one and (e) two stage4 replicas on PostgreSQL run; empty leaves PostgreSQL out")
+	c.readers.flags(fs, "readers-", 0)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -155,6 +159,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.scaleConc < 1 || c.soakConc < 1 || c.profileConc < 1 {
 		return c, errors.New("--scale-concurrency, --soak-concurrency and --profile-concurrency must be at least 1")
+	}
+	if c.readers.records > 0 {
+		if err := c.readers.check(); err != nil {
+			return c, err
+		}
 	}
 	return c, nil
 }
@@ -236,6 +245,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	res, err := measureAll(ctx, e, cfg, ms(fsync), stderr)
+	if err == nil && cfg.readers.records > 0 {
+		// Last: its two stage4 processes and their logs are its own, and
+		// the Stage-3 is the others'.
+		res.Readers, err = runReaders(ctx, cfg.readers, cfg.stage4Bin, cfg.stage4Args, e.stage3Addr, e.stage3PID, dir, "", 0, stderr)
+		if err == nil {
+			res.Targets = append(res.Targets, res.Readers.target())
+		}
+	}
 	// A server that died explains failed requests better than they do.
 	for _, c := range e.children {
 		err = errors.Join(err, c.alive())
@@ -261,8 +278,11 @@ type env struct {
 	proxy     stage4v1.Stage4ServiceClient
 	stage4    stage4v1.Stage4ServiceClient
 	stage3PID int
-	proxyPID  int
-	stage4PID int
+	// stage3Addr is the reference Stage-3's address, for the gateways of
+	// the audit readers measurement.
+	stage3Addr string
+	proxyPID   int
+	stage4PID  int
 	// stage4PG is (d), stage4PG2 the two replicas of (e); nil without
 	// PostgreSQL.
 	stage4PG     stage4v1.Stage4ServiceClient
@@ -351,6 +371,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 	}
 	e.children = append(e.children, s4)
 	e.stage3PID, e.proxyPID, e.stage4PID = s3.pid(), px.pid(), s4.pid()
+	e.stage3Addr = stage3Addr
 	e.stage4Metrics = "http://" + metricsAddr + "/metrics"
 
 	// (d) and (e): the same stage4 serve, each on a database of its own

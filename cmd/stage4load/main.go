@@ -16,13 +16,17 @@
 // Stage-3, (b) and (c) are separate processes, so the CPU time each uses can
 // be read from /proc and none of it is the load generator's. It then
 // measures ExecutePlan against plan size through (c), optionally a soak for
-// memory growth and an open-loop run, and writes a markdown report and the
-// raw results as JSON.
+// memory growth, an open-loop run and, with --readers-records, ExecutePlan
+// while heavy audit readers run (two more stage4 serve processes on a large
+// log, readers.go), and writes a markdown report and the raw results as
+// JSON.
 //
 // "stage4load burst" measures something else: stage4's resident set under
 // a burst of concurrent maximum-size requests, and after it. "stage4load
 // calls" makes a fixed number of calls to a running gateway, for
-// tools/callgrind.sh.
+// tools/callgrind.sh. "stage4load readers" runs only the audit readers
+// measurement (ExecutePlan while heavy ListAuditEvents readers run), which
+// the benchmark runs too with --readers-records.
 package main
 
 import (
@@ -43,8 +47,8 @@ func main() {
 	}
 }
 
-// run dispatches to the hidden proxy subcommand, the burst, calls, fill
-// and scale subcommands or the benchmark.
+// run dispatches to the hidden proxy subcommand, the burst, calls, fill,
+// readers and scale subcommands or the benchmark.
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "proxy" {
 		return runProxy(ctx, args[1:])
@@ -57,6 +61,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	if len(args) > 0 && args[0] == "fill" {
 		return runFill(ctx, args[1:], os.Stdout, os.Stderr)
+	}
+	if len(args) > 0 && args[0] == "readers" {
+		return runReadersCommand(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	if len(args) > 0 && args[0] == "scale" {
 		return runScale(ctx, args[1:], os.Stdout, os.Stderr)

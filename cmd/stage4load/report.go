@@ -38,6 +38,8 @@ type results struct {
 	// them with (c). Both are empty when PostgreSQL was left out.
 	PG       *pgInfo      `json:"postgres,omitempty"`
 	PGRatios []pgRatioRow `json:"postgres_ratios,omitempty"`
+	// Readers is the audit readers measurement, when it ran.
+	Readers *readersResult `json:"audit_readers,omitempty"`
 }
 
 // meta says where, when and how the run happened.
@@ -474,6 +476,8 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 				fmtStat(o.Max, "%.3f"), fmtStat(o.LagP99, "%.3f"), o.Dropped)
 		}
 	}
+
+	writeReadersMarkdown(w, r.Readers)
 
 	if len(r.Profiles) > 0 {
 		fmt.Fprintf(w, "\n## CPU profiles\n\nAfter the rounds, each gateway ran %d callers for %v more while its own process took a CPU profile "+

@@ -87,12 +87,33 @@ func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *dir == "" || (*events <= 0) == (*bytes <= 0) || fs.NArg() > 0 {
 		return errors.New("fill: want --audit-log and one of --events or --bytes")
 	}
-	if _, err := os.Stat(*dir); err == nil {
-		return fmt.Errorf("fill: %s exists: fill writes a new log", *dir)
-	}
-	store, _, err := audit.Open(ctx, *dir, audit.OpenConfig{SegmentBytes: *segBytes})
+	st, err := fillLog(ctx, *dir, *events, *bytes, *segBytes, stderr)
 	if err != nil {
 		return err
+	}
+	fmt.Fprintf(stdout, "filled %s: %d events (%d executions), %d bytes of records, in %v\n",
+		*dir, st.events, st.events/3, st.bytes, st.took.Round(time.Second))
+	return nil
+}
+
+// filled is what fillLog wrote.
+type filled struct {
+	events int   // a multiple of 3
+	bytes  int64 // of records
+	took   time.Duration
+}
+
+// fillLog writes a new log in dir, which must not exist, through the
+// store: executions of three events until it holds at least events of
+// them or at least bytes of records (one of the two is 0), reporting
+// progress on progress.
+func fillLog(ctx context.Context, dir string, events int, bytes, segBytes int64, progress io.Writer) (filled, error) {
+	if _, err := os.Stat(dir); err == nil {
+		return filled{}, fmt.Errorf("fill: %s exists: fill writes a new log", dir)
+	}
+	store, _, err := audit.Open(ctx, dir, audit.OpenConfig{SegmentBytes: segBytes})
+	if err != nil {
+		return filled{}, err
 	}
 	start := time.Now()
 	written := int64(0)
@@ -103,13 +124,13 @@ func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for done := false; !done; {
 		if err := ctx.Err(); err != nil {
 			store.Close()
-			return err
+			return filled{}, err
 		}
 		var evs []audit.Event
 		for range perBatch {
 			evs = append(evs, fillEvents(n)...)
 			n++
-			if *events > 0 && n*3 >= *events {
+			if events > 0 && n*3 >= events {
 				break
 			}
 		}
@@ -122,20 +143,20 @@ func runFill(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		})
 		if err != nil {
 			store.Close()
-			return err
+			return filled{}, err
 		}
-		done = (*events > 0 && n*3 >= *events) || (*bytes > 0 && written >= *bytes)
+		done = (events > 0 && n*3 >= events) || (bytes > 0 && written >= bytes)
 		if n%(perBatch*2000) == 0 {
-			fmt.Fprintf(stderr, "\rfill: %d events, %d MiB", n*3, written>>20)
+			fmt.Fprintf(progress, "\rfill: %d events, %d MiB", n*3, written>>20)
 		}
 	}
 	if err := store.Close(); err != nil {
-		return err
+		return filled{}, err
 	}
-	fmt.Fprintf(stderr, "\n")
-	fmt.Fprintf(stdout, "filled %s: %d events (%d executions), %d bytes of records, in %v\n",
-		*dir, n*3, n, written, time.Since(start).Round(time.Second))
-	return nil
+	if n >= perBatch*2000 {
+		fmt.Fprintf(progress, "\n")
+	}
+	return filled{events: n * 3, bytes: written, took: time.Since(start)}, nil
 }
 
 // runScale is "stage4load scale".
