@@ -107,8 +107,18 @@ type LineReader struct {
 
 // NewLineReader reads lines from r.
 func NewLineReader(r io.Reader) *LineReader {
-	return &LineReader{br: bufio.NewReaderSize(r, 64<<10)}
+	return NewLineReaderSize(r, 64<<10)
 }
+
+// NewLineReaderSize reads lines from r, size bytes at a time: small for
+// reading single records where an index points (a record is typically
+// under 1 KiB; a longer line is read on), large for reading a log through.
+func NewLineReaderSize(r io.Reader, size int) *LineReader {
+	return &LineReader{br: bufio.NewReaderSize(r, size)}
+}
+
+// Reset makes lr read from r, keeping its buffers.
+func (lr *LineReader) Reset(r io.Reader) { lr.br.Reset(r) }
 
 // Next returns the next line with its newline and complete set, or the
 // incomplete rest with the error that ended it (io.EOF at the end). The line

@@ -68,7 +68,14 @@ type reader struct {
 	// set none.
 	budget int
 	spent  int
+	// lines reads the records that an index points at, one at a time,
+	// with one small buffer for the whole call.
+	lines *audit.LineReader
 }
+
+// recordReadBytes is how much of a segment a lookup reads for one
+// record: most records fit, and a longer one is read on.
+const recordReadBytes = 2 << 10
 
 // entriesPerScan is how many index entries count as one record read
 // against a query's MaxScanned: an entry is 20 bytes read from a run, a
@@ -132,8 +139,13 @@ func (r *reader) record(seq uint64, offset int64) (ev audit.Event, ok bool, err 
 	if offset < 0 || offset >= size {
 		return audit.Event{}, false, fmt.Errorf("%w: record %d is not at offset %d of %s", audit.ErrDataLoss, seq, offset, SegmentName(first))
 	}
-	lr := audit.NewLineReader(io.NewSectionReader(f, offset, size-offset))
-	line, complete, err := lr.Next()
+	sr := io.NewSectionReader(f, offset, size-offset)
+	if r.lines == nil {
+		r.lines = audit.NewLineReaderSize(sr, recordReadBytes)
+	} else {
+		r.lines.Reset(sr)
+	}
+	line, complete, err := r.lines.Next()
 	if !complete {
 		return audit.Event{}, false, readFailed(err)
 	}
