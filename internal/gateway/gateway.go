@@ -268,7 +268,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(admittingLog{auditLog},
 		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics, guard)...)
 	// Until ServeGRPC owns it: NewServer starts the stream workers, which
@@ -322,6 +322,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	serving = true
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
+
+// admittingLog is the audit log as the audit interceptor sees it: the
+// interceptor asks Err before each execution's first append, and refuses
+// the plan when the store cannot record; Admit gives the same answer and
+// counts that refusal in stage4_audit_append_failures_total, which would
+// otherwise miss every AUDIT_UNAVAILABLE refused before an append.
+type admittingLog struct{ *audit.Log }
+
+// Err is the log's Admit.
+func (a admittingLog) Err() error { return a.Admit() }
 
 // LivenessService is the grpc.health.v1 service name of a liveness probe:
 // SERVING from start to shutdown, whatever the audit store's state. The
