@@ -109,6 +109,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		AuditReaders:    authz.Everyone(), // a local tryout; serve denies by default
 		MaxMessageBytes: defaultMaxMessageBytes,
 		ShutdownGrace:   defaultShutdownGrace,
+		Revision:        revision,
 		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process
