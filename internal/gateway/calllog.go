@@ -95,8 +95,9 @@ func (c *CallLog) Flush() {
 // logger's level, about 8 µs per successful ExecutePlan under load.
 //
 // For ExecutePlan it notes the execution id header as the audit
-// interceptor sends it (an errors carries it in its ErrorInfo only when
-// the audit interceptor made it): one small allocation per call.
+// interceptor sends it (an error carries it in its ErrorInfo only when
+// the audit interceptor made it): two small allocations per call, about
+// 0.1 µs (BenchmarkCallLogSuccess).
 func (c *CallLog) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()

@@ -202,3 +202,22 @@ func counterValue(t *testing.T, reg prometheus.Gatherer, name string, labels map
 	require.Fail(t, "no such counter", "%s %v", name, labels)
 	return 0
 }
+
+// BenchmarkCallLogSuccess is the call log's cost on a successful call at
+// info level, the path every call takes: for ExecutePlan, the wrapper that
+// notes the execution id header; for other methods, nothing.
+func BenchmarkCallLogSuccess(b *testing.B) {
+	cl := gateway.NewCallLog(slog.New(slog.DiscardHandler))
+	interceptor := cl.UnaryServerInterceptor()
+	ok := func(context.Context, any) (any, error) { return "response", nil }
+	ctx := grpc.NewContextWithServerTransportStream(context.Background(), &fakeStream{})
+	for _, method := range []string{stage4v1.Stage4Service_ExecutePlan_FullMethodName, stage4v1.Stage4Service_ValidatePlan_FullMethodName} {
+		info := &grpc.UnaryServerInfo{FullMethod: method}
+		b.Run(method[strings.LastIndexByte(method, '/')+1:], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = interceptor(ctx, "request", info, ok)
+			}
+		})
+	}
+}
