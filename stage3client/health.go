@@ -26,7 +26,9 @@ var ErrNotServing = fmt.Errorf("stage3 reports NOT_SERVING")
 // Stage-3 without a health service answers Unimplemented, which shows that
 // it is reachable, and Check takes that for serving. Otherwise the error is
 // gRPC's (its message names the transport's failure: TLS, name resolution,
-// a refused connection) or wraps ErrNotServing.
+// a refused connection) or wraps ErrNotServing. A refusal of the health
+// call itself (PermissionDenied, Unauthenticated: a mesh policy that
+// allows plans only) shows that Stage-3 answers too.
 //
 // A connection in back-off after failed attempts is tried again at once
 // (ClientConn.ResetConnectBackoff), so that a Stage-3 that is back is
@@ -42,9 +44,14 @@ func (c *Client) Check(ctx context.Context) error {
 	if status.Code(err) == codes.NotFound {
 		res, err = hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	}
+	switch status.Code(err) {
+	case codes.Unimplemented, codes.NotFound, codes.PermissionDenied, codes.Unauthenticated:
+		// It answered: no health service, none for these names, or a
+		// policy (a mesh's, say) that lets Stage-4 call plans but not
+		// health. Reachable; whether a plan is let through is its answer.
+		return nil
+	}
 	switch {
-	case status.Code(err) == codes.Unimplemented || status.Code(err) == codes.NotFound:
-		return nil // it answered: no health service, or not for these names
 	case err != nil:
 		return err
 	case res.GetStatus() != healthpb.HealthCheckResponse_SERVING:

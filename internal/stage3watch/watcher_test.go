@@ -16,9 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	"github.com/stage4/stage4/internal/stage3watch"
@@ -124,6 +126,23 @@ func TestCheckReadsHealth(t *testing.T) {
 		{name: "only the server's status, serving", set: map[string]healthpb.HealthCheckResponse_ServingStatus{"": healthpb.HealthCheckResponse_SERVING}},
 		{name: "only the server's status, not serving", set: map[string]healthpb.HealthCheckResponse_ServingStatus{"": healthpb.HealthCheckResponse_NOT_SERVING}, wantErr: true},
 	}
+	// A mesh policy that lets Stage-4 call plans but not health: the
+	// refusal comes from the other side, so Stage-3 is reachable.
+	t.Run("health refused by a policy", func(t *testing.T) {
+		t.Parallel()
+		g := grpc.NewServer(grpc.ChainUnaryInterceptor(func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+			return nil, status.Error(codes.PermissionDenied, "RBAC: access denied")
+		}))
+		healthpb.RegisterHealthServer(g, health.NewServer())
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		go func() { _ = g.Serve(lis) }()
+		t.Cleanup(g.Stop)
+		c, err := stage3client.New(stage3client.Config{Target: lis.Addr().String(), Insecure: true})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		require.NoError(t, c.Check(t.Context()))
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
