@@ -30,9 +30,9 @@ import (
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
-// scrape returns the series of the gateway's /metrics as a map from
+// scrapeSeries returns the series of the gateway's /metrics as a map from
 // "name{labels}" (as exposed) to value.
-func scrape(t *testing.T, addr net.Addr) map[string]float64 {
+func scrapeSeries(t *testing.T, addr net.Addr) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + addr.String() + "/metrics")
 	require.NoError(t, err)
@@ -55,7 +55,7 @@ func scrape(t *testing.T, addr net.Addr) map[string]float64 {
 	return series
 }
 
-// seriesWith returns the series of scrape's result whose name is name and
+// seriesWith returns the series of scrapeSeries's result whose name is name and
 // whose labels include each of labels (`key="value"`).
 func seriesWith(series map[string]float64, name string, labels ...string) map[string]float64 {
 	out := map[string]float64{}
@@ -111,7 +111,7 @@ func TestGatewayReadinessFollowsStage3(t *testing.T) {
 	client := stage4v1.NewStage4ServiceClient(conn)
 	ctx := testContext(t)
 	watchHealth(t, conn, "", healthpb.HealthCheckResponse_SERVING)
-	require.Equal(t, 1.0, scrape(t, gw.addrs.Metrics)["stage4_stage3_reachable"])
+	require.Equal(t, 1.0, scrapeSeries(t, gw.addrs.Metrics)["stage4_stage3_reachable"])
 
 	require.NoError(t, ref.Close())
 	for _, svc := range []string{"", "stage4.v1.Stage4Service"} {
@@ -120,7 +120,7 @@ func TestGatewayReadinessFollowsStage3(t *testing.T) {
 	res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: gateway.LivenessService})
 	require.NoError(t, err)
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, res.GetStatus(), "liveness does not follow Stage-3")
-	series := scrape(t, gw.addrs.Metrics)
+	series := scrapeSeries(t, gw.addrs.Metrics)
 	require.Equal(t, 0.0, series["stage4_stage3_reachable"])
 	require.NotEmpty(t, seriesWith(series, "stage4_stage3_check_failures_total"))
 
@@ -203,7 +203,7 @@ func TestGatewayServesWithAnUnreachableStage3(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, res.GetStatus(), "service %q", svc)
 	}
-	series := scrape(t, gw.addrs.Metrics)
+	series := scrapeSeries(t, gw.addrs.Metrics)
 	require.Equal(t, 0.0, series["stage4_stage3_reachable"])
 	require.Equal(t, 1.0, series[`stage4_stage3_check_failures_total{cause="tls_to_plaintext"}`])
 }
@@ -247,12 +247,12 @@ func TestGatewayMetricsSayWhatFailed(t *testing.T) {
 	_, err = client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})
 	require.NoError(t, err)
 	// The checkpoint catches up with the three records.
-	for series := scrape(t, gw.addrs.Metrics); series["stage4_audit_checkpoint_tree_size"] != 3; series = scrape(t, gw.addrs.Metrics) {
+	for series := scrapeSeries(t, gw.addrs.Metrics); series["stage4_audit_checkpoint_tree_size"] != 3; series = scrapeSeries(t, gw.addrs.Metrics) {
 		require.NoError(t, ctx.Err(), "the checkpoint did not reach 3 records")
 		_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}) // a round trip between scrapes, not a sleep
 		require.NoError(t, err)
 	}
-	series := scrape(t, gw.addrs.Metrics)
+	series := scrapeSeries(t, gw.addrs.Metrics)
 	require.Contains(t, series, "stage4_audit_checkpoint_age_seconds")
 	require.Equal(t, 1.0, series[`grpc_client_handled_total{grpc_code="OK",grpc_method="ExecuteMultiDomainPlan",grpc_service="stage3.v1.Stage3Service",grpc_type="unary"}`])
 	require.Empty(t, seriesWith(series, "grpc_client_started_total", `grpc_service="grpc.health.v1.Health"`), "health checks are not counted as Stage-3 calls")
@@ -271,7 +271,7 @@ func TestGatewayMetricsSayWhatFailed(t *testing.T) {
 		require.Equal(t, codes.Unavailable, status.Code(err))
 		require.Equal(t, rpcerr.AuditUnavailable, rpcerr.Reason(err))
 	}
-	series = scrape(t, gw.addrs.Metrics)
+	series = scrapeSeries(t, gw.addrs.Metrics)
 	// The first call's append failed; the log then refused the others
 	// before any append.
 	require.GreaterOrEqual(t, series["stage4_audit_append_failures_total"], float64(refused+1))
