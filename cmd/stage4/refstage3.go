@@ -25,6 +25,10 @@ import (
 
 const defaultStage3Listen = "127.0.0.1:50052"
 
+// describeMethodsMethod is Stage-3's catalogue call, which Stage-4 makes on
+// an interval of its own.
+const describeMethodsMethod = "/stage3.v1.Stage3Service/DescribeMethods"
+
 const referenceStage3Usage = `Usage: stage4 reference-stage3 [flags]
 
 Runs the reference Stage-3 executor alone, in plaintext, with gRPC health and
@@ -86,10 +90,11 @@ func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger, logOpts ...l
 	svc.SetFault(fault)
 	callLogger := gateway.GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(gateway.RecoveredPanic(logger))
-	// Health checks (Stage-4's watcher asks every few seconds, probes
-	// more often) are not logged: they would drown the calls.
+	// What Stage-4 asks on its own, not for a caller, is not logged: its
+	// health checks (every few seconds; probes' too) and catalogue
+	// refreshes would drown the plans' calls.
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service != healthpb.Health_ServiceDesc.ServiceName
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName && c.FullMethod() != describeMethodsMethod
 	})
 	srv := grpc.NewServer(
 		// Outermost first, as in Stage-4: logging, then recovery.

@@ -152,7 +152,9 @@ func TestGatewayReadinessFollowsStage3(t *testing.T) {
 	// refused) is a line of its own; one line per state here.
 	var msgs []string
 	for _, l := range logs.lines() {
-		if m := l["msg"].(string); strings.HasPrefix(m, "stage3 ") && (len(msgs) == 0 || msgs[len(msgs)-1] != m) {
+		m := l["msg"].(string)
+		watcher := strings.HasPrefix(m, "stage3 answers") || strings.HasPrefix(m, "stage3 unreachable") || strings.HasPrefix(m, "stage3 reachable")
+		if watcher && (len(msgs) == 0 || msgs[len(msgs)-1] != m) {
 			msgs = append(msgs, m)
 		}
 	}
