@@ -15,8 +15,12 @@ PROTODEPS := tools/protodeps/protovalidate
 help: ## Show this help.
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
+# Flags for stage4 dev under make run, for example a log of this run's own:
+# make run DEV_FLAGS="--audit-log $(mktemp -d)/audit".
+DEV_FLAGS ?=
+
 .PHONY: run
-run: build ## Run Stage-4 with a local reference Stage-3 and audit log on loopback.
+run: build ## Run Stage-4 with a local reference Stage-3 and audit log on loopback (DEV_FLAGS="--audit-log DIR ...").
 	@# The banner's grpcurl commands use go tool, which builds grpcurl on
 	@# first use; -n builds and caches it now, so that they answer at once.
 	@echo "Building grpcurl into the Go build cache (about a minute the first time)..."
@@ -24,7 +28,7 @@ run: build ## Run Stage-4 with a local reference Stage-3 and audit log on loopba
 	@# exec, not go run: go run exits 1 when stage4 stops on Ctrl-C. stage4
 	@# dev takes the terminal's foreground, so that Ctrl-C reaches it alone
 	@# and make, which would exit 130 after an interrupt, sees status 0.
-	exec bin/stage4 dev
+	exec bin/stage4 dev $(DEV_FLAGS)
 
 .PHONY: build
 build: ## Build bin/stage4 (stamped with its git revision: bin/stage4 version).
@@ -39,10 +43,14 @@ image: ## Build the container image without Docker or a base image: OCI layout b
 	  go run ./cmd/stage4image --revision "$$(git rev-parse HEAD 2>/dev/null || true)" \
 	  --out bin/image --tar bin/stage4-image.tar
 
+# gotestsum runs go test and prints its usual output, then every skipped
+# test with the reason it gave, and every failure again, at the end.
+GOTESTSUM := go tool -modfile=tools/go.mod gotestsum
+
 .PHONY: test
-test: lint checkgenerate ## Run every check: lint, generated-code check, tests with -race.
+test: lint checkgenerate ## Run every check: lint, generated-code check, tests with -race; ends with the skipped tests and why.
 	tools/examples.sh status
-	go test -race -count=1 ./...
+	$(GOTESTSUM) --format standard-quiet -- -race -count=1 ./...
 
 # Where the example clients call: make run's address by default.
 ADDR ?= 127.0.0.1:50051

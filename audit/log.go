@@ -92,6 +92,18 @@ func (l *Log) Recovered() []string { return l.recovered }
 // supervisor's ping of the store succeeds or fails.
 func (l *Log) Err() error { return l.health.Err() }
 
+// Admit is Err for a new execution about to append its first event: the
+// same answer, and a refusal is counted in stage4_audit_append_failures_total,
+// because the execution's append is refused without being attempted. Err
+// stays free of that side effect for callers that only look.
+func (l *Log) Admit() error {
+	err := l.health.Err()
+	if err != nil {
+		l.metrics.failures.Inc()
+	}
+	return err
+}
+
 // Append adds ev to the log and returns the event as written, with
 // Sequence, Time, PreviousHash and Hash set. It returns only once the
 // record is durable, or with an error if it is not known to be.

@@ -20,7 +20,7 @@ func newMetrics() *metrics {
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "stage4", Subsystem: "audit", Name: "append_failures_total",
-			Help: "Append calls that returned an error, including those refused while the store was unhealthy.",
+			Help: "Appends that returned an error, and executions refused before their first append while the store was unhealthy (Admit).",
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "stage4", Subsystem: "audit", Name: "commit_duration_seconds",

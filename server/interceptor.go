@@ -36,6 +36,7 @@ const (
 	maxUserIDChars       = 128
 	maxIdentifierChars   = 64
 	maxPeerIdentityChars = 256
+	maxRequestIDChars    = 128
 	maxMessageChars      = 1024
 )
 
@@ -365,6 +366,12 @@ func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.
 	// the audit log to the spans of this call across services.
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		f["trace_id"] = sc.TraceID().String()
+	}
+	// The caller's correlation id, as Stage-3 gets it too, so that an
+	// audit record leads to the caller's and Stage-3's logs. Bounded like
+	// everything a request puts here; "truncated" says when it was cut.
+	if ids := metadata.ValueFromIncomingContext(ctx, "x-request-id"); len(ids) > 0 {
+		f["request_id"] = bd.bound(ids[0], maxRequestIDChars)
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if p.Addr != nil {

@@ -163,6 +163,9 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *stage4v1.ListAuditEve
 	if err := protovalidate.Validate(req); err != nil {
 		return nil, invalidArgument(err, rpcerr.InvalidListRequest)
 	}
+	if err := checkListFilters(req); err != nil {
+		return nil, err
+	}
 	f := audit.Filter{
 		ExecutionID: req.GetExecutionId(),
 		PlanID:      req.GetPlanId(),

@@ -33,6 +33,10 @@ missing() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# step says what comes next on stderr, so that the slow first run (npm
+# packages, Go building buf) does not look like a hang.
+step() { echo "examples.sh: $*..." >&2; }
+
 # python_with_grpc prints the first Python that can import grpc and
 # grpc_tools: $PYTHON, python3 on PATH, then Debian's /usr/bin/python3,
 # which is the one Debian's python3-grpcio installs into even where a
@@ -52,22 +56,30 @@ python_with_grpc() {
 # changed since the last install (npm ci wipes node_modules every time).
 npm_ci() {
   if [ ! -f $ts/node_modules/.package-lock.json ] || [ $ts/package-lock.json -nt $ts/node_modules/.package-lock.json ]; then
+    step "installing the npm packages of $ts (npm ci; about a minute, once)"
     (cd $ts && npm ci --no-audit --no-fund)
   fi
 }
 
 case $lang in
 go)
+  step "building and running the Go client against $addr"
   go run ./examples/go --addr "$addr"
   ;;
 typescript)
   have node && have npm || missing "node and npm are not installed (Node.js 20 or later: Debian's nodejs and npm packages)"
   npm_ci
-  # start = generate (buf, with protoc-gen-es from node_modules) + tsc, strict, + node.
-  (cd $ts && npm start --silent -- --addr "$addr")
+  # What npm start does (generate, tsc, node), step by step.
+  step "generating the TypeScript code with buf and protoc-gen-es (Go builds buf the first time: about a minute)"
+  (cd $ts && npm run --silent generate)
+  step "compiling it with tsc (strict)"
+  (cd $ts && npx --no-install tsc)
+  step "running the client against $addr"
+  (cd $ts && node dist/client.js --addr "$addr")
   ;;
 python)
   py=$(python_with_grpc) || missing "no python3 can import grpc and grpc_tools: run make example-deps as root (apt-get install python3-grpcio python3-grpc-tools), or set PYTHON to one that can"
+  step "generating the Python code with grpc_tools ($py)"
   make -s protodeps
   gen=examples/python/gen
   rm -rf "$gen" && mkdir -p "$gen"

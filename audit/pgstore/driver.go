@@ -28,6 +28,15 @@ func (driver) Open(ctx context.Context, loc audit.Location, cfg audit.OpenConfig
 	}
 	if cfg.Logger != nil {
 		cfg.Logger.Info("audit store: PostgreSQL", "audit_log", loc.Redacted(), "replica_name", s.ReplicaName(), "instance_id", s.InstanceID())
+		// A warning, not a refusal: a pod restarted under its name may find
+		// its predecessor's session still open on the database for a while,
+		// and must not crash-loop until the database notices.
+		if s.NameTaken() {
+			cfg.Logger.Warn("another live process holds this replica name: give every replica its own --replica-name "+
+				"(two of one name do not take each other's executions, but only one closes its predecessor's at once); "+
+				"if the process of this name just died, the database has not ended its session yet",
+				"replica_name", s.ReplicaName())
+		}
 	}
 	return s, nil
 }

@@ -36,6 +36,9 @@ type Store struct {
 	nameMu   sync.Mutex
 	nameConn *pgx.Conn
 	connCfg  *pgx.ConnConfig
+	// nameTaken: the last attempt found the name's lock held by another
+	// session (see NameTaken).
+	nameTaken atomic.Bool
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -213,6 +216,7 @@ func (s *Store) lockName(ctx context.Context) bool {
 		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1 AND granted)`,
 		int64(uint64(key)>>32), int64(uint64(key)&0xffffffff)).Scan(&held); err != nil || held {
+		s.nameTaken.Store(held)
 		return false
 	}
 	conn, err := pgx.ConnectConfig(ctx, s.connCfg)
@@ -222,11 +226,22 @@ func (s *Store) lockName(ctx context.Context) bool {
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil || !ok {
 		conn.Close(ctx)
+		s.nameTaken.Store(err == nil) // taken between the look-up and the try
 		return false
 	}
 	s.nameConn = conn
+	s.nameTaken.Store(false)
 	return true
 }
+
+// NameTaken reports whether, at Open or at the last look since, another
+// database session held this replica name: a second live replica under
+// the same --replica-name, or the session of a process of that name that
+// died and that the database has not noticed yet (until TCP keepalive or
+// the server's timeouts end it). The store works either way, but without
+// the fast path: executions that an earlier process of the name left open
+// wait for another replica's sweep instead of being closed at once.
+func (s *Store) NameTaken() bool { return s.nameTaken.Load() }
 
 // nameLockKey is the advisory lock key of a replica name. Two names that
 // share a key only lose the fast path, never correctness.

@@ -74,11 +74,12 @@ func newAuditVerifyFlags() (*flag.FlagSet, *auditVerifyFlags) {
 	return fs, f
 }
 
-const auditUsage = `Usage: stage4 audit verify|keygen|prove ...
+const auditUsage = `Usage: stage4 audit verify|keygen|prove|checkpoint ...
 
   stage4 audit verify [--checkpoint FILE --verifier-key KEY] DIR|SEGMENT|FILE|URL
   stage4 audit keygen NAME --out FILE
   stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N DIR|FILE|URL
+  stage4 audit checkpoint --addr HOST:PORT --verifier-key KEY --out DIR [TLS flags]
 
 stage4 help audit COMMAND shows a command's help.
 `
@@ -93,6 +94,8 @@ func runAudit(args []string, stdout, stderr io.Writer) error {
 			return runAuditKeygen(args[1:], stdout, stderr)
 		case "prove":
 			return runAuditProve(args[1:], stdout, stderr)
+		case "checkpoint":
+			return runAuditCheckpoint(args[1:], stdout, stderr)
 		}
 	}
 	fmt.Fprint(stderr, auditUsage)

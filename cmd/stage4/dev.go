@@ -8,8 +8,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stage4/stage4/audit"
@@ -24,9 +28,12 @@ const devUsage = `Usage: stage4 dev [flags]
 Runs Stage-4 and the reference Stage-3 together on loopback, for trying
 Stage-4 out (make run). Stage-4 is the same server as "stage4 serve", in
 plaintext, talking to the in-process reference Stage-3. The audit log lives
-in the system temp folder by default, a directory of segment files, and
-survives restarts: the chain simply continues. It prints the addresses, the audit-log path and grpcurl commands
-to paste, then runs until SIGINT or SIGTERM. Logs go to stderr, as text.
+in the system temp folder by default ($TMPDIR/stage4-dev-USER/audit, one per
+user), a directory of 1 MiB segment files, and survives restarts: the chain
+simply continues; --audit-log elsewhere (a new folder) starts another. It
+prints the addresses, the audit-log path and grpcurl commands to paste, then
+runs until SIGINT or SIGTERM. Logs go to stderr, as text: one line per call
+(the reference Stage-3's), and Stage-4's for failed calls.
 `
 
 // devFlags holds dev's flag values.
@@ -41,10 +48,20 @@ type devFlags struct {
 }
 
 // defaultDevAuditLog is outside the source tree so that make run never
-// leaves files for git to see.
+// leaves files for git to see, and one per user, so that two people on one
+// machine do not share (or fail on) one folder: $TMPDIR/stage4-dev-USER.
 func defaultDevAuditLog() string {
-	return filepath.Join(os.TempDir(), "stage4-dev", "audit")
+	name := strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil && u.Username != "" && !strings.ContainsAny(u.Username, `/\`) {
+		name = u.Username
+	}
+	return filepath.Join(os.TempDir(), "stage4-dev-"+name, "audit")
 }
+
+// devSegmentBytes is dev's segment size: the smallest serve accepts. A
+// segment is preallocated, as is the next one, and a tryout writes a
+// handful of records: 64 MiB segments kept 161 MB on disk for them.
+const devSegmentBytes = minAuditSegmentBytes
 
 // newDevFlags declares dev's flags.
 func newDevFlags() (*flag.FlagSet, *devFlags) {
@@ -54,7 +71,7 @@ func newDevFlags() (*flag.FlagSet, *devFlags) {
 	fs.StringVar(&f.stage3Listen, "stage3-listen", defaultStage3Listen, "`host:port` of the reference Stage-3")
 	fs.StringVar(&f.metricsListen, "metrics-listen", defaultMetricsListen, "`host:port` of /metrics; empty turns it off")
 	fs.StringVar(&f.auditLog, "audit-log", defaultDevAuditLog(), "`path` of the audit log: a directory of segment files")
-	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", defaultAuditSegmentBytes, "`bytes` at which a segment of the audit log is sealed (1 MiB to 2 GiB, as stage4 serve)")
+	fs.Int64Var(&f.segmentBytes, "audit-segment-bytes", devSegmentBytes, "`bytes` at which a segment of the audit log is sealed (1 MiB to 2 GiB, as stage4 serve)")
 	fs.BoolVar(&f.newAuditLog, "audit-new-log", false, "begin a new audit log although the last one lost records (as stage4 serve)")
 	fs.StringVar(&f.log.level, "log-level", "info", "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&f.log.format, "log-format", "text", "log `format`: json or text")
@@ -92,7 +109,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("listen reference stage3: %w", err)
 	}
 	refLogger := logger.With("component", "reference-stage3")
-	ref, refHealth := newReferenceStage3(stage3ref.Fault{}, refLogger)
+	// One line per call: Stage-4 logs only failures at info, and the
+	// reference Stage-3's "started call" lines are for tests of its own
+	// command, not a tryout's terminal.
+	ref, refHealth := newReferenceStage3(stage3ref.Fault{}, refLogger, logging.WithLogOnEvents(logging.FinishCall))
 	// The reference Stage-3 outlives Stage-4 so that calls in flight at
 	// shutdown can still finish: it stops only after gateway.Run returns.
 	refCtx, stopRef := context.WithCancel(context.WithoutCancel(ctx))
@@ -110,6 +130,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		MaxMessageBytes:       defaultMaxMessageBytes,
 		ShutdownGrace:         defaultShutdownGrace,
 		Stage3CatalogInterval: gateway.DefaultCatalogInterval,
+		Revision:              revision,
 		Stage3: stage3client.Config{
 			Target:          lis.Addr().String(),
 			Insecure:        true, // loopback, same process

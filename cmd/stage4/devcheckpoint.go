@@ -8,18 +8,21 @@ import (
 	"github.com/stage4/stage4/internal/gateway"
 )
 
-// printDevCheckpointBanner tells the developer how to fetch a checkpoint
-// and check the log and a record against it, with dev's own key.
+// printDevCheckpointBanner tells the developer how to keep a checkpoint
+// and check the log and a record against it, with dev's own key. The
+// commands fail, and write nothing, when a step fails (audit checkpoint
+// checks the signature before it stores anything).
 func printDevCheckpointBanner(w io.Writer, a gateway.Addrs, auditLog, verifierKey string) {
-	cp := filepath.Join(filepath.Dir(auditLog), "checkpoint.txt")
+	dir := filepath.Join(filepath.Dir(auditLog), "checkpoints")
 	fmt.Fprintf(w, `
 Audit checkpoints are signed with dev's own key; its verifier key:
   %s
 
 Keep a checkpoint, then check the whole log and one record against it:
-  go tool -modfile=tools/go.mod grpcurl -plaintext -d '{}' %s stage4.v1.Stage4Service/GetCheckpoint | jq -j .checkpoint > %s
-  bin/stage4 audit verify --checkpoint %s --verifier-key %s %s
-  bin/stage4 audit prove --checkpoint %s --verifier-key %s --sequence 1 %s
+  bin/stage4 audit checkpoint --addr %s --plaintext --verifier-key %s --out %s
+  cp=$(ls %s/*.txt | tail -n 1)
+  bin/stage4 audit verify --checkpoint "$cp" --verifier-key %s %s
+  bin/stage4 audit prove --checkpoint "$cp" --verifier-key %s --sequence 1 %s
   go tool -modfile=tools/go.mod grpcurl -plaintext -d '{"sequence":1}' %s stage4.v1.Stage4Service/GetInclusionProof
-`, verifierKey, a.GRPC, cp, cp, verifierKey, auditLog, cp, verifierKey, auditLog, a.GRPC)
+`, verifierKey, a.GRPC, verifierKey, dir, dir, verifierKey, auditLog, verifierKey, auditLog, a.GRPC)
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"reflect"
 	"strings"
+
+	"github.com/agnivade/levenshtein"
 )
 
 // envPrefix starts the environment variable that backs a serve flag:
@@ -64,12 +66,19 @@ func printDefaults(fs *flag.FlagSet) {
 // can configure the server without a wrapper script: flags win over the
 // environment, which wins over defaults.
 func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer, useEnv bool) error {
+	// The flag package prints a parse error above the whole usage, which
+	// buries it (serve's is 80 lines): say the error alone, with the flag
+	// that was probably meant, and where the usage is.
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
 			return silentExit(exitOK)
 		}
-		return silentExit(exitUsage) // the flag package has printed the error and usage
+		fmt.Fprintf(stderr, "stage4 %s: %s\nRun \"stage4 help %s\" for its flags.\n", fs.Name(), describeFlagError(fs, err), fs.Name())
+		return silentExit(exitUsage)
 	}
 	if !useEnv {
 		return nil
@@ -96,6 +105,29 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer, useEnv bool) 
 	return nil
 }
 
+// describeFlagError rewrites the flag package's error for an undefined
+// flag as the README writes flags (--name), with the closest defined flag
+// when one is close enough to be a typo.
+func describeFlagError(fs *flag.FlagSet, err error) string {
+	const undefined = "flag provided but not defined: -"
+	msg := err.Error()
+	name, ok := strings.CutPrefix(msg, undefined)
+	if !ok {
+		return strings.NewReplacer("for flag -", "for flag --", "argument: -", "argument: --").Replace(msg)
+	}
+	msg = "unknown flag --" + name
+	best, bestDist := "", len(name)/3+2 // a typo changes a few letters, not a third of them
+	fs.VisitAll(func(f *flag.Flag) {
+		if d := levenshtein.ComputeDistance(name, f.Name); d < bestDist {
+			best, bestDist = f.Name, d
+		}
+	})
+	if best != "" {
+		msg += "; did you mean --" + best + "?"
+	}
+	return msg
+}
+
 // envName is the environment variable backing flag name.
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
@@ -109,6 +141,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 	verifyFS, _ := newAuditVerifyFlags()
 	keygenFS, _ := newAuditKeygenFlags()
 	proveFS, _ := newAuditProveFlags()
+	checkpointFS, _ := newAuditCheckpointFlags()
 	return map[string]*flag.FlagSet{
 		"serve":            serveFS,
 		"dev":              devFS,
@@ -116,6 +149,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 		"audit verify":     verifyFS,
 		"audit keygen":     keygenFS,
 		"audit prove":      proveFS,
+		"audit checkpoint": checkpointFS,
 		"audit":            newFlagSet("audit", auditUsage),
 		"reference-stage3": refFS,
 		"version":          newVersionFlags(),

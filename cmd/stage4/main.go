@@ -160,6 +160,7 @@ Usage:
                                                  LOG is a log directory, one segment, a file or a URL
   stage4 audit keygen NAME --out FILE            make a key that signs the audit log's checkpoints
   stage4 audit prove --sequence N ... LOG        prove one record against a signed checkpoint
+  stage4 audit checkpoint --addr HOST:PORT ...   fetch, check and keep the latest signed checkpoint
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
   stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command

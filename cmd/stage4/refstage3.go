@@ -9,8 +9,10 @@ import (
 	"net"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -22,6 +24,10 @@ import (
 )
 
 const defaultStage3Listen = "127.0.0.1:50052"
+
+// describeMethodsMethod is Stage-3's catalogue call, which Stage-4 makes on
+// an interval of its own.
+const describeMethodsMethod = "/stage3.v1.Stage3Service/DescribeMethods"
 
 const referenceStage3Usage = `Usage: stage4 reference-stage3 [flags]
 
@@ -71,26 +77,33 @@ func runReferenceStage3(ctx context.Context, args []string, _, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv, hs := newReferenceStage3(stage3ref.Fault{Delay: f.delay, Hang: f.hang}, logger)
+	srv, hs := newReferenceStage3(stage3ref.Fault{Delay: f.delay, Hang: f.hang}, logger, gateway.CallLogOptions...)
 	logger.Info("serving", "grpc_addr", lis.Addr().String())
 	return gateway.ServeGRPC(ctx, srv, hs, lis, f.shutdownGrace, logger, nil)
 }
 
 // newReferenceStage3 returns a gRPC server with the reference Stage-3,
-// health (already SERVING) and reflection, logging calls like Stage-4.
-func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger) (*grpc.Server, *health.Server) {
+// health (already SERVING) and reflection, logging calls with logOpts
+// (gateway.CallLogOptions: when each starts and finishes).
+func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger, logOpts ...logging.Option) (*grpc.Server, *health.Server) {
 	svc := stage3ref.NewService(stage3ref.WithTokens(stage3ref.DefaultTokens()))
 	svc.SetFault(fault)
 	callLogger := gateway.GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(gateway.RecoveredPanic(logger))
+	// What Stage-4 asks on its own, not for a caller, is not logged: its
+	// health checks (every few seconds; probes' too) and catalogue
+	// refreshes would drown the plans' calls.
+	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName && c.FullMethod() != describeMethodsMethod
+	})
 	srv := grpc.NewServer(
 		// Outermost first, as in Stage-4: logging, then recovery.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, gateway.CallLogOptions...),
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(callLogger, logOpts...), notHealth),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(callLogger, gateway.CallLogOptions...),
+			selector.StreamServerInterceptor(logging.StreamServerInterceptor(callLogger, logOpts...), notHealth),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),
 	)

@@ -142,6 +142,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
+	f.gateway.Revision = revision
 	logger, err := newLogger(stderr, f.log)
 	if err != nil {
 		return err

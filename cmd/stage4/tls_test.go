@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/stage3client/testpki"
 )
 
@@ -46,7 +47,8 @@ func TestServeMutualTLS(t *testing.T) {
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 			require.NoError(t, err)
 			defer conn.Close()
-			res, err := healthpb.NewHealthClient(conn).Check(testContext(t), &healthpb.HealthCheckRequest{})
+			// Liveness: readiness is NOT_SERVING, as Stage-3 is not there.
+			res, err := healthpb.NewHealthClient(conn).Check(testContext(t), &healthpb.HealthCheckRequest{Service: gateway.LivenessService})
 			if tt.wantErr {
 				require.Error(t, err)
 				return

@@ -9,8 +9,10 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/stage4/stage4/audit"
@@ -66,13 +68,17 @@ func LoadSigningKey(path string) (note.Signer, error) {
 // before shutdown. Without a signer it does nothing. A log that does not
 // extend its latest checkpoint (audit.ErrCheckpointMismatch) is refused
 // here, before Stage-4 serves: signing on would sign a fork.
-func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration, logger *slog.Logger) (stop func(), err error) {
+func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration, reg prometheus.Registerer, logger *slog.Logger) (stop func(), err error) {
 	if signer == nil {
 		logger.Info("no --audit-signing-key: the audit tree is kept and proofs are served, but no checkpoints are signed")
 		return func() {}, nil
 	}
 	if interval <= 0 {
 		interval = DefaultCheckpointInterval
+	}
+	m := newCheckpointMetrics()
+	if err := m.register(reg); err != nil {
+		return nil, fmt.Errorf("register checkpoint metrics: %w", err)
 	}
 	sign := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), checkpointTimeout)
@@ -81,9 +87,11 @@ func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration,
 		switch {
 		case err != nil:
 			logger.Warn("signing an audit checkpoint failed; will retry", "error", err)
+			return
 		case signed:
 			logger.Debug("signed an audit checkpoint", "tree_size", th.Size, "root", th.Root.String())
 		}
+		m.covered(th.Size)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), checkpointTimeout)
 	th, _, err := lg.SignCheckpoint(ctx)
@@ -93,6 +101,8 @@ func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration,
 	}
 	if err != nil {
 		logger.Warn("signing an audit checkpoint failed; will retry", "error", err)
+	} else {
+		m.covered(th.Size)
 	}
 	logger.Info("signing audit checkpoints", "origin", signer.Name(), "key_hash", fmt.Sprintf("%08x", signer.KeyHash()),
 		"interval", interval.String(), "tree_size", th.Size)
@@ -116,4 +126,52 @@ func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration,
 		wg.Wait()
 		sign()
 	}, nil
+}
+
+// checkpointMetrics say whether auditors can get a checkpoint of the whole
+// log: stage4_audit_checkpoint_age_seconds grows only while signing
+// rounds fail (a log that does not grow needs no new checkpoint: the one
+// it has covers it), and stage4_audit_checkpoint_tree_size is the size the
+// latest round found covered.
+type checkpointMetrics struct {
+	start     time.Time
+	coveredAt atomic.Int64 // unix nanoseconds of the last round that succeeded; 0 before
+	size      atomic.Uint64
+}
+
+func newCheckpointMetrics() *checkpointMetrics { return &checkpointMetrics{start: time.Now()} }
+
+// covered notes a round that left the durable tree of size records
+// covered by a signed checkpoint.
+func (m *checkpointMetrics) covered(size uint64) {
+	m.coveredAt.Store(time.Now().UnixNano())
+	m.size.Store(size)
+}
+
+func (m *checkpointMetrics) register(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "checkpoint_age_seconds",
+			Help: "Seconds since a signing round last found the durable audit log covered by a signed checkpoint " +
+				"(signed then, or already signed); since start when none has. It grows while checkpoints cannot be signed.",
+		}, func() float64 {
+			at := m.start
+			if n := m.coveredAt.Load(); n != 0 {
+				at = time.Unix(0, n)
+			}
+			return time.Since(at).Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "checkpoint_tree_size",
+			Help: "Records in the tree of the latest signed checkpoint, as the last successful signing round found it.",
+		}, func() float64 { return float64(m.size.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

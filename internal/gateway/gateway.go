@@ -18,7 +18,6 @@ import (
 	httppprof "net/http/pprof"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -37,6 +36,7 @@ import (
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
+	"github.com/stage4/stage4/internal/stage3watch"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -158,6 +158,14 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
+	// Revision is the VCS revision stage4_build_info names when the binary
+	// has none of Go's own (a container build stamps the binary's with
+	// -ldflags -X instead).
+	Revision string
+	// Stage3CheckInterval is how often Stage-3's reachability is checked
+	// (for readiness and stage4_stage3_reachable); 0 is
+	// stage3watch.DefaultInterval.
+	Stage3CheckInterval time.Duration
 }
 
 // Addrs are the addresses Run actually bound, which differ from the
@@ -205,6 +213,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(cfg.Revision),
 	)
 
 	// Built before anything opens, so that a wrong limit is refused
@@ -216,6 +225,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	serviceName := stage4v1.Stage4Service_ServiceDesc.ServiceName
 	hs := NewHealth(serviceName)
+	readyState := newReadiness(hs, serviceName)
 
 	if store == nil {
 		if store, err = OpenStore(ctx, cfg, logger); err != nil {
@@ -224,9 +234,6 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 	owned := store
 	store = nil // the log owns it now, and closes it also when New fails
-	// listening is set once the listener is up: the log may report
-	// health changes before that, which must not announce SERVING early.
-	var listening atomic.Bool
 	auditLog, err := audit.New(owned, append([]audit.Option{
 		audit.WithRegisterer(reg),
 		audit.WithLogger(logger),
@@ -239,17 +246,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		// While the store cannot record, ExecutePlan refuses every plan
 		// (fail closed); NOT_SERVING tells load balancers to send them
 		// elsewhere. A store that recovers (a database back online) turns
-		// SERVING again; a failed file never does.
+		// SERVING again; a failed file never does. The log starts
+		// healthy and reports every change, so readiness's initial nil
+		// is right.
 		audit.WithHealthFunc(func(err error) {
 			if err != nil {
 				logger.Error("audit store unavailable; refusing plans", "error", err)
-				SetHealth(hs, healthpb.HealthCheckResponse_NOT_SERVING, serviceName)
-				return
+			} else {
+				logger.Info("audit store available again; accepting plans")
 			}
-			logger.Info("audit store available again; accepting plans")
-			if listening.Load() {
-				SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
-			}
+			readyState.setAudit(err)
 		}),
 	}, cfg.AuditOptions...)...)
 	if err != nil {
@@ -262,7 +268,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}()
 	// Deferred after the log's Close, so run before it: the last
 	// checkpoint covers every call's terminal event.
-	stopCheckpoints, err := startCheckpoints(auditLog, signer, cfg.CheckpointInterval, logger)
+	stopCheckpoints, err := startCheckpoints(auditLog, signer, cfg.CheckpointInterval, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -276,7 +282,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	clientMetrics := grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram())
 	reg.MustRegister(clientMetrics)
 	stage3, err := stage3client.New(cfg.Stage3, append(clientTracingOptions(tp),
-		grpc.WithChainUnaryInterceptor(clientMetrics.UnaryClientInterceptor()))...)
+		grpc.WithChainUnaryInterceptor(planCallsOnly(clientMetrics.UnaryClientInterceptor())))...)
 	if err != nil {
 		return fmt.Errorf("stage3 client: %w", err)
 	}
@@ -285,6 +291,17 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			err = errors.Join(err, fmt.Errorf("close stage3 client: %w", cerr))
 		}
 	}()
+	// Stage-3 is checked now, so that a TLS mismatch or a mistyped
+	// address is in the log before the first plan fails on it, and then
+	// every few seconds: while it does not answer, readiness is
+	// NOT_SERVING (liveness is not: a restart cannot bring Stage-3 back).
+	// Deferred after the client's Close, so stopped before it.
+	watcher := stage3watch.New(stage3, cfg.Stage3, stage3watch.WithLogger(logger), stage3watch.WithRegisterer(reg),
+		stage3watch.WithInterval(cfg.Stage3CheckInterval), stage3watch.WithOnChange(readyState.setStage3))
+	if err := watcher.Start(); err != nil {
+		return fmt.Errorf("stage3 watcher: %w", err)
+	}
+	defer watcher.Stop()
 
 	// Stage-3's catalogue (catalog.go). Stopped before the client closes.
 	validator, stopCatalog, err := startCatalog(ctx, cfg.Stage3CatalogInterval, stage3, reg, logger)
@@ -305,7 +322,15 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	serverMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	reg.MustRegister(serverMetrics)
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
+	callLog := NewCallLog(logger)
+	if err := callLog.Register(reg); err != nil {
+		return fmt.Errorf("register call metrics: %w", err)
+	}
+	// Deferred last but one, so run once every call has ended: the counts
+	// of call log lines that the rate limit held back go out before exit.
+	defer callLog.Flush()
+	defer guard.warnings.Flush()
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, callLog, tp, server.AuditInterceptor(admittingLog{auditLog},
 		func(req *stage4v1.ExecutePlanRequest) error { return validator.Validate(req) }, fp,
 		server.WithAbort(abortCtx)), serverMetrics, guard)...)
 	// Until ServeGRPC owns it: NewServer starts the stream workers, which
@@ -337,10 +362,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		addrs.Metrics = maddr
 	}
 
-	listening.Store(true)
-	if auditLog.Err() == nil {
-		SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
-	}
+	readyState.setListening()
 	// Liveness says only that the process serves: an audit store that can
 	// recover (a database) must not get the pod restarted while it is
 	// down, since a restart cannot help and kills the calls in flight.
@@ -360,11 +382,22 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
 
+// admittingLog is the audit log as the audit interceptor sees it: the
+// interceptor asks Err before each execution's first append, and refuses
+// the plan when the store cannot record; Admit gives the same answer and
+// counts that refusal in stage4_audit_append_failures_total, which would
+// otherwise miss every AUDIT_UNAVAILABLE refused before an append.
+type admittingLog struct{ *audit.Log }
+
+// Err is the log's Admit.
+func (a admittingLog) Err() error { return a.Admit() }
+
 // LivenessService is the grpc.health.v1 service name of a liveness probe:
-// SERVING from start to shutdown, whatever the audit store's state. The
-// overall status ("") and stage4.v1.Stage4Service are NOT_SERVING also
-// while the audit store cannot record, for readiness probes and for
-// liveness where a restart is the recovery (a failed log file).
+// SERVING from start to shutdown, whatever the audit store's or Stage-3's
+// state. The overall status ("") and stage4.v1.Stage4Service are
+// NOT_SERVING also while the audit store cannot record or Stage-3 does not
+// answer (see readiness), for readiness probes and for liveness where a
+// restart is the recovery (a failed log file).
 const LivenessService = "liveness"
 
 // openForMargin is how long after its Stage-3 deadline an execution may
@@ -373,7 +406,7 @@ const openForMargin = 30 * time.Second
 
 // serverOptions are the gRPC server options of Stage-4: the interceptor
 // chains, limits, keepalive policy and, when configured, TLS.
-func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
+func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *slog.Logger, callLog *CallLog, tp trace.TracerProvider, auditInterceptor grpc.UnaryServerInterceptor, serverMetrics *grpcprom.ServerMetrics, guard *hardening) []grpc.ServerOption {
 	callLogger := gatewayCallLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(RecoveredPanic(logger))
 
@@ -397,7 +430,7 @@ func serverOptions(cfg Config, creds credentials.TransportCredentials, logger *s
 		//     before the handler may call Stage-3, then records the
 		//     terminal event from the handler's own result.
 		grpc.ChainUnaryInterceptor(
-			UnaryCallLogger(logger),
+			callLog.UnaryServerInterceptor(),
 			serverMetrics.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			guard.malformed.UnaryServerInterceptor(),

@@ -8,25 +8,23 @@ import (
 	"strings"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/internal/ratelog"
 )
 
 // callLogInterval is the least time between two call log lines of one
-// method, code and level: a caller repeating a failing call (or every
+// method, code and level (and reason, for unary calls, see CallLog): a caller repeating a failing call (or every
 // caller, while the audit store is down) gets one line a second with the
 // count of the ones left out, not one line per call.
 const callLogInterval = time.Second
 
 // gatewayCallLogger is GRPCLogger with the call lines of failed calls
-// rate-limited per method, code and level (see callLogInterval). Debug
+// rate-limited per method, code and level (see callLogInterval), for the
+// stream calls (health Watch, reflection); unary calls have CallLog. Debug
 // lines (successful calls) are not limited: they are off unless asked for.
 func gatewayCallLogger(l *slog.Logger) logging.Logger {
 	plain := GRPCLogger(l)
@@ -126,73 +124,6 @@ func traceFields(ctx context.Context) logging.Fields {
 		return logging.Fields{"trace_id", sc.TraceID().String()}
 	}
 	return nil
-}
-
-// UnaryCallLogger is the gateway's unary call log: the line that
-// logging.UnaryServerInterceptor with GatewayCallLogOptions writes, with
-// the same message, fields and levels, but nothing is built for a call
-// whose line would not be written. The middleware builds its fields (peer,
-// start time, method, code, duration) for every call before it asks the
-// logger's level, which cost about 8 µs per successful ExecutePlan under
-// load for a line that info level then dropped. With debug enabled every
-// call is logged, and the middleware itself writes the lines.
-//
-// Lines of failed calls are rate-limited per method, code and level (see
-// callLogInterval) on both paths.
-func UnaryCallLogger(l *slog.Logger) grpc.UnaryServerInterceptor {
-	full := logging.UnaryServerInterceptor(gatewayCallLogger(l), GatewayCallLogOptions...)
-	limited := callLogLimiters(l)
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if l.Enabled(ctx, slog.LevelDebug) {
-			return full(ctx, req, info, handler)
-		}
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		if err == nil {
-			return resp, nil // OK is logged at debug only
-		}
-		code := logging.DefaultErrorToCode(err)
-		lvl := slog.Level(logging.DefaultServerCodeToLevel(code))
-		if !l.Enabled(ctx, lvl) {
-			return resp, err
-		}
-		duration := time.Since(start)
-		service, method := splitFullMethod(info.FullMethod)
-		attrs := make([]slog.Attr, 0, 12)
-		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-			attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
-		}
-		attrs = append(attrs,
-			slog.String(logging.SystemTag[0], logging.SystemTag[1]),
-			slog.String(logging.ComponentFieldKey, logging.KindServerFieldValue),
-			slog.String(logging.ServiceFieldKey, service),
-			slog.String(logging.MethodFieldKey, method),
-			slog.String(logging.MethodTypeFieldKey, string(interceptors.Unary)),
-		)
-		if p, ok := peer.FromContext(ctx); ok {
-			attrs = append(attrs, slog.String("peer.address", p.Addr.String()))
-		}
-		attrs = append(attrs, slog.String("grpc.start_time", start.Format(time.RFC3339)))
-		if d, ok := ctx.Deadline(); ok {
-			attrs = append(attrs, slog.String("grpc.request.deadline", d.Format(time.RFC3339)))
-		}
-		// grpc.error is left out, as GRPCLogger leaves it out.
-		attrs = append(attrs,
-			slog.String("grpc.code", code.String()),
-			// As logging.DurationToTimeMillisFields renders it.
-			slog.String("grpc.time_ms", fmt.Sprintf("%v", float32(duration.Nanoseconds()/1000)/1000)),
-		)
-		args := make([]any, len(attrs))
-		for i, a := range attrs {
-			args[i] = a
-		}
-		if rl, ok := limited[logging.Level(lvl)]; ok {
-			rl.LogKey(ctx, "finished call "+info.FullMethod+" "+code.String(), "finished call", args...)
-		} else {
-			l.Log(ctx, lvl, "finished call", args...)
-		}
-		return resp, err
-	}
 }
 
 // splitFullMethod splits "/package.Service/Method" as go-grpc-middleware

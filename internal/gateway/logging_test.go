@@ -21,11 +21,13 @@ import (
 	"github.com/stage4/stage4/internal/gateway"
 )
 
-// TestUnaryCallLoggerWritesWhatTheMiddlewareWrites checks the gateway's
-// fast call log against go-grpc-middleware's with GatewayCallLogOptions,
-// which it replaces for unary calls: for every code and log level, both
-// write the same lines with the same fields, but for the times they take.
-func TestUnaryCallLoggerWritesWhatTheMiddlewareWrites(t *testing.T) {
+// TestCallLogWritesWhatTheMiddlewareWrites checks the gateway's fast
+// call log against go-grpc-middleware's with GatewayCallLogOptions, which
+// it replaces for unary calls: for every code and log level, both write
+// the same lines with the same fields, but for the times they take, for
+// errors without the details that CallLog adds fields for
+// (TestFailedCallLineSaysWhy).
+func TestCallLogWritesWhatTheMiddlewareWrites(t *testing.T) {
 	t.Parallel()
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6}, TraceFlags: trace.FlagsSampled,
@@ -60,7 +62,7 @@ func TestUnaryCallLoggerWritesWhatTheMiddlewareWrites(t *testing.T) {
 					}
 					mw := logging.UnaryServerInterceptor(gateway.GRPCLogger(newLogger(&want)), gateway.GatewayCallLogOptions...)
 					resp1, err1 := mw(ctx, "request", info, handler)
-					resp2, err2 := gateway.UnaryCallLogger(newLogger(&got))(ctx, "request", info, handler)
+					resp2, err2 := gateway.NewCallLog(newLogger(&got)).UnaryServerInterceptor()(ctx, "request", info, handler)
 					require.Equal(t, resp1, resp2)
 					require.Equal(t, status.Code(err1), status.Code(err2))
 					require.Equal(t, logLines(t, &want), logLines(t, &got))

@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"context"
+
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 
 	"github.com/stage4/stage4/internal/telemetry"
+	"github.com/stage4/stage4/stage3client"
 )
 
 // tracing reports whether tp records spans: not nil and not OpenTelemetry's
@@ -42,8 +46,24 @@ func serverTracingOptions(tp trace.TracerProvider) []grpc.ServerOption {
 // records the call's own span), without as the caller's context unchanged.
 func clientTracingOptions(tp trace.TracerProvider) []grpc.DialOption {
 	if tracing(tp) {
+		// Stage-3's health checks (stage3watch, every few seconds) on the
+		// same connection are no one's trace.
 		return []grpc.DialOption{grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-			otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator())))}
+			otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(telemetry.Propagator()),
+			otelgrpc.WithFilter(filters.Not(filters.HealthCheck()))))}
 	}
 	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(telemetry.InjectUnaryClientInterceptor(telemetry.Propagator()))}
+}
+
+// planCallsOnly runs interceptor for every call to Stage-3 but its health
+// checks, which go on the same connection: the client metrics count the
+// calls that carry plans, by code, not the watcher's checks, which have
+// metrics of their own.
+func planCallsOnly(interceptor grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == stage3client.HealthCheckMethod {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		return interceptor(ctx, method, req, reply, cc, invoker, opts...)
+	}
 }

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -106,6 +107,11 @@ func TestOneTraceFromCallerToStage3(t *testing.T) {
 	require.Equal(t, toStage3.SpanContext().SpanID(), inStage3.Parent().SpanID())
 
 	require.Equal(t, traceID.String(), received.GetDetails().GetFields()["trace_id"].GetStringValue())
+
+	for _, s := range spans.Ended() {
+		require.False(t, s.SpanKind() == trace.SpanKindClient && strings.HasPrefix(s.Name(), "grpc.health.v1.Health/"),
+			"Stage-4's checks of Stage-3 are no one's trace: %s", s.Name())
+	}
 }
 
 // TestTraceContextFlowsWithoutTracing checks the gateway with tracing off

@@ -7,6 +7,8 @@ package ratelog
 import (
 	"context"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -103,6 +105,36 @@ func (r *Logger) flush(key string) {
 	suppressed := w.take(now.Add(r.interval))
 	r.mu.Unlock()
 	r.write(ctx, msg, suppressed, args)
+}
+
+// Flush writes, now, the count of the occurrences of every message left
+// out since its last line, in the order of their keys, as the lines at the
+// end of their intervals would. A process calls it as it stops, when those
+// lines would never come: four calls that failed in the last second before
+// shutdown show as one line and one "suppressed: 3", not one line.
+func (r *Logger) Flush() {
+	type line struct {
+		key, msg   string
+		ctx        context.Context
+		args       []any
+		suppressed int
+	}
+	r.mu.Lock()
+	now := r.now()
+	var lines []line
+	for key, w := range r.msgs {
+		if w.suppressed == 0 {
+			continue
+		}
+		l := line{key: key, msg: w.msg, ctx: w.lastCtx, args: w.lastArgs}
+		l.suppressed = w.take(now.Add(r.interval))
+		lines = append(lines, l)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(lines, func(a, b line) int { return strings.Compare(a.key, b.key) })
+	for _, l := range lines {
+		r.write(l.ctx, l.msg, l.suppressed, l.args)
+	}
 }
 
 // take starts a new interval that ends at next and returns the number of

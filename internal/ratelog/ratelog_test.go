@@ -186,3 +186,29 @@ func ExampleLogger() {
 	// level=WARN msg="audit read denied" identity=spiffe://example.org/ns/x/sa/y
 	// level=WARN msg="audit read denied" identity=spiffe://example.org/ns/x/sa/y suppressed=599
 }
+
+// TestFlushWritesPendingCountsNow: at shutdown, occurrences left out
+// since each message's last line go out at once, one line per key in key
+// order with the last occurrence's args; keys without any are left alone,
+// and a second Flush has nothing to write.
+func TestFlushWritesPendingCountsNow(t *testing.T) {
+	t.Parallel()
+	rec := newRecorder()
+	clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+	rl := ratelog.New(slog.New(rec), time.Hour, ratelog.WithClock(clock.now), ratelog.WithoutFlush())
+	for i := range 4 {
+		rl.LogKey(t.Context(), "b ExecutePlan Unknown", "finished call", "id", i)
+	}
+	rl.LogKey(t.Context(), "a ListAuditEvents PermissionDenied", "denied", "id", 10)
+	rl.LogKey(t.Context(), "a ListAuditEvents PermissionDenied", "denied", "id", 11)
+	rl.LogKey(t.Context(), "c quiet", "quiet", "id", 20)
+	require.Len(t, rec.all(), 3, "the first occurrence of each key")
+
+	rl.Flush()
+	require.Equal(t, []line{
+		{msg: "finished call", id: 0}, {msg: "denied", id: 10}, {msg: "quiet", id: 20},
+		{msg: "denied", id: 11, suppressed: 1}, {msg: "finished call", id: 3, suppressed: 3},
+	}, rec.all())
+	rl.Flush()
+	require.Len(t, rec.all(), 5)
+}

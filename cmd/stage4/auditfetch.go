@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/stage4/stage4/audit"
+	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+)
+
+const auditCheckpointUsage = `Usage: stage4 audit checkpoint --addr HOST:PORT --verifier-key KEY --out DIR [TLS flags]
+
+Fetches the latest signed checkpoint from a running Stage-4 (GetCheckpoint),
+checks its signature with the verifier key, and stores it in DIR as
+YYYYMMDDTHHMMSSZ.txt (the UTC time of the fetch), written whole and synced
+before it gets its name, never replacing a file. It prints the file, the
+tree size and the root. Keep DIR where Stage-4's operators cannot change it
+(another machine, a write-once bucket, a git repository), and check the
+log against what you kept with stage4 audit verify --checkpoint.
+
+A reader of the audit log is a caller whose verified client certificate
+names an identity on serve's --audit-readers: give that certificate with
+--cert-file and --key-file, and the CA of Stage-4's certificate with
+--ca-file (the system roots when empty). --plaintext is for stage4 dev and
+for a sidecar that does the TLS.
+
+Exit status: 0 stored; 1 not stored (Stage-4 unreachable or refusing, a
+checkpoint that does not verify, DIR not writable), and nothing written;
+2 bad command line.
+`
+
+// auditCheckpointFlags holds audit checkpoint's flag values.
+type auditCheckpointFlags struct {
+	addr, out, verifierKey    string
+	caFile, certFile, keyFile string
+	serverName                string
+	plaintext                 bool
+	timeout                   time.Duration
+}
+
+// newAuditCheckpointFlags declares audit checkpoint's flags.
+func newAuditCheckpointFlags() (*flag.FlagSet, *auditCheckpointFlags) {
+	fs := newFlagSet("audit checkpoint", auditCheckpointUsage)
+	f := &auditCheckpointFlags{}
+	fs.StringVar(&f.addr, "addr", "", "`host:port` of Stage-4's gRPC server; required")
+	fs.StringVar(&f.out, "out", "", "`directory` to store the checkpoint in (created when missing); required")
+	fs.StringVar(&f.verifierKey, "verifier-key", "", "the log's verifier `key` (NAME+hash+key, from stage4 audit keygen), or a file holding it; required")
+	fs.StringVar(&f.caFile, "ca-file", "", "CA `file` (PEM) that signed Stage-4's certificate; the system roots when empty")
+	fs.StringVar(&f.certFile, "cert-file", "", "client certificate `file` (PEM) naming an identity on serve's --audit-readers")
+	fs.StringVar(&f.keyFile, "key-file", "", "its private key `file` (PEM)")
+	fs.StringVar(&f.serverName, "server-name", "", "`name` to verify Stage-4's certificate against; the host of --addr when empty")
+	fs.BoolVar(&f.plaintext, "plaintext", false, "no TLS (stage4 dev, or a sidecar that does TLS)")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "bound on the whole fetch")
+	return fs, f
+}
+
+// runAuditCheckpoint is the audit checkpoint command.
+func runAuditCheckpoint(args []string, stdout, stderr io.Writer) error {
+	fs, f := newAuditCheckpointFlags()
+	if err := parseFlags(fs, args, stderr, false); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usageError("audit checkpoint: unexpected arguments %q", fs.Args())
+	case f.addr == "" || f.out == "" || f.verifierKey == "":
+		return usageError("audit checkpoint: --addr, --verifier-key and --out are required (stage4 help audit checkpoint)")
+	case f.plaintext && (f.caFile != "" || f.certFile != "" || f.keyFile != "" || f.serverName != ""):
+		return usageError("audit checkpoint: --plaintext and the TLS flags exclude each other")
+	case (f.certFile == "") != (f.keyFile == ""):
+		return usageError("audit checkpoint: --cert-file and --key-file go together")
+	case f.timeout <= 0:
+		return usageError("audit checkpoint: --timeout must be positive")
+	}
+	verifier, err := loadVerifier(f.verifierKey)
+	if err != nil {
+		return usageError("audit checkpoint: %w", err)
+	}
+	creds, err := f.credentials()
+	if err != nil {
+		return usageError("audit checkpoint: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return usageError("audit checkpoint: --addr: %w", err)
+	}
+	defer conn.Close()
+	resp, err := stage4v1.NewStage4ServiceClient(conn).GetCheckpoint(ctx, &stage4v1.GetCheckpointRequest{})
+	if err != nil {
+		return fmt.Errorf("audit checkpoint: GetCheckpoint from %s: %w", f.addr, err)
+	}
+	msg := []byte(resp.GetCheckpoint())
+	cp, err := audit.OpenCheckpoint(msg, verifier)
+	if err != nil {
+		return fmt.Errorf("audit checkpoint: the checkpoint from %s does not verify with the key %s: %w", f.addr, verifier.Name(), err)
+	}
+	path, err := storeNew(f.out, time.Now().UTC().Format("20060102T150405Z")+".txt", msg)
+	if err != nil {
+		return fmt.Errorf("audit checkpoint: %w", err)
+	}
+	fmt.Fprintf(stdout, "%s\n  %s, tree size %d, root %s\n", path, cp.Origin, cp.Size, cp.Root)
+	return nil
+}
+
+// credentials are the transport credentials the flags ask for.
+func (f *auditCheckpointFlags) credentials() (credentials.TransportCredentials, error) {
+	if f.plaintext {
+		return insecure.NewCredentials(), nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.serverName}
+	if f.caFile != "" {
+		pem, err := os.ReadFile(f.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", f.caFile)
+		}
+	}
+	if f.certFile != "" {
+		pair, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file, --key-file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+// storeNew writes data to dir/name, creating dir when missing: to a
+// temporary file first, synced, then linked to its name, which fails
+// rather than replace a file that exists; so dir never holds a partial
+// checkpoint under a checkpoint's name.
+func storeNew(dir, name string, data []byte) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".checkpoint-*.tmp")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	// A checkpoint is public: readable by all, as a file written with the
+	// usual umask would be (CreateTemp makes it 0600).
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("%s exists already; not replaced", path)
+		}
+		return "", err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // the new name, durable
+		d.Close()
+	}
+	return path, nil
+}
