@@ -7,6 +7,7 @@ type metrics struct {
 	failures      prometheus.Counter
 	commitSeconds prometheus.Histogram
 	batchSize     prometheus.Histogram
+	halted        prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -29,11 +30,15 @@ func newMetrics() *metrics {
 			Help:    "Events stored by one group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
+		halted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "halted",
+			Help: "1 once the audit log found its store changed behind its back (a fork, a rollback, a witness's disagreement) and halted until a restart; else 0.",
+		}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize} {
+	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize, m.halted} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -66,9 +66,30 @@ func WithSweepInterval(d time.Duration) Option {
 }
 
 // WithCheckpointSigner lets the log sign checkpoints with signer (see
-// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey.
+// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey. The
+// store pins the signer's name and key hash; WithCheckpointKeys pins the
+// whole verifier key. A nil signer signs nothing.
 func WithCheckpointSigner(signer note.Signer) Option {
-	return func(c *logConfig) { c.signer = signer }
+	return func(c *logConfig) {
+		if signer != nil {
+			c.keys = []SigningKey{{Signer: signer}}
+		}
+	}
+}
+
+// WithCheckpointKeys lets the log sign checkpoints with keys, every
+// checkpoint with each of them (a key rotation's overlap: the old key and
+// the new, see docs/AUDIT_LOG.md). The keys must share their name, the
+// log's origin. None signs nothing.
+func WithCheckpointKeys(keys ...SigningKey) Option {
+	return func(c *logConfig) { c.keys = keys }
+}
+
+// WithCosigner has every checkpoint the log signs cosigned by witnesses:
+// Checkpoint then returns the latest checkpoint that met their quorum, and
+// a witness that holds a tree the log does not extend halts the log.
+func WithCosigner(cs Cosigner) Option {
+	return func(c *logConfig) { c.cosigner = cs }
 }
 
 // WithMaxScanned bounds the records (and index entries) that one List
@@ -87,7 +108,8 @@ type logConfig struct {
 	appendTimeout time.Duration
 	pingInterval  time.Duration
 	sweepInterval time.Duration
-	signer        note.Signer
+	keys          []SigningKey
+	cosigner      Cosigner
 	maxScanned    int
 }
 

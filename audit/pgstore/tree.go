@@ -57,7 +57,7 @@ func readHashes(ctx context.Context, q querier, indexes []int64, dbError func(er
 		seq, pos := locateHash(x)
 		tree, ok := trees[seq]
 		if !ok {
-			return nil, fmt.Errorf("%w: tree hash %d: no record %d", audit.ErrDataLoss, x, seq)
+			return nil, fmt.Errorf("%w: tree hash %d: no record %d: it was deleted", audit.ErrIntegrity, x, seq)
 		}
 		if len(tree) < (pos+1)*tlog.HashSize {
 			return nil, fmt.Errorf("%w: tree hash %d: record %d holds %d bytes of tree hashes", audit.ErrDataLoss, x, seq, len(tree))
