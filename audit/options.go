@@ -149,16 +149,29 @@ func WithProgress(f func(bytesRead int64)) VerifyOption {
 }
 
 // WithRecordFunc calls f with every good record, in order, as Verify or a
-// ChainChecker passes it.
+// ChainChecker passes it. Several are called in the order given.
 func WithRecordFunc(f func(*Event)) VerifyOption {
-	return func(c *verifyConfig) { c.onRecord = f }
+	return func(c *verifyConfig) {
+		if prev := c.onRecord; prev != nil {
+			c.onRecord = func(ev *Event) { prev(ev); f(ev) }
+			return
+		}
+		c.onRecord = f
+	}
 }
 
 // WithLineFunc calls f with the sequence and the bytes (without the
 // newline) of every good record, in order, as Verify or a ChainChecker
-// passes it. line is valid only during the call.
+// passes it. line is valid only during the call. Several are called in
+// the order given.
 func WithLineFunc(f func(seq uint64, line []byte)) VerifyOption {
-	return func(c *verifyConfig) { c.onLine = f }
+	return func(c *verifyConfig) {
+		if prev := c.onLine; prev != nil {
+			c.onLine = func(seq uint64, line []byte) { prev(seq, line); f(seq, line) }
+			return
+		}
+		c.onLine = f
+	}
 }
 
 // WithStart makes Verify or a ChainChecker begin after head instead of at

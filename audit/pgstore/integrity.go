@@ -24,7 +24,9 @@ import (
 // on a changed head, nor one moved back below what it wrote, and fails
 // with audit.ErrIntegrity instead, which halts its log (Store rule 13).
 // Ping makes the same check without the lock, so that a change shows
-// within a second without traffic. A rollback of the whole database (a
+// within a second without traffic. The last head seen is also the one
+// Ping and DurableHead (each signing) read: a replica that only watched
+// others append still refuses a head moved back below what it saw. A rollback of the whole database (a
 // restored backup) together with a restart of every replica is beyond
 // what a replica can see: witnesses see it.
 
@@ -131,7 +133,10 @@ func (s *Store) checkHead(ctx context.Context) error {
 	if err != nil {
 		return s.dbError(err)
 	}
-	_, err = checkedHead(res[0], last)
+	head, err := checkedHead(res[0], last)
+	if err == nil {
+		s.see(head)
+	}
 	return err
 }
 

@@ -105,6 +105,9 @@ func (s *Store) DurableHead(ctx context.Context) (audit.Head, error) {
 	if err != nil {
 		return audit.Head{}, fmt.Errorf("read the durable head: %w", s.dbError(err))
 	}
+	// The head may only move forward from here: a later append checks it
+	// (see integrity.go).
+	s.see(head)
 	return head, nil
 }
 

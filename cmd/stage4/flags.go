@@ -109,6 +109,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 	verifyFS, _ := newAuditVerifyFlags()
 	keygenFS, _ := newAuditKeygenFlags()
 	proveFS, _ := newAuditProveFlags()
+	monitorFS, _ := newAuditMonitorFlags()
 	return map[string]*flag.FlagSet{
 		"serve":            serveFS,
 		"dev":              devFS,
@@ -116,6 +117,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 		"audit verify":     verifyFS,
 		"audit keygen":     keygenFS,
 		"audit prove":      proveFS,
+		"audit monitor":    monitorFS,
 		"audit":            newFlagSet("audit", auditUsage),
 		"reference-stage3": refFS,
 		"version":          newVersionFlags(),

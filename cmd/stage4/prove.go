@@ -28,9 +28,9 @@ its leaf hash and the proof, then OK or NOT PROVEN.
 
 The same proof is served over gRPC by GetInclusionProof (see the README).
 
-Exit status: 0 proven, 1 not proven or a checkpoint whose signature does not
-check, 2 bad arguments, a sequence beyond the checkpoint, or an unreadable
-log.
+Exit status: 0 proven, 1 not proven, 2 bad arguments, a sequence beyond the
+checkpoint, or an unreadable log, 3 a checkpoint that is empty or whose
+signature does not verify with --verifier-key.
 `
 
 // auditProveFlags holds audit prove's flag values.
@@ -108,8 +108,30 @@ func runAuditProve(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  %s\n", base64.StdEncoding.EncodeToString(h[:]))
 	}
 	if err := tlog.CheckRecord(proof, int64(cp.Size), cp.Root, int64(seq-1), leaf); err != nil {
-		return notProven("the proof does not lead from the record to the checkpoint's root: the record or the log was changed after the checkpoint was signed")
+		return notProven("%s", whyNotProven(hashes, cp, seq, leaf))
 	}
 	fmt.Fprintf(stdout, "OK record %d is in the tree of %d records that the checkpoint signs\n", seq, cp.Size)
 	return nil
+}
+
+// whyNotProven says which of the log's parts does not match the
+// checkpoint when a record's proof fails: the stored tree hashes (they do
+// not reproduce the checkpoint's root: a damaged or changed tree file or
+// column, or a log rewritten with its tree), or the record itself (the
+// stored tree reproduces the root, and the record's leaf hash is not the
+// one stored for it).
+func whyNotProven(hashes tlog.HashReader, cp audit.Checkpoint, seq uint64, leaf tlog.Hash) string {
+	root, err := tlog.TreeHash(int64(cp.Size), hashes)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("the proof does not lead from the record to the checkpoint's root, and the stored tree cannot be read whole (%v)", err)
+	case root != cp.Root:
+		return fmt.Sprintf("the stored tree hashes do not reproduce the checkpoint's root (they give %s): the tree file (or the tree column) was damaged or changed, "+
+			"or the log was rewritten with its tree after the checkpoint was signed; stage4 audit verify --checkpoint rehashes the records and tells which", root)
+	}
+	stored, err := hashes.ReadHashes([]int64{tlog.StoredHashIndex(0, int64(seq-1))})
+	if err == nil && stored[0] != leaf {
+		return fmt.Sprintf("the stored tree reproduces the checkpoint's root, but record %d is not the record it holds (its leaf hash there is %s): the record was changed after the checkpoint was signed", seq, stored[0])
+	}
+	return "the proof does not lead from the record to the checkpoint's root"
 }
