@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -104,7 +105,8 @@ func (g *guardedStore) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.
 // log was unhealthy already (a database outage) and so reports no change,
 // the log's own.
 func (l *Log) halt(cause error) {
-	if !errors.Is(cause, ErrIntegrity) {
+	if !strings.Contains(cause.Error(), ErrIntegrity.Error()) {
+		// Every halt's line says what it is, for operators to grep.
 		cause = fmt.Errorf("%w: %w", ErrIntegrity, cause)
 	}
 	err := fmt.Errorf("%w: %w; refusing plans and signing nothing until an operator restarts Stage-4", ErrUnavailable, cause)

@@ -69,9 +69,12 @@ func (r *replica) execute(t *testing.T, n int) {
 	}
 }
 
-// stop stops r with SIGTERM and returns its exit status.
+// stop stops r with SIGINT and returns its exit status. It closes the
+// client first: a health watch still open would hold the graceful stop
+// for its whole grace period.
 func (r *replica) stop(t *testing.T) int {
 	t.Helper()
+	r.conn.Close()
 	require.NoError(t, r.proc.cmd.Process.Signal(os.Interrupt))
 	return r.proc.exitCode(t)
 }
