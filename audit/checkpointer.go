@@ -96,8 +96,8 @@ func (c *checkpointer) sign(ctx context.Context) (TreeHead, bool, error) {
 			return th, signedAny, terr
 		}
 		if now.Size < ahead.Size {
-			return th, signedAny, c.fail(fmt.Errorf("%w: witness %s cosigned a tree of %d records, and this log's durable tree holds %d: the log was rolled back",
-				ErrCheckpointMismatch, ahead.Witness, ahead.Size, now.Size))
+			return th, signedAny, c.fail(fmt.Errorf("witness %s cosigned a tree of %d records, and this log's durable tree holds %d: the log was rolled back",
+				ahead.Witness, ahead.Size, now.Size))
 		}
 		if try == maxBehindRetries {
 			return th, signedAny, fmt.Errorf("cosign: %w (and again after signing anew)", ahead)

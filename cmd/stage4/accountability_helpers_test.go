@@ -37,10 +37,11 @@ func signingKeyFile(t *testing.T, name string) (path, vkey string) {
 
 // replica is a running stage4 serve with a client.
 type replica struct {
-	proc   *proc
-	conn   *grpc.ClientConn
-	client stage4v1.Stage4ServiceClient
-	health healthpb.HealthClient
+	proc              *proc
+	addr, metricsAddr string
+	conn              *grpc.ClientConn
+	client            stage4v1.Stage4ServiceClient
+	health            healthpb.HealthClient
 }
 
 // startReplica starts stage4 serve on the audit log at auditLog under
@@ -53,11 +54,11 @@ func startReplica(t *testing.T, stage3Addr, auditLog, name string, args ...strin
 		"--stage3-addr", stage3Addr, "--stage3-insecure", "--audit-log", auditLog, "--replica-name", name,
 		"--checkpoint-interval", "50ms",
 	}, args...)...)
-	addr, _ := p.servingAddr(t)
+	addr, metricsAddr := p.servingAddr(t)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	return &replica{proc: p, conn: conn, client: stage4v1.NewStage4ServiceClient(conn), health: healthpb.NewHealthClient(conn)}
+	return &replica{proc: p, addr: addr, metricsAddr: metricsAddr, conn: conn, client: stage4v1.NewStage4ServiceClient(conn), health: healthpb.NewHealthClient(conn)}
 }
 
 // execute runs n plans through r, which must succeed.

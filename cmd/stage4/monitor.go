@@ -214,7 +214,7 @@ func (m *monitor) check(ctx context.Context) error {
 	msg := []byte(res.GetCheckpoint())
 	served, cosigned, err := m.open(msg)
 	if err != nil {
-		return unverified("the checkpoint %s served: %v", m.f.addr, err)
+		return unverified("the checkpoint %s served does not verify with %s: %v", m.f.addr, keyName(m.verifier), err)
 	}
 	keptMsg, err := os.ReadFile(filepath.Join(m.f.state, monitorFile))
 	if errors.Is(err, os.ErrNotExist) {
