@@ -33,7 +33,10 @@ import (
 // headQuery reads the head and what checkedHead compares it with, in text
 // form for the simple protocol: the head's sequence, hash and tree edge;
 // the hash and last tree hash of the record at the head's sequence (NULL
-// when there is none); whether a record lies beyond it; and the hash of
+// when there is none); whether a record lies beyond it (max, which reads
+// the primary key's last entry: an EXISTS over sequence > head, whose
+// bound the planner does not know, was a sequential scan of the table,
+// 12 ms at 200,000 rows); and the hash of
 // the record at sequence last (NULL when there is none). Locking, it is
 // two statements: the head's row lock first, then the read, whose own
 // snapshot (READ COMMITTED takes one per statement) is taken once the
@@ -43,7 +46,7 @@ import (
 func headQuery(last uint64, lock bool) string {
 	q := `SELECT h.sequence, encode(h.hash, 'hex'), encode(h.tree, 'hex'),
 	encode(r.hash, 'hex'), encode(substring(r.tree FROM greatest(length(r.tree) - 31, 1)), 'hex'),
-	EXISTS (SELECT 1 FROM audit_records WHERE sequence > h.sequence),
+	coalesce((SELECT max(sequence) FROM audit_records), 0) > h.sequence,
 	encode((SELECT hash FROM audit_records WHERE sequence = ` + strconv.FormatUint(last, 10) + `), 'hex')
 FROM audit_head h LEFT JOIN audit_records r ON r.sequence = h.sequence WHERE h.id = 1`
 	if lock {
