@@ -177,6 +177,7 @@ type segment struct {
 	first    uint64
 	path     string
 	file     File
+	fd       *os.File // file's descriptor, for fstat
 	ident    os.FileInfo
 	written  int64    // length of the records written, durable or not
 	fileSize int64    // the file's length: written, or the preallocated size
@@ -570,13 +571,13 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 			return err
 		}
 	}
-	// The files this append writes are what the store left them, or the
-	// store fails before it writes anything.
-	if err := s.checkIdentity(s.active); err != nil {
+	// The active segment is still the length the store made it, or the
+	// store fails before it writes anything: a segment cut back (records
+	// taken off its end) and then written to at the store's offset would
+	// get its length back, and the check after the write could not see it.
+	// One fstat, no path lookup; the path is checked after the write.
+	if err := s.checkLength(s.active); err != nil {
 		return err
-	}
-	if err := s.treeWatch.Check(); err != nil {
-		return s.latchChange(err)
 	}
 	recs, err := build(s.head)
 	if err != nil || len(recs) == 0 {
@@ -714,6 +715,19 @@ func (s *Store) checkIdentity(a *segment) error {
 	case !os.SameFile(fi, a.ident):
 		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s was replaced by another file while in use", a.path)})
 	case fi.Size() != a.fileSize:
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
+	}
+	return nil
+}
+
+// checkLength reports, as a permanent failure, an active segment whose
+// length is not what the store made it. The caller holds ioMu.
+func (s *Store) checkLength(a *segment) error {
+	fi, err := a.fd.Stat()
+	if err != nil {
+		return s.fail(fmt.Errorf("check the length of %s: %w", a.path, err))
+	}
+	if fi.Size() != a.fileSize {
 		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
 	}
 	return nil
