@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // Log is Stage-4's audit log over a Store. It is made of parts that each
@@ -34,6 +35,10 @@ type Log struct {
 	tokens  *pageTokens
 	late    lateEvents
 
+	// haltCause is why the log halted for good (integrity.go), nil
+	// while it has not.
+	haltCause atomic.Pointer[error]
+
 	closing  chan struct{}
 	watched  chan struct{} // the supervisor's loop has returned
 	closeMu  sync.Once
@@ -50,22 +55,29 @@ func New(store Store, opts ...Option) (*Log, error) {
 	for _, o := range opts {
 		o(&c)
 	}
+	if len(c.keys) > 0 {
+		if err := checkSigningKeys(c.keys); err != nil {
+			return nil, errors.Join(err, store.Close())
+		}
+	}
 	key, err := store.FingerprintKey(context.Background())
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("audit store key: %w", err), store.Close())
 	}
 	l := &Log{
-		store:   store,
 		cfg:     c,
 		metrics: newMetrics(),
 		closing: make(chan struct{}),
 		watched: make(chan struct{}),
 		tokens:  newPageTokens(key),
 	}
+	// Everything above the store goes through the guard, which halts the
+	// log for good once the store was changed under it.
+	l.store = &guardedStore{Store: store, log: l}
 	l.health = newHealth(c.onHealth)
-	l.writer = newWriter(store, l.health, l.metrics, c, l.closing)
+	l.writer = newWriter(l.store, l.health, l.metrics, c, l.closing)
 	l.sweeper = &sweeper{log: l, logger: c.logger}
-	l.cp = &checkpointer{log: l, signer: c.signer}
+	l.cp = newCheckpointer(l, c.keys, c.cosigner)
 	go l.writer.run()
 	if c.registerer != nil {
 		if err := l.metrics.register(c.registerer); err != nil {

@@ -10,6 +10,7 @@ type metrics struct {
 	late          prometheus.Gauge
 	lateWritten   prometheus.Counter
 	lateDropped   *prometheus.CounterVec
+	halted        prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -44,13 +45,17 @@ func newMetrics() *metrics {
 			Namespace: "stage4", Subsystem: "audit", Name: "late_events_dropped_total",
 			Help: "Late terminal events not written: full (past the bound, left to the sweep) or closed_elsewhere (a replica's sweep closed the execution first, or it was never stored).",
 		}, []string{"reason"}),
+		halted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "stage4", Subsystem: "audit", Name: "halted",
+			Help: "1 once the audit log found its store changed behind its back (a fork, a rollback, a witness's disagreement) and halted until a restart; else 0.",
+		}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	m.lateDropped.WithLabelValues("full")
 	m.lateDropped.WithLabelValues("closed_elsewhere")
-	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize, m.late, m.lateWritten, m.lateDropped} {
+	for _, c := range []prometheus.Collector{m.appends, m.failures, m.commitSeconds, m.batchSize, m.late, m.lateWritten, m.lateDropped, m.halted} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -66,9 +66,30 @@ func WithSweepInterval(d time.Duration) Option {
 }
 
 // WithCheckpointSigner lets the log sign checkpoints with signer (see
-// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey.
+// SignCheckpoint); without it, Checkpoint fails with ErrNoSigningKey. The
+// store pins the signer's name and key hash; WithCheckpointKeys pins the
+// whole verifier key. A nil signer signs nothing.
 func WithCheckpointSigner(signer note.Signer) Option {
-	return func(c *logConfig) { c.signer = signer }
+	return func(c *logConfig) {
+		if signer != nil {
+			c.keys = []SigningKey{{Signer: signer}}
+		}
+	}
+}
+
+// WithCheckpointKeys lets the log sign checkpoints with keys, every
+// checkpoint with each of them (a key rotation's overlap: the old key and
+// the new, see docs/AUDIT_LOG.md). The keys must share their name, the
+// log's origin. None signs nothing.
+func WithCheckpointKeys(keys ...SigningKey) Option {
+	return func(c *logConfig) { c.keys = keys }
+}
+
+// WithCosigner has every checkpoint the log signs cosigned by witnesses:
+// Checkpoint then returns the latest checkpoint that met their quorum, and
+// a witness that holds a tree the log does not extend halts the log.
+func WithCosigner(cs Cosigner) Option {
+	return func(c *logConfig) { c.cosigner = cs }
 }
 
 // WithMaxScanned bounds the records (and index entries) that one List
@@ -87,7 +108,8 @@ type logConfig struct {
 	appendTimeout time.Duration
 	pingInterval  time.Duration
 	sweepInterval time.Duration
-	signer        note.Signer
+	keys          []SigningKey
+	cosigner      Cosigner
 	maxScanned    int
 }
 
@@ -127,16 +149,29 @@ func WithProgress(f func(bytesRead int64)) VerifyOption {
 }
 
 // WithRecordFunc calls f with every good record, in order, as Verify or a
-// ChainChecker passes it.
+// ChainChecker passes it. Several are called in the order given.
 func WithRecordFunc(f func(*Event)) VerifyOption {
-	return func(c *verifyConfig) { c.onRecord = f }
+	return func(c *verifyConfig) {
+		if prev := c.onRecord; prev != nil {
+			c.onRecord = func(ev *Event) { prev(ev); f(ev) }
+			return
+		}
+		c.onRecord = f
+	}
 }
 
 // WithLineFunc calls f with the sequence and the bytes (without the
 // newline) of every good record, in order, as Verify or a ChainChecker
-// passes it. line is valid only during the call.
+// passes it. line is valid only during the call. Several are called in
+// the order given.
 func WithLineFunc(f func(seq uint64, line []byte)) VerifyOption {
-	return func(c *verifyConfig) { c.onLine = f }
+	return func(c *verifyConfig) {
+		if prev := c.onLine; prev != nil {
+			c.onLine = func(seq uint64, line []byte) { prev(seq, line); f(seq, line) }
+			return
+		}
+		c.onLine = f
+	}
 }
 
 // WithStart makes Verify or a ChainChecker begin after head instead of at

@@ -90,14 +90,19 @@ func (l *Log) hashReader(ctx context.Context) tlog.HashReader {
 }
 
 // Checkpoint returns the latest signed checkpoint, whichever process of
-// the store signed it: ErrNoSigningKey without WithCheckpointSigner,
-// ErrNoCheckpoint before the first.
+// the store signed it: ErrNoSigningKey without a signing key,
+// ErrNoCheckpoint before the first. With a Cosigner it is the latest
+// checkpoint that met the witnesses' quorum, with their cosignatures, and
+// never one that did not (ErrNoCheckpoint until the first did).
 func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) {
-	if l.cfg.signer == nil {
+	if len(l.cfg.keys) == 0 {
 		return nil, ErrNoSigningKey
 	}
 	if l.isClosed() {
 		return nil, ErrClosed
+	}
+	if l.cfg.cosigner != nil {
+		return l.store.LoadCosigned(ctx)
 	}
 	return l.store.LoadCheckpoint(ctx)
 }

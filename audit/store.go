@@ -53,12 +53,35 @@ import (
 //     DurableHead is the head after the durable records, with its edge; a
 //     hash beyond the durable tree is an error. (TreeHashesAndEdgeSurviveRestart,
 //     ReadHashesBeyondTheTreeFails, DurableHeadFollowsDurableAppends)
-//  9. SaveCheckpoint keeps the checkpoint of the largest tree.
-//     (CheckpointIsKept)
+//  9. SaveCheckpoint keeps the checkpoint of the largest tree, and
+//     SaveCosigned likewise the cosigned checkpoint of the largest tree,
+//     apart from it. (CheckpointIsKept, CosignedIsKeptApart)
 //  10. FingerprintKey is 32 random bytes made at first use and kept.
 //     (FingerprintKeyIsKept)
 //  11. Close is idempotent; every other call after Close fails with
 //     ErrClosed. (CloseIsIdempotent, CallsAfterCloseFail)
+//  12. One signing identity: PinVerifierKeys replaces the pinned
+//     verifier keys only when those pinned are still the ones the caller
+//     names (a compare-and-swap, shared by every process of the store),
+//     and VerifierKeys returns them, across restarts.
+//     (VerifierKeysArePinned)
+//  13. Append never builds on a head that is not the store's last record,
+//     nor on one that went back: when the stored head and records
+//     disagree (no record at the head's sequence, another hash there,
+//     records beyond it), or the head no longer extends the last head
+//     this Store appended (rows deleted and the head moved back, a
+//     restored backup under a running process), Append stores nothing and
+//     fails with an error wrapping ErrIntegrity, and Ping fails likewise
+//     while the disagreement lasts. (RolledBackHeadIsRefused,
+//     BrokenHeadIsRefused, where the harness can make them)
+//  14. List never skips a missing record silently: an unfiltered listing
+//     fails on any gap in the records it reads, and a filtered one at
+//     least when the record just before one it returns is missing or is
+//     not the record that one extends, with an error wrapping
+//     ErrDataLoss. (A filtered listing that reads only what it returns
+//     cannot see every gap: rule 13, the checkpoints' consistency proofs
+//     and audit verify find the others.) (ListNeverSkipsADeletedRecord,
+//     where the harness can delete a record)
 //
 // A Store is used by one Log: Append is never called concurrently, the
 // other methods may be, with Append and with each other.
@@ -131,7 +154,8 @@ type Reader interface {
 	DurableHead(ctx context.Context) (Head, error)
 }
 
-// CheckpointKeeper keeps a log's latest signed checkpoint.
+// CheckpointKeeper keeps a log's latest signed checkpoint, its latest
+// cosigned one and the verifier keys of its signers (rules 9 and 12).
 type CheckpointKeeper interface {
 	// SaveCheckpoint keeps checkpoint, a signed note for a tree of size
 	// leaves, as the log's latest checkpoint, unless the store holds one
@@ -141,6 +165,27 @@ type CheckpointKeeper interface {
 	// LoadCheckpoint returns the latest checkpoint that SaveCheckpoint
 	// kept, or ErrNoCheckpoint.
 	LoadCheckpoint(ctx context.Context) ([]byte, error)
+
+	// SaveCosigned keeps checkpoint, a checkpoint for a tree of size
+	// leaves with witnesses' cosignatures that meet the log's witness
+	// policy, as the latest cosigned checkpoint, unless the store holds a
+	// cosigned one for a larger tree already. It is kept apart from
+	// SaveCheckpoint's: a log that is witnessed serves only this one.
+	SaveCosigned(ctx context.Context, size uint64, checkpoint []byte) error
+
+	// LoadCosigned returns the latest checkpoint that SaveCosigned kept,
+	// or ErrNoCheckpoint.
+	LoadCosigned(ctx context.Context) ([]byte, error)
+
+	// VerifierKeys returns the verifier keys pinned in the store, sorted,
+	// or none before the first PinVerifierKeys.
+	VerifierKeys(ctx context.Context) ([]string, error)
+
+	// PinVerifierKeys pins keys (sorted, as VerifierKeys returns them) if
+	// the keys pinned now are exactly old (none: nil), and returns the
+	// keys pinned after the call: keys when it pinned them, else those
+	// another process pinned meanwhile.
+	PinVerifierKeys(ctx context.Context, old, keys []string) ([]string, error)
 }
 
 // Head is the end of a log's hash chain.

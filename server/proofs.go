@@ -13,15 +13,20 @@ import (
 	"github.com/stage4/stage4/internal/rpcerr"
 )
 
-// AuditTree serves the audit log's Merkle tree and its latest signed
+// AuditTree serves the audit log's Merkle tree, its proofs and its latest
 // checkpoint; *audit.Log is the implementation.
 type AuditTree interface {
 	// Tree is the tree over the durable records.
 	Tree(ctx context.Context) (audit.TreeHead, error)
-	// ReadHashes reads stored hashes of the durable tree.
-	ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, error)
-	// Checkpoint is the latest signed checkpoint, or audit.ErrNoSigningKey
-	// or audit.ErrNoCheckpoint.
+	// ProveRecord returns a record's leaf hash and inclusion proof in a
+	// tree no larger than durable, checked against its root before it is
+	// returned (see audit.Log.ProveRecord).
+	ProveRecord(ctx context.Context, seq, size uint64, durable audit.TreeHead) (tlog.Hash, tlog.RecordProof, error)
+	// ProveTree returns the consistency proof between two trees no
+	// larger than durable, checked likewise.
+	ProveTree(ctx context.Context, first, second uint64, durable audit.TreeHead) (tlog.TreeProof, error)
+	// Checkpoint is the latest signed (with witnesses, cosigned)
+	// checkpoint, or audit.ErrNoSigningKey or audit.ErrNoCheckpoint.
 	Checkpoint(ctx context.Context) ([]byte, error)
 }
 
@@ -99,16 +104,11 @@ func proveInclusion(ctx context.Context, tree AuditTree, seq, size uint64) (incl
 	case seq > size:
 		return inclusion{}, &beyondTreeError{fmt.Sprintf("sequence %d is beyond the latest checkpoint's tree of %d records; ask again after the next checkpoint", seq, size), size}
 	}
-	r := hashReader(ctx, tree)
-	proof, err := tlog.ProveRecord(int64(size), int64(seq-1), r)
+	leaf, proof, err := tree.ProveRecord(ctx, seq, size, durable)
 	if err != nil {
-		return inclusion{}, fmt.Errorf("prove inclusion: %w", err)
+		return inclusion{}, err
 	}
-	leaf, err := tree.ReadHashes(ctx, []int64{tlog.StoredHashIndex(0, int64(seq-1))})
-	if err != nil {
-		return inclusion{}, fmt.Errorf("read leaf hash: %w", err)
-	}
-	return inclusion{treeSize: size, leaf: leaf[0], proof: proof}, nil
+	return inclusion{treeSize: size, leaf: leaf, proof: proof}, nil
 }
 
 // proveConsistency proves that the tree of second leaves extends that of
@@ -121,11 +121,7 @@ func proveConsistency(ctx context.Context, tree AuditTree, first, second uint64)
 	if second > durable.Size {
 		return nil, &beyondTreeError{fmt.Sprintf("second_size %d is beyond the durable audit log of %d records", second, durable.Size), durable.Size}
 	}
-	proof, err := tlog.ProveTree(int64(second), int64(first), hashReader(ctx, tree))
-	if err != nil {
-		return nil, fmt.Errorf("prove consistency: %w", err)
-	}
-	return proof, nil
+	return tree.ProveTree(ctx, first, second, durable)
 }
 
 // latestSize is the latest checkpoint's tree size, or the durable tree's
@@ -144,12 +140,6 @@ func latestSize(ctx context.Context, tree AuditTree) (uint64, error) {
 		return 0, fmt.Errorf("%w: the stored checkpoint: %w", audit.ErrDataLoss, err)
 	}
 	return cp.Size, nil
-}
-
-func hashReader(ctx context.Context, tree AuditTree) tlog.HashReader {
-	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
-		return tree.ReadHashes(ctx, indexes)
-	})
 }
 
 func hashBytes(hashes []tlog.Hash) [][]byte {

@@ -42,6 +42,9 @@ type Storage struct {
 	open    map[string]*openExec
 	cp      []byte
 	cpSize  uint64
+	cos     []byte // the latest cosigned checkpoint
+	cosSize uint64
+	pins    []string // the pinned verifier keys
 	key     []byte
 	stores  map[*Store]bool // open stores
 
@@ -133,6 +136,44 @@ func (s *Storage) Crash() {
 	}
 }
 
+// RollBack removes the records after to and makes to the head, as an
+// operator editing the storage (or restoring a backup) under a running
+// process would; to must be the head after one of the records.
+func (s *Storage) RollBack(to audit.Head) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := int(to.Sequence)
+	s.records = s.records[:n]
+	s.durable = min(s.durable, n)
+	s.head = to
+	if s.dhead.Sequence > to.Sequence {
+		s.dhead = to
+	}
+}
+
+// BreakHead sets the head's hash to garbage, so that the head no longer
+// names the last record, as an operator's edit of the head would.
+func (s *Storage) BreakHead() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.head.Hash[0] ^= 0xff
+}
+
+// DeleteRecord removes the record of sequence seq, leaving a gap, as an
+// operator deleting a row would.
+func (s *Storage) DeleteRecord(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.records, func(r audit.Record) bool { return r.Sequence == seq })
+	if i < 0 {
+		return
+	}
+	s.records = slices.Delete(s.records, i, i+1)
+	if i < s.durable {
+		s.durable--
+	}
+}
+
 // Records returns copies of the durable records, for tests that look at
 // what a crash would keep.
 func (s *Storage) Records() []audit.Record {
@@ -149,7 +190,8 @@ type Store struct {
 	// guarded by st.mu
 	closed  bool
 	crashed bool
-	failed  error // a permanent Break seen by this store
+	failed  error      // a permanent Break seen by this store
+	last    audit.Head // the last head this store appended to or made
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -214,6 +256,9 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		return err
 	}
 	defer s.st.mu.Unlock()
+	if err := s.checkHead(); err != nil {
+		return err
+	}
 	head := s.st.head
 	head.Tree = slices.Clone(head.Tree)
 	recs, err := build(head)
@@ -233,6 +278,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 	}
 	last := &recs[len(recs)-1]
 	s.st.head = audit.Head{Sequence: last.Sequence, Hash: last.Hash, Tree: tree}
+	s.last = audit.Head{Sequence: last.Sequence, Hash: last.Hash}
 	if durable {
 		s.st.durable = len(s.st.records)
 		s.st.dhead = s.st.head
@@ -241,6 +287,31 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		s.st.fault.loseAnswer = false
 		return fmt.Errorf("append audit records: the answer was lost: %w", audit.ErrOutcomeUnknown)
 	}
+	return nil
+}
+
+// checkHead refuses a head that is not the last record, or that does not
+// extend the last head this store saw (Store rule 13), and notes the head
+// as seen. The caller holds st.mu.
+func (s *Store) checkHead() error {
+	head, recs := s.st.head, s.st.records
+	n := len(recs)
+	switch {
+	case head.Sequence == 0 && n > 0:
+		return fmt.Errorf("%w: the head names no record, but %d are stored", audit.ErrIntegrity, n)
+	case head.Sequence > 0 && (n == 0 || recs[n-1].Sequence != head.Sequence || recs[n-1].Hash != head.Hash):
+		return fmt.Errorf("%w: the head names record %d, which is not the last one stored", audit.ErrIntegrity, head.Sequence)
+	}
+	if l := s.last; l.Sequence > 0 {
+		if head.Sequence < l.Sequence {
+			return fmt.Errorf("%w: the head went back to record %d, this store saw record %d", audit.ErrIntegrity, head.Sequence, l.Sequence)
+		}
+		i := slices.IndexFunc(recs, func(r audit.Record) bool { return r.Sequence == l.Sequence })
+		if i < 0 || recs[i].Hash != l.Hash {
+			return fmt.Errorf("%w: record %d is no longer the one this store saw", audit.ErrIntegrity, l.Sequence)
+		}
+	}
+	s.last = audit.Head{Sequence: head.Sequence, Hash: head.Hash}
 	return nil
 }
 
@@ -265,13 +336,14 @@ func (s *Store) track(r *audit.Record) {
 	}
 }
 
-// Ping reports a break or a hang; it never waits for an append.
+// Ping reports a break, a hang or a head changed under the store; it
+// never waits for an append.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.enter(ctx, true); err != nil {
 		return err
 	}
-	s.st.mu.Unlock()
-	return nil
+	defer s.st.mu.Unlock()
+	return s.checkHead()
 }
 
 // Interrupted hands out, once, the open executions of closed stores of
@@ -332,7 +404,14 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 	s.st.mu.Unlock()
 	var page audit.Page
 	scanned := 0
-	for i := int(max(q.From.Sequence, 1)) - 1; i < len(recs); i++ {
+	from := max(q.From.Sequence, 1)
+	start, _ := slices.BinarySearchFunc(recs, from, func(r audit.Record, seq uint64) int { return cmp.Compare(r.Sequence, seq) })
+	for i := start; i < len(recs); i++ {
+		// Every record scanned must follow the one before: a deleted
+		// record is never skipped silently (Store rule 14).
+		if want := from + uint64(i-start); recs[i].Sequence != want {
+			return audit.Page{}, fmt.Errorf("%w: no record %d: it was deleted", audit.ErrDataLoss, want)
+		}
 		ev, _, err := audit.ParseRecord(recs[i].Line)
 		if err != nil {
 			return audit.Page{}, err
@@ -360,7 +439,10 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([]tlog.Hash, e
 	}
 	defer s.st.mu.Unlock()
 	var all []tlog.Hash
-	for _, r := range s.st.records[:s.st.durable] {
+	for i, r := range s.st.records[:s.st.durable] {
+		if r.Sequence != uint64(i)+1 {
+			return nil, fmt.Errorf("%w: no record %d: it was deleted", audit.ErrDataLoss, i+1)
+		}
 		all = append(all, r.TreeHashes...)
 	}
 	out := make([]tlog.Hash, len(indexes))
@@ -406,6 +488,51 @@ func (s *Store) LoadCheckpoint(ctx context.Context) ([]byte, error) {
 		return nil, audit.ErrNoCheckpoint
 	}
 	return slices.Clone(s.st.cp), nil
+}
+
+// SaveCosigned keeps the cosigned checkpoint of the largest tree.
+func (s *Store) SaveCosigned(ctx context.Context, size uint64, checkpoint []byte) error {
+	if err := s.enter(ctx, false); err != nil {
+		return err
+	}
+	defer s.st.mu.Unlock()
+	if s.st.cos == nil || size >= s.st.cosSize {
+		s.st.cos, s.st.cosSize = slices.Clone(checkpoint), size
+	}
+	return nil
+}
+
+// LoadCosigned returns the latest cosigned checkpoint.
+func (s *Store) LoadCosigned(ctx context.Context) ([]byte, error) {
+	if err := s.enter(ctx, false); err != nil {
+		return nil, err
+	}
+	defer s.st.mu.Unlock()
+	if s.st.cos == nil {
+		return nil, audit.ErrNoCheckpoint
+	}
+	return slices.Clone(s.st.cos), nil
+}
+
+// VerifierKeys returns the pinned verifier keys.
+func (s *Store) VerifierKeys(ctx context.Context) ([]string, error) {
+	if err := s.enter(ctx, false); err != nil {
+		return nil, err
+	}
+	defer s.st.mu.Unlock()
+	return slices.Clone(s.st.pins), nil
+}
+
+// PinVerifierKeys pins keys if old are pinned.
+func (s *Store) PinVerifierKeys(ctx context.Context, old, keys []string) ([]string, error) {
+	if err := s.enter(ctx, false); err != nil {
+		return nil, err
+	}
+	defer s.st.mu.Unlock()
+	if slices.Equal(s.st.pins, old) {
+		s.st.pins = slices.Clone(keys)
+	}
+	return slices.Clone(s.st.pins), nil
 }
 
 // FingerprintKey returns the storage's key.

@@ -3,10 +3,8 @@ package pgstore
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +54,9 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 	head, err := s.lockHead(ctx, conn, durable)
 	if err != nil {
 		s.rollback(conn)
+		if errors.Is(err, audit.ErrIntegrity) {
+			return fmt.Errorf("append audit records: %w", err)
+		}
 		return fmt.Errorf("append audit records: %w", s.dbError(err))
 	}
 	recs, err := build(head)
@@ -85,6 +86,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 	res, err := conn.Conn().PgConn().Exec(wctx, "COMMIT").ReadAll()
 	if err == nil {
 		if len(res) == 1 && res[0].CommandTag.String() == "COMMIT" {
+			s.see(audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash})
 			return nil
 		}
 		// COMMIT of a failed transaction answers ROLLBACK without an error.
@@ -94,17 +96,23 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 }
 
 // lockHead begins the transaction and reads the head under its row lock,
-// in one simple-protocol round trip.
+// checked against the records and against the last head this replica saw
+// (see integrity.go), in one simple-protocol round trip.
 func (s *Store) lockHead(ctx context.Context, conn *pgxpool.Conn, durable bool) (audit.Head, error) {
-	q := "BEGIN; " + selectHead + " FOR UPDATE"
+	last := s.seen()
+	q := "BEGIN; " + headQuery(last.Sequence, true)
 	if !durable && !s.cfg.syncNonDurable {
-		q = "BEGIN; SET LOCAL synchronous_commit = off; " + selectHead + " FOR UPDATE"
+		q = "BEGIN; SET LOCAL synchronous_commit = off; " + headQuery(last.Sequence, true)
 	}
 	res, err := conn.Conn().PgConn().Exec(ctx, q).ReadAll()
 	if err != nil {
 		return audit.Head{}, err
 	}
-	return parseHead(res[len(res)-1])
+	head, err := checkedHead(res[len(res)-1], last)
+	if err == nil {
+		s.see(head)
+	}
+	return head, err
 }
 
 // selectHead reads the head in text form, for the simple protocol.
@@ -112,30 +120,10 @@ const selectHead = "SELECT sequence, encode(hash, 'hex'), encode(tree, 'hex') FR
 
 // parseHead parses the result of selectHead.
 func parseHead(res *pgconn.Result) (audit.Head, error) {
-	var head audit.Head
 	if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
-		return head, errors.New("the audit_head row is missing: the schema was damaged")
+		return audit.Head{}, errors.New("the audit_head row is missing: the schema was damaged")
 	}
-	row := res.Rows[0]
-	seq, err := strconv.ParseUint(string(row[0]), 10, 64)
-	if err != nil {
-		return head, fmt.Errorf("read audit_head: %w", err)
-	}
-	if n, err := hex.Decode(head.Hash[:], row[1]); err != nil || n != len(head.Hash) {
-		return head, errors.New("read audit_head: the hash is not 32 bytes")
-	}
-	tree := make([]byte, hex.DecodedLen(len(row[2])))
-	if _, err := hex.Decode(tree, row[2]); err != nil {
-		return head, fmt.Errorf("read audit_head: tree: %w", err)
-	}
-	head.Sequence = seq
-	for i := 0; i+tlog.HashSize <= len(tree); i += tlog.HashSize {
-		head.Tree = append(head.Tree, tlog.Hash(tree[i:i+tlog.HashSize]))
-	}
-	if want := len(audit.EdgeIndexes(int64(seq))); len(head.Tree) != want {
-		return head, fmt.Errorf("%w: audit_head holds %d tree hashes for %d records, want %d", audit.ErrDataLoss, len(head.Tree), seq, want)
-	}
-	return head, nil
+	return parseHeadRow(res.Rows[0])
 }
 
 // checkBatch refuses records that would not extend head by one sequence
@@ -318,6 +306,7 @@ func (s *Store) resolve(ctx context.Context, last audit.Record, commitErr error)
 		cancel()
 		if err == nil {
 			if landed {
+				s.see(audit.Head{Sequence: last.Sequence, Hash: last.Hash})
 				return nil
 			}
 			return fmt.Errorf("append audit records: the connection was lost during COMMIT and the batch was not stored: %w: %w", audit.ErrUnavailable, commitErr)

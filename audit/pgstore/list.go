@@ -47,7 +47,8 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 		var r row
 		var seq pgtype.Int8
 		var typ, execID, planID, userID pgtype.Text
-		if err := rows.Scan(&durable, &seq, &typ, &execID, &planID, &userID, &r.record); err != nil {
+		var prev []byte
+		if err := rows.Scan(&durable, &seq, &typ, &execID, &planID, &userID, &r.record, &prev); err != nil {
 			return audit.Page{}, fmt.Errorf("list audit records: %w", s.dbError(err))
 		}
 		if !seq.Valid {
@@ -59,13 +60,18 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 			break
 		}
 		if q.Filter.Empty() && uint64(r.seq) != want {
-			return audit.Page{}, fmt.Errorf("%w: no record %d: a row was deleted from audit_records", audit.ErrDataLoss, want)
+			return audit.Page{}, fmt.Errorf("%w: no record %d: a row was deleted from audit_records", audit.ErrIntegrity, want)
 		}
 		want = uint64(r.seq) + 1
 		n++
 		ev, err := r.decode()
 		if err != nil {
 			return audit.Page{}, fmt.Errorf("list audit records: %w", err)
+		}
+		if !q.Filter.Empty() {
+			if err := checkLink(&ev, prev); err != nil {
+				return audit.Page{}, fmt.Errorf("list audit records: %w", err)
+			}
 		}
 		// The columns may match where the record does not (NUL mapped to
 		// U+FFFD); the record decides.
@@ -81,7 +87,7 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 		page.Next = audit.Cursor{Sequence: end}
 	}
 	if q.Filter.Empty() && page.Done() && want <= uint64(durable) && (end == 0 || want < end) {
-		return audit.Page{}, fmt.Errorf("%w: the log ends at record %d, but audit_head says %d are durable: rows were deleted", audit.ErrDataLoss, want-1, durable)
+		return audit.Page{}, fmt.Errorf("%w: the log ends at record %d, but audit_head says %d are durable: rows were deleted", audit.ErrIntegrity, want-1, durable)
 	}
 	return page, nil
 }
@@ -92,14 +98,20 @@ func (s *Store) List(ctx context.Context, q audit.Query) (audit.Page, error) {
 // read.
 func listQuery(q *audit.Query, from, end uint64) (string, []any) {
 	var b strings.Builder
-	b.WriteString(`SELECT h.durable_sequence, r.sequence, r.type, r.execution_id, r.plan_id, r.user_id, r.record
+	// A filtered listing reads each listed record's predecessor's hash too
+	// (one primary-key probe each), to find a record deleted before it.
+	prev := "NULL::bytea"
+	if !q.Filter.Empty() {
+		prev = "(SELECT p.hash FROM audit_records p WHERE p.sequence = a.sequence - 1)"
+	}
+	b.WriteString(`SELECT h.durable_sequence, r.sequence, r.type, r.execution_id, r.plan_id, r.user_id, r.record, r.prev
 FROM audit_head h LEFT JOIN LATERAL (
-	SELECT sequence, type, execution_id, plan_id, user_id, record FROM audit_records
-	WHERE sequence >= $1 AND sequence <= h.durable_sequence`)
+	SELECT a.sequence, a.type, a.execution_id, a.plan_id, a.user_id, a.record, ` + prev + ` AS prev FROM audit_records a
+	WHERE a.sequence >= $1 AND a.sequence <= h.durable_sequence`)
 	args := []any{int64(from)}
 	add := func(col string, v any) {
 		args = append(args, v)
-		b.WriteString(" AND " + col + " $" + strconv.Itoa(len(args)))
+		b.WriteString(" AND a." + col + " $" + strconv.Itoa(len(args)))
 	}
 	if end > 0 {
 		add("sequence <", int64(end))
@@ -117,9 +129,28 @@ FROM audit_head h LEFT JOIN LATERAL (
 		add("type =", q.Type.String())
 	}
 	args = append(args, q.Limit+1)
-	b.WriteString(" ORDER BY sequence LIMIT $" + strconv.Itoa(len(args)) + `
+	b.WriteString(" ORDER BY a.sequence LIMIT $" + strconv.Itoa(len(args)) + `
 ) r ON true WHERE h.id = 1 ORDER BY r.sequence`)
 	return b.String(), args
+}
+
+// checkLink checks that a listed record's previous_hash is the hash of the
+// row before it (prev, nil when there is none): a filtered listing does
+// not read the rows between the records it returns, and so would skip a
+// deleted one silently (Store rule 14). It catches a deletion just before
+// a listed record; the head's check on every append, the checkpoints'
+// consistency proofs and audit verify catch the others.
+func checkLink(ev *audit.Event, prev []byte) error {
+	if ev.Sequence == 1 {
+		return nil
+	}
+	if prev == nil {
+		return fmt.Errorf("%w: no record %d before record %d: it was deleted", audit.ErrIntegrity, ev.Sequence-1, ev.Sequence)
+	}
+	if len(prev) != 32 || audit.FormatHash([32]byte(prev)) != ev.PreviousHash {
+		return fmt.Errorf("%w: record %d is not the one record %d extends (%s): a record was replaced", audit.ErrIntegrity, ev.Sequence-1, ev.Sequence, ev.PreviousHash)
+	}
+	return nil
 }
 
 // row is one audit_records row as List reads it.

@@ -108,6 +108,25 @@ CREATE TABLE audit_meta (
 ALTER TABLE audit_head ADD COLUMN durable_sequence bigint NOT NULL DEFAULT 0 CHECK (durable_sequence >= 0);
 UPDATE audit_head SET durable_sequence = sequence;
 `,
+	// Version 3: the log's signing identity and its cosigned checkpoint.
+	// audit_signers pins the verifier keys of the checkpoints' signers
+	// (one row, replaced only by a process that holds one of them);
+	// audit_cosigned keeps the latest checkpoint that witnesses cosigned,
+	// which a witnessed log serves, apart from audit_checkpoint, the
+	// latest signed one, which every signing must extend.
+	`
+CREATE TABLE audit_signers (
+	id            smallint PRIMARY KEY CHECK (id = 1),
+	verifier_keys text[] NOT NULL,
+	pinned_at     timestamptz NOT NULL
+);
+CREATE TABLE audit_cosigned (
+	id         smallint PRIMARY KEY CHECK (id = 1),
+	tree_size  bigint NOT NULL CHECK (tree_size >= 0),
+	checkpoint bytea NOT NULL,
+	saved_at   timestamptz NOT NULL
+);
+`,
 }
 
 // SchemaVersion is the schema version this package creates and uses.

@@ -39,6 +39,12 @@ type Store struct {
 	// nameTaken: the last attempt found the name's lock held by another
 	// session (see NameTaken).
 	nameTaken atomic.Bool
+
+	// lastMu guards last, the last head this replica read under the
+	// head's lock or committed: the head must never go back from it
+	// (see integrity.go).
+	lastMu sync.Mutex
+	last   audit.Head
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -120,7 +126,8 @@ func (s *Store) InstanceID() string { return s.instance }
 
 // Ping records this replica's heartbeat, which tells the other replicas
 // that its open executions are still being run, and so reports whether
-// the database takes writes now. It is bounded by 2 s.
+// the database takes writes now; and it checks the head as Append does
+// (see integrity.go). It is bounded by 2 s.
 func (s *Store) Ping(ctx context.Context) error {
 	if s.closed.Load() {
 		return audit.ErrClosed
@@ -128,6 +135,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.pingTimeout)
 	defer cancel()
 	if err := s.heartbeat(ctx); err != nil {
+		return fmt.Errorf("ping audit store: %w", err)
+	}
+	if err := s.checkHead(ctx); err != nil {
 		return fmt.Errorf("ping audit store: %w", err)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
@@ -47,8 +48,30 @@ func TestConformance(t *testing.T) {
 				proxy.Refuse(true)
 			},
 			Grace: grace,
+			// An operator's edits of the tables, as in docs/AUDIT_LOG.md's
+			// threat model.
+			RollBack: func(t *testing.T, to audit.Head) {
+				pgtest.Exec(t, url, `WITH d AS (DELETE FROM audit_records WHERE sequence > $1)
+					UPDATE audit_head SET sequence = $1, hash = $2, tree = $3, durable_sequence = least(durable_sequence, $1) WHERE id = 1`,
+					int64(to.Sequence), to.Hash[:], concatHashes(to.Tree))
+			},
+			BreakHead: func(t *testing.T) {
+				pgtest.Exec(t, url, "UPDATE audit_head SET hash = sha256(hash) WHERE id = 1")
+			},
+			DeleteRecord: func(t *testing.T, seq uint64) {
+				pgtest.Exec(t, url, "DELETE FROM audit_records WHERE sequence = $1", int64(seq))
+			},
 		}
 	})
+}
+
+// concatHashes is a tree edge as audit_head.tree holds it.
+func concatHashes(hashes []tlog.Hash) []byte {
+	var b []byte
+	for _, h := range hashes {
+		b = append(b, h[:]...)
+	}
+	return b
 }
 
 // open opens a store that the test closes at its end (again, if the test

@@ -57,7 +57,7 @@ func readHashes(ctx context.Context, q querier, indexes []int64, dbError func(er
 		seq, pos := locateHash(x)
 		tree, ok := trees[seq]
 		if !ok {
-			return nil, fmt.Errorf("%w: tree hash %d: no record %d", audit.ErrDataLoss, x, seq)
+			return nil, fmt.Errorf("%w: tree hash %d: no record %d: it was deleted", audit.ErrIntegrity, x, seq)
 		}
 		if len(tree) < (pos+1)*tlog.HashSize {
 			return nil, fmt.Errorf("%w: tree hash %d: record %d holds %d bytes of tree hashes", audit.ErrDataLoss, x, seq, len(tree))
@@ -105,6 +105,9 @@ func (s *Store) DurableHead(ctx context.Context) (audit.Head, error) {
 	if err != nil {
 		return audit.Head{}, fmt.Errorf("read the durable head: %w", s.dbError(err))
 	}
+	// The head may only move forward from here: a later append checks it
+	// (see integrity.go).
+	s.see(head)
 	return head, nil
 }
 

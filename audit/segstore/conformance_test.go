@@ -1,7 +1,11 @@
 package segstore_test
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -46,10 +50,75 @@ func TestConformance(t *testing.T) {
 					Hang:       func(*testing.T) { d.hang() },
 					Heal:       func(*testing.T) { d.heal() },
 					LoseAnswer: func(*testing.T) { d.failNextSync.Store(true) },
+					// An operator's edits of the active segment while the
+					// store runs: records cut off its end, or one taken
+					// out of its middle in place (the file keeps its
+					// length). A changed head lives in the store's memory
+					// only; the head file's changes are tested apart.
+					RollBack: func(t *testing.T, to audit.Head) {
+						path, data, i := segmentWith(t, dir, to.Sequence)
+						cut := 0
+						if i >= 0 {
+							cut = i + bytes.IndexByte(data[i:], '\n') + 1
+						}
+						require.NoError(t, os.Truncate(path, int64(cut)))
+					},
+					DeleteRecord: func(t *testing.T, seq uint64) {
+						path, data, i := segmentWith(t, dir, seq)
+						require.GreaterOrEqual(t, i, 0, "no record %d", seq)
+						end := i + bytes.IndexByte(data[i:], '\n') + 1
+						edited := append(append(append([]byte(nil), data[:i]...), data[end:]...), make([]byte, end-i)...)
+						f, err := os.OpenFile(path, os.O_WRONLY, 0)
+						require.NoError(t, err)
+						defer f.Close()
+						_, err = f.WriteAt(edited, 0)
+						require.NoError(t, err)
+					},
 				}
 			})
 		})
 	}
+}
+
+// segmentWith returns the path and the content of the segment of the log
+// in dir that holds the record of sequence seq, and the record's offset
+// in it; the last segment and -1 when none does.
+func segmentWith(t *testing.T, dir string, seq uint64) (string, []byte, int) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var path string
+	var data []byte
+	for _, e := range entries { // by name: by first sequence
+		if _, ok := segstore.ParseSegmentName(e.Name()); !ok {
+			continue
+		}
+		path = filepath.Join(dir, e.Name())
+		data, err = os.ReadFile(path)
+		require.NoError(t, err)
+		if i := recordAt(data, seq); i >= 0 {
+			return path, data, i
+		}
+	}
+	require.NotEmpty(t, path, "no segment in %s", dir)
+	return path, data, -1
+}
+
+// recordAt returns the offset of the record of sequence seq in a
+// segment's content, or -1.
+func recordAt(data []byte, seq uint64) int {
+	prefix := []byte(fmt.Sprintf(`{"sequence":%d,`, seq))
+	for off := 0; off < len(data); {
+		if bytes.HasPrefix(data[off:], prefix) {
+			return off
+		}
+		nl := bytes.IndexByte(data[off:], '\n')
+		if nl < 0 {
+			break
+		}
+		off += nl + 1
+	}
+	return -1
 }
 
 // errDisk is the failing disk's error.

@@ -89,10 +89,18 @@ func (driver) Open(_ context.Context, loc audit.Location, cfg audit.OpenConfig) 
 		return nil, fmt.Errorf("%w; the log directory or a segment of it was removed, renamed, replaced or truncated: restore it, "+
 			"or start once with --audit-new-log to begin a new log (the head file is then kept aside)", err)
 	}
+	if errors.Is(err, ErrMissingFile) {
+		return nil, fmt.Errorf("%w; restore the file from a backup, "+
+			"or start once with --audit-new-log to go on without it (the log is taken as it is)", err)
+	}
 	if err != nil {
 		return nil, err // already says "open audit log"
 	}
 	rec := s.Recovery()
+	if len(rec.MissingFiles) > 0 {
+		logger.Warn("started the audit log (--audit-new-log) although files were missing",
+			"audit_log", path, "missing", strings.Join(rec.MissingFiles, "; "), "records", rec.Records)
+	}
 	if rec.TruncatedBytes > 0 {
 		logger.Warn("audit log repaired after an unclean stop: cut an incomplete last record off the active segment",
 			"truncated_bytes", rec.TruncatedBytes)

@@ -172,7 +172,14 @@ func (s *Store) openSeals() ([]seal, error) {
 			return nil, fmt.Errorf("cut the incomplete last line of %s: %w", path, err)
 		}
 	}
-	return seals, fsutil.SyncDir(s.dir)
+	if err := fsutil.SyncDir(s.dir); err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return seals, s.sealsWatch.KnownFile(f, fi.Size())
 }
 
 // appendSeal appends sl to the seal file and syncs it. A write that
@@ -182,6 +189,10 @@ func (s *Store) appendSeal(sl seal) error {
 	line, err := json.Marshal(sl)
 	if err != nil {
 		return s.fail(err)
+	}
+	// The seal file is what the store left it, or nothing is sealed.
+	if err := s.sealsWatch.Check(); err != nil {
+		return s.latchChange(err)
 	}
 	fi, err := s.sealsFile.Stat()
 	if err != nil {
@@ -193,6 +204,7 @@ func (s *Store) appendSeal(sl seal) error {
 		}
 		return fmt.Errorf("%w: write %s: %w", audit.ErrUnavailable, SealsFile, err)
 	}
+	s.sealsWatch.Grow(int64(len(line)) + 1)
 	if err := s.sealsFile.Sync(); err != nil {
 		return s.fail(fmt.Errorf("fsync %s: %w", SealsFile, err))
 	}

@@ -49,7 +49,7 @@ func (s *Store) openActive(first uint64, base audit.Head, want uint64) (*[32]byt
 	if s.cfg.wrapFile != nil {
 		file = s.cfg.wrapFile(f)
 	}
-	a := &segment{first: first, path: path, file: file, prevHash: base.Hash, mem: newMemIndex()}
+	a := &segment{first: first, path: path, file: file, fd: f, prevHash: base.Hash, mem: newMemIndex()}
 	s.active = a
 	var hashAt *[32]byte
 	if want == base.Sequence && want > 0 {
@@ -315,7 +315,7 @@ func (s *Store) install(f *os.File) error {
 	if s.cfg.wrapFile != nil {
 		file = s.cfg.wrapFile(f)
 	}
-	s.active = &segment{first: first, path: path, file: file, ident: ident, fileSize: ident.Size(),
+	s.active = &segment{first: first, path: path, file: file, fd: f, ident: ident, fileSize: ident.Size(),
 		prevHash: s.head.Hash, mem: newMemIndex()}
 	s.publish()
 	s.prepareNext()

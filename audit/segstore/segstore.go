@@ -38,6 +38,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,11 @@ const (
 	TreeFile = "tree"
 	// CheckpointFile holds the latest signed checkpoint.
 	CheckpointFile = "checkpoint"
+	// CosignedFile holds the latest checkpoint that witnesses cosigned.
+	CosignedFile = "cosigned"
+	// VerifiersFile holds the pinned verifier keys of the checkpoints'
+	// signers, one a line (audit.Store rule 12).
+	VerifiersFile = "verifiers"
 	// IndexDir holds the index runs (package segindex).
 	IndexDir = "index"
 	// lockFile is what Open locks against a second process.
@@ -75,6 +81,13 @@ const (
 // names; see fsutil.ErrHeadMismatch. Open refuses the log unless
 // WithNewLog.
 var ErrHeadMismatch = fsutil.ErrHeadMismatch
+
+// ErrMissingFile: a file that a log directory with records always holds
+// (its key, its head file, or its checkpoint once it pins signing keys)
+// is missing: deleted, which would silently give the log new
+// fingerprints or disable the checks the file serves. Open refuses the
+// log unless WithNewLog.
+var ErrMissingFile = errors.New("a file of the audit log directory is missing")
 
 // ErrLocked: another process has the log open.
 var ErrLocked = errors.New("the directory is locked by another process (flock): another stage4 is using this audit log")
@@ -147,8 +160,14 @@ type Store struct {
 	savedHead audit.Head
 
 	checkpoint *fsutil.CheckpointFile
-	index      *indexer
-	next       nextState
+	cosigned   *fsutil.CheckpointFile
+	pins       *fsutil.PinFile
+	// Files only this store changes, checked before each use and at every
+	// ping (see fsutil.Watched); the checkpoint files watch their own.
+	keyWatch, headWatch, treeWatch, sealsWatch *fsutil.Watched
+
+	index *indexer
+	next  nextState
 
 	mu          sync.Mutex // guards interrupted and closed
 	interrupted []audit.OpenExecution
@@ -162,6 +181,7 @@ type segment struct {
 	first    uint64
 	path     string
 	file     File
+	fd       *os.File // file's descriptor, for fstat
 	ident    os.FileInfo
 	written  int64    // length of the records written, durable or not
 	fileSize int64    // the file's length: written, or the preallocated size
@@ -210,6 +230,9 @@ type Recovery struct {
 	// IndexRebuilds is the number of sealed segments whose index was
 	// missing and is being rebuilt in the background.
 	IndexRebuilds int
+	// MissingFiles names the files that WithNewLog let Open start
+	// without (see ErrMissingFile); empty when none was missing.
+	MissingFiles []string
 }
 
 // Open opens or creates the log directory dir, locks it against other
@@ -238,6 +261,8 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open audit log %s: %w", dir, err)
 	}
 	s := &Store{dir: dir, cfg: c, lock: lock, open: map[string]*audit.OpenExecution{}}
+	s.keyWatch, s.headWatch = fsutil.NewWatched(s.path(KeyFile)), fsutil.NewWatched(s.path(HeadFile))
+	s.treeWatch, s.sealsWatch = fsutil.NewWatched(s.path(TreeFile)), fsutil.NewWatched(s.path(SealsFile))
 	if err := s.start(); err != nil {
 		if s.index != nil {
 			s.index.close()
@@ -255,9 +280,8 @@ func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
 // can extend.
 func (s *Store) start() error {
 	var err error
-	if s.key, err = fsutil.LoadOrCreateKey(s.path(KeyFile)); err != nil {
-		return err
-	}
+	_, kerr := os.Stat(s.path(KeyFile))
+	keyMissing := errors.Is(kerr, fs.ErrNotExist)
 	saved, hasHead, mismatch := fsutil.ReadHead(s.path(HeadFile))
 	if mismatch != nil && !errors.Is(mismatch, ErrHeadMismatch) {
 		return mismatch
@@ -314,6 +338,38 @@ func (s *Store) start() error {
 	} else if hasHead {
 		s.savedHead = saved
 	}
+	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path(CheckpointFile)); err != nil {
+		return err
+	}
+	if s.cosigned, err = fsutil.LoadCheckpointFile(s.path(CosignedFile)); err != nil {
+		return err
+	}
+	if s.pins, err = fsutil.LoadPinFile(s.path(VerifiersFile)); err != nil {
+		return err
+	}
+	if s.head.Sequence > 0 || len(seals) > 0 {
+		if err := s.checkPresent(keyMissing, hasHead || mismatch != nil); err != nil {
+			return err
+		}
+	}
+	if s.key, err = fsutil.LoadOrCreateKey(s.path(KeyFile)); err != nil {
+		return err
+	}
+	if err := s.keyWatch.Known(fsutil.KeyLen); err != nil {
+		return err
+	}
+	if !hasHead && s.head.Sequence == 0 {
+		// An empty log's head file says so, so that a log whose first
+		// records were written before its first head file write (a crash
+		// within a second of them) is not taken for one whose head file
+		// was deleted.
+		if err := fsutil.WriteHead(s.path(HeadFile), audit.Head{}); err != nil {
+			return fmt.Errorf("write head file: %w", err)
+		}
+	}
+	if err := s.watchHead(); err != nil {
+		return err
+	}
 	s.recovery.Records = s.head.Sequence
 	if err := s.openTree(seals); err != nil {
 		return err
@@ -324,9 +380,6 @@ func (s *Store) start() error {
 		}
 	} else if err := s.reserveTree(); err != nil {
 		s.stalled = fmt.Errorf("%w: reserve space in the tree file: %w", audit.ErrUnavailable, err)
-	}
-	if s.checkpoint, err = fsutil.LoadCheckpointFile(s.path(CheckpointFile)); err != nil {
-		return err
 	}
 	s.durableHead = s.head
 	// Executions open now belong to the process that stopped.
@@ -343,6 +396,68 @@ func (s *Store) start() error {
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
 	return s.saveHead(s.head)
+}
+
+// checkPresent refuses a log with records whose key, head or checkpoint
+// file is missing (ErrMissingFile), unless WithNewLog, which takes it as
+// it is and says so in Recovery.MissingFiles. The checkpoint is missing
+// when the log pins signing keys (it signed a checkpoint) and has none.
+func (s *Store) checkPresent(keyMissing, hasHead bool) error {
+	var missing []string
+	if keyMissing {
+		missing = append(missing, KeyFile+" (the fingerprint key: the log would get new fingerprints)")
+	}
+	if !hasHead {
+		missing = append(missing, HeadFile+" (it shows records cut off the log's end)")
+	}
+	if s.pins.Exists() && !s.checkpoint.Exists() {
+		missing = append(missing, CheckpointFile+" (the latest signed checkpoint, which every later one must extend)")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if s.cfg.newLog {
+		s.recovery.MissingFiles = missing
+		return nil
+	}
+	return fmt.Errorf("%w: the directory holds %d records, but not %s", ErrMissingFile, s.head.Sequence, strings.Join(missing, ", nor "))
+}
+
+// watchHead takes the head file as it is now, after the store wrote it.
+func (s *Store) watchHead() error {
+	fi, err := os.Stat(s.path(HeadFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.headWatch.Known(fi.Size())
+}
+
+// checkFiles checks every file this store alone changes (see
+// fsutil.Watched), and latches the first change found as the store's
+// permanent failure. The caller holds ioMu.
+func (s *Store) checkFiles() error {
+	for _, check := range []func() error{
+		s.sealsWatch.Check, s.treeWatch.Check, s.keyWatch.Check, s.headWatch.Check,
+		s.checkpoint.Check, s.cosigned.Check, s.pins.Check,
+	} {
+		if err := check(); err != nil {
+			return s.latchChange(err)
+		}
+	}
+	return nil
+}
+
+// latchChange latches a file changed under the store as its permanent
+// failure; another error (a failed stat) fails it like an I/O error.
+func (s *Store) latchChange(err error) error {
+	var ce *fsutil.ChangedError
+	if errors.As(err, &ce) {
+		return s.latch(ce)
+	}
+	return s.fail(err)
 }
 
 // checkHead compares the head file's head with the log: nil when the log
@@ -490,6 +605,14 @@ func (s *Store) appendNow(durable bool, build func(audit.Head) ([]audit.Record, 
 			return err
 		}
 	}
+	// The active segment is still the length the store made it, or the
+	// store fails before it writes anything: a segment cut back (records
+	// taken off its end) and then written to at the store's offset would
+	// get its length back, and the check after the write could not see it.
+	// One fstat, no path lookup; the path is checked after the write.
+	if err := s.checkLength(s.active); err != nil {
+		return err
+	}
 	recs, err := build(s.head)
 	if err != nil || len(recs) == 0 {
 		return err
@@ -631,6 +754,19 @@ func (s *Store) checkIdentity(a *segment) error {
 	return nil
 }
 
+// checkLength reports, as a permanent failure, an active segment whose
+// length is not what the store made it. The caller holds ioMu.
+func (s *Store) checkLength(a *segment) error {
+	fi, err := a.fd.Stat()
+	if err != nil {
+		return s.fail(fmt.Errorf("check the length of %s: %w", a.path, err))
+	}
+	if fi.Size() != a.fileSize {
+		return s.latch(&fsutil.ChangedError{Msg: fmt.Sprintf("audit log segment %s is %d bytes long (expected %d): truncated or written to by another program while in use", a.path, fi.Size(), a.fileSize)})
+	}
+	return nil
+}
+
 // Ping returns the store's permanent failure, if any. It also checks that
 // the active segment is still in place (see Append), tries again to make
 // the next segment when the last attempt failed (a full disk), and writes
@@ -664,6 +800,9 @@ func (s *Store) pingNow() error {
 	if err == nil && s.active != nil {
 		err = s.checkIdentity(s.active)
 	}
+	if err == nil {
+		err = s.checkFiles()
+	}
 	if err != nil {
 		return err
 	}
@@ -682,11 +821,14 @@ func (s *Store) saveHead(h audit.Head) error {
 	if h.Sequence <= s.savedHead.Sequence {
 		return nil
 	}
+	if err := s.headWatch.Check(); err != nil {
+		return s.latchChange(err)
+	}
 	if err := fsutil.WriteHead(s.path(HeadFile), h); err != nil {
 		return fmt.Errorf("write head file %s: %w", s.path(HeadFile), err)
 	}
 	s.savedHead = h
-	return nil
+	return s.watchHead()
 }
 
 // FingerprintKey returns the key read or created by Open.
@@ -700,10 +842,59 @@ func (s *Store) FingerprintKey(context.Context) ([]byte, error) {
 // SaveCheckpoint replaces the checkpoint file with checkpoint unless the
 // one there is for a larger tree.
 func (s *Store) SaveCheckpoint(ctx context.Context, size uint64, checkpoint []byte) error {
-	if s.isClosed() {
-		return audit.ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
-	return s.do(ctx, "checkpoint", func() error { return s.checkpoint.Save(size, checkpoint) })
+	return s.do(ctx, "checkpoint", func() error { return s.changed(s.checkpoint.Save(size, checkpoint)) })
+}
+
+// SaveCosigned replaces the cosigned checkpoint file with checkpoint
+// unless the one there is for a larger tree.
+func (s *Store) SaveCosigned(ctx context.Context, size uint64, checkpoint []byte) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	return s.do(ctx, "cosigned checkpoint", func() error { return s.changed(s.cosigned.Save(size, checkpoint)) })
+}
+
+// LoadCosigned returns the latest cosigned checkpoint.
+func (s *Store) LoadCosigned(context.Context) ([]byte, error) {
+	if s.isClosed() {
+		return nil, audit.ErrClosed
+	}
+	return s.cosigned.Latest()
+}
+
+// VerifierKeys returns the keys pinned in the verifiers file.
+func (s *Store) VerifierKeys(context.Context) ([]string, error) {
+	if s.isClosed() {
+		return nil, audit.ErrClosed
+	}
+	return s.pins.Keys(), nil
+}
+
+// PinVerifierKeys rewrites the verifiers file with keys if it holds old.
+func (s *Store) PinVerifierKeys(ctx context.Context, old, keys []string) ([]string, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	var pinned []string
+	err := s.do(ctx, "verifier keys", func() error {
+		var err error
+		pinned, err = s.pins.Pin(old, keys)
+		return s.changed(err)
+	})
+	return pinned, err
+}
+
+// changed latches a file changed under the store (a *fsutil.ChangedError)
+// as its permanent failure, and returns any error.
+func (s *Store) changed(err error) error {
+	var ce *fsutil.ChangedError
+	if errors.As(err, &ce) {
+		return s.latch(ce)
+	}
+	return err
 }
 
 // LoadCheckpoint returns the latest checkpoint.
@@ -736,6 +927,9 @@ func (s *Store) readHashes(indexes []int64) ([]tlog.Hash, error) {
 		if x < 0 || x >= limit {
 			return nil, fmt.Errorf("tree hash %d is not in the durable tree (%d hashes)", x, limit)
 		}
+	}
+	if err := s.treeWatch.Check(); err != nil {
+		return nil, s.latchChange(err)
 	}
 	hashes, err := fsutil.ReadHashesAt(s.tree, indexes)
 	if errors.Is(err, io.EOF) {

@@ -92,6 +92,9 @@ func (s *Store) openTree(seals []seal) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync tree file: %w", err)
 	}
+	if err := s.treeWatch.KnownFile(f, tlog.StoredHashCount(int64(s.head.Sequence))*tlog.HashSize); err != nil {
+		return fmt.Errorf("tree file: %w", err)
+	}
 	s.recovery.TreeRecomputed = s.head.Sequence - trusted
 	s.head.Tree = b.Edge()
 	return nil
@@ -149,5 +152,6 @@ func (s *Store) appendTree(recs []audit.Record) error {
 	if _, err := s.tree.Write(buf); err != nil {
 		return s.fail(fmt.Errorf("write tree file: %w", err))
 	}
+	s.treeWatch.Grow(int64(len(buf)))
 	return nil
 }

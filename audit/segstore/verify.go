@@ -2,6 +2,8 @@ package segstore
 
 import (
 	"bytes"
+	"cmp"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -83,7 +87,7 @@ func VerifyDir(dir string, progress func(bytesRead int64), opts ...audit.VerifyO
 		if pre != nil {
 			sr = pre[i]
 		} else {
-			sr = verifySealed(dir, sl, head, withProgress(opts))
+			sr = verifySealed(dir, sl, prevSeal(seals, i), head, withProgress(opts))
 		}
 		if sr.archived {
 			res.Archived = append(res.Archived, ArchivedSegment{Name: SegmentName(sl.First), First: sl.First, Last: sl.Last})
@@ -176,9 +180,23 @@ type sealedResult struct {
 	archived bool // not in the directory
 }
 
+// prevSeal is the seal before seals[i], nil for the first.
+func prevSeal(seals []seal, i int) *seal {
+	if i == 0 {
+		return nil
+	}
+	return &seals[i-1]
+}
+
 // verifySealed checks the sealed segment of sl, whose first record
-// extends start, against its seal.
-func verifySealed(dir string, sl *seal, start audit.Head, opts []audit.VerifyOption) sealedResult {
+// extends start, against its seal: its records, and what the seal says
+// about the log after them, recomputed from the seal before (prev, nil
+// for the first segment) and the records: the tree's edge and the
+// executions left open (which the next start would close as interrupted,
+// so that a forged entry would have a made-up execution closed and
+// signed). By induction over the seals, every seal after a segment in the
+// directory is checked from what its records say.
+func verifySealed(dir string, sl, prev *seal, start audit.Head, opts []audit.VerifyOption) sealedResult {
 	f, err := os.Open(filepath.Join(dir, SegmentName(sl.First)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return sealedResult{archived: true}
@@ -187,7 +205,14 @@ func verifySealed(dir string, sl *seal, start audit.Head, opts []audit.VerifyOpt
 		return sealedResult{err: fmt.Errorf("verify audit log: %w", err)}
 	}
 	defer f.Close()
-	r, err := audit.Verify(io.NewSectionReader(f, 0, sl.Bytes+1), append(opts, audit.WithStart(start))...)
+	st, err := newSealState(prev)
+	if err != nil {
+		return sealedResult{err: err}
+	}
+	r, err := audit.Verify(io.NewSectionReader(f, 0, sl.Bytes+1), append(opts, audit.WithStart(start), st.lineOption(), st.recordOption())...)
+	if err == nil {
+		err = st.err
+	}
 	switch {
 	case err != nil:
 		err = segmentError(err, sl.First)
@@ -198,8 +223,101 @@ func verifySealed(dir string, sl *seal, start audit.Head, opts []audit.VerifyOpt
 		err = &audit.ChainError{Sequence: min(r.Records+1, sl.Last), Offset: r.Bytes,
 			Reason: fmt.Sprintf("segment %s ends at record %d with hash %s; its seal says record %d with hash %s",
 				SegmentName(sl.First), r.Records, r.LastHash, sl.Last, sl.LastHash)}
+	default:
+		if reason := st.differs(sl); reason != "" {
+			err = &audit.ChainError{Sequence: sl.Last, Offset: r.Bytes,
+				Reason: fmt.Sprintf("the seal of segment %s in %s %s", SegmentName(sl.First), SealsFile, reason)}
+		}
 	}
 	return sealedResult{r: r, err: err}
+}
+
+// sealState recomputes what a seal says from the seal before it and the
+// segment's records.
+type sealState struct {
+	tree *audit.TreeBuilder
+	open map[string]*openLine
+	err  error
+}
+
+func newSealState(prev *seal) (*sealState, error) {
+	st := &sealState{open: map[string]*openLine{}}
+	var size uint64
+	var edge []tlog.Hash
+	if prev != nil {
+		h, err := prev.head()
+		if err != nil {
+			return nil, err
+		}
+		size, edge = h.Sequence, h.Tree
+		for _, o := range prev.Open {
+			st.open[o.ExecutionID] = &o
+		}
+	}
+	b, err := audit.NewTreeBuilder(size, edge)
+	if err != nil {
+		return nil, fmt.Errorf("the seal before: %w", err)
+	}
+	st.tree = b
+	return st, nil
+}
+
+func (st *sealState) lineOption() audit.VerifyOption {
+	return audit.WithLineFunc(func(_ uint64, line []byte) {
+		if st.err == nil {
+			_, st.err = st.tree.Add(line)
+		}
+	})
+}
+
+// recordOption follows the executions as the store does (Store.track).
+func (st *sealState) recordOption() audit.VerifyOption {
+	return audit.WithRecordFunc(func(ev *audit.Event) {
+		if ev.Type.Terminal() {
+			delete(st.open, ev.ExecutionID)
+			return
+		}
+		if o, ok := st.open[ev.ExecutionID]; ok {
+			o.LastType = ev.Type.String()
+			return
+		}
+		st.open[ev.ExecutionID] = &openLine{ExecutionID: ev.ExecutionID, PlanID: ev.PlanID, UserID: ev.UserID,
+			LastType: ev.Type.String(), Sequence: ev.Sequence}
+	})
+}
+
+// differs says how sl differs from what its records say, or "".
+func (st *sealState) differs(sl *seal) string {
+	edge := st.tree.Edge()
+	same := len(edge) == len(sl.Tree)
+	for i := 0; same && i < len(edge); i++ {
+		same = hex.EncodeToString(edge[i][:]) == sl.Tree[i]
+	}
+	if !same {
+		return fmt.Sprintf("has a tree edge after record %d that its records do not make", sl.Last)
+	}
+	var want []openLine
+	for _, o := range st.open {
+		want = append(want, *o)
+	}
+	slices.SortFunc(want, func(a, b openLine) int { return cmp.Compare(a.Sequence, b.Sequence) })
+	if !slices.Equal(want, sl.Open) {
+		return fmt.Sprintf("lists the executions open after record %d as %s; its records leave %s open",
+			sl.Last, describeOpen(sl.Open), describeOpen(want))
+	}
+	return ""
+}
+
+// describeOpen names open executions by id and first sequence.
+func describeOpen(open []openLine) string {
+	if len(open) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(open))
+	for i, o := range open {
+		parts[i] = fmt.Sprintf("%s (record %d, %s)", o.ExecutionID, o.Sequence, o.LastType)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // verifySealedParallel checks every sealed segment, as many at a time as
@@ -230,7 +348,7 @@ func verifySealedParallel(dir string, seals []seal, progress func(int64)) []seal
 					out[i] = sealedResult{err: err}
 					continue
 				}
-				out[i] = verifySealed(dir, sl, audit.Head{Sequence: sl.First - 1, Hash: prev}, opts)
+				out[i] = verifySealed(dir, sl, prevSeal(seals, i), audit.Head{Sequence: sl.First - 1, Hash: prev}, opts)
 			}
 		})
 	}

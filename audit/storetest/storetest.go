@@ -50,6 +50,16 @@ type Harness struct {
 	// Grace is how long past an execution's OpenUntil another replica
 	// waits before it may close it (shared stores).
 	Grace time.Duration
+	// RollBack changes the storage under a running store as an operator
+	// with write access could: removes the records after to (the head
+	// after one of them) and makes to the head.
+	RollBack func(t *testing.T, to audit.Head)
+	// BreakHead changes the stored head so that it no longer names the
+	// last record (its hash set to garbage).
+	BreakHead func(t *testing.T)
+	// DeleteRecord removes the record of sequence seq from the storage,
+	// leaving a gap.
+	DeleteRecord func(t *testing.T, seq uint64)
 }
 
 // Run runs the conformance suite. newHarness makes fresh, empty storage
@@ -93,11 +103,19 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"DurableHeadFollowsDurableAppends", testDurableHead},
 		// Rule 9: checkpoints.
 		{"CheckpointIsKept", testCheckpointIsKept},
+		{"CosignedIsKeptApart", testCosignedIsKeptApart},
 		// Rule 10: the key.
 		{"FingerprintKeyIsKept", testFingerprintKeyIsKept},
 		// Rule 11: Close.
 		{"CloseIsIdempotent", testCloseIsIdempotent},
 		{"CallsAfterCloseFail", testCallsAfterClose},
+		// Rule 12: one signing identity.
+		{"VerifierKeysArePinned", testVerifierKeysArePinned},
+		// Rule 13: never build on a changed head.
+		{"RolledBackHeadIsRefused", testRolledBackHeadIsRefused},
+		{"BrokenHeadIsRefused", testBrokenHeadIsRefused},
+		// Rule 14: listings never skip a missing record.
+		{"ListNeverSkipsADeletedRecord", testListNeverSkipsADeletedRecord},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -835,6 +853,13 @@ func testCallsAfterClose(t *testing.T, h Harness) {
 		"SaveCheckpoint": func() error { return s.SaveCheckpoint(ctx(t), 1, []byte("x")) },
 		"LoadCheckpoint": func() error { _, err := s.LoadCheckpoint(ctx(t)); return err },
 		"FingerprintKey": func() error { _, err := s.FingerprintKey(ctx(t)); return err },
+		"SaveCosigned":   func() error { return s.SaveCosigned(ctx(t), 1, []byte("x")) },
+		"LoadCosigned":   func() error { _, err := s.LoadCosigned(ctx(t)); return err },
+		"VerifierKeys":   func() error { _, err := s.VerifierKeys(ctx(t)); return err },
+		"PinVerifierKeys": func() error {
+			_, err := s.PinVerifierKeys(ctx(t), nil, []string{"k"})
+			return err
+		},
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {

@@ -56,8 +56,10 @@ the first: a directory whose archived segments hold records the checkpoint
 covers fails it until they are put back, and a single segment is refused.
 
 Exit status: 0 intact, 1 damaged (or, with --checkpoint, not matching it,
-not checkable for archived segments, or a bad signature), 2 missing or
-unreadable log, unreachable database or a wrong number of arguments.
+or not checkable for archived segments), 2 missing or unreadable log,
+unreachable database or a wrong number of arguments, 3 a checkpoint file
+that is empty or whose signature does not verify with --verifier-key (no
+answer, not evidence of tampering).
 `
 
 // auditVerifyFlags holds audit verify's flag values.
@@ -74,20 +76,23 @@ func newAuditVerifyFlags() (*flag.FlagSet, *auditVerifyFlags) {
 	return fs, f
 }
 
-const auditUsage = `Usage: stage4 audit verify|keygen|prove|checkpoint ...
+const auditUsage = `Usage: stage4 audit verify|keygen|prove|checkpoint|monitor ...
 
   stage4 audit verify [--checkpoint FILE --verifier-key KEY] DIR|SEGMENT|FILE|URL
   stage4 audit keygen NAME --out FILE
   stage4 audit prove --checkpoint FILE --verifier-key KEY --sequence N DIR|FILE|URL
   stage4 audit checkpoint --addr HOST:PORT --verifier-key KEY --out DIR [TLS flags]
+  stage4 audit monitor --addr HOST:PORT --verifier-key KEY --state DIR [--witness-policy FILE] [--interval D]
 
 stage4 help audit COMMAND shows a command's help.
 `
 
 // runAudit dispatches the audit subcommands.
-func runAudit(args []string, stdout, stderr io.Writer) error {
+func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
+		case "monitor":
+			return runAuditMonitor(ctx, args[1:], stdout, stderr)
 		case "verify":
 			return runAuditVerify(args[1:], stdout, stderr)
 		case "keygen":

@@ -32,8 +32,10 @@ func loadVerifier(value string) (note.Verifier, error) {
 }
 
 // openCheckpointFile reads the checkpoint in path and checks its
-// signature with the verifier key vkey. A signature that does not check
-// is the answer "no" (exit 1), not a usage error.
+// signature with the verifier key vkey. A checkpoint that is empty or
+// whose signature does not check with the key is no answer (exit 3: a
+// failed fetch, the wrong key), not evidence that the log was changed
+// (exit 1), nor a usage error.
 func openCheckpointFile(path, vkey string) (audit.Checkpoint, error) {
 	v, err := loadVerifier(vkey)
 	if err != nil {
@@ -43,15 +45,21 @@ func openCheckpointFile(path, vkey string) (audit.Checkpoint, error) {
 	if err != nil {
 		return audit.Checkpoint{}, usageError("--checkpoint: %w", err)
 	}
+	if len(bytes.TrimSpace(msg)) == 0 {
+		return audit.Checkpoint{}, &exitError{code: exitUnverified, err: fmt.Errorf("checkpoint %s is empty: fetch it again", path)}
+	}
 	// Copying a checkpoint out of JSON (jq -r) adds a newline after the
 	// signature block, which no signature covers.
 	msg = append(bytes.TrimRight(msg, "\n"), '\n')
 	cp, err := audit.OpenCheckpoint(msg, v)
 	if err != nil {
-		return audit.Checkpoint{}, &exitError{code: exitFailure, err: fmt.Errorf("checkpoint %s: %w", path, err)}
+		return audit.Checkpoint{}, &exitError{code: exitUnverified, err: fmt.Errorf("checkpoint %s does not verify with %s: %w", path, keyName(v), err)}
 	}
 	return cp, nil
 }
+
+// keyName names a verifier key: <name>+<hash>.
+func keyName(v note.Verifier) string { return fmt.Sprintf("%s+%08x", v.Name(), v.KeyHash()) }
 
 // checkpointCheck rehashes a log's records, as audit verify walks them,
 // into the tree of the checkpoint's size, trusting no stored tree hash.

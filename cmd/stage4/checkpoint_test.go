@@ -236,7 +236,7 @@ func TestAuditVerifyCheckpoint(t *testing.T) {
 				{name: "intact, with the checkpoint", args: withCheckpoint, wantCode: 0, wantStdout: "the first 5 records reproduce its root"},
 				{name: "prove a record", args: []string{"prove", "--checkpoint", lg.checkpoint, "--verifier-key", lg.vkey, "--sequence", "2", lg.url},
 					wantCode: 0, wantStdout: "OK record 2 is in the tree of 5 records"},
-				{name: "another key", args: []string{"--checkpoint", lg.checkpoint, "--verifier-key", otherVkey, lg.url}, wantCode: 1},
+				{name: "another key", args: []string{"--checkpoint", lg.checkpoint, "--verifier-key", otherVkey, lg.url}, wantCode: 3},
 				{name: "checkpoint without its key", args: []string{"--checkpoint", lg.checkpoint, lg.url}, wantCode: 2},
 				{name: "prove beyond the checkpoint", args: []string{"prove", "--checkpoint", lg.checkpoint, "--verifier-key", lg.vkey, "--sequence", "6", lg.url}, wantCode: 2},
 				{

@@ -536,7 +536,8 @@ func TestDeploymentKit(t *testing.T) {
 			require.True(t, governing, "serviceName %q names a Service of the kit", k.statefulSet.ServiceName)
 		}},
 		{"the checkpoint signing key reaches --audit-signing-key from a Secret, in a mode serve accepts", func(t *testing.T) {
-			keyFile := k.cfg.gateway.AuditSigningKeyFile
+			require.Len(t, k.cfg.gateway.AuditSigningKeyFiles, 1, "one --audit-signing-key")
+			keyFile := k.cfg.gateway.AuditSigningKeyFiles[0]
 			require.NotEmpty(t, keyFile, "without --audit-signing-key no checkpoint is signed")
 			m, rel := mountOf(t, c, keyFile)
 			require.True(t, m.ReadOnly, "stage4 mounts the key read-only")

@@ -139,7 +139,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		},
 	}
 	// A key of its own, so that dev signs checkpoints and shows proofs.
-	cfg.AuditSigningKeyFile = signingKey
+	cfg.AuditSigningKeyFiles = []string{signingKey}
 	err = withTracing(ctx, logger, func(tp trace.TracerProvider) error {
 		cfg.TracerProvider = tp
 		return gateway.Run(ctx, cfg, logger.With("component", "stage4"), func(a gateway.Addrs) {

@@ -142,6 +142,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 	keygenFS, _ := newAuditKeygenFlags()
 	proveFS, _ := newAuditProveFlags()
 	checkpointFS, _ := newAuditCheckpointFlags()
+	monitorFS, _ := newAuditMonitorFlags()
 	return map[string]*flag.FlagSet{
 		"serve":            serveFS,
 		"dev":              devFS,
@@ -150,6 +151,7 @@ func commandFlagSets() map[string]*flag.FlagSet {
 		"audit keygen":     keygenFS,
 		"audit prove":      proveFS,
 		"audit checkpoint": checkpointFS,
+		"audit monitor":    monitorFS,
 		"audit":            newFlagSet("audit", auditUsage),
 		"reference-stage3": refFS,
 		"version":          newVersionFlags(),

@@ -26,6 +26,10 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command ran and the answer is "no" (invalid plan, damaged log) or it failed
 	exitUsage   = 2 // bad command line or unusable input
+	// exitUnverified: an auditor's command could not fetch a checkpoint or
+	// verify its signature (an empty file, another key, a server that does
+	// not answer): no answer, and no evidence of tampering, which is 1.
+	exitUnverified = 3
 )
 
 func main() {
@@ -115,7 +119,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "validate":
 		return runValidate(rest, stdout, stderr)
 	case "audit":
-		return runAudit(rest, stdout, stderr)
+		return runAudit(ctx, rest, stdout, stderr)
 	case "reference-stage3":
 		return runReferenceStage3(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
@@ -161,10 +165,13 @@ Usage:
   stage4 audit keygen NAME --out FILE            make a key that signs the audit log's checkpoints
   stage4 audit prove --sequence N ... LOG        prove one record against a signed checkpoint
   stage4 audit checkpoint --addr HOST:PORT ...   fetch, check and keep the latest signed checkpoint
+  stage4 audit monitor --addr HOST:PORT ...      check a Stage-4's checkpoints over gRPC, as an auditor's cron job
   stage4 reference-stage3 [flags]                run the reference Stage-3 alone
   stage4 version                                 print the version and VCS revision (also --version)
   stage4 help [COMMAND]                          show help for a command
 
 Exit status: 0 success, 1 failure (invalid plan, damaged audit log, server
-error), 2 bad command line or unusable input.
+error), 2 bad command line or unusable input, 3 (audit verify, prove and
+monitor) a checkpoint that could not be fetched or whose signature does not
+verify: no answer, not evidence of tampering.
 `

@@ -28,9 +28,9 @@ its leaf hash and the proof, then OK or NOT PROVEN.
 
 The same proof is served over gRPC by GetInclusionProof (see the README).
 
-Exit status: 0 proven, 1 not proven or a checkpoint whose signature does not
-check, 2 bad arguments, a sequence beyond the checkpoint, or an unreadable
-log.
+Exit status: 0 proven, 1 not proven, 2 bad arguments, a sequence beyond the
+checkpoint, or an unreadable log, 3 a checkpoint that is empty or whose
+signature does not verify with --verifier-key.
 `
 
 // auditProveFlags holds audit prove's flag values.
@@ -108,8 +108,37 @@ func runAuditProve(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  %s\n", base64.StdEncoding.EncodeToString(h[:]))
 	}
 	if err := tlog.CheckRecord(proof, int64(cp.Size), cp.Root, int64(seq-1), leaf); err != nil {
-		return notProven("the proof does not lead from the record to the checkpoint's root: the record or the log was changed after the checkpoint was signed")
+		return notProven("%s", whyNotProven(hashes, cp, seq, leaf, proof))
 	}
 	fmt.Fprintf(stdout, "OK record %d is in the tree of %d records that the checkpoint signs\n", seq, cp.Size)
 	return nil
+}
+
+// whyNotProven says which of the log's parts does not match the
+// checkpoint when a record's proof fails, rather than blaming the record:
+//   - the stored tree hashes do not reproduce the checkpoint's root: a
+//     damaged or changed tree (file or column), or a log rewritten with
+//     its tree; audit verify --checkpoint rehashes the records and tells;
+//   - they do, and the proof checks with the leaf hash stored for the
+//     record: the record was changed;
+//   - they do, and it does not even then: the stored hashes on the
+//     record's path are damaged (the record may well be intact).
+func whyNotProven(hashes tlog.HashReader, cp audit.Checkpoint, seq uint64, leaf tlog.Hash, proof tlog.RecordProof) string {
+	root, err := tlog.TreeHash(int64(cp.Size), hashes)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("the proof does not lead from the record to the checkpoint's root, and the stored tree cannot be read whole (%v)", err)
+	case root != cp.Root:
+		return fmt.Sprintf("the stored tree hashes do not reproduce the checkpoint's root (they give %s): the tree file (or the tree column) was damaged or changed, "+
+			"or the log was rewritten with its tree after the checkpoint was signed; stage4 audit verify --checkpoint rehashes the records and tells which", root)
+	}
+	stored, err := hashes.ReadHashes([]int64{tlog.StoredHashIndex(0, int64(seq-1))})
+	if err != nil {
+		return fmt.Sprintf("the proof does not lead from the record to the checkpoint's root, and its stored leaf hash cannot be read (%v)", err)
+	}
+	if stored[0] != leaf && tlog.CheckRecord(proof, int64(cp.Size), cp.Root, int64(seq-1), stored[0]) == nil {
+		return fmt.Sprintf("record %d is not the record the signed tree holds (whose leaf hash is %s, the stored tree's): the record was changed after the checkpoint was signed", seq, stored[0])
+	}
+	return fmt.Sprintf("the stored tree hashes reproduce the checkpoint's root, but those on record %d's path do not lead to it: the tree file (or the tree column) is damaged; "+
+		"stage4 audit verify --checkpoint checks the records without it", seq)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -71,7 +72,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&g.AuditStore.ReplicaName, "replica-name", "", "`name` of this replica on a PostgreSQL audit store; the host name when empty")
 	fs.BoolVar(&g.AuditStore.NewLog, "audit-new-log", false, "begin a new audit log although the last one lost records (removed, renamed,\ntruncated): without it, serve refuses to start; give it once, not for good")
 	fs.StringVar(&g.FingerprintKeyFile, "fingerprint-key-file", "", "`file` holding the secret key (at least 32 bytes, mode 0600) of the keyed fingerprints\nof tokens and plans; when empty, the audit store's own key (<audit-log>/key in a log directory,\na table in PostgreSQL)")
-	fs.StringVar(&g.AuditSigningKeyFile, "audit-signing-key", "", "`file` holding the note private key (PRIVATE+KEY+..., from stage4 audit keygen, mode 0600) that\nsigns the audit log's checkpoints; when empty, the tree is kept and proofs served, but nothing is signed")
+	fs.Var((*fileList)(&g.AuditSigningKeyFiles), "audit-signing-key", "`file` holding the note private key (PRIVATE+KEY+..., from stage4 audit keygen, mode 0600) that\nsigns the audit log's checkpoints; when none, the tree is kept and proofs served, but nothing is signed.\nRepeatable (or comma-separated): every checkpoint is signed by each key, the old and the new one\nduring a key rotation; the first signing pins the keys in the audit store, which then refuses others")
+	fs.StringVar(&g.WitnessPolicyFile, "witness-policy", "", "`file` naming the witnesses that cosign the audit checkpoints and their quorum (Sigsum policy format:\nwitness NAME PUBKEY-HEX URL, group NAME K|all|any MEMBER..., quorum NAME); GetCheckpoint then serves only\ncosigned checkpoints. Needs --audit-signing-key")
 	fs.DurationVar(&g.CheckpointInterval, "checkpoint-interval", gateway.DefaultCheckpointInterval, "how often, at most, a checkpoint is signed while the audit log grows (and once at shutdown)")
 	fs.IntVar(&g.MaxMessageBytes, "max-message-bytes", defaultMaxMessageBytes, "largest request and Stage-3 response accepted, in `bytes`")
 	fs.IntVar(&g.MaxHeaderListBytes, "max-header-list-bytes", gateway.DefaultMaxHeaderListBytes, "largest header list (all metadata) of a request, in `bytes`; a larger one is refused before any handler runs")
@@ -185,3 +187,22 @@ func withTracing(ctx context.Context, logger *slog.Logger, serve func(trace.Trac
 
 // tracingFlushTimeout bounds the export of the last spans at exit.
 const tracingFlushTimeout = 5 * time.Second
+
+// fileList is a repeatable flag of file paths: each use adds one, and a
+// comma separates several in one value (an environment variable).
+type fileList []string
+
+func (l *fileList) String() string { return strings.Join(*l, ",") }
+
+// Set adds the paths in v.
+func (l *fileList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// Get returns the paths, for flag.Getter.
+func (l *fileList) Get() any { return []string(*l) }

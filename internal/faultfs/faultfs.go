@@ -28,9 +28,10 @@ type FS struct {
 	files map[uint64]*overlay
 
 	faultMu   sync.Mutex
-	hang      chan struct{} // non-nil: syncs wait until it is closed
-	hung      int           // syncs waiting now
-	hungMoved chan struct{} // closed and replaced whenever hung changes
+	hang      chan struct{}          // non-nil: syncs wait until it is closed
+	hangOnly  func(name string) bool // nil: every sync hangs; else those of the names it accepts
+	hung      int                    // syncs waiting now
+	hungMoved chan struct{}          // closed and replaced whenever hung changes
 	syncErr   syscall.Errno
 	writeErr  syscall.Errno
 	crashing  bool // syncs fail without applying anything
@@ -145,12 +146,20 @@ func (f *FS) Dir() string { return f.mnt }
 // HangSyncs makes every fsync and fdatasync, of files and of directories,
 // wait until ReleaseSyncs, Heal or Crash (or until the caller is
 // interrupted, when it fails with EINTR, which Go retries).
-func (f *FS) HangSyncs() {
+func (f *FS) HangSyncs() { f.HangSyncsOf(nil) }
+
+// HangSyncsOf is HangSyncs for the files and directories whose base name
+// match accepts (nil: all); the others' syncs go on. A test that must
+// catch a process between its write of a file and that file's sync hangs
+// that file's syncs only, so that no other sync the process makes first
+// (a small file it rewrites, say) holds it up before it writes.
+func (f *FS) HangSyncsOf(match func(name string) bool) {
 	f.faultMu.Lock()
 	defer f.faultMu.Unlock()
 	if f.hang == nil {
 		f.hang = make(chan struct{})
 	}
+	f.hangOnly = match
 }
 
 // ReleaseSyncs lets the hung syncs go on, and the ones after them.
@@ -165,6 +174,7 @@ func (f *FS) releaseLocked() {
 		close(f.hang)
 		f.hang = nil
 	}
+	f.hangOnly = nil
 }
 
 // WaitHungSyncs waits until at least n syncs are hung, or ctx ends.
@@ -246,12 +256,12 @@ func (f *FS) Crash() {
 	}
 }
 
-// syncFault waits while syncs hang and returns the errno a sync must
-// fail with, or 0.
-func (f *FS) syncFault(ctx context.Context) syscall.Errno {
+// syncFault waits while syncs of name (a base name) hang and returns the
+// errno a sync must fail with, or 0.
+func (f *FS) syncFault(ctx context.Context, name string) syscall.Errno {
 	f.faultMu.Lock()
 	gen := f.gen
-	for f.hang != nil {
+	for f.hang != nil && (f.hangOnly == nil || f.hangOnly(name)) {
 		hang := f.hang
 		f.setHungLocked(f.hung + 1)
 		f.faultMu.Unlock()

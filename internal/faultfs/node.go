@@ -373,7 +373,7 @@ func (n *node) Lseek(ctx context.Context, f fs.FileHandle, off uint64, whence ui
 // durable, and of a directory, whose entries always are: both wait while
 // syncs hang and fail while they fail.
 func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
-	if errno := n.fs.syncFault(ctx); errno != 0 {
+	if errno := n.fs.syncFault(ctx, filepath.Base(n.backingPath())); errno != 0 {
 		return errno
 	}
 	if h, ok := f.(*handle); ok {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/mod/sumdb/note"
 
 	"github.com/stage4/stage4/audit"
 )
@@ -34,7 +33,7 @@ const maxSigningKeyBytes = 4096
 // writes it. "" means no key: nil, nil. A file others than its owner may
 // read is refused (see checkSecretFile): whoever holds the key can sign
 // checkpoints of a forged log.
-func LoadSigningKey(path string) (note.Signer, error) {
+func LoadSigningKey(path string) (*audit.SigningKey, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -54,22 +53,48 @@ func LoadSigningKey(path string) (note.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--audit-signing-key: %w", err)
 	}
-	signer, err := note.NewSigner(strings.TrimSpace(string(data)))
+	key, err := audit.ParseSigningKey(strings.TrimSpace(string(data)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: --audit-signing-key %s does not hold a note signing key "+
 			"(PRIVATE+KEY+<name>+<hash>+<key>, made by stage4 audit keygen): %w", ErrConfig, path, err)
 	}
-	return signer, nil
+	return &key, nil
+}
+
+// LoadSigningKeys loads every --audit-signing-key: a log signs each
+// checkpoint with all of them (a key rotation's overlap). The keys must
+// share their name, the log's origin.
+func LoadSigningKeys(paths []string) ([]audit.SigningKey, error) {
+	var keys []audit.SigningKey
+	for _, p := range paths {
+		k, err := LoadSigningKey(p)
+		if err != nil {
+			return nil, err
+		}
+		if k != nil {
+			keys = append(keys, *k)
+		}
+	}
+	for _, k := range keys[min(1, len(keys)):] {
+		if k.Name() != keys[0].Name() {
+			return nil, fmt.Errorf("%w: --audit-signing-key: the keys are named %s and %s; every key of a log is named after its origin (stage4 audit keygen ORIGIN)",
+				ErrConfig, keys[0].Name(), k.Name())
+		}
+	}
+	return keys, nil
 }
 
 // startCheckpoints signs a checkpoint now and then, in the background,
 // whenever the log grew, at most every interval; stop ends that and signs
 // a last one, so that the final checkpoint covers every record written
-// before shutdown. Without a signer it does nothing. A log that does not
-// extend its latest checkpoint (audit.ErrCheckpointMismatch) is refused
-// here, before Stage-4 serves: signing on would sign a fork.
-func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration, reg prometheus.Registerer, logger *slog.Logger) (stop func(), err error) {
-	if signer == nil {
+// before shutdown. Without a key it does nothing. The first signing
+// decides whether Stage-4 starts: a store signed by other keys
+// (audit.ErrSigningKeyMismatch) is a configuration error, and a log that
+// does not extend its latest checkpoint (audit.ErrIntegrity) is refused,
+// before Stage-4 serves: signing on would sign a fork. Later, the log
+// halts on those (and says so itself), and this loop stays quiet.
+func startCheckpoints(lg *audit.Log, keys []audit.SigningKey, witnessed bool, interval time.Duration, reg prometheus.Registerer, logger *slog.Logger) (stop func(), err error) {
+	if len(keys) == 0 {
 		logger.Info("no --audit-signing-key: the audit tree is kept and proofs are served, but no checkpoints are signed")
 		return func() {}, nil
 	}
@@ -85,6 +110,8 @@ func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration,
 		defer cancel()
 		th, signed, err := lg.SignCheckpoint(ctx)
 		switch {
+		case lg.Halted() != nil:
+			// Reported once, at ERROR, when the log halted.
 		case err != nil:
 			logger.Warn("signing an audit checkpoint failed; will retry", "error", err)
 			return
@@ -96,16 +123,22 @@ func startCheckpoints(lg *audit.Log, signer note.Signer, interval time.Duration,
 	ctx, cancel := context.WithTimeout(context.Background(), checkpointTimeout)
 	th, _, err := lg.SignCheckpoint(ctx)
 	cancel()
-	if errors.Is(err, audit.ErrCheckpointMismatch) {
+	switch {
+	case errors.Is(err, audit.ErrSigningKeyMismatch):
+		return nil, fmt.Errorf("%w: audit checkpoint: %w", ErrConfig, err)
+	case errors.Is(err, audit.ErrIntegrity), errors.Is(err, audit.ErrCheckpointMismatch):
 		return nil, fmt.Errorf("audit checkpoint: %w; restore the log, or archive the checkpoint (and tell the auditors why) to begin again", err)
-	}
-	if err != nil {
+	case err != nil:
 		logger.Warn("signing an audit checkpoint failed; will retry", "error", err)
-	} else {
+	default:
 		m.covered(th.Size)
 	}
-	logger.Info("signing audit checkpoints", "origin", signer.Name(), "key_hash", fmt.Sprintf("%08x", signer.KeyHash()),
-		"interval", interval.String(), "tree_size", th.Size)
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = fmt.Sprintf("%s+%08x", k.Name(), k.KeyHash())
+	}
+	logger.Info("signing audit checkpoints", "origin", keys[0].Name(), "keys", strings.Join(ids, ","),
+		"witnessed", witnessed, "interval", interval.String(), "tree_size", th.Size)
 
 	done := make(chan struct{})
 	var wg sync.WaitGroup

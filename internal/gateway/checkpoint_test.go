@@ -110,10 +110,10 @@ func TestGatewaySignsCheckpointsAndServesProofs(t *testing.T) {
 			ref := startReference(t)
 			keyFile, verifier := writeSigningKey(t, "stage4.test/audit")
 			cfg := gateway.Config{
-				AuditLog:            tt.auditLog(t),
-				Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
-				AuditSigningKeyFile: keyFile,
-				CheckpointInterval:  10 * time.Millisecond,
+				AuditLog:             tt.auditLog(t),
+				Stage3:               stage3client.Config{Target: ref.Addr, Insecure: true},
+				AuditSigningKeyFiles: []string{keyFile},
+				CheckpointInterval:   10 * time.Millisecond,
 				// Three executions fill a page: the log seals segments.
 				AuditStore: audit.OpenConfig{SegmentBytes: segstore.MinSegmentBytes},
 			}
@@ -241,9 +241,9 @@ func TestGatewayRefusesALogThatDoesNotExtendItsCheckpoint(t *testing.T) {
 			keyFile, _ := writeSigningKey(t, "stage4.test/audit")
 			run := func(auditLog string) gateway.Config {
 				cfg := gateway.Config{
-					AuditLog:            auditLog,
-					Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
-					AuditSigningKeyFile: keyFile,
+					AuditLog:             auditLog,
+					Stage3:               stage3client.Config{Target: ref.Addr, Insecure: true},
+					AuditSigningKeyFiles: []string{keyFile},
 				}
 				gw := startGateway(t, cfg)
 				_, err := stage4v1.NewStage4ServiceClient(dialGateway(t, gw)).ExecutePlan(testContext(t), &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t)})

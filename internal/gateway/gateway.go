@@ -18,6 +18,7 @@ import (
 	httppprof "net/http/pprof"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -37,6 +38,7 @@ import (
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/authz"
 	"github.com/stage4/stage4/internal/stage3watch"
+	"github.com/stage4/stage4/internal/witness"
 	"github.com/stage4/stage4/server"
 	"github.com/stage4/stage4/stage3client"
 )
@@ -96,10 +98,16 @@ type Config struct {
 	// fingerprints of tokens and plans, instead of the audit store's own
 	// (see FingerprintKey).
 	FingerprintKeyFile string
-	// AuditSigningKeyFile, when set, holds the note key that signs the
-	// audit log's checkpoints (see LoadSigningKey); without it the tree is
-	// kept and proofs are served, but no checkpoint is signed.
-	AuditSigningKeyFile string
+	// AuditSigningKeyFiles hold the note keys that sign the audit log's
+	// checkpoints, each checkpoint with all of them (see LoadSigningKeys;
+	// two during a key rotation); without any the tree is kept and proofs
+	// are served, but no checkpoint is signed.
+	AuditSigningKeyFiles []string
+	// WitnessPolicyFile, when set, names the witnesses that cosign the
+	// checkpoints and their quorum (Sigsum policy format, see package
+	// internal/witness): GetCheckpoint then serves only checkpoints that
+	// met the quorum. It needs a signing key.
+	WitnessPolicyFile string
 	// CheckpointInterval is how often, at most, a checkpoint is signed
 	// while the log grows; 0 is DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
@@ -202,9 +210,18 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if err != nil {
 		return err
 	}
-	signer, err := LoadSigningKey(cfg.AuditSigningKeyFile)
+	keys, err := LoadSigningKeys(cfg.AuditSigningKeyFiles)
 	if err != nil {
 		return err
+	}
+	var policy *witness.Policy
+	if cfg.WitnessPolicyFile != "" {
+		if len(keys) == 0 {
+			return fmt.Errorf("%w: --witness-policy needs --audit-signing-key: witnesses cosign signed checkpoints", ErrConfig)
+		}
+		if policy, err = witness.ReadPolicyFile(cfg.WitnessPolicyFile); err != nil {
+			return fmt.Errorf("%w: --witness-policy: %w", ErrConfig, err)
+		}
 	}
 
 	// A registry of our own, rather than the global default, so that
@@ -232,6 +249,17 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			return err
 		}
 	}
+	// The witnesses' consistency proofs read the log's stored hashes: the
+	// cosigner gets the log once it exists, before its first signing.
+	var openLog atomic.Pointer[audit.Log]
+	var witnessOpts []audit.Option
+	if policy != nil {
+		cs, err := newCosigner(policy, &openLog, reg, logger)
+		if err != nil {
+			return err
+		}
+		witnessOpts = append(witnessOpts, audit.WithCosigner(cs))
+	}
 	owned := store
 	store = nil // the log owns it now, and closes it also when New fails
 	auditLog, err := audit.New(owned, append([]audit.Option{
@@ -241,7 +269,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		// the terminal event. Only then may another replica close the
 		// execution as interrupted.
 		audit.WithOpenFor(cfg.Stage3.EffectiveMaxDeadline() + openForMargin),
-		audit.WithCheckpointSigner(signer),
+		audit.WithCheckpointKeys(keys...),
 		audit.WithMaxScanned(cmp.Or(cfg.AuditReadMaxScanned, DefaultAuditReadMaxScanned)),
 		// While the store cannot record, ExecutePlan refuses every plan
 		// (fail closed); NOT_SERVING tells load balancers to send them
@@ -257,10 +285,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			}
 			readyState.setAudit(err)
 		}),
-	}, cfg.AuditOptions...)...)
+	}, append(witnessOpts, cfg.AuditOptions...)...)...)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}
+	openLog.Store(auditLog)
 	defer func() {
 		if cerr := auditLog.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close audit log: %w", cerr))
@@ -268,7 +297,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}()
 	// Deferred after the log's Close, so run before it: the last
 	// checkpoint covers every call's terminal event.
-	stopCheckpoints, err := startCheckpoints(auditLog, signer, cfg.CheckpointInterval, reg, logger)
+	stopCheckpoints, err := startCheckpoints(auditLog, keys, policy != nil, cfg.CheckpointInterval, reg, logger)
 	if err != nil {
 		return err
 	}

@@ -232,13 +232,13 @@ func TestGatewayMetricsSayWhatFailed(t *testing.T) {
 	keyFile, _ := writeSigningKey(t, "stage4.test/audit")
 	store, fail := failableStore(t)
 	gw := startGateway(t, gateway.Config{
-		Stage3:              stage3client.Config{Target: ref.Addr, Insecure: true},
-		Store:               store,
-		MetricsListen:       "127.0.0.1:0",
-		AuditSigningKeyFile: keyFile,
-		CheckpointInterval:  10 * time.Millisecond,
-		Stage3CheckInterval: 10 * time.Millisecond,
-		Revision:            "feedface",
+		Stage3:               stage3client.Config{Target: ref.Addr, Insecure: true},
+		Store:                store,
+		MetricsListen:        "127.0.0.1:0",
+		AuditSigningKeyFiles: []string{keyFile},
+		CheckpointInterval:   10 * time.Millisecond,
+		Stage3CheckInterval:  10 * time.Millisecond,
+		Revision:             "feedface",
 	})
 	conn, err := grpc.NewClient(gw.addrs.GRPC.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

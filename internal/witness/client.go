@@ -183,7 +183,7 @@ func (c *Client) AddCheckpoint(ctx context.Context, checkpoint []byte) (Cosignat
 
 	old, _ := c.KnownSize() // 0 when unknown: the witness's 409 tells
 	if old > cp.Size {
-		return Cosignature{}, c.fail(ErrInconsistent, "it cosigned a tree of %d records, more than this checkpoint's %d", old, cp.Size)
+		return Cosignature{}, c.ahead(old, cp.Size)
 	}
 	for range maxAttempts {
 		var proof tlog.TreeProof
@@ -213,13 +213,21 @@ func (c *Client) AddCheckpoint(ctx context.Context, checkpoint []byte) (Cosignat
 		c.setKnown(size)
 		switch {
 		case size > cp.Size:
-			return Cosignature{}, c.fail(ErrInconsistent, "it cosigned a tree of %d records, more than this checkpoint's %d", size, cp.Size)
+			return Cosignature{}, c.ahead(size, cp.Size)
 		case size == cp.Size && old == cp.Size:
 			return Cosignature{}, c.fail(ErrInconsistent, "it cosigned a different tree of the checkpoint's size %d (409 Conflict)", size)
 		}
 		old = size
 	}
 	return Cosignature{}, c.fail(ErrRefused, "its tree size changed under each of %d requests (another writer of this log cosigning at once?)", maxAttempts)
+}
+
+// ahead is the ErrInconsistent of a witness that holds a tree of size
+// records, more than the checkpoint's want.
+func (c *Client) ahead(size, want uint64) *Error {
+	e := c.fail(ErrInconsistent, "it cosigned a tree of %d records, more than this checkpoint's %d", size, want)
+	e.Ahead = size
+	return e
 }
 
 func (c *Client) fail(kind error, format string, args ...any) *Error {

@@ -74,6 +74,7 @@ func TestClientAnswers(t *testing.T) {
 		answer func(t *testing.T, checkpoint []byte) http.HandlerFunc
 		status witness.Status
 		want   string // in the error
+		ahead  uint64 // witness.Error.Ahead
 	}{
 		{
 			name: "cosigned, other signatures ignored",
@@ -139,6 +140,7 @@ func TestClientAnswers(t *testing.T) {
 			},
 			status: witness.StatusInconsistent,
 			want:   "it cosigned a tree of 11 records, more than this checkpoint's 10",
+			ahead:  11,
 		},
 		{
 			// c2sp.org/tlog-witness: 409 when the sizes match and the
@@ -207,6 +209,7 @@ func TestClientAnswers(t *testing.T) {
 			require.ErrorAs(t, err, &werr)
 			require.Equal(t, "w1", werr.Witness)
 			require.ErrorContains(t, err, tt.want)
+			require.Equal(t, tt.ahead, werr.Ahead, "the size a witness ahead of the checkpoint holds, and only that")
 		})
 	}
 }

@@ -44,6 +44,12 @@ type Error struct {
 	Kind error
 	// Err says what happened.
 	Err error
+	// Ahead is, when Kind is ErrInconsistent because the witness holds a
+	// larger tree than the checkpoint's, that tree's size (else 0).
+	// Several writers of one log (replicas) race for the witness: one
+	// whose checkpoint a newer one overtook sees this, and a log whose
+	// tree has grown to that size signs anew rather than failing closed.
+	Ahead uint64
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("witness %s: %v: %v", e.Witness, e.Kind, e.Err) }

@@ -32,13 +32,16 @@ func (f *Failure) Err() error {
 
 // ChangedError is a log file changed under its store (removed, renamed,
 // replaced, truncated or written by another program). It is an
-// audit.ErrDataLoss, and says itself what happened to which file.
+// audit.ErrIntegrity (and so an audit.ErrDataLoss), and says itself what
+// happened to which file.
 type ChangedError struct{ Msg string }
 
 func (e *ChangedError) Error() string { return e.Msg }
 
-// Is makes a ChangedError an audit.ErrDataLoss.
-func (e *ChangedError) Is(target error) bool { return target == audit.ErrDataLoss }
+// Is makes a ChangedError an audit.ErrIntegrity and an audit.ErrDataLoss.
+func (e *ChangedError) Is(target error) bool {
+	return target == audit.ErrIntegrity || target == audit.ErrDataLoss
+}
 
 // Lock takes an exclusive lock (flock) on f for the process, without
 // waiting: errLocked when another process holds it. The lock dies with
