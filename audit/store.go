@@ -57,6 +57,7 @@ import (
 //     (FingerprintKeyIsKept)
 //  11. Close is idempotent; every other call after Close fails with
 //     ErrClosed. (CloseIsIdempotent, CallsAfterCloseFail)
+//  12. The keys of idempotent executions are kept as RequestStore says.
 //
 // A Store is used by one Log: Append is never called concurrently, the
 // other methods may be, with Append and with each other.
@@ -64,6 +65,7 @@ type Store interface {
 	Appender
 	Reader
 	CheckpointKeeper
+	RequestStore
 
 	// FingerprintKey returns the store's secret key for keyed fingerprints
 	// (HMAC-SHA256) of tokens and plans and for page tokens: 32 random
@@ -183,6 +185,10 @@ type Record struct {
 	// store shared by replicas may let another process close it as
 	// interrupted if the writer is gone. Zero on terminal events.
 	OpenUntil time.Time
+	// Request, on a terminal record, settles the running claim of the
+	// record's execution, if there is one (see RequestStore), in the same
+	// batch. It is not part of Line: answers never enter the log.
+	Request *RequestOutcome
 }
 
 // Terminal reports whether the record ends its execution.

@@ -108,6 +108,28 @@ CREATE TABLE audit_meta (
 ALTER TABLE audit_head ADD COLUMN durable_sequence bigint NOT NULL DEFAULT 0 CHECK (durable_sequence >= 0);
 UPDATE audit_head SET durable_sequence = sequence;
 `,
+	// Version 3: the keys of idempotent executions (request_id) and their
+	// replayable answers (requests.go). Beside the records, never in them:
+	// an answer holds Stage-3's result, user data that the records must
+	// not. The primary key decides which of two replicas that claim one key
+	// at once forwards the plan. The partial index finds the running claim
+	// of an execution that a terminal record settles; claimed_at serves the
+	// purge.
+	`
+CREATE TABLE audit_requests (
+	caller       text NOT NULL,
+	request_id   text NOT NULL,
+	plan_id      text NOT NULL,
+	execution_id text NOT NULL,
+	state        text NOT NULL CHECK (state IN ('running', 'done', 'unknown')),
+	answer       bytea CHECK (answer IS NULL OR state = 'done'),
+	claimed_at   timestamptz NOT NULL,
+	open_until   timestamptz NOT NULL,
+	PRIMARY KEY (caller, request_id)
+);
+CREATE INDEX audit_requests_running ON audit_requests (execution_id) WHERE state = 'running';
+CREATE INDEX audit_requests_claimed_at ON audit_requests (claimed_at);
+`,
 }
 
 // SchemaVersion is the schema version this package creates and uses.

@@ -145,6 +145,8 @@ type Store struct {
 	checkpoint *fsutil.CheckpointFile
 	index      *indexer
 	next       nextState
+	// requests is the journal of request keys (requests.go).
+	requests *requests
 
 	mu          sync.Mutex // guards interrupted and closed
 	interrupted []audit.OpenExecution
@@ -333,6 +335,9 @@ func (s *Store) start() error {
 	if s.index, err = startIndexer(s, seals, names); err != nil {
 		return err
 	}
+	if s.requests, err = openRequests(s.path(RequestsDir), s.cfg.wrapFile, s.open, s.executionLogged); err != nil {
+		return fmt.Errorf("open the request journal: %w", err)
+	}
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
 	return s.saveHead(s.head)
@@ -503,6 +508,7 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	if err := s.appendTree(recs); err != nil {
 		return err
 	}
+	s.requests.settle(recs)
 	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash, Tree: tree}
 	if durable {
 		if err := s.syncSegment(a); err != nil {
@@ -544,9 +550,23 @@ func allTerminal(recs []audit.Record) bool {
 // sync (fdatasync): Linux flushes the metadata needed to read the data
 // back, such as a grown size, and skips the rest (times). On a
 // preallocated segment an append changes no metadata at all.
+//
+// The request journal's files written since their last sync are synced
+// at the same time, on another goroutine, so that a claim is durable with
+// the batch after it at the cost of the longer of two syncs, not both.
 func (s *Store) syncSegment(a *segment) error {
-	if err := fdatasync(a.file); err != nil {
+	var journalErr error
+	var wg sync.WaitGroup
+	if files := s.requests.takeDirty(); len(files) > 0 {
+		wg.Go(func() { journalErr = syncFiles(files) })
+	}
+	err := fdatasync(a.file)
+	wg.Wait()
+	if err != nil {
 		return s.failSync(fmt.Errorf("fsync %s: %w", a.path, err))
+	}
+	if journalErr != nil {
+		return s.failSync(journalErr)
 	}
 	return nil
 }
@@ -746,5 +766,6 @@ func (s *Store) closeFiles() error {
 			errs = append(errs, f.Close())
 		}
 	}
+	errs = append(errs, s.requests.close())
 	return errors.Join(errs...)
 }

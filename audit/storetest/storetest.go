@@ -98,6 +98,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"CloseIsIdempotent", testCloseIsIdempotent},
 		{"CallsAfterCloseFail", testCallsAfterClose},
 	}
+	// Rule 12: the keys of idempotent executions (requests.go).
+	tests = append(tests, requestTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
