@@ -13,7 +13,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -52,6 +51,9 @@ type execution struct {
 	// (Fingerprinter.PlanIDEncoded), which is also the encoding of its
 	// Stage-3 request; nil when there is none.
 	Encoded []byte
+	// RequestID is the request_id whose key the call claimed, passed on
+	// to Stage-3; empty for a call without one.
+	RequestID string
 }
 
 type executionKey struct{}
@@ -71,9 +73,10 @@ func executionFromContext(ctx context.Context) (execution, bool) {
 // whether the plan is valid.
 type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
 
-// AuditRecorder records the events of executions; *audit.Log is the
-// implementation.
+// AuditRecorder records the events of executions and keeps the keys of
+// calls with a request_id; *audit.Log is the implementation.
 type AuditRecorder interface {
+	RequestKeeper
 	// Append adds a durable event and returns it as written.
 	Append(ctx context.Context, ev audit.Event) (audit.Event, error)
 	// AppendUnsynced queues an event that the next Append makes durable.
@@ -90,7 +93,7 @@ type AuditRecorder interface {
 // the execution lifecycle at the gRPC edge: the log's errors become status
 // codes here.
 func AuditInterceptor(log AuditRecorder, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
-	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background()}
+	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background(), retention: audit.DefaultRequestRetention}
 	for _, o := range opts {
 		o(c)
 	}
@@ -115,24 +118,35 @@ func WithAbort(ctx context.Context) InterceptorOption {
 }
 
 type interceptorConfig struct {
-	validate ValidateFunc
-	fp       *Fingerprinter
-	abort    context.Context
+	validate   ValidateFunc
+	fp         *Fingerprinter
+	abort      context.Context
+	retention  time.Duration
+	observeKey func(context.Context, KeyOutcome)
 }
 
 func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req any, handler grpc.UnaryHandler) (any, error) {
 	var b [16]byte
 	rand.Read(b[:]) // never fails since Go 1.24
 	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: audit.Event{ExecutionID: hex.EncodeToString(b[:])}}
+	r, _ := req.(*stage4v1.ExecutePlanRequest)
 	// Sent now, not with the response: a caller whose connection dies while
-	// Stage-3 runs must already hold the id to look the execution up.
-	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionID)); err != nil {
-		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
+	// Stage-3 runs must already hold the id to look the execution up. A
+	// call with a request_id sends it once its key is looked up, still
+	// before Stage-3 is called: one answered from an earlier call names
+	// that call's execution (claimKey).
+	keyed := r.GetRequestId() != ""
+	if !keyed {
+		if err := c.sendHeader(ctx, ex, nil); err != nil {
+			return nil, err
+		}
 	}
 	if log.Err() != nil {
+		if keyed {
+			return nil, c.sendHeader(ctx, ex, ex.unavailable())
+		}
 		return nil, ex.unavailable()
 	}
-	r, _ := req.(*stage4v1.ExecutePlanRequest)
 	// Validation first (it has no side effects): an invalid plan is
 	// described by counts and fingerprints only, so that hostile plans
 	// cannot make the log grow by more than a few KiB each. A panic is
@@ -148,12 +162,27 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 			ex.ev.UserID = ""
 		}
 	}
+	if keyed {
+		if !valid {
+			// An invalid call claims nothing: it executes nothing, and
+			// its retry with the plan fixed runs as a first call.
+			if err := c.sendHeader(ctx, ex, nil); err != nil {
+				return nil, err
+			}
+		} else if resp, err, done := c.claimKey(ctx, log, ex, r); done {
+			return resp, err
+		}
+	}
 	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
+	if ex.key != nil {
+		details["request_id"] = r.GetRequestId()
+	}
 	// Not durable on its own: EXECUTION_STARTED or the validation failure
 	// follows at once, and its commit makes both durable. Stage-3 is called
 	// only after that commit, so this saves one commit per execution without
 	// executing anything that is not durably recorded.
 	if log.AppendUnsynced(ex.ctx, ex.event(audit.PlanReceived, details)) != nil {
+		ex.release()
 		return nil, ex.unavailable()
 	}
 
@@ -164,8 +193,8 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	ended := false
 	defer func() {
 		if !ended {
-			_ = ex.record(audit.ExecutionFailed,
-				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"))
+			_ = ex.recordEnd(audit.ExecutionFailed,
+				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"), unknownOutcome)
 		}
 	}()
 	if panicked != nil {
@@ -182,11 +211,17 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 		// The store cannot record now, so no terminal event can be written
 		// either; the execution is closed as interrupted later (at the
 		// next start, or by a replica once its deadline has passed).
+		// Stage-3 was not called: a retry may run.
 		ended = true
+		ex.release()
 		return nil, ex.unavailable()
 	}
 
-	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionID, PlanID: ex.ev.PlanID, Validated: r, Encoded: encoded}))
+	exec := execution{ID: ex.ev.ExecutionID, PlanID: ex.ev.PlanID, Validated: r, Encoded: encoded}
+	if ex.key != nil {
+		exec.RequestID = ex.key.ID
+	}
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, exec))
 	// Deferred, so that a handler that panics does not leave the
 	// registration on the long-lived abort context behind.
 	stopAbort := context.AfterFunc(c.abort, cancel)
@@ -204,16 +239,24 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
 		}
 		st := status.Convert(err)
-		if ex.record(audit.ExecutionFailed, c.stage3FailedDetails(st)) != nil {
+		var settle *audit.RequestOutcome
+		if ex.key != nil {
+			settle = errorOutcome(err)
+		}
+		if ex.recordEnd(audit.ExecutionFailed, c.stage3FailedDetails(st), settle) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
 	}
 	out, _ := resp.(*stage4v1.ExecutePlanResponse)
-	if ex.record(audit.ExecutionCompleted, audit.Details{
+	var settle *audit.RequestOutcome
+	if ex.key != nil {
+		settle = responseOutcome(resp)
+	}
+	if ex.recordEnd(audit.ExecutionCompleted, audit.Details{
 		"step_count":        float64(len(out.GetResult().GetResults())),
 		"stage3_latency_ms": math.Round(latency.Seconds()*1e6) / 1e3,
-	}) != nil {
+	}, settle) != nil {
 		return nil, ex.outcomeUnknown()
 	}
 	return resp, nil
@@ -265,12 +308,36 @@ type recorder struct {
 	log AuditRecorder
 	ctx context.Context
 	ev  audit.Event // execution_id, plan_id and user_id of every event
+	// key is the request key the execution claimed, nil for a call
+	// without a request_id.
+	key *audit.RequestKey
 }
 
 // record appends a durable event of the execution.
 func (r *recorder) record(t audit.EventType, details audit.Details) error {
 	_, err := r.log.Append(r.ctx, r.event(t, details))
 	return err
+}
+
+// recordEnd appends the execution's durable terminal event, which settles
+// its request key (if it claimed one) with settle in the same store batch.
+func (r *recorder) recordEnd(t audit.EventType, details audit.Details, settle *audit.RequestOutcome) error {
+	ev := r.event(t, details)
+	if r.key != nil {
+		ev.Request = settle
+	}
+	_, err := r.log.Append(r.ctx, ev)
+	return err
+}
+
+// release forgets the execution's request key, if it claimed one: it was
+// refused before Stage-3 could be called. A failure leaves the claim to
+// be settled when the execution is closed as interrupted, or taken over
+// once stale (see audit.Request.OpenUntil).
+func (r *recorder) release() {
+	if r.key != nil {
+		_ = r.log.ReleaseRequest(r.ctx, *r.key, r.ev.ExecutionID)
+	}
 }
 
 // event is an event of the execution.
