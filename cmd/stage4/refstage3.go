@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -14,10 +15,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
@@ -83,10 +86,13 @@ func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger) (*grpc.Serve
 	svc.SetFault(fault)
 	callLogger := gateway.GRPCLogger(logger)
 	recoveryOpt := recovery.WithRecoveryHandlerContext(gateway.RecoveredPanic(logger))
+	// Its call lines name the request id Stage-4 passes on, as a Stage-3
+	// that dedupes would key on it.
+	unaryLogOptions := append(slices.Clone(gateway.CallLogOptions), logging.WithFieldsFromContext(stage4RequestID))
 	srv := grpc.NewServer(
 		// Outermost first, as in Stage-4: logging, then recovery.
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(callLogger, gateway.CallLogOptions...),
+			logging.UnaryServerInterceptor(callLogger, unaryLogOptions...),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
@@ -101,4 +107,13 @@ func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger) (*grpc.Serve
 	reflection.Register(srv)
 	gateway.SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	return srv, hs
+}
+
+// stage4RequestID is the x-stage4-request-id of a call, as a log field.
+func stage4RequestID(ctx context.Context) logging.Fields {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if ids := md.Get(stage3client.RequestIDHeader); len(ids) == 1 {
+		return logging.Fields{"stage4.request_id", ids[0]}
+	}
+	return nil
 }

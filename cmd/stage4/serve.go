@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/telemetry"
@@ -76,6 +77,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Int64Var(&g.MaxInflightRequestBytes, "max-inflight-request-bytes", 0, "request `bytes` that calls may hold at once (0: 8 x --max-message-bytes); a call counts --max-message-bytes while its request is read and decoded, then 16 x the request's size, at most --max-message-bytes, until it ends, and waits while the budget is spent")
 	fs.Var(&g.AuditReaders, "audit-readers", "comma-separated `identities` that may read the audit log: URI SANs (SPIFFE IDs) or DNS SANs of client certificates verified with --tls-client-ca-file, or * for every caller (a mesh that enforces its own policy); empty denies everyone")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
+	fs.DurationVar(&g.IdempotencyRetention, "idempotency-retention", audit.DefaultRequestRetention, "how long an ExecutePlan request_id is kept after its first call (at least 1h): a retry within it\ngets the first call's answer and never executes the plan again; after it the key is forgotten and purged")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.TLSKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
 	fs.StringVar(&g.TLSClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
@@ -123,6 +125,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if err := checkAuditSegmentBytes("serve", f.gateway.AuditStore.SegmentBytes); err != nil {
 		return err
+	}
+	if f.gateway.IdempotencyRetention < audit.MinRequestRetention {
+		return usageError("serve: --idempotency-retention is %v; it must be at least %v (AIP-155)", f.gateway.IdempotencyRetention, audit.MinRequestRetention)
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	logger, err := newLogger(stderr, f.log)

@@ -132,6 +132,11 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// AuditOptions are added to audit.New's.
 	AuditOptions []audit.Option
+	// IdempotencyRetention is how long a request_id is kept after its
+	// first call (--idempotency-retention); 0 means
+	// audit.DefaultRequestRetention. It must be longer than an execution
+	// may run.
+	IdempotencyRetention time.Duration
 }
 
 // Addrs are the addresses Run actually bound, which differ from the
@@ -169,6 +174,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		return err
 	}
 	signer, err := LoadSigningKey(cfg.AuditSigningKeyFile)
+	if err != nil {
+		return err
+	}
+	retention, err := requestRetention(cfg)
 	if err != nil {
 		return err
 	}
@@ -233,6 +242,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		return err
 	}
 	defer stopCheckpoints()
+	defer startRequestPurges(auditLog, retention, logger)()
 
 	tp := cfg.TracerProvider
 	// Stage-3 call latency by code, measured on the client side; its span
@@ -270,7 +280,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return server.Validate(req) }, fp,
-		server.WithAbort(abortCtx)), serverMetrics, guard)...)
+		server.WithAbort(abortCtx), server.WithRequestRetention(retention),
+		server.WithKeyObserver(keyOutcomeCounter(reg))), serverMetrics, guard)...)
 	// Until ServeGRPC owns it: NewServer starts the stream workers, which
 	// an early return would leave running.
 	serving := false
