@@ -51,6 +51,8 @@ type harnessOptions struct {
 	inner grpc.UnaryServerInterceptor
 	// auditOptions are audit.New's (a checkpoint signer).
 	auditOptions []audit.Option
+	// store, when set, opens the audit store instead of a log directory.
+	store func(testing.TB) audit.Store
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -78,8 +80,13 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	if o.fileWrapper != nil {
 		fileOpts = append(fileOpts, segstore.WithFileWrapper(o.fileWrapper))
 	}
-	store, err := segstore.Open(h.logPath, fileOpts...)
-	require.NoError(t, err)
+	var store audit.Store
+	if o.store != nil {
+		store = o.store(t)
+	} else {
+		store, err = segstore.Open(h.logPath, fileOpts...)
+		require.NoError(t, err)
+	}
 	h.log, err = audit.New(store, o.auditOptions...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })

@@ -45,3 +45,26 @@ func BenchmarkAppend(b *testing.B) {
 		return lg
 	})
 }
+
+// BenchmarkExecution measures an execution's audit events with and
+// without a request_id on a log directory.
+func BenchmarkExecution(b *testing.B) {
+	storetest.BenchmarkExecution(b, func(b *testing.B) *audit.Log {
+		dir := b.TempDir()
+		store, err := segstore.Open(dir)
+		if err == nil {
+			err = store.Close()
+		}
+		if err == nil {
+			store, err = segstore.Open(dir)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		lg, err := audit.New(store)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return lg
+	})
+}

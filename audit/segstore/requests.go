@@ -29,12 +29,19 @@ import (
 // journal of one file per hour of writing, named by that hour in UTC
 // (RequestsFileLayout plus ".req"). Each entry is a JSON line (a
 // requestHeader) and, when the header says answer_bytes, that many bytes
-// of answer and a newline. The latest entry of a key is its state. Files
-// are written without a sync of their own: a durable Append syncs them,
-// in parallel with its segment, so a claim is durable before the
-// execution's EXECUTION_STARTED returns. Open reads the headers (not the
-// answers) back into memory, cutting a torn last entry; PurgeRequests
-// removes the files whose hour is past the retention.
+// of answer and a newline; the latest entry of a key is its state. Files
+// are preallocated with zeros, as segments are, so that an append changes
+// no metadata and a data-only sync is enough; the entries end at the first
+// zero byte.
+//
+// Claims are kept in memory and queued; every Append writes the queue to
+// the journal first, with one write, and a durable Append syncs the
+// journal in parallel with its segment. So a claim is durable before the
+// EXECUTION_STARTED of its execution returns, at the cost of no write and
+// no sync of its own. An Append also writes the entries that settle the
+// claims of its terminal records. Open reads the headers (not the answers)
+// back into memory, clearing a torn last entry; PurgeRequests removes the
+// files whose hour is past the retention.
 const RequestsDir = "requests"
 
 // RequestsFileLayout is the time layout of a request journal's name.
@@ -89,11 +96,15 @@ type requestLoc struct {
 
 // journalFile is one hour's file.
 type journalFile struct {
-	hour int32
-	path string
-	file File
-	size int64
+	hour  int32
+	path  string
+	file  File
+	size  int64 // the end of its entries: where the next one goes
+	alloc int64 // its length: size, and the zeros after it
 }
+
+// journalChunk is how much a journal file grows by at a time, in zeros.
+const journalChunk = 1 << 20
 
 // requests is the store's journal of request keys.
 type requests struct {
@@ -107,7 +118,18 @@ type requests struct {
 	files   map[int32]*journalFile
 	cur     *journalFile
 	dirty   map[*journalFile]bool // written since their last sync
+	// pending are the entries of claims and releases not written yet:
+	// the next Append writes them.
+	pending []pendingEntry
 	buf     []byte
+}
+
+// pendingEntry is an entry not written yet, and the key whose index
+// entry is to point at it once it is.
+type pendingEntry struct {
+	k     keyHash
+	entry []byte
+	claim *runningClaim // nil for a release
 }
 
 // runningClaim is a running claim, kept whole in memory: the few of the
@@ -222,21 +244,25 @@ func (r *requests) openFile(hour int32) (*journalFile, error) {
 	if r.wrap != nil {
 		file = r.wrap(osf)
 	}
-	f := &journalFile{hour: hour, path: path, file: file, size: fi.Size()}
+	f := &journalFile{hour: hour, path: path, file: file, size: fi.Size(), alloc: fi.Size()}
 	r.files[hour] = f
 	return f, nil
 }
 
-// load applies the entries of hour's file, in order, and cuts a torn last
-// entry: one being written when the process stopped, never synced.
+// load applies the entries of hour's file, in order, up to the zeros
+// after them, and clears a torn last entry: one being written when the
+// process stopped, never synced.
 func (r *requests) load(hour int32) error {
 	f, err := r.openFile(hour)
 	if err != nil {
 		return err
 	}
-	br := bufio.NewReaderSize(io.NewSectionReader(f.file, 0, f.size), 64<<10)
+	br := bufio.NewReaderSize(io.NewSectionReader(f.file, 0, f.alloc), 64<<10)
 	var off int64
-	for off < f.size {
+	for off < f.alloc {
+		if first, err := br.Peek(1); err == nil && first[0] == 0 {
+			break // the preallocated rest
+		}
 		line, err := br.ReadBytes('\n')
 		var h requestHeader
 		if err == nil {
@@ -259,15 +285,21 @@ func (r *requests) load(hour int32) error {
 			_, err = r.apply(&h, hour, off)
 		}
 		if err != nil {
-			// A torn tail: never synced, so never acknowledged.
-			if terr := f.file.Truncate(off); terr != nil {
-				return fmt.Errorf("cut the torn end of %s: %w", f.path, terr)
+			// A torn tail: never synced, so never acknowledged. Zeros
+			// again, so that the next entries are read after what
+			// precedes it.
+			end, lerr := lastNonZero(f.file, off, f.alloc)
+			if lerr == nil {
+				lerr = zeroFill(f.file, off, end)
 			}
-			f.size = off
-			return nil
+			if lerr != nil {
+				return fmt.Errorf("clear the torn end of %s: %w", f.path, lerr)
+			}
+			break
 		}
 		off += n
 	}
+	f.size = off
 	return nil
 }
 
@@ -298,8 +330,9 @@ func (r *requests) apply(h *requestHeader, hour int32, off int64) (keyHash, erro
 }
 
 // write appends entries (whole) to the current hour's file and returns
-// where they begin; a failed write is cut off again, so that the file
-// never holds a part of an entry that was refused.
+// where they begin. The file grows by journalChunk of zeros at a time;
+// a failed write is cleared again, so that the file never holds a part
+// of an entry that was refused.
 func (r *requests) write(entries []byte, now time.Time) (*journalFile, int64, error) {
 	hour := hourOf(now)
 	if r.cur == nil || r.cur.hour != hour {
@@ -307,13 +340,27 @@ func (r *requests) write(entries []byte, now time.Time) (*journalFile, int64, er
 		if err != nil {
 			return nil, 0, err
 		}
+		if old := r.cur; old != nil && old.alloc > old.size {
+			// No longer written: its zeros go. Not synced: zeros or not,
+			// the entries end where they end.
+			if err := old.file.Truncate(old.size); err == nil {
+				old.alloc = old.size
+			}
+		}
 		r.cur = f
 	}
 	f := r.cur
 	off := f.size
+	if end := off + int64(len(entries)); end > f.alloc {
+		alloc := (end/journalChunk + 1) * journalChunk
+		if err := zeroFill(f.file, f.alloc, alloc); err != nil {
+			return nil, 0, err
+		}
+		f.alloc = alloc
+	}
 	if _, err := f.file.WriteAt(entries, off); err != nil {
-		if terr := f.file.Truncate(off); terr != nil {
-			return nil, 0, errors.Join(err, terr)
+		if zerr := zeroFill(f.file, off, off+int64(len(entries))); zerr != nil {
+			return nil, 0, errors.Join(err, zerr)
 		}
 		return nil, 0, err
 	}
@@ -379,8 +426,8 @@ func (r *requests) readEntry(hour int32, off int64) (audit.Request, error) {
 	return req, nil
 }
 
-// ClaimRequest claims req.Key in memory and writes the claim to the
-// journal, which the next durable Append syncs.
+// ClaimRequest claims req.Key in memory and queues its entry, which the
+// next Append writes and the next durable Append syncs.
 func (s *Store) ClaimRequest(ctx context.Context, req audit.Request, since time.Time) (audit.Request, bool, error) {
 	if err := s.usable(); err != nil {
 		return audit.Request{}, false, err
@@ -391,6 +438,8 @@ func (s *Store) ClaimRequest(ctx context.Context, req audit.Request, since time.
 	r := s.requests
 	k := hashKey(req.Key)
 	now := time.Now()
+	req.State, req.Answer = audit.RequestRunning, nil
+	entry := appendEntry(nil, &req, req.State.String(), nil)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if loc, ok := r.index[k]; ok && !claimedBefore(loc, since) {
@@ -402,19 +451,14 @@ func (s *Store) ClaimRequest(ctx context.Context, req audit.Request, since time.
 			return *held, false, nil
 		}
 	}
-	req.State, req.Answer = audit.RequestRunning, nil
-	r.buf = appendEntry(r.buf[:0], &req, req.State.String(), nil)
-	f, off, err := r.write(r.buf, now)
-	r.buf = keepBuf(r.buf)
-	if err != nil {
-		return audit.Request{}, false, fmt.Errorf("claim request: %w: %w", audit.ErrUnavailable, err)
-	}
 	if old, ok := r.running[k]; ok {
 		delete(r.byExec, old.req.ExecutionID)
 	}
-	r.index[k] = requestLoc{off: off, claimed: req.Claimed.UnixNano(), hour: f.hour, state: audit.RequestRunning}
-	r.running[k] = &runningClaim{req: req, off: off, hour: f.hour}
+	c := &runningClaim{req: req, off: -1}
+	r.index[k] = requestLoc{off: -1, claimed: req.Claimed.UnixNano(), state: audit.RequestRunning}
+	r.running[k] = c
 	r.byExec[req.ExecutionID] = k
+	r.pending = append(r.pending, pendingEntry{k: k, entry: entry, claim: c})
 	return req, true, nil
 }
 
@@ -445,7 +489,8 @@ func (r *requests) held(k keyHash, loc requestLoc, now time.Time) (*audit.Reques
 	return &req, nil
 }
 
-// ReleaseRequest forgets key if executionID holds it running.
+// ReleaseRequest forgets key if executionID holds it running, and queues
+// the entry that says so.
 func (s *Store) ReleaseRequest(ctx context.Context, key audit.RequestKey, executionID string) error {
 	if s.isClosed() {
 		return audit.ErrClosed
@@ -461,7 +506,45 @@ func (s *Store) ReleaseRequest(ctx context.Context, key audit.RequestKey, execut
 	if !ok || c.req.ExecutionID != executionID {
 		return nil
 	}
-	return r.settleLocked(k, c, stateReleased, nil, time.Now())
+	delete(r.running, k)
+	delete(r.byExec, executionID)
+	delete(r.index, k)
+	r.pending = append(r.pending, pendingEntry{k: k, entry: appendEntry(nil, &c.req, stateReleased, nil)})
+	return nil
+}
+
+// flush writes the queued entries, with one write. When that fails
+// (a full disk), nothing of them is in the file and the append is to be
+// refused: a claim that cannot be made durable must not lead to Stage-3.
+func (r *requests) flush() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) == 0 {
+		return nil
+	}
+	buf := r.buf[:0]
+	for _, p := range r.pending {
+		buf = append(buf, p.entry...)
+	}
+	f, off, err := r.write(buf, time.Now())
+	r.buf = keepBuf(buf)
+	if err != nil {
+		return fmt.Errorf("%w: write the request journal: %w", audit.ErrUnavailable, err)
+	}
+	for _, p := range r.pending {
+		if c := p.claim; c != nil {
+			c.off, c.hour = off, f.hour
+			if r.running[p.k] == c {
+				loc := r.index[p.k]
+				loc.off, loc.hour = off, f.hour
+				r.index[p.k] = loc
+			}
+		}
+		off += int64(len(p.entry))
+	}
+	clear(r.pending)
+	r.pending = r.pending[:0]
+	return nil
 }
 
 // settleLocked ends a running claim in state (done with answer, unknown

@@ -488,6 +488,11 @@ func (s *Store) Append(_ context.Context, durable bool, build func(audit.Head) (
 	if s.active != nil && s.active.written+int64(n) <= s.sealAt() {
 		s.stalled = nil
 	}
+	// The request journal's queued claims first: when they cannot be
+	// written, nothing of the batch is (requests.go).
+	if err := s.requests.flush(); err != nil {
+		return err
+	}
 	a := s.active
 	buf := s.wbuf[:0]
 	for i := range recs {
