@@ -1,9 +1,11 @@
 package pgstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,15 +13,19 @@ import (
 	"github.com/stage4/stage4/audit"
 )
 
-// claimRequest inserts a claim, or takes over the key's row when it is
-// forgotten: claimed before since ($7), or running past its open_until
-// and the grace period ($8 seconds) while its execution is not open (it
-// never reached the log). ON CONFLICT DO UPDATE locks the conflicting row
-// whether or not the WHERE holds, also a row committed after this
-// statement's snapshot, so the SELECT after it, in the same transaction,
-// reads the row that holds the key now, unchanged until COMMIT.
-const claimRequest = `INSERT INTO audit_requests AS r (caller, request_id, plan_id, execution_id, state, claimed_at, open_until)
-VALUES ($1, $2, $3, $4, 'running', $5, $6)
+// claimRequests inserts the claims of a batch ($1 to $6, one row each),
+// or takes over the key's row when it is forgotten: claimed before since
+// ($7), or running past its open_until and the grace period ($8
+// seconds) while its execution is not open (it never reached the log).
+// ON CONFLICT DO UPDATE locks every conflicting row whether or not the
+// WHERE holds, also a row committed after this statement's snapshot, so
+// the SELECT after it, in the same transaction, reads the rows that hold
+// the keys now, unchanged until COMMIT. The rows come sorted by key, so
+// that batches of two replicas lock common keys in one order.
+const claimRequests = `INSERT INTO audit_requests AS r (caller, request_id, plan_id, execution_id, state, claimed_at, open_until)
+SELECT u.caller, u.request_id, u.plan_id, u.execution_id, 'running', u.claimed_at, u.open_until
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+	AS u(caller, request_id, plan_id, execution_id, claimed_at, open_until)
 ON CONFLICT (caller, request_id) DO UPDATE SET
 	plan_id = excluded.plan_id, execution_id = excluded.execution_id, state = 'running', answer = NULL,
 	claimed_at = excluded.claimed_at, open_until = excluded.open_until
@@ -27,63 +33,190 @@ WHERE r.claimed_at < $7
 	OR (r.state = 'running' AND r.open_until < now() - make_interval(secs => $8)
 		AND NOT EXISTS (SELECT 1 FROM audit_open o WHERE o.execution_id = r.execution_id))`
 
-const selectRequest = `SELECT plan_id, execution_id, state, answer, claimed_at, open_until
-FROM audit_requests WHERE caller = $1 AND request_id = $2`
+const selectRequests = `SELECT r.caller, r.request_id, r.plan_id, r.execution_id, r.state, r.answer, r.claimed_at, r.open_until
+FROM audit_requests r JOIN unnest($1::text[], $2::text[]) AS u(caller, request_id)
+	ON r.caller = u.caller AND r.request_id = u.request_id`
 
-// ClaimRequest claims req.Key in one pipelined round trip. The transaction
-// commits without waiting for its WAL flush (synchronous_commit off): the
-// claim must be durable before Stage-3 is called, and the synchronous
-// commit of the execution's EXECUTION_STARTED, which follows it, flushes
-// the WAL up to it, the WAL being one sequence. A crash of the database
-// before that can lose the claim, and then also the execution, which has
-// not reached Stage-3.
+// maxClaimBatch bounds the claims of one transaction.
+const maxClaimBatch = 256
+
+// claimCall is one ClaimRequest waiting for its batch.
+type claimCall struct {
+	req   audit.Request
+	since time.Time
+	done  chan claimResult // buffered: the batcher never blocks on it
+}
+
+type claimResult struct {
+	held    audit.Request
+	claimed bool
+	err     error
+}
+
+// ClaimRequest claims req.Key. Concurrent claims of this replica are
+// batched, as the log group-commits appends: one goroutine takes whatever
+// claims are waiting and stores them in one transaction of one pipelined
+// round trip, so that claims cost the database one transaction per batch,
+// and at most one of the pool's connections, rather than one per call.
+//
+// The transaction commits without waiting for its WAL flush
+// (synchronous_commit off): a claim must be durable before Stage-3 is
+// called, and the synchronous commit of the execution's
+// EXECUTION_STARTED, which follows it, flushes the WAL up to it, the WAL
+// being one sequence. A crash of the database before that can lose the
+// claim, and then also the execution, which has not reached Stage-3.
 func (s *Store) ClaimRequest(ctx context.Context, req audit.Request, since time.Time) (audit.Request, bool, error) {
 	if s.closed.Load() {
 		return audit.Request{}, false, audit.ErrClosed
 	}
-	caller, id := column(req.Key.Caller), column(req.Key.ID)
+	if err := ctx.Err(); err != nil {
+		return audit.Request{}, false, fmt.Errorf("claim request: %w", err)
+	}
+	c := &claimCall{req: req, since: since, done: make(chan claimResult, 1)}
+	select {
+	case s.claims <- c:
+	case <-s.claimsStop:
+		return audit.Request{}, false, audit.ErrClosed
+	case <-ctx.Done():
+		return audit.Request{}, false, fmt.Errorf("claim request: %w", ctx.Err())
+	}
+	select {
+	case r := <-c.done:
+		return r.held, r.claimed, r.err
+	case <-ctx.Done():
+		// The batch goes on: the claim may still be stored, which the
+		// caller, refusing its call, releases.
+		return audit.Request{}, false, fmt.Errorf("claim request: %w", ctx.Err())
+	}
+}
+
+// runClaims is the claim batcher: it runs until Close.
+func (s *Store) runClaims() {
+	defer close(s.claimsDone)
+	for {
+		select {
+		case c := <-s.claims:
+			batch := []*claimCall{c}
+		gather:
+			for len(batch) < maxClaimBatch {
+				select {
+				case c := <-s.claims:
+					batch = append(batch, c)
+				default:
+					break gather
+				}
+			}
+			s.claimBatch(batch)
+		case <-s.claimsStop:
+			for {
+				select {
+				case c := <-s.claims:
+					c.done <- claimResult{err: audit.ErrClosed}
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// claimBatch stores a batch of claims in one transaction and answers
+// each. A key claimed twice in the batch is claimed by the first claim,
+// and the others get its row.
+func (s *Store) claimBatch(batch []*claimCall) {
+	type key struct{ caller, id string }
+	first := map[key]*claimCall{}
+	var ins []*claimCall
+	since := batch[0].since
+	for _, c := range batch {
+		k := key{column(c.req.Key.Caller), column(c.req.Key.ID)}
+		if _, dup := first[k]; !dup {
+			first[k] = c
+			ins = append(ins, c)
+		}
+		if c.since.Before(since) {
+			since = c.since // the earliest: forget no key another claim keeps
+		}
+	}
+	slices.SortFunc(ins, func(a, b *claimCall) int {
+		return cmp.Or(cmp.Compare(column(a.req.Key.Caller), column(b.req.Key.Caller)), cmp.Compare(column(a.req.Key.ID), column(b.req.Key.ID)))
+	})
+	n := len(ins)
+	callers, ids, plans, execs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	claimed, until := make([]time.Time, n), make([]time.Time, n)
+	for i, c := range ins {
+		callers[i], ids[i] = column(c.req.Key.Caller), column(c.req.Key.ID)
+		plans[i], execs[i] = column(c.req.PlanID), column(c.req.ExecutionID)
+		claimed[i], until[i] = c.req.Claimed, c.req.OpenUntil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.writeTimeout)
+	defer cancel()
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(claimRequest, caller, id, column(req.PlanID), column(req.ExecutionID), req.Claimed, req.OpenUntil, since, s.cfg.grace.Seconds())
-	b.Queue(selectRequest, caller, id)
+	b.Queue(claimRequests, callers, ids, plans, execs, claimed, until, since, s.cfg.grace.Seconds())
+	b.Queue(selectRequests, callers, ids)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)
-	held, err := readClaim(br, req.Key)
+	rows, err := readClaims(br)
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
-	if err != nil {
-		return audit.Request{}, false, fmt.Errorf("claim request: %w", s.dbError(err))
+	for _, c := range batch {
+		if err != nil {
+			c.done <- claimResult{err: fmt.Errorf("claim request: %w", s.dbError(err))}
+			continue
+		}
+		held, ok := rows[key{column(c.req.Key.Caller), column(c.req.Key.ID)}]
+		if !ok {
+			c.done <- claimResult{err: fmt.Errorf("claim request: the row of key %s is missing", c.req.Key)}
+			continue
+		}
+		held.Key = c.req.Key
+		// Execution ids are random: the row holds this claim if it
+		// names this execution.
+		c.done <- claimResult{held: held, claimed: held.ExecutionID == column(c.req.ExecutionID)}
 	}
-	// Execution ids are random: the row holds this claim if it names this
-	// execution.
-	return held, held.ExecutionID == column(req.ExecutionID), nil
 }
 
-func readClaim(br pgx.BatchResults, key audit.RequestKey) (audit.Request, error) {
-	held := audit.Request{Key: key}
+// readClaims reads the results of claimBatch's statements: the rows of
+// the batch's keys, by key.
+func readClaims(br pgx.BatchResults) (map[struct{ caller, id string }]audit.Request, error) {
 	for range 3 { // BEGIN, SET, INSERT
 		if _, err := br.Exec(); err != nil {
-			return held, err
+			return nil, err
 		}
 	}
-	var state string
-	if err := br.QueryRow().Scan(&held.PlanID, &held.ExecutionID, &state, &held.Answer, &held.Claimed, &held.OpenUntil); err != nil {
-		return held, err
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	out := map[struct{ caller, id string }]audit.Request{}
+	for rows.Next() {
+		var caller, id, state string
+		var r audit.Request
+		if err := rows.Scan(&caller, &id, &r.PlanID, &r.ExecutionID, &state, &r.Answer, &r.Claimed, &r.OpenUntil); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		var ok bool
+		if r.State, ok = audit.ParseRequestState(state); !ok {
+			rows.Close()
+			return nil, fmt.Errorf("audit_requests holds the unknown state %q", state)
+		}
+		out[struct{ caller, id string }{caller, id}] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
 	}
 	tag, err := br.Exec()
 	if err != nil {
-		return held, err
+		return nil, err
 	}
 	if tag.String() != "COMMIT" {
-		return held, errors.New("the transaction was rolled back")
+		return nil, errors.New("the transaction was rolled back")
 	}
-	var ok bool
-	if held.State, ok = audit.ParseRequestState(state); !ok {
-		return held, fmt.Errorf("audit_requests holds the unknown state %q", state)
-	}
-	return held, nil
+	return out, nil
 }
 
 // ReleaseRequest deletes the key's row if executionID holds it running.

@@ -36,6 +36,12 @@ type Store struct {
 	nameMu   sync.Mutex
 	nameConn *pgx.Conn
 	connCfg  *pgx.ConnConfig
+
+	// claims feeds the claim batcher (requests.go), which runs from Open
+	// until claimsStop is closed and closes claimsDone when it returns.
+	claims     chan *claimCall
+	claimsStop chan struct{}
+	claimsDone chan struct{}
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -65,11 +71,13 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store: %w", err)
 	}
-	s := &Store{pool: pool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig}
+	s := &Store{pool: pool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig,
+		claims: make(chan *claimCall, maxClaimBatch), claimsStop: make(chan struct{}), claimsDone: make(chan struct{})}
 	if err := s.start(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("open audit store %s: %w", redact(rawURL), err)
 	}
+	go s.runClaims()
 	return s, nil
 }
 
@@ -167,6 +175,8 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.claimsStop)
+	<-s.claimsDone
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.pingTimeout)
 	defer cancel()
 	_, err := s.pool.Exec(ctx, `DELETE FROM audit_replicas WHERE instance_id = $1`, s.instance)
