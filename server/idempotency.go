@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -33,8 +34,13 @@ import (
 const HeaderReplayed = "x-stage4-replayed"
 
 // RetryInProgressAfter is the delay that REQUEST_IN_PROGRESS suggests in
-// its google.rpc.RetryInfo: most executions take less.
+// its google.rpc.RetryInfo and its TrailerRetryPushback: most executions
+// take less.
 const RetryInProgressAfter = time.Second
+
+// TrailerRetryPushback is gRPC's server pushback trailer (gRFC A6): the
+// milliseconds a client's retry policy waits before its next attempt.
+const TrailerRetryPushback = "grpc-retry-pushback-ms"
 
 // KeyOutcome is what an ExecutePlan call with a request_id did with its
 // key; WithKeyObserver sees one per such call.
@@ -132,6 +138,10 @@ func (c *interceptorConfig) claimKey(ctx context.Context, keeper RequestKeeper, 
 		err = rpcerr.New(codes.Aborted, rpcerr.RequestInProgress, fmt.Sprintf(
 			"a call with this request_id is still running (execution %s); nothing was executed by this call: retry later",
 			held.ExecutionID), first.meta(), &errdetails.RetryInfo{RetryDelay: durationpb.New(RetryInProgressAfter)})
+		// The same delay for gRPC's own retries (a service config's
+		// retryPolicy), which read server pushback from this trailer
+		// rather than from RetryInfo (gRFC A6).
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(TrailerRetryPushback, strconv.FormatInt(RetryInProgressAfter.Milliseconds(), 10)))
 	case held.State == audit.RequestDone:
 		if resp, err = decodeAnswer(held.Answer); resp != nil || err != nil {
 			outcome = KeyReplayed

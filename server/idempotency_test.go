@@ -240,6 +240,9 @@ func TestIdempotentCallInProgress(t *testing.T) {
 	go func() { firstDone <- k.call(ctx, plan("alice"), "req-1") }()
 	<-entered
 	before := k.events(t)
+	var trailer metadata.MD
+	_, err := k.client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: plan("alice"), RequestId: "req-1"}, grpc.Trailer(&trailer))
+	require.Equal(t, []string{"1000"}, trailer.Get(TrailerRetryPushback), "gRPC's retry pushback: %v", err)
 	retry := k.call(ctx, plan("alice"), "req-1")
 	requireReason(t, retry.err, codes.Aborted, rpcerr.RequestInProgress)
 	require.False(t, retry.replayed)
