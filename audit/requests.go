@@ -115,9 +115,13 @@ type RequestOutcome struct {
 //  1. Exactly one claim wins: of concurrent claims of one key (on every
 //     replica of a shared store), one returns claimed, and the others get
 //     the winner's Request. (ConcurrentClaimsOneWins, ClaimOnce)
-//  2. A claim is durable no later than the next durable Append returns;
-//     a settled key (done with its answer, unknown) survives restarts.
-//     (ClaimsSurviveRestart)
+//  2. Keys survive a restart: running, settled (done with its answer,
+//     unknown) or released, as they were at Close. A crash keeps every
+//     key whose execution has a durable record, as claimed by it or
+//     settled; an answer written less than a second before a crash of the
+//     machine may be lost, and its key is then unknown. A claim whose
+//     execution has no durable record never reached Stage-3, and may be
+//     lost. (ClaimsSurviveRestart)
 //  3. A terminal record with a Request settles the running claim of its
 //     execution, in the same batch, and no other claim.
 //     (TerminalRecordSettlesItsKey, SettlesOnlyItsOwnClaim)
@@ -141,6 +145,27 @@ type RequestStore interface {
 	ReleaseRequest(ctx context.Context, key RequestKey, executionID string) error
 	// PurgeRequests removes the keys claimed before before.
 	PurgeRequests(ctx context.Context, before time.Time) error
+}
+
+// The details of a PLAN_RECEIVED event that name the request key its
+// execution claimed. They let a store that keeps keys beside its records
+// find a key again from the records after a crash (segstore).
+const (
+	// DetailRequestID is the call's request_id.
+	DetailRequestID = "request_id"
+	// DetailRequestCaller is the key's caller (RequestKey.Caller).
+	DetailRequestCaller = "request_caller"
+)
+
+// RequestKeyOf returns the request key that ev, a PLAN_RECEIVED event,
+// names in its details; ok is false when it names none.
+func RequestKeyOf(ev *Event) (k RequestKey, ok bool) {
+	if ev.Type != PlanReceived {
+		return k, false
+	}
+	k.ID, _ = ev.Details[DetailRequestID].(string)
+	k.Caller, _ = ev.Details[DetailRequestCaller].(string)
+	return k, k.ID != "" && k.Caller != ""
 }
 
 // DefaultRequestRetention is how long a key is kept by default: Stripe's

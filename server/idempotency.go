@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"time"
@@ -93,13 +95,22 @@ type RequestKeeper interface {
 // certificate's identity when it has one (the name --audit-readers and
 // the audit events' peer_identity use), else the plan's user_id. The
 // prefixes keep the two kinds apart: a user_id that spells a certificate
-// name is another caller.
+// name is another caller. An identity longer than maxCallerChars, which
+// PLAN_RECEIVED could not hold whole, is named by its SHA-256.
 func requestKey(ctx context.Context, r *stage4v1.ExecutePlanRequest) audit.RequestKey {
 	if id, ok := identity.FromContext(ctx); ok && id.Name() != "" {
-		return audit.RequestKey{Caller: "cert:" + id.Name(), ID: r.GetRequestId()}
+		name := id.Name()
+		if len(name) > maxCallerChars {
+			sum := sha256.Sum256([]byte(name))
+			return audit.RequestKey{Caller: "cert-sha256:" + hex.EncodeToString(sum[:]), ID: r.GetRequestId()}
+		}
+		return audit.RequestKey{Caller: "cert:" + name, ID: r.GetRequestId()}
 	}
 	return audit.RequestKey{Caller: "user:" + r.GetPlan().GetUserId(), ID: r.GetRequestId()}
 }
+
+// maxCallerChars bounds the certificate identity a key names as it is.
+const maxCallerChars = 512
 
 // claimKey claims the key of a valid call with a request_id and sends the
 // execution id header. When the key is held, or cannot be claimed, the

@@ -320,8 +320,8 @@ func TestIdempotentKeyExpires(t *testing.T) {
 }
 
 // TestIdempotentPlanReceivedNamesTheRequestID: the first call's
-// PLAN_RECEIVED records its request_id; the log holds no trace of the
-// answer; a call without a request_id records none.
+// PLAN_RECEIVED records its request_id and its key's caller; the log
+// holds no trace of the answer; a call without a request_id records none.
 func TestIdempotentPlanReceivedNamesTheRequestID(t *testing.T) {
 	t.Parallel()
 	k := newKeyedServer(t)
@@ -335,6 +335,11 @@ func TestIdempotentPlanReceivedNamesTheRequestID(t *testing.T) {
 		if ev.Type == audit.PlanReceived {
 			want := map[string]any{keyed.execID: "req-1", plain.execID: nil}[ev.ExecutionID]
 			require.Equal(t, want, ev.Details["request_id"], "execution %s", ev.ExecutionID)
+			k, ok := audit.RequestKeyOf(&ev)
+			require.Equal(t, ev.ExecutionID == keyed.execID, ok)
+			if ok {
+				require.Equal(t, audit.RequestKey{Caller: "user:alice", ID: "req-1"}, k, "the whole key, for a store to find")
+			}
 		}
 	}
 	for _, r := range k.storage.Records() {

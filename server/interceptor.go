@@ -175,7 +175,9 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	}
 	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
 	if ex.key != nil {
-		details["request_id"] = r.GetRequestId()
+		// The key, whole: a log directory finds it here after a crash.
+		details[audit.DetailRequestID] = ex.key.ID
+		details[audit.DetailRequestCaller] = ex.key.Caller
 	}
 	// Not durable on its own: EXECUTION_STARTED or the validation failure
 	// follows at once, and its commit makes both durable. Stage-3 is called

@@ -30,18 +30,27 @@ import (
 // (RequestsFileLayout plus ".req"). Each entry is a JSON line (a
 // requestHeader) and, when the header says answer_bytes, that many bytes
 // of answer and a newline; the latest entry of a key is its state. Files
-// are preallocated with zeros, as segments are, so that an append changes
-// no metadata and a data-only sync is enough; the entries end at the first
-// zero byte.
+// are preallocated with zeros, a MiB at a time, as segments are; the
+// entries end at the first zero byte.
 //
-// Claims are kept in memory and queued; every Append writes the queue to
-// the journal first, with one write, and a durable Append syncs the
-// journal in parallel with its segment. So a claim is durable before the
-// EXECUTION_STARTED of its execution returns, at the cost of no write and
-// no sync of its own. An Append also writes the entries that settle the
-// claims of its terminal records. Open reads the headers (not the answers)
-// back into memory, clearing a torn last entry; PurgeRequests removes the
-// files whose hour is past the retention.
+// The journal costs an execution no sync of its own. Claims are kept in
+// memory and queued; every Append writes the queue to the journal first,
+// with one write, and the entries that settle the claims of its terminal
+// records after its segment. The journal is synced in the background,
+// within journalSyncDelay of a write, and at every seal and Close. What
+// makes a claim durable before Stage-3 is called is its execution's
+// PLAN_RECEIVED, which names the key (audit.RequestKeyOf) and is durable
+// with EXECUTION_STARTED: after a crash, Open finds in the active
+// segment's records the keys whose journal entries were lost (the
+// journal is synced at every seal, so older records need no reading),
+// as claimed by their execution, or unknown when it has ended. A process
+// that is killed loses nothing (the kernel keeps what was written); a
+// crash of the machine may lose the answers written in the last
+// journalSyncDelay, and their keys are then unknown, never free.
+//
+// Open reads the headers (not the answers) back into memory, clears a
+// torn last entry, and settles the claims a stopped process left running.
+// PurgeRequests removes the files whose hour is past the retention.
 const RequestsDir = "requests"
 
 // RequestsFileLayout is the time layout of a request journal's name.
@@ -118,6 +127,12 @@ type requests struct {
 	files   map[int32]*journalFile
 	cur     *journalFile
 	dirty   map[*journalFile]bool // written since their last sync
+	syncing map[*journalFile]int  // being synced, which Purge leaves
+	// timer syncs the dirty files in the background, armed by the first
+	// write after a sync; onSyncErr gets a failed background sync.
+	timer     *time.Timer
+	onSyncErr func(error)
+	closed    bool
 	// pending are the entries of claims and releases not written yet:
 	// the next Append writes them.
 	pending []pendingEntry
@@ -143,25 +158,39 @@ type runningClaim struct {
 	hour   int32
 }
 
+// journalSyncDelay is the longest a journal entry waits for its sync.
+const journalSyncDelay = time.Second
+
 // openRequests reads the journal into memory. open are the executions
-// open in the log: a running claim of another execution either never
-// reached the log (forgotten) or lost the entry that settled it in a
-// crash (its outcome is unknown); resolve tells which.
-func openRequests(dir string, wrap func(File) File, open map[string]*audit.OpenExecution, resolve func(executionID string) (logged bool, err error)) (*requests, error) {
+// open in the log. logged are the keys that the active segment's records
+// name, which the journal may have lost in a crash. A running claim of an
+// execution that is not open either never reached the log (forgotten) or
+// lost the entry that settled it (unknown); resolve tells which.
+// onSyncErr gets a background sync that failed.
+func openRequests(dir string, wrap func(File) File, open map[string]*audit.OpenExecution, logged *loggedClaims,
+	resolve func(executionID string) (logged bool, err error), onSyncErr func(error)) (*requests, error) {
 	r := &requests{
-		dir: dir, wrap: wrap,
+		dir: dir, wrap: wrap, onSyncErr: onSyncErr,
 		index: map[keyHash]requestLoc{}, running: map[keyHash]*runningClaim{}, byExec: map[string]keyHash{},
-		files: map[int32]*journalFile{}, dirty: map[*journalFile]bool{},
+		files: map[int32]*journalFile{}, dirty: map[*journalFile]bool{}, syncing: map[*journalFile]int{},
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := r.open(open, logged, resolve); err != nil {
+		r.close()
 		return nil, err
 	}
-	if err := fsutil.SyncDir(filepath.Dir(dir)); err != nil {
-		return nil, err
+	return r, nil
+}
+
+func (r *requests) open(open map[string]*audit.OpenExecution, logged *loggedClaims, resolve func(string) (bool, error)) error {
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return err
 	}
-	entries, err := os.ReadDir(dir)
+	if err := fsutil.SyncDir(filepath.Dir(r.dir)); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(r.dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var hours []int32
 	for _, e := range entries {
@@ -170,11 +199,15 @@ func openRequests(dir string, wrap func(File) File, open map[string]*audit.OpenE
 		}
 	}
 	slices.Sort(hours)
+	released := map[string]bool{} // executions whose key was released
 	for _, hour := range hours {
-		if err := r.load(hour); err != nil {
-			r.close()
-			return nil, err
+		if err := r.load(hour, released); err != nil {
+			return err
 		}
+	}
+	now := time.Now()
+	if err := r.recover(logged, released, now); err != nil {
+		return err
 	}
 	// Claims left running by the process that stopped.
 	for h, c := range r.running {
@@ -182,21 +215,83 @@ func openRequests(dir string, wrap func(File) File, open map[string]*audit.OpenE
 			c.logged = true // its terminal record, from the sweep, settles it
 			continue
 		}
-		logged, err := resolve(c.req.ExecutionID)
+		wasLogged, err := resolve(c.req.ExecutionID)
 		if err != nil {
-			r.close()
-			return nil, fmt.Errorf("resolve request %s: %w", c.req.Key, err)
+			return fmt.Errorf("resolve request %s: %w", c.req.Key, err)
 		}
 		state := stateReleased
-		if logged {
+		if wasLogged {
 			state = audit.RequestUnknown.String()
 		}
-		if err := r.settleLocked(h, c, state, nil, time.Now()); err != nil {
-			r.close()
-			return nil, err
+		if err := r.settleLocked(h, c, state, nil, now); err != nil {
+			return err
 		}
 	}
-	return r, nil
+	// What Open wrote is synced now, before anything relies on it.
+	return r.sync()
+}
+
+// loggedClaims are the keys that the active segment's PLAN_RECEIVED
+// records name, in log order, with the executions that ended there.
+type loggedClaims struct {
+	claims []audit.Request // State unset; Claimed is the record's time
+	ended  map[string]bool
+}
+
+// noteLoggedClaim notes, while Open reads the active segment, the key a
+// record names and the executions that end.
+func (s *Store) noteLoggedClaim(ev *audit.Event) {
+	if s.claimsLogged == nil {
+		s.claimsLogged = &loggedClaims{ended: map[string]bool{}}
+	}
+	if ev.Type.Terminal() {
+		s.claimsLogged.ended[ev.ExecutionID] = true
+		return
+	}
+	if k, ok := audit.RequestKeyOf(ev); ok {
+		s.claimsLogged.claims = append(s.claimsLogged.claims, audit.Request{
+			Key: k, PlanID: ev.PlanID, ExecutionID: ev.ExecutionID, Claimed: ev.Time, OpenUntil: ev.Time,
+		})
+	}
+}
+
+// recover claims again the keys that the active segment's records name
+// and that the journal lost in a crash: a key it holds for another
+// execution claimed before the record, or not at all, unless that
+// execution's key was released. They are then running (their execution,
+// if open, is closed by the sweep) or, when the execution ended, unknown.
+func (r *requests) recover(logged *loggedClaims, released map[string]bool, now time.Time) error {
+	if logged == nil {
+		return nil
+	}
+	for _, c := range logged.claims {
+		k := hashKey(c.Key)
+		if released[c.ExecutionID] {
+			continue
+		}
+		if loc, ok := r.index[k]; ok {
+			if rc, running := r.running[k]; running && rc.req.ExecutionID == c.ExecutionID {
+				continue
+			}
+			if loc.claimed >= c.Claimed.UnixNano() {
+				continue // the journal knows this claim, or a later one
+			}
+		}
+		state := audit.RequestRunning.String()
+		if logged.ended[c.ExecutionID] {
+			state = audit.RequestUnknown.String()
+		}
+		r.buf = appendEntry(r.buf[:0], &c, state, nil)
+		f, off, err := r.write(r.buf, now)
+		if err != nil {
+			return err
+		}
+		if _, err := r.apply(&requestHeader{Caller: c.Key.Caller, RequestID: c.Key.ID, PlanID: c.PlanID, ExecutionID: c.ExecutionID,
+			State: state, Claimed: c.Claimed, OpenUntil: c.OpenUntil}, f.hour, off); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func journalName(hour int32) string {
@@ -251,8 +346,9 @@ func (r *requests) openFile(hour int32) (*journalFile, error) {
 
 // load applies the entries of hour's file, in order, up to the zeros
 // after them, and clears a torn last entry: one being written when the
-// process stopped, never synced.
-func (r *requests) load(hour int32) error {
+// process stopped, never synced. released notes whether each execution's
+// latest entry released its key.
+func (r *requests) load(hour int32, released map[string]bool) error {
 	f, err := r.openFile(hour)
 	if err != nil {
 		return err
@@ -283,6 +379,7 @@ func (r *requests) load(hour int32) error {
 		}
 		if err == nil {
 			_, err = r.apply(&h, hour, off)
+			released[h.ExecutionID] = h.State == stateReleased
 		}
 		if err != nil {
 			// A torn tail: never synced, so never acknowledged. Zeros
@@ -366,6 +463,9 @@ func (r *requests) write(entries []byte, now time.Time) (*journalFile, int64, er
 	}
 	f.size += int64(len(entries))
 	r.dirty[f] = true
+	if r.timer == nil && !r.closed {
+		r.timer = time.AfterFunc(journalSyncDelay, r.backgroundSync)
+	}
 	return f, off, nil
 }
 
@@ -571,16 +671,25 @@ func (r *requests) settleLocked(k keyHash, c *runningClaim, state string, answer
 }
 
 // settle applies a batch's records to the running claims, after the batch
-// was written: a record marks its execution's claim as logged, a terminal
-// one with a Request settles it. A settlement that cannot be written is
-// not the batch's failure (see settleLocked).
+// was written: a record marks its execution's claim as logged, and a
+// terminal one with a Request settles it, all with one write. A
+// settlement that cannot be written is not the batch's failure: memory
+// then says unknown (or forgets a released key), as the next Open will,
+// finding the claim running and its execution ended.
 func (r *requests) settle(recs []audit.Record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.byExec) == 0 {
 		return
 	}
-	now := time.Now()
+	type settlement struct {
+		k     keyHash
+		c     *runningClaim
+		state audit.RequestState // 0: released
+		off   int64              // of its entry in buf
+	}
+	var done []settlement
+	buf := r.buf[:0]
 	for i := range recs {
 		rec := &recs[i]
 		k, ok := r.byExec[rec.ExecutionID]
@@ -592,44 +701,98 @@ func (r *requests) settle(recs []audit.Record) {
 		if rec.Request == nil || !rec.Terminal() {
 			continue
 		}
+		st := settlement{k: k, c: c, off: int64(len(buf))}
 		switch {
 		case rec.Request.Release:
-			_ = r.settleLocked(k, c, stateReleased, nil, now)
+			buf = appendEntry(buf, &c.req, stateReleased, nil)
 		case rec.Request.Answer != nil:
-			_ = r.settleLocked(k, c, audit.RequestDone.String(), rec.Request.Answer, now)
+			st.state = audit.RequestDone
+			buf = appendEntry(buf, &c.req, st.state.String(), rec.Request.Answer)
 		default:
-			_ = r.settleLocked(k, c, audit.RequestUnknown.String(), nil, now)
+			st.state = audit.RequestUnknown
+			buf = appendEntry(buf, &c.req, st.state.String(), nil)
+		}
+		delete(r.running, k)
+		delete(r.byExec, c.req.ExecutionID)
+		done = append(done, st)
+	}
+	if len(done) == 0 {
+		return
+	}
+	f, off, err := r.write(buf, time.Now())
+	r.buf = keepBuf(buf)
+	for _, st := range done {
+		switch {
+		case st.state == 0:
+			delete(r.index, st.k)
+		case err != nil:
+			r.index[st.k] = requestLoc{off: st.c.off, claimed: st.c.req.Claimed.UnixNano(), hour: st.c.hour, state: audit.RequestUnknown}
+		default:
+			r.index[st.k] = requestLoc{off: off + st.off, claimed: st.c.req.Claimed.UnixNano(), hour: f.hour, state: st.state}
 		}
 	}
 }
 
 // takeDirty returns the files written since their last sync, which the
-// caller is to sync now.
+// caller syncs with syncFiles. The caller holds mu.
 func (r *requests) takeDirty() []*journalFile {
+	files := make([]*journalFile, 0, len(r.dirty))
+	for f := range r.dirty {
+		files = append(files, f)
+		r.syncing[f]++
+	}
+	clear(r.dirty)
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+	return files
+}
+
+// syncFiles syncs files (from takeDirty) and gives them back.
+func (r *requests) syncFiles(files []*journalFile) error {
+	var err error
+	for _, f := range files {
+		if err == nil {
+			if serr := fdatasync(f.file); serr != nil {
+				err = fmt.Errorf("fsync %s: %w", f.path, serr)
+			}
+		}
+	}
+	r.mu.Lock()
+	for _, f := range files {
+		if r.syncing[f]--; r.syncing[f] == 0 {
+			delete(r.syncing, f)
+		}
+	}
+	r.mu.Unlock()
+	return err
+}
+
+// sync syncs every file written since its last sync, now.
+func (r *requests) sync() error {
 	if r == nil {
 		return nil
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.dirty) == 0 {
-		return nil
-	}
-	files := make([]*journalFile, 0, len(r.dirty))
-	for f := range r.dirty {
-		files = append(files, f)
-	}
-	clear(r.dirty)
-	return files
+	files := r.takeDirty()
+	r.mu.Unlock()
+	return r.syncFiles(files)
 }
 
-// syncFiles syncs files (from takeDirty).
-func syncFiles(files []*journalFile) error {
-	for _, f := range files {
-		if err := fdatasync(f.file); err != nil {
-			return fmt.Errorf("fsync %s: %w", f.path, err)
-		}
+// backgroundSync is the timer's: a failed sync fails the store, as a
+// failed segment sync does (the journal's state is then unknown).
+func (r *requests) backgroundSync() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
 	}
-	return nil
+	files := r.takeDirty()
+	r.mu.Unlock()
+	if err := r.syncFiles(files); err != nil && r.onSyncErr != nil {
+		r.onSyncErr(err)
+	}
 }
 
 // executionLogged reports whether the log holds a record of the
@@ -662,7 +825,7 @@ func (s *Store) PurgeRequests(ctx context.Context, before time.Time) error {
 	}
 	removed := false
 	for hour, f := range r.files {
-		if f == r.cur || r.dirty[f] || time.Unix(int64(hour+1)*3600, 0).After(before) {
+		if f == r.cur || r.dirty[f] || r.syncing[f] > 0 || time.Unix(int64(hour+1)*3600, 0).After(before) {
 			continue
 		}
 		if err := f.file.Close(); err != nil {
@@ -682,14 +845,21 @@ func (s *Store) PurgeRequests(ctx context.Context, before time.Time) error {
 	return nil
 }
 
-// close closes the journal's files.
+// close syncs what was written since the last sync and closes the
+// journal's files. It is idempotent.
 func (r *requests) close() error {
 	if r == nil {
 		return nil
 	}
+	err := r.sync()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var errs []error
+	r.closed = true
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+	errs := []error{err}
 	for _, f := range r.files {
 		errs = append(errs, f.file.Close())
 	}

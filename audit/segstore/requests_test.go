@@ -5,7 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,35 +124,123 @@ func TestRequestJournalPurge(t *testing.T) {
 	require.Equal(t, "e-recent", held.ExecutionID)
 }
 
-// countingFile counts the syncs of the files it wraps.
-type countingFile struct {
+// heldJournalFile holds the syncs of the request journal's files until
+// release is closed, and says on synced when one began.
+type heldJournalFile struct {
 	segstore.File
-	syncs *atomic.Int64
+	synced  chan struct{}
+	release chan struct{}
 }
 
-func (f *countingFile) Sync() error {
-	f.syncs.Add(1)
+func (f *heldJournalFile) Sync() error {
+	select {
+	case f.synced <- struct{}{}:
+	default:
+	}
+	<-f.release
 	return f.File.Sync()
 }
 
-// TestRequestJournalSyncsWithDurableAppends: a claim costs no sync of its
-// own; the next durable append syncs the journal with its segment, and a
-// durable append without a claim syncs the segment alone.
-func TestRequestJournalSyncsWithDurableAppends(t *testing.T) {
+// TestRequestJournalSyncsInTheBackground: a claim and its settlement cost
+// an execution no sync: its durable appends return while the journal's
+// sync is held, and the journal is synced in the background.
+func TestRequestJournalSyncsInTheBackground(t *testing.T) {
 	t.Parallel()
-	var syncs atomic.Int64
+	synced, release := make(chan struct{}, 1), make(chan struct{})
 	s := open(t, t.TempDir(), segstore.WithFileWrapper(func(f segstore.File) segstore.File {
-		return &countingFile{File: f, syncs: &syncs}
+		if osf, ok := f.(*os.File); ok && strings.Contains(osf.Name(), string(filepath.Separator)+segstore.RequestsDir+string(filepath.Separator)) {
+			return &heldJournalFile{File: f, synced: synced, release: release}
+		}
+		return f
 	}))
-	appendEvent(t, s, true, audit.Event{Type: received, ExecutionID: "warm-up"})
-	syncs.Store(0)
-	_, claimed := claimKey(t, s, audit.RequestKey{Caller: "user:alice", ID: "k"}, "e")
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	k := audit.RequestKey{Caller: "user:alice", ID: "k"}
+	_, claimed := claimKey(t, s, k, "e")
 	require.True(t, claimed)
-	require.Zero(t, syncs.Load(), "a claim is not synced on its own")
-	appendEvent(t, s, false, audit.Event{Type: received, ExecutionID: "e"})
-	require.Zero(t, syncs.Load())
+	appendEvent(t, s, false, keyedReceived("e", k))
 	appendEvent(t, s, true, audit.Event{Type: started, ExecutionID: "e"})
-	require.Equal(t, int64(2), syncs.Load(), "the segment and the journal")
-	appendEvent(t, s, true, audit.Event{Type: completed, ExecutionID: "e"})
-	require.Equal(t, int64(3), syncs.Load(), "the segment alone: nothing new in the journal")
+	done := audit.Event{Type: completed, ExecutionID: "e", Request: &audit.RequestOutcome{Answer: []byte("answer")}}
+	appendEvent(t, s, true, done) // returned: the journal's sync did not hold it
+	select {
+	case <-synced: // the background sync began, and is held
+	case <-time.After(30 * time.Second):
+		t.Fatal("the journal was not synced in the background")
+	}
+	close(release)
+	held, claimed := claimKey(t, s, k, "retry")
+	require.False(t, claimed)
+	require.Equal(t, []byte("answer"), held.Answer)
+}
+
+// keyedReceived is the PLAN_RECEIVED of an execution that claimed k, as
+// the server writes it.
+func keyedReceived(exec string, k audit.RequestKey) audit.Event {
+	return audit.Event{Type: received, ExecutionID: exec, PlanID: "plan",
+		Details: audit.Details{audit.DetailRequestID: k.ID, audit.DetailRequestCaller: k.Caller}}
+}
+
+// TestRequestJournalLostInACrash: when the machine crashes before the
+// journal's background sync, Open finds the keys in the active segment's
+// PLAN_RECEIVED records: a key whose execution ended is unknown (its
+// answer is lost, never the fact that the plan ran), one whose execution
+// is open is held until the sweep closes it; a key that the journal holds
+// for a later claim is left to it.
+func TestRequestJournalLostInACrash(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir)
+	ended := audit.RequestKey{Caller: "user:alice", ID: "ended"}
+	openKey := audit.RequestKey{Caller: "cert:spiffe://example.org/app", ID: "open"}
+	for key, exec := range map[audit.RequestKey]string{ended: "e-ended", openKey: "e-open"} {
+		_, claimed := claimKey(t, s, key, exec)
+		require.True(t, claimed)
+		appendEvent(t, s, false, keyedReceived(exec, key))
+		appendEvent(t, s, true, audit.Event{Type: started, ExecutionID: exec})
+	}
+	appendEvent(t, s, true, audit.Event{Type: completed, ExecutionID: "e-ended", Request: &audit.RequestOutcome{Answer: []byte("lost")}})
+	require.NoError(t, s.Close())
+	// The crash: every journal entry lost.
+	for _, f := range journals(t, dir) {
+		require.NoError(t, os.Remove(f))
+	}
+
+	s = open(t, dir)
+	held, claimed := claimKey(t, s, ended, "retry")
+	require.False(t, claimed, "a key whose execution ran is never free")
+	require.Equal(t, audit.RequestUnknown, held.State)
+	require.Equal(t, "e-ended", held.ExecutionID)
+	held, claimed = claimKey(t, s, openKey, "retry")
+	require.False(t, claimed)
+	require.Equal(t, audit.RequestRunning, held.State)
+	require.Equal(t, "e-open", held.ExecutionID)
+	got, err := s.Interrupted(context.Background())
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	// The sweep closes it, and its key is settled.
+	appendEvent(t, s, true, audit.Event{Type: audit.ExecutionFailed, ExecutionID: "e-open", Request: &audit.RequestOutcome{}})
+	held, _ = claimKey(t, s, openKey, "retry")
+	require.Equal(t, audit.RequestUnknown, held.State)
+
+	// A key released and claimed again by an execution that has no record
+	// yet: the journal, which holds the later claim, wins over the record.
+	again := audit.RequestKey{Caller: "user:alice", ID: "again"}
+	_, claimed = claimKey(t, s, again, "e-first")
+	require.True(t, claimed)
+	appendEvent(t, s, true, keyedReceived("e-first", again))
+	require.NoError(t, s.ReleaseRequest(context.Background(), again, "e-first"))
+	appendEvent(t, s, true, audit.Event{Type: audit.ExecutionFailed, ExecutionID: "e-first"})
+	_, claimed = claimKey(t, s, again, "e-second")
+	require.True(t, claimed)
+	appendEvent(t, s, true, keyedReceived("e-second", again))
+	require.NoError(t, s.Close())
+	s = open(t, dir)
+	held, claimed = claimKey(t, s, again, "retry")
+	require.False(t, claimed)
+	require.Equal(t, "e-second", held.ExecutionID)
 }

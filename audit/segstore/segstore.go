@@ -145,8 +145,11 @@ type Store struct {
 	checkpoint *fsutil.CheckpointFile
 	index      *indexer
 	next       nextState
-	// requests is the journal of request keys (requests.go).
-	requests *requests
+	// requests is the journal of request keys (requests.go), and
+	// claimsLogged the keys that the active segment's records name, for
+	// Open to find those the journal lost in a crash.
+	requests     *requests
+	claimsLogged *loggedClaims
 
 	mu          sync.Mutex // guards interrupted and closed
 	interrupted []audit.OpenExecution
@@ -335,9 +338,11 @@ func (s *Store) start() error {
 	if s.index, err = startIndexer(s, seals, names); err != nil {
 		return err
 	}
-	if s.requests, err = openRequests(s.path(RequestsDir), s.cfg.wrapFile, s.open, s.executionLogged); err != nil {
+	if s.requests, err = openRequests(s.path(RequestsDir), s.cfg.wrapFile, s.open, s.claimsLogged, s.executionLogged,
+		func(err error) { s.failSync(err) }); err != nil {
 		return fmt.Errorf("open the request journal: %w", err)
 	}
+	s.claimsLogged = nil
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
 	return s.saveHead(s.head)
@@ -555,23 +560,9 @@ func allTerminal(recs []audit.Record) bool {
 // sync (fdatasync): Linux flushes the metadata needed to read the data
 // back, such as a grown size, and skips the rest (times). On a
 // preallocated segment an append changes no metadata at all.
-//
-// The request journal's files written since their last sync are synced
-// at the same time, on another goroutine, so that a claim is durable with
-// the batch after it at the cost of the longer of two syncs, not both.
 func (s *Store) syncSegment(a *segment) error {
-	var journalErr error
-	var wg sync.WaitGroup
-	if files := s.requests.takeDirty(); len(files) > 0 {
-		wg.Go(func() { journalErr = syncFiles(files) })
-	}
-	err := fdatasync(a.file)
-	wg.Wait()
-	if err != nil {
+	if err := fdatasync(a.file); err != nil {
 		return s.failSync(fmt.Errorf("fsync %s: %w", a.path, err))
-	}
-	if journalErr != nil {
-		return s.failSync(journalErr)
 	}
 	return nil
 }

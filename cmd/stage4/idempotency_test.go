@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/faultfs"
 	"github.com/stage4/stage4/internal/pgtest"
 	"github.com/stage4/stage4/internal/rpcerr"
 	"github.com/stage4/stage4/internal/testkit"
@@ -651,4 +652,38 @@ func TestServeIdempotencyRetentionFlag(t *testing.T) {
 	code, _, stderr := runStage4(t, nil, "serve", "--stage3-addr", "127.0.0.1:1", "--idempotency-retention", "30m")
 	require.Equal(t, 2, code)
 	require.Contains(t, stderr, "--idempotency-retention is 30m0s; it must be at least 1h0m0s")
+}
+
+// TestServeRequestIDAfterAMachineCrash runs serve on a file system that
+// loses every write no sync covered (faultfs): a call with a request_id
+// finishes; the machine crashes before the request journal's background
+// sync (syncs hang, serve is killed, the unsynced writes are lost). After
+// the restart, the retry gets the first answer or, its journal entry
+// lost, UNKNOWN found from the log's PLAN_RECEIVED: never a second
+// execution.
+func TestServeRequestIDAfterAMachineCrash(t *testing.T) {
+	t.Parallel()
+	fsys := faultfs.Mount(t)
+	dir := filepath.Join(fsys.Dir(), "audit")
+	gw := startGatewayOn(t, dir, nil, nil, nil)
+	ctx := testContext(t)
+	first := callKeyed(ctx, gw.client, testkit.Plan(t), "crash-1")
+	require.NoError(t, first.err)
+	fsys.HangSyncs()
+	require.NoError(t, fsys.WaitHungSyncs(ctx, 1))
+	require.NoError(t, gw.stage4.cmd.Process.Signal(syscall.SIGKILL))
+	gw.stage4.exitCode(t)
+	fsys.Crash()
+
+	restarted := startGatewayOn(t, dir, nil, nil, nil)
+	retry := callKeyed(ctx, restarted.client, testkit.Plan(t), "crash-1")
+	if retry.err == nil {
+		t.Log("the journal entry survived: the retry is the replay")
+		requireReplay(t, first, retry)
+	} else {
+		t.Log("the journal entry was lost: the retry is told the outcome is unknown")
+		requireUnknown(t, retry, first.execID)
+	}
+	settleStage3Log(t, restarted.stage3, restarted.client)
+	require.Zero(t, stage3StartedWith(restarted.stage3, "crash-1"), "the plan did not run again")
 }
