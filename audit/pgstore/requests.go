@@ -3,39 +3,55 @@ package pgstore
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stage4/stage4/audit"
 )
 
-// claimRequests inserts the claims of a batch ($1 to $6, one row each),
-// or takes over the key's row when it is forgotten: claimed before since
-// ($7), or running past its open_until and the grace period ($8
-// seconds) while its execution is not open (it never reached the log).
-// ON CONFLICT DO UPDATE locks every conflicting row whether or not the
-// WHERE holds, also a row committed after this statement's snapshot, so
-// the SELECT after it, in the same transaction, reads the rows that hold
-// the keys now, unchanged until COMMIT. The rows come sorted by key, so
-// that batches of two replicas lock common keys in one order.
+// takeOver holds for a key's row (r) that a claim may take over: claimed
+// before since ($7), or running past its open_until and the grace period
+// ($8 seconds) while its execution is not open (it never reached the log).
+const takeOver = `(r.claimed_at < $7
+	OR (r.state = 'running' AND r.open_until < now() - make_interval(secs => $8)
+		AND NOT EXISTS (SELECT 1 FROM audit_open o WHERE o.execution_id = r.execution_id)))`
+
+// claimRequests inserts the claims of a batch ($1 to $6, one row each)
+// and returns, for every key, the row that holds it now: the claim's, or
+// the row that was there, taken over when takeOver holds and otherwise
+// left as it was (updated to itself). ON CONFLICT DO UPDATE works on the
+// latest version of a conflicting row, also one committed after the
+// statement's snapshot, and RETURNING gives that version, locked until
+// the commit: so one statement both decides and reads, in one round trip.
+// The rows come sorted by key, so that batches of two replicas lock common
+// keys in one order.
 const claimRequests = `INSERT INTO audit_requests AS r (caller, request_id, plan_id, execution_id, state, claimed_at, open_until)
 SELECT u.caller, u.request_id, u.plan_id, u.execution_id, 'running', u.claimed_at, u.open_until
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
 	AS u(caller, request_id, plan_id, execution_id, claimed_at, open_until)
 ON CONFLICT (caller, request_id) DO UPDATE SET
-	plan_id = excluded.plan_id, execution_id = excluded.execution_id, state = 'running', answer = NULL,
-	claimed_at = excluded.claimed_at, open_until = excluded.open_until
-WHERE r.claimed_at < $7
-	OR (r.state = 'running' AND r.open_until < now() - make_interval(secs => $8)
-		AND NOT EXISTS (SELECT 1 FROM audit_open o WHERE o.execution_id = r.execution_id))`
+	plan_id = CASE WHEN ` + takeOver + ` THEN excluded.plan_id ELSE r.plan_id END,
+	execution_id = CASE WHEN ` + takeOver + ` THEN excluded.execution_id ELSE r.execution_id END,
+	state = CASE WHEN ` + takeOver + ` THEN 'running' ELSE r.state END,
+	answer = CASE WHEN ` + takeOver + ` THEN NULL ELSE r.answer END,
+	claimed_at = CASE WHEN ` + takeOver + ` THEN excluded.claimed_at ELSE r.claimed_at END,
+	open_until = CASE WHEN ` + takeOver + ` THEN excluded.open_until ELSE r.open_until END
+RETURNING r.caller, r.request_id, r.plan_id, r.execution_id, r.state, r.answer, r.claimed_at, r.open_until`
 
-const selectRequests = `SELECT r.caller, r.request_id, r.plan_id, r.execution_id, r.state, r.answer, r.claimed_at, r.open_until
-FROM audit_requests r JOIN unnest($1::text[], $2::text[]) AS u(caller, request_id)
-	ON r.caller = u.caller AND r.request_id = u.request_id`
+// claimPoolConfig is the configuration of the claim batcher's pool: one
+// connection, whose transactions commit without waiting for their WAL
+// flush (see ClaimRequest).
+func claimPoolConfig(main *pgxpool.Config) *pgxpool.Config {
+	c := main.Copy()
+	c.MaxConns, c.MinConns = 1, 0
+	c.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	c.ConnConfig.RuntimeParams["application_name"] = main.ConnConfig.RuntimeParams["application_name"] + " claims"
+	return c
+}
 
 // maxClaimBatch bounds the claims of one transaction.
 const maxClaimBatch = 256
@@ -55,13 +71,14 @@ type claimResult struct {
 
 // ClaimRequest claims req.Key. Concurrent claims of this replica are
 // batched, as the log group-commits appends: one goroutine takes whatever
-// claims are waiting and stores them in one transaction of one pipelined
-// round trip, so that claims cost the database one transaction per batch,
-// and at most one of the pool's connections, rather than one per call.
+// claims are waiting and stores them with one statement in one round
+// trip, so that claims cost the database one transaction per batch, on a
+// connection of their own, rather than one per call from the pool that
+// the appends use.
 //
-// The transaction commits without waiting for its WAL flush
-// (synchronous_commit off): a claim must be durable before Stage-3 is
-// called, and the synchronous commit of the execution's
+// The batch is one statement on a connection of its own, which commits
+// without waiting for its WAL flush (synchronous_commit off): a claim must
+// be durable before Stage-3 is called, and the synchronous commit of the execution's
 // EXECUTION_STARTED, which follows it, flushes the WAL up to it, the WAL
 // being one sequence. A crash of the database before that can lose the
 // claim, and then also the execution, which has not reached Stage-3.
@@ -151,17 +168,7 @@ func (s *Store) claimBatch(batch []*claimCall) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.writeTimeout)
 	defer cancel()
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(claimRequests, callers, ids, plans, execs, claimed, until, since, s.cfg.grace.Seconds())
-	b.Queue(selectRequests, callers, ids)
-	b.Queue("COMMIT")
-	br := s.pool.SendBatch(ctx, b)
-	rows, err := readClaims(br)
-	if cerr := br.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
+	rows, err := readClaims(s.claimPool.Query(ctx, claimRequests, callers, ids, plans, execs, claimed, until, since, s.cfg.grace.Seconds()))
 	for _, c := range batch {
 		if err != nil {
 			c.done <- claimResult{err: fmt.Errorf("claim request: %w", s.dbError(err))}
@@ -179,44 +186,26 @@ func (s *Store) claimBatch(batch []*claimCall) {
 	}
 }
 
-// readClaims reads the results of claimBatch's statements: the rows of
-// the batch's keys, by key.
-func readClaims(br pgx.BatchResults) (map[struct{ caller, id string }]audit.Request, error) {
-	for range 3 { // BEGIN, SET, INSERT
-		if _, err := br.Exec(); err != nil {
-			return nil, err
-		}
-	}
-	rows, err := br.Query()
+// readClaims reads the rows claimRequests returns, by key.
+func readClaims(rows pgx.Rows, err error) (map[struct{ caller, id string }]audit.Request, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer rows.Close()
 	out := map[struct{ caller, id string }]audit.Request{}
 	for rows.Next() {
 		var caller, id, state string
 		var r audit.Request
 		if err := rows.Scan(&caller, &id, &r.PlanID, &r.ExecutionID, &state, &r.Answer, &r.Claimed, &r.OpenUntil); err != nil {
-			rows.Close()
 			return nil, err
 		}
 		var ok bool
 		if r.State, ok = audit.ParseRequestState(state); !ok {
-			rows.Close()
 			return nil, fmt.Errorf("audit_requests holds the unknown state %q", state)
 		}
 		out[struct{ caller, id string }{caller, id}] = r
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	tag, err := br.Exec()
-	if err != nil {
-		return nil, err
-	}
-	if tag.String() != "COMMIT" {
-		return nil, errors.New("the transaction was rolled back")
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // ReleaseRequest deletes the key's row if executionID holds it running.

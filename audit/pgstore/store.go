@@ -38,7 +38,9 @@ type Store struct {
 	connCfg  *pgx.ConnConfig
 
 	// claims feeds the claim batcher (requests.go), which runs from Open
-	// until claimsStop is closed and closes claimsDone when it returns.
+	// until claimsStop is closed and closes claimsDone when it returns; it
+	// has a connection of its own in claimPool.
+	claimPool  *pgxpool.Pool
 	claims     chan *claimCall
 	claimsStop chan struct{}
 	claimsDone chan struct{}
@@ -71,10 +73,16 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store: %w", err)
 	}
-	s := &Store{pool: pool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig,
+	claimPool, err := pgxpool.NewWithConfig(ctx, claimPoolConfig(pcfg))
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open audit store: %w", err)
+	}
+	s := &Store{pool: pool, claimPool: claimPool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig,
 		claims: make(chan *claimCall, maxClaimBatch), claimsStop: make(chan struct{}), claimsDone: make(chan struct{})}
 	if err := s.start(ctx); err != nil {
 		pool.Close()
+		claimPool.Close()
 		return nil, fmt.Errorf("open audit store %s: %w", redact(rawURL), err)
 	}
 	go s.runClaims()
@@ -191,6 +199,7 @@ func (s *Store) Close() error {
 	}
 	s.nameMu.Unlock()
 	s.pool.Close()
+	s.claimPool.Close()
 	if err != nil {
 		// The heartbeat then goes stale on its own: the grace period.
 		return fmt.Errorf("close audit store: remove heartbeat: %w", s.dbError(err))
