@@ -219,7 +219,9 @@ func testSettlesOnlyItsOwn(t *testing.T, h Harness) {
 }
 
 // testClaimsSurviveRestart: running and settled keys, and their answers,
-// are there after a restart; a released key is not.
+// are there after a restart (Close, then Open); a released key is not.
+// (What a crash keeps is each store's own test: segstore's
+// TestRequestJournalLostInACrash, for one.)
 func testClaimsSurviveRestart(t *testing.T, h Harness) {
 	s := openStore(t, h)
 	keys := map[string]audit.Request{}
@@ -236,7 +238,6 @@ func testClaimsSurviveRestart(t *testing.T, h Harness) {
 	execute(t, s, "e-unknown", "p-unknown", &audit.RequestOutcome{})
 	execute(t, s, "e-released-by-record", "p-released-by-record", &audit.RequestOutcome{Release: true})
 	require.NoError(t, s.ReleaseRequest(ctx(t), keys["released"].Key, "e-released"))
-	// The claims are durable with the next durable append at the latest.
 	appendEvents(t, s, true, event(received, "other", "p", "u"))
 
 	s = restart(t, s, h)
