@@ -96,6 +96,10 @@ type Event struct {
 	// and 64 hex digits).
 	PreviousHash string
 	Hash         string
+	// Request, on a terminal event of an execution that claimed a request
+	// key, says how the key is settled (Record.Request); it is stored
+	// beside the record, never in it, and List does not return it.
+	Request *RequestOutcome
 }
 
 // Phases of an EXECUTION_FAILED event, in details.phase.

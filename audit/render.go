@@ -48,5 +48,15 @@ func newRecord(line []byte, head Head, t time.Time, ev *Event) Record {
 		ExecutionID: ev.ExecutionID,
 		PlanID:      ev.PlanID,
 		UserID:      ev.UserID,
+		Request:     terminalRequest(ev),
 	}
+}
+
+// terminalRequest is ev's Request when ev is terminal: only the end of an
+// execution settles its key.
+func terminalRequest(ev *Event) *RequestOutcome {
+	if !ev.Type.Terminal() {
+		return nil
+	}
+	return ev.Request
 }

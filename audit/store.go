@@ -82,6 +82,7 @@ import (
 //     cannot see every gap: rule 13, the checkpoints' consistency proofs
 //     and audit verify find the others.) (ListNeverSkipsADeletedRecord,
 //     where the harness can delete a record)
+//  15. The keys of idempotent executions are kept as RequestStore says.
 //
 // A Store is used by one Log: Append is never called concurrently, the
 // other methods may be, with Append and with each other.
@@ -89,6 +90,7 @@ type Store interface {
 	Appender
 	Reader
 	CheckpointKeeper
+	RequestStore
 
 	// FingerprintKey returns the store's secret key for keyed fingerprints
 	// (HMAC-SHA256) of tokens and plans and for page tokens: 32 random
@@ -239,6 +241,10 @@ type Record struct {
 	// store shared by replicas may let another process close it as
 	// interrupted if the writer is gone. Zero on terminal events.
 	OpenUntil time.Time
+	// Request, on a terminal record, settles the running claim of the
+	// record's execution, if there is one (see RequestStore), in the same
+	// batch. It is not part of Line: answers never enter the log.
+	Request *RequestOutcome
 }
 
 // Terminal reports whether the record ends its execution.

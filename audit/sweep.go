@@ -49,6 +49,10 @@ func (l *Log) CloseInterrupted(ctx context.Context) ([]string, error) {
 				"message":         "Stage-4 stopped before the execution's terminal event was recorded",
 				"last_event_type": e.LastType.String(),
 			},
+			// The execution's request key, if it has one: an execution
+			// that never reached EXECUTION_STARTED never called Stage-3,
+			// so a retry may run; after it the outcome is unknown.
+			Request: &RequestOutcome{Release: e.LastType == PlanReceived},
 		}
 		// An execution of this process whose end an outage kept from the
 		// log (handed to it by its own store once its deadline passed) is

@@ -55,6 +55,9 @@ type execution struct {
 	// (Fingerprinter.PlanIDEncoded), which is also the encoding of its
 	// Stage-3 request; nil when there is none.
 	Encoded []byte
+	// RequestID is the request_id whose key the call claimed, passed on
+	// to Stage-3; empty for a call without one.
+	RequestID string
 }
 
 type executionKey struct{}
@@ -74,9 +77,10 @@ func executionFromContext(ctx context.Context) (execution, bool) {
 // whether the plan is valid.
 type ValidateFunc func(*stage4v1.ExecutePlanRequest) error
 
-// AuditRecorder records the events of executions; *audit.Log is the
-// implementation.
+// AuditRecorder records the events of executions and keeps the keys of
+// calls with a request_id; *audit.Log is the implementation.
 type AuditRecorder interface {
+	RequestKeeper
 	// Append adds a durable event and returns it as written.
 	Append(ctx context.Context, ev audit.Event) (audit.Event, error)
 	// AppendUnsynced queues an event that the next Append makes durable.
@@ -96,7 +100,7 @@ type AuditRecorder interface {
 // the execution lifecycle at the gRPC edge: the log's errors become status
 // codes here.
 func AuditInterceptor(log AuditRecorder, validate ValidateFunc, fp *Fingerprinter, opts ...InterceptorOption) grpc.UnaryServerInterceptor {
-	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background()}
+	c := &interceptorConfig{validate: validate, fp: fp, abort: context.Background(), retention: audit.DefaultRequestRetention}
 	for _, o := range opts {
 		o(c)
 	}
@@ -121,24 +125,35 @@ func WithAbort(ctx context.Context) InterceptorOption {
 }
 
 type interceptorConfig struct {
-	validate ValidateFunc
-	fp       *Fingerprinter
-	abort    context.Context
+	validate   ValidateFunc
+	fp         *Fingerprinter
+	abort      context.Context
+	retention  time.Duration
+	observeKey func(context.Context, KeyOutcome)
 }
 
 func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req any, handler grpc.UnaryHandler) (any, error) {
 	var b [16]byte
 	rand.Read(b[:]) // never fails since Go 1.24
 	ex := &recorder{log: log, ctx: context.WithoutCancel(ctx), ev: audit.Event{ExecutionID: hex.EncodeToString(b[:])}}
+	r, _ := req.(*stage4v1.ExecutePlanRequest)
 	// Sent now, not with the response: a caller whose connection dies while
-	// Stage-3 runs must already hold the id to look the execution up.
-	if err := grpc.SendHeader(ctx, metadata.Pairs(HeaderExecutionID, ex.ev.ExecutionID)); err != nil {
-		return nil, rpcerr.New(codes.Internal, rpcerr.NoServerStream, "cannot send the execution id header", ex.meta())
+	// Stage-3 runs must already hold the id to look the execution up. A
+	// call with a request_id sends it once its key is looked up, still
+	// before Stage-3 is called: one answered from an earlier call names
+	// that call's execution (claimKey).
+	keyed := r.GetRequestId() != ""
+	if !keyed {
+		if err := c.sendHeader(ctx, ex, nil); err != nil {
+			return nil, err
+		}
 	}
 	if log.Err() != nil {
+		if keyed {
+			return nil, c.sendHeader(ctx, ex, ex.unavailable())
+		}
 		return nil, ex.unavailable()
 	}
-	r, _ := req.(*stage4v1.ExecutePlanRequest)
 	// Validation first (it has no side effects): an invalid plan is
 	// described by counts and fingerprints only, so that hostile plans
 	// cannot make the log grow by more than a few KiB each. A panic is
@@ -154,12 +169,29 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 			ex.ev.UserID = ""
 		}
 	}
+	if keyed {
+		if !valid {
+			// An invalid call claims nothing: it executes nothing, and
+			// its retry with the plan fixed runs as a first call.
+			if err := c.sendHeader(ctx, ex, nil); err != nil {
+				return nil, err
+			}
+		} else if resp, err, done := c.claimKey(ctx, log, ex, r); done {
+			return resp, err
+		}
+	}
 	details := c.receivedDetails(ctx, r.GetPlan(), valid, &bd)
+	if ex.key != nil {
+		// The key, whole: a log directory finds it here after a crash.
+		details[audit.DetailRequestID] = ex.key.ID
+		details[audit.DetailRequestCaller] = ex.key.Caller
+	}
 	// Not durable on its own: EXECUTION_STARTED or the validation failure
 	// follows at once, and its commit makes both durable. Stage-3 is called
 	// only after that commit, so this saves one commit per execution without
 	// executing anything that is not durably recorded.
 	if log.AppendUnsynced(ex.ctx, ex.event(audit.PlanReceived, details)) != nil {
+		ex.release()
 		return nil, ex.unavailable()
 	}
 
@@ -171,7 +203,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	defer func() {
 		if !ended {
 			_ = ex.end(audit.ExecutionFailed,
-				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"), rpcerr.Internal)
+				failedDetails(audit.PhaseInternal, codes.Internal, "panic while handling the execution"), unknownOutcome, rpcerr.Internal)
 		}
 	}()
 	if panicked != nil {
@@ -179,22 +211,28 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 	}
 	if verr != nil {
 		ended = true
-		if ex.end(audit.ExecutionFailed, validationFailedDetails(verr), rpcerr.AuditUnavailable) != nil {
+		if ex.end(audit.ExecutionFailed, validationFailedDetails(verr), nil, rpcerr.AuditUnavailable) != nil {
 			return nil, ex.unavailable()
 		}
 		return nil, verr
 	}
 	if ex.record(audit.ExecutionStarted, nil) != nil {
-		// Stage-3 is not called. The execution (its PLAN_RECEIVED, if
-		// that was stored) is closed once the store takes records again,
-		// by this process (or, if it stops first, as interrupted).
+		// Stage-3 is not called, and a retry may run: the request key, if
+		// any, is released. The execution (its PLAN_RECEIVED, if that was
+		// stored) is closed once the store takes records again, by this
+		// process (or, if it stops first, as interrupted).
 		ended = true
+		ex.release()
 		ex.later(audit.ExecutionFailed, failedDetails(audit.PhaseAudit, codes.Unavailable,
 			"the audit log could not record the execution's start; Stage-3 was not called"), rpcerr.AuditUnavailable)
 		return nil, ex.unavailable()
 	}
 
-	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, execution{ID: ex.ev.ExecutionID, PlanID: ex.ev.PlanID, Validated: r, Encoded: encoded}))
+	exec := execution{ID: ex.ev.ExecutionID, PlanID: ex.ev.PlanID, Validated: r, Encoded: encoded}
+	if ex.key != nil {
+		exec.RequestID = ex.key.ID
+	}
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, executionKey{}, exec))
 	// Deferred, so that a handler that panics does not leave the
 	// registration on the long-lived abort context behind.
 	stopAbort := context.AfterFunc(c.abort, cancel)
@@ -212,17 +250,25 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 				"Stage-4 shut down while the plan was with Stage-3; the plan may have been executed", ex.meta())
 		}
 		st := status.Convert(err)
-		if ex.end(audit.ExecutionFailed, c.stage3FailedDetails(st), rpcerr.OutcomeUnknown) != nil {
+		var settle *audit.RequestOutcome
+		if ex.key != nil {
+			settle = errorOutcome(err)
+		}
+		if ex.end(audit.ExecutionFailed, c.stage3FailedDetails(st), settle, rpcerr.OutcomeUnknown) != nil {
 			return nil, ex.outcomeUnknown()
 		}
 		return nil, err
 	}
 	out, _ := resp.(*stage4v1.ExecutePlanResponse)
+	var settle *audit.RequestOutcome
+	if ex.key != nil {
+		settle = responseOutcome(resp)
+	}
 	completed := audit.Details{
 		"step_count":        float64(len(out.GetResult().GetResults())),
 		"stage3_latency_ms": math.Round(latency.Seconds()*1e6) / 1e3,
 	}
-	if ex.record(audit.ExecutionCompleted, completed) != nil {
+	if ex.recordEnd(audit.ExecutionCompleted, completed, settle) != nil {
 		// Recorded once the store is back, with a keyed digest of what
 		// Stage-3 answered: its result bytes are the caller's, not the
 		// log's, but the digest lets them be matched later.
@@ -281,6 +327,9 @@ type recorder struct {
 	log AuditRecorder
 	ctx context.Context
 	ev  audit.Event // execution_id, plan_id and user_id of every event
+	// key is the request key the execution claimed, nil for a call
+	// without a request_id.
+	key *audit.RequestKey
 }
 
 // record appends a durable event of the execution.
@@ -289,11 +338,22 @@ func (r *recorder) record(t audit.EventType, details audit.Details) error {
 	return err
 }
 
-// end appends the execution's terminal event, or, when the log cannot
-// record it now, hands it to the log to record late (later), saying what
-// the caller is told instead (told).
-func (r *recorder) end(t audit.EventType, details audit.Details, told stage4v1.ErrorReason) error {
-	err := r.record(t, details)
+// recordEnd appends the execution's durable terminal event, which settles
+// its request key (if it claimed one) with settle in the same store batch.
+func (r *recorder) recordEnd(t audit.EventType, details audit.Details, settle *audit.RequestOutcome) error {
+	ev := r.event(t, details)
+	if r.key != nil {
+		ev.Request = settle
+	}
+	_, err := r.log.Append(r.ctx, ev)
+	return err
+}
+
+// end is recordEnd, or, when the log cannot record the terminal event now,
+// hands it to the log to record late (later), saying what the caller is
+// told instead (told).
+func (r *recorder) end(t audit.EventType, details audit.Details, settle *audit.RequestOutcome, told stage4v1.ErrorReason) error {
+	err := r.recordEnd(t, details, settle)
 	if err != nil {
 		r.later(t, details, told)
 	}
@@ -301,14 +361,34 @@ func (r *recorder) end(t audit.EventType, details audit.Details, told stage4v1.E
 }
 
 // later hands the execution's terminal event to the log to record once
-// its store is healthy again, with what the caller was told.
+// its store is healthy again, with what the caller was told. The request
+// key, if any, settles as the caller's answer did: released when nothing
+// was sent to Stage-3 (AUDIT_UNAVAILABLE), else unknown, so that a retry
+// gets what the first call got.
 func (r *recorder) later(t audit.EventType, details audit.Details, told stage4v1.ErrorReason) {
 	d := maps.Clone(details)
 	if d == nil {
 		d = audit.Details{}
 	}
 	d["caller_told"] = told.String()
-	r.log.AppendLater(r.event(t, d))
+	ev := r.event(t, d)
+	if r.key != nil {
+		ev.Request = unknownOutcome
+		if told == rpcerr.AuditUnavailable {
+			ev.Request = &audit.RequestOutcome{Release: true}
+		}
+	}
+	r.log.AppendLater(ev)
+}
+
+// release forgets the execution's request key, if it claimed one: it was
+// refused before Stage-3 could be called. A failure leaves the claim to
+// be settled when the execution is closed as interrupted, or taken over
+// once stale (see audit.Request.OpenUntil).
+func (r *recorder) release() {
+	if r.key != nil {
+		_ = r.log.ReleaseRequest(r.ctx, *r.key, r.ev.ExecutionID)
+	}
 }
 
 // event is an event of the execution.
@@ -367,11 +447,12 @@ func (c *interceptorConfig) receivedDetails(ctx context.Context, plan *stage4v1.
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		f["trace_id"] = sc.TraceID().String()
 	}
-	// The caller's correlation id, as Stage-3 gets it too, so that an
-	// audit record leads to the caller's and Stage-3's logs. Bounded like
+	// The caller's correlation id (x-request-id), as Stage-3 gets it too,
+	// so that an audit record leads to the caller's and Stage-3's logs.
+	// Not request_id: that is the idempotency key (ExecutePlanRequest). Bounded like
 	// everything a request puts here; "truncated" says when it was cut.
 	if ids := metadata.ValueFromIncomingContext(ctx, "x-request-id"); len(ids) > 0 {
-		f["request_id"] = bd.bound(ids[0], maxRequestIDChars)
+		f["x_request_id"] = bd.bound(ids[0], maxRequestIDChars)
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if p.Addr != nil {

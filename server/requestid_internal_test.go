@@ -20,7 +20,7 @@ func TestPlanReceivedRecordsTheRequestID(t *testing.T) {
 	tests := []struct {
 		name          string
 		md            metadata.MD
-		want          any // nil: no request_id
+		want          any // nil: no x_request_id
 		wantTruncated bool
 	}{
 		{name: "none", md: metadata.MD{}},
@@ -35,8 +35,8 @@ func TestPlanReceivedRecordsTheRequestID(t *testing.T) {
 				c := &interceptorConfig{fp: testFingerprinter}
 				var bd bounder
 				f := c.receivedDetails(metadata.NewIncomingContext(t.Context(), tt.md), testkit.Plan(t), valid, &bd)
-				got, ok := f["request_id"]
-				require.Equal(t, tt.want != nil, ok, "request_id in %v", f)
+				got, ok := f["x_request_id"]
+				require.Equal(t, tt.want != nil, ok, "x_request_id in %v", f)
 				if ok {
 					require.Equal(t, tt.want, got)
 				}

@@ -16,6 +16,7 @@ import (
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 	"github.com/stage4/stage4/internal/rpcerr"
+	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/catalog"
 )
 
@@ -101,6 +102,10 @@ func (s *Server) ExecutePlan(ctx context.Context, req *stage4v1.ExecutePlanReque
 		if err := s.validator.Validate(req); err != nil {
 			return nil, err
 		}
+	}
+	if exec.RequestID != "" {
+		// Stage-3 can dedupe too: the caller's key of this intent.
+		ctx = stage3client.WithRequestID(ctx, exec.RequestID)
 	}
 	var res *stage3v1.ExecuteMultiDomainPlanResponse
 	var err error

@@ -56,6 +56,8 @@ type harnessOptions struct {
 	// catalog validates with the reference Stage-3's catalogue, fetched
 	// over the same client, as the gateway wires it.
 	catalog bool
+	// store, when set, opens the audit store instead of a log directory.
+	store func(testing.TB) audit.Store
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -83,8 +85,13 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	if o.fileWrapper != nil {
 		fileOpts = append(fileOpts, segstore.WithFileWrapper(o.fileWrapper))
 	}
-	store, err := segstore.Open(h.logPath, fileOpts...)
-	require.NoError(t, err)
+	var store audit.Store
+	if o.store != nil {
+		store = o.store(t)
+	} else {
+		store, err = segstore.Open(h.logPath, fileOpts...)
+		require.NoError(t, err)
+	}
 	h.log, err = audit.New(store, o.auditOptions...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.log.Close() })

@@ -233,12 +233,29 @@ func tooLarge(size, limit int) error {
 		fmt.Sprintf("plan is %d bytes, over the %d-byte limit for Stage-3", size, limit), nil)
 }
 
+// RequestIDHeader is the metadata key that carries an ExecutePlan call's
+// request_id to Stage-3 (see WithRequestID).
+const RequestIDHeader = "x-stage4-request-id"
+
+type requestIDKey struct{}
+
+// WithRequestID returns a context with which Execute and ExecuteEncoded
+// send id to Stage-3 as the metadata RequestIDHeader: the caller's key of
+// the intent (ExecutePlanRequest.request_id), which Stage-4 has validated.
+// An empty id sends nothing.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
 // outgoingMetadata is a new metadata holding only the allow-listed keys of the
-// caller's incoming metadata, within the bounds above; outgoing metadata
-// already in ctx is dropped too.
+// caller's incoming metadata, within the bounds above, and the request id of
+// WithRequestID; outgoing metadata already in ctx is dropped too.
 func outgoingMetadata(ctx context.Context) metadata.MD {
 	in, _ := metadata.FromIncomingContext(ctx)
 	out := metadata.MD{}
+	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
+		out[RequestIDHeader] = []string{id}
+	}
 	for _, k := range forwardedMetadata {
 		n := 0
 		for _, v := range in.Get(k) {

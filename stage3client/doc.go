@@ -17,7 +17,10 @@
 //
 // Only x-request-id of the caller's metadata goes on to Stage-3, at most
 // MaxForwardedValues values, each at most MaxForwardedValueBytes long;
-// longer values are dropped, not cut. Trace context (traceparent,
+// longer values are dropped, not cut. An ExecutePlan call's request_id
+// goes on as RequestIDHeader (x-stage4-request-id) when the caller of
+// Execute sets it with WithRequestID, so that Stage-3 can dedupe too; a
+// caller's own metadata of that name is never forwarded. Trace context (traceparent,
 // tracestate) is OpenTelemetry's to propagate: pass an otelgrpc client
 // stats handler to New, or only its propagator in an interceptor
 // (telemetry.InjectUnaryClientInterceptor), as the gateway does with

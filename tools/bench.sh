@@ -25,8 +25,10 @@
 #
 # Budget on a 2-core machine, under 10 minutes:
 #   go benchmarks: compile + BENCHTIME per benchmark   ~1-3 min
-#   closed loop: 3 rounds x 3 configs x 3 concurrencies x (1 s + 3 s)  ~110 s
-#   PostgreSQL: 3 rounds x 2 configs x 2 concurrencies x (1 s + 3 s)   ~50 s
+#   closed loop: 3 rounds x 4 configs x 3 concurrencies x (1 s + 3 s)  ~145 s
+#     (a, b, c, and c again with a request_id on every call)
+#   PostgreSQL: 3 rounds x 3 configs x 3 concurrencies x (1 s + 3 s)   ~110 s
+#     (d, d with request_id, e)
 #   open loop: 3 rounds x 2 rates x 2 configs x (0.5 s + 5 s)          ~70 s
 #   profiles: 2 x (1 s + 10.5 s)   ~25 s
 #   plan size: 4 sizes x (0.5 s + 3 s)   ~15 s
@@ -39,7 +41,7 @@
 # open loop), OPEN_DURATION (default 5s), PROFILE_DURATION (default 10s; 0
 # skips the profiles), APPEND_PAIRS (default 6: extra runs of the durable
 # and volatile BenchmarkAppend at 64 writers), BIN_DIR (default bin), PG_CONCURRENCY (default
-# 16,64; empty leaves PostgreSQL out), READERS_RECORDS (default 300000:
+# 1,16,64; empty leaves PostgreSQL out), READERS_RECORDS (default 300000:
 # events in the log of the audit readers measurement; 0 skips it),
 # READERS_DURATION (default 3s: its measured time per configuration and
 # round, of ROUNDS rounds), STAGE4_TEST_POSTGRES_URL (the server
@@ -100,7 +102,7 @@ OPEN_DURATION=${OPEN_DURATION:-5s}
 PROFILE_DURATION=${PROFILE_DURATION:-10s}
 APPEND_PAIRS=${APPEND_PAIRS:-6}
 BIN_DIR=${BIN_DIR:-bin}
-PG_CONCURRENCY=${PG_CONCURRENCY-16,64}
+PG_CONCURRENCY=${PG_CONCURRENCY-1,16,64}
 READERS_RECORDS=${READERS_RECORDS:-300000}
 READERS_DURATION=${READERS_DURATION:-3s}
 
@@ -132,7 +134,7 @@ if [[ $PROFILE_DURATION != 0 && $PROFILE_DURATION != 0s ]]; then
 	profile_args=(--profile-dir "$OUT" --profile-duration "$PROFILE_DURATION")
 fi
 
-echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}' callers), open loop at '${OPEN_FRACTIONS}', profiles, plan size, ${SOAK} soak, audit readers on ${READERS_RECORDS} events" >&2
+echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}' callers; each with and without request_id), open loop at '${OPEN_FRACTIONS}', profiles, plan size, ${SOAK} soak, audit readers on ${READERS_RECORDS} events" >&2
 "$BIN_DIR/stage4load" \
 	--stage4-bin "$BIN_DIR/stage4" \
 	--rounds "$ROUNDS" \
@@ -145,6 +147,7 @@ echo "== load: direct vs proxy vs stage4 (file; PostgreSQL at '${PG_CONCURRENCY}
 	--readers-records "$READERS_RECORDS" \
 	--readers-rounds "$ROUNDS" \
 	--readers-duration "$READERS_DURATION" \
+	--request-id \
 	--gobench "$OUT/gobench.txt" \
 	--work-dir "$OUT/logs" \
 	--out "$OUT/PERFORMANCE.md" \

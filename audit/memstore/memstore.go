@@ -47,6 +47,8 @@ type Storage struct {
 	pins    []string // the pinned verifier keys
 	key     []byte
 	stores  map[*Store]bool // open stores
+	// requests are the keys of idempotent executions (requests.go).
+	requests requests
 
 	fault    fault
 	unhang   chan struct{} // closed by Heal: hung calls go on
@@ -275,6 +277,7 @@ func (s *Store) Append(ctx context.Context, durable bool, build func(audit.Head)
 		r.TreeHashes = slices.Clone(r.TreeHashes)
 		s.st.records = append(s.st.records, r)
 		s.track(&r)
+		s.settle(&r)
 	}
 	last := &recs[len(recs)-1]
 	s.st.head = audit.Head{Sequence: last.Sequence, Hash: last.Hash, Tree: tree}

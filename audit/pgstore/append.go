@@ -208,6 +208,7 @@ func (s *Store) write(ctx context.Context, conn *pgxpool.Conn, recs []audit.Reco
 		}
 		b.Queue(upsertOpen, ids, seqs, plans, users, types, until, s.cfg.name, s.instance)
 	}
+	queueSettlements(b, recs)
 	return conn.SendBatch(ctx, b).Close()
 }
 

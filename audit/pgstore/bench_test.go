@@ -10,6 +10,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/pgstore"
+	"github.com/stage4/stage4/audit/storetest"
 	"github.com/stage4/stage4/internal/pgtest"
 )
 
@@ -93,4 +94,14 @@ func BenchmarkAppend(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkExecution measures an execution's audit events with and
+// without a request_id on PostgreSQL (storetest.BenchmarkExecution).
+func BenchmarkExecution(b *testing.B) {
+	storetest.BenchmarkExecution(b, func(b *testing.B) *audit.Log {
+		lg, err := audit.New(open(b, pgtest.NewDatabase(b)))
+		require.NoError(b, err)
+		return lg
+	})
 }

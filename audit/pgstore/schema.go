@@ -127,6 +127,29 @@ CREATE TABLE audit_cosigned (
 	saved_at   timestamptz NOT NULL
 );
 `,
+	// Version 4: the keys of idempotent executions (request_id) and their
+	// replayable answers (requests.go). Beside the records, never in them:
+	// an answer holds Stage-3's result, user data that the records must
+	// not. The primary key decides which of two replicas that claim one key
+	// at once forwards the plan. The partial index finds the running claim
+	// of an execution that a terminal record settles; a BRIN index on
+	// claimed_at, which grows with the table's physical order and costs
+	// next to nothing per insert, serves the purge.
+	`
+CREATE TABLE audit_requests (
+	caller       text NOT NULL,
+	request_id   text NOT NULL,
+	plan_id      text NOT NULL,
+	execution_id text NOT NULL,
+	state        text NOT NULL CHECK (state IN ('running', 'done', 'unknown')),
+	answer       bytea CHECK (answer IS NULL OR state = 'done'),
+	claimed_at   timestamptz NOT NULL,
+	open_until   timestamptz NOT NULL,
+	PRIMARY KEY (caller, request_id)
+);
+CREATE INDEX audit_requests_running ON audit_requests (execution_id) WHERE state = 'running';
+CREATE INDEX audit_requests_claimed_at ON audit_requests USING brin (claimed_at);
+`,
 }
 
 // SchemaVersion is the schema version this package creates and uses.

@@ -45,6 +45,14 @@ type Store struct {
 	// (see integrity.go).
 	lastMu sync.Mutex
 	last   audit.Head
+
+	// claims feeds the claim batcher (requests.go), which runs from Open
+	// until claimsStop is closed and closes claimsDone when it returns; it
+	// has a connection of its own in claimPool.
+	claimPool  *pgxpool.Pool
+	claims     chan *claimCall
+	claimsStop chan struct{}
+	claimsDone chan struct{}
 }
 
 var _ audit.Store = (*Store)(nil)
@@ -74,11 +82,19 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit store: %w", err)
 	}
-	s := &Store{pool: pool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig}
+	claimPool, err := pgxpool.NewWithConfig(ctx, claimPoolConfig(pcfg))
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open audit store: %w", err)
+	}
+	s := &Store{pool: pool, claimPool: claimPool, cfg: cfg, instance: randomID(), connCfg: pcfg.ConnConfig,
+		claims: make(chan *claimCall, maxClaimBatch), claimsStop: make(chan struct{}), claimsDone: make(chan struct{})}
 	if err := s.start(ctx); err != nil {
 		pool.Close()
+		claimPool.Close()
 		return nil, fmt.Errorf("open audit store %s: %w", redact(rawURL), err)
 	}
+	go s.runClaims()
 	return s, nil
 }
 
@@ -180,6 +196,8 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.claimsStop)
+	<-s.claimsDone
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.pingTimeout)
 	defer cancel()
 	_, err := s.pool.Exec(ctx, `DELETE FROM audit_replicas WHERE instance_id = $1`, s.instance)
@@ -194,6 +212,7 @@ func (s *Store) Close() error {
 	}
 	s.nameMu.Unlock()
 	s.pool.Close()
+	s.claimPool.Close()
 	if err != nil {
 		// The heartbeat then goes stale on its own: the grace period.
 		return fmt.Errorf("close audit store: remove heartbeat: %w", s.dbError(err))

@@ -48,6 +48,29 @@ func BenchmarkAppend(b *testing.B) {
 	})
 }
 
+// BenchmarkExecution measures an execution's audit events with and
+// without a request_id on a log directory.
+func BenchmarkExecution(b *testing.B) {
+	storetest.BenchmarkExecution(b, func(b *testing.B) *audit.Log {
+		dir := b.TempDir()
+		store, err := segstore.Open(dir)
+		if err == nil {
+			err = store.Close()
+		}
+		if err == nil {
+			store, err = segstore.Open(dir)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		lg, err := audit.New(store)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return lg
+	})
+}
+
 // BenchmarkListByType measures a page of 1000 events listed by type through
 // the index, on a log of 20,000 executions of two events each: the work of
 // an audit reader (ListAuditEvents), per page.

@@ -65,6 +65,7 @@ func (s *Store) openActive(first uint64, base audit.Head, want uint64) (*[32]byt
 		audit.WithRecordFunc(func(ev *audit.Event) {
 			a.mem.addFields(ev.Sequence, lineStart, ev.Type, ev.ExecutionID, ev.PlanID, ev.UserID)
 			s.track(ev.Sequence, ev.Type, ev.ExecutionID, ev.PlanID, ev.UserID)
+			s.noteLoggedClaim(ev)
 			if ev.Sequence == want {
 				if h, err := audit.ParseHash(ev.Hash); err == nil {
 					hashAt = &h
@@ -344,6 +345,11 @@ func (s *Store) seal() error {
 	// openTree).
 	if err := s.tree.Sync(); err != nil {
 		return s.fail(fmt.Errorf("fsync tree file: %w", err))
+	}
+	// Open finds lost request entries in the active segment's records
+	// only: those of the records sealed now must be durable (requests.go).
+	if err := s.requests.sync(); err != nil {
+		return s.fail(err)
 	}
 	sl := newSeal(a, s.head, s.open)
 	if err := s.appendSeal(sl); err != nil {

@@ -168,6 +168,11 @@ type Store struct {
 
 	index *indexer
 	next  nextState
+	// requests is the journal of request keys (requests.go), and
+	// claimsLogged the keys that the active segment's records name, for
+	// Open to find those the journal lost in a crash.
+	requests     *requests
+	claimsLogged *loggedClaims
 
 	mu          sync.Mutex // guards interrupted and closed
 	interrupted []audit.OpenExecution
@@ -393,6 +398,11 @@ func (s *Store) start() error {
 	if s.index, err = startIndexer(s, seals, names); err != nil {
 		return err
 	}
+	if s.requests, err = openRequests(s.path(RequestsDir), s.cfg.wrapFile, s.open, s.claimsLogged, s.executionLogged,
+		func(err error) { s.failSync(err) }); err != nil {
+		return fmt.Errorf("open the request journal: %w", err)
+	}
+	s.claimsLogged = nil
 	// Record where the log now ends, so that a log removed before the
 	// first ping is still noticed at the next start.
 	return s.saveHead(s.head)
@@ -640,6 +650,11 @@ func (s *Store) appendNow(durable bool, build func(audit.Head) ([]audit.Record, 
 	if s.active != nil && s.active.written+int64(n) <= s.sealAt() {
 		s.stalled = nil
 	}
+	// The request journal's queued claims first: when they cannot be
+	// written, nothing of the batch is (requests.go).
+	if err := s.requests.flush(); err != nil {
+		return err
+	}
 	a := s.active
 	buf := s.wbuf[:0]
 	for i := range recs {
@@ -660,6 +675,7 @@ func (s *Store) appendNow(durable bool, build func(audit.Head) ([]audit.Record, 
 	if err := s.appendTree(recs); err != nil {
 		return err
 	}
+	s.requests.settle(recs)
 	s.head = audit.Head{Sequence: recs[len(recs)-1].Sequence, Hash: recs[len(recs)-1].Hash, Tree: tree}
 	if durable {
 		if err := s.syncSegment(a); err != nil {
@@ -992,5 +1008,6 @@ func (s *Store) closeFiles() error {
 			errs = append(errs, f.Close())
 		}
 	}
+	errs = append(errs, s.requests.close())
 	return errors.Join(errs...)
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stage4/stage4/audit"
 )
@@ -51,4 +52,95 @@ func BenchmarkAppend(b *testing.B, newLog func(b *testing.B, durable bool) *audi
 			})
 		}
 	}
+}
+
+// BenchmarkExecution measures the audit side of one ExecutePlan, as the
+// server does it, through audit.Log on a store: PLAN_RECEIVED without a
+// sync, EXECUTION_STARTED and EXECUTION_COMPLETED durable, at 1 and 64
+// concurrent executions, without a request_id ("plain") and with one
+// ("keyed": its claim first, and a 1 KiB answer on the terminal event):
+// what idempotency adds to a store. The two kinds alternate in small
+// rounds on one log, so that they share the machine's noise; it reports
+// the time per execution of each and their ratio. newLog opens a log on a
+// new store.
+func BenchmarkExecution(b *testing.B, newLog func(b *testing.B) *audit.Log) {
+	details := audit.Details{
+		"trigger_type": "manual", "step_count": 2.0, "binding_count": 1.0,
+		"steps": []any{"text.upper", "text.reverse"}, "peer": "10.1.2.3:54321",
+		"token_fingerprint": "sha256:0123456789abcdef",
+	}
+	answer := make([]byte, 1024)
+	for _, writers := range []int{1, 64} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			lg := newLog(b)
+			defer lg.Close()
+			ctx := context.Background()
+			var id atomic.Int64
+			execute := func(keyed bool) error {
+				exec := fmt.Sprintf("%032x", id.Add(1))
+				ev := func(t audit.EventType) audit.Event {
+					return audit.Event{Type: t, ExecutionID: exec, PlanID: "hmac-sha256:plan", UserID: "alice", Details: details}
+				}
+				end := ev(completed)
+				if keyed {
+					_, claimed, err := lg.ClaimRequest(ctx, audit.Request{
+						Key: audit.RequestKey{Caller: "user:alice", ID: exec}, PlanID: "hmac-sha256:plan", ExecutionID: exec,
+					}, time.Time{})
+					if err != nil || !claimed {
+						return fmt.Errorf("claim: %v, %v", claimed, err)
+					}
+					end.Request = &audit.RequestOutcome{Answer: answer}
+				}
+				err := lg.AppendUnsynced(ctx, ev(received))
+				if err == nil {
+					_, err = lg.Append(ctx, ev(started))
+				}
+				if err == nil {
+					_, err = lg.Append(ctx, end)
+				}
+				return err
+			}
+			// round runs n executions of one kind from the writers.
+			round := func(keyed bool, n int) time.Duration {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				began := time.Now()
+				for range writers {
+					wg.Go(func() {
+						for next.Add(1) <= int64(n) {
+							if err := execute(keyed); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				return time.Since(began)
+			}
+			per := 20 * writers // executions of one kind per round
+			var spent [2]time.Duration
+			done := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for r := 0; done < b.N; r++ {
+				n := min(per, b.N-done)
+				first := r%2 == 0 // alternate which kind goes first
+				spent[btoi(!first)] += round(!first, n)
+				spent[btoi(first)] += round(first, n)
+				done += n
+			}
+			plain, keyed := float64(spent[0])/float64(b.N), float64(spent[1])/float64(b.N)
+			b.ReportMetric(plain, "plain-ns/exec")
+			b.ReportMetric(keyed, "keyed-ns/exec")
+			b.ReportMetric(keyed/plain, "keyed/plain")
+		})
+	}
+}
+
+func btoi(v bool) int {
+	if v {
+		return 1
+	}
+	return 0
 }

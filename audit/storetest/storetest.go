@@ -117,6 +117,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		// Rule 14: listings never skip a missing record.
 		{"ListNeverSkipsADeletedRecord", testListNeverSkipsADeletedRecord},
 	}
+	// Rule 12: the keys of idempotent executions (requests.go).
+	tests = append(tests, requestTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

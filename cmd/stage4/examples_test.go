@@ -31,7 +31,8 @@ const exitToolMissing = 3
 // TestExamples runs each client of examples/, through tools/examples.sh as
 // make example-* does, against a stage4 dev of its own, and checks through
 // its own client that the execution each one printed is in the audit log,
-// completed. A missing node or Python grpcio skips that example locally
+// completed, and that its retry with the same request_id was answered from
+// that execution. A missing node or Python grpcio skips that example locally
 // and fails it under CI=true, where every example must run.
 func TestExamples(t *testing.T) {
 	t.Parallel()
@@ -77,6 +78,12 @@ func TestExamples(t *testing.T) {
 			// Each language prints JSON its own way: 17 or 17.0, a space or not.
 			require.Regexp(t, `(?m)^step 1 text\.length: \{"length": ?`+strconv.Itoa(len(tt.text))+`(\.0)?\}$`, out)
 			require.Contains(t, out, "EXECUTION_COMPLETED")
+			// Each sends its call again with its request_id, as after a
+			// lost answer, and gets the first answer, replayed: the audit
+			// log below holds that one execution only.
+			replay := regexp.MustCompile(`(?m)^retried [0-9a-f-]{36}: replayed ([0-9a-f]+) \(x-stage4-replayed: \[true\]\)$`).FindStringSubmatch(out)
+			require.NotNil(t, replay, "no replayed call in:\n%s", out)
+			require.Equal(t, m[1], replay[1], "the replay names the first execution")
 
 			res, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: m[1]})
 			require.NoError(t, err)

@@ -140,7 +140,7 @@ func TestServeLogsWhyACallFailed(t *testing.T) {
 	require.Equal(t, "WARN", line["level"])
 	for k, v := range map[string]any{
 		"grpc.code": "Unavailable", "reason": "STAGE3_NOT_REACHED", "cause": "tls_to_plaintext",
-		"execution_id": execID, "request_id": "req-7f3a",
+		"execution_id": execID, "x_request_id": "req-7f3a",
 	} {
 		require.Equal(t, v, line[k], "%s in %v", k, line)
 	}
@@ -161,7 +161,7 @@ func TestServeLogsWhyACallFailed(t *testing.T) {
 	require.Equal(t, 0, s4.exitCode(t))
 	events := logEvents(t, auditLog)[execID]
 	require.NotEmpty(t, events)
-	require.Equal(t, "req-7f3a", events[0].GetDetails().GetFields()["request_id"].GetStringValue())
+	require.Equal(t, "req-7f3a", events[0].GetDetails().GetFields()["x_request_id"].GetStringValue())
 }
 
 // TestServeReportsEveryFailureAtShutdown: four plans with a hanging

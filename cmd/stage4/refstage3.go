@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
@@ -16,10 +17,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 
 	stage3v1 "github.com/stage4/stage4/gen/stage3/v1"
 	"github.com/stage4/stage4/internal/gateway"
+	"github.com/stage4/stage4/stage3client"
 	"github.com/stage4/stage4/stage3client/stage3ref"
 )
 
@@ -92,14 +95,17 @@ func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger, logOpts ...l
 	recoveryOpt := recovery.WithRecoveryHandlerContext(gateway.RecoveredPanic(logger))
 	// What Stage-4 asks on its own, not for a caller, is not logged: its
 	// health checks (every few seconds; probes' too) and catalogue
-	// refreshes would drown the plans' calls.
+	// refreshes would drown the plans' calls. The plans' call lines name
+	// the request id Stage-4 passes on, as a Stage-3 that dedupes would
+	// key on it.
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName && c.FullMethod() != describeMethodsMethod
 	})
+	unaryLogOptions := append(slices.Clone(logOpts), logging.WithFieldsFromContext(stage4RequestID))
 	srv := grpc.NewServer(
 		// Outermost first, as in Stage-4: logging, then recovery.
 		grpc.ChainUnaryInterceptor(
-			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(callLogger, logOpts...), notHealth),
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(callLogger, unaryLogOptions...), notHealth),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
@@ -114,4 +120,13 @@ func newReferenceStage3(fault stage3ref.Fault, logger *slog.Logger, logOpts ...l
 	reflection.Register(srv)
 	gateway.SetHealth(hs, healthpb.HealthCheckResponse_SERVING, serviceName)
 	return srv, hs
+}
+
+// stage4RequestID is the x-stage4-request-id of a call, as a log field.
+func stage4RequestID(ctx context.Context) logging.Fields {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if ids := md.Get(stage3client.RequestIDHeader); len(ids) == 1 {
+		return logging.Fields{"stage4.request_id", ids[0]}
+	}
+	return nil
 }

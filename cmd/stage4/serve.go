@@ -11,6 +11,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/segstore"
 	"github.com/stage4/stage4/internal/gateway"
 	"github.com/stage4/stage4/internal/h2guard"
@@ -85,6 +86,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Float64Var(&g.AuditReadShare, "audit-read-share", readlimit.DefaultShare, "`share` of the time (0.2: a fifth of a second each second) that audit reads may take together,\non average, so that they cannot starve executions; each read is charged the time it took")
 	fs.IntVar(&g.AuditReadMaxScanned, "audit-read-max-scanned", gateway.DefaultAuditReadMaxScanned, "`records` (and index entries) one ListAuditEvents call may scan; past it its page ends early,\nwith a next_page_token to go on from")
 	fs.DurationVar(&g.ShutdownGrace, "shutdown-grace", defaultShutdownGrace, "how long running calls may take to finish on shutdown")
+	fs.DurationVar(&g.IdempotencyRetention, "idempotency-retention", audit.DefaultRequestRetention, "how long an ExecutePlan request_id is kept after its first call (at least 1h): a retry within it\ngets the first call's answer and never executes the plan again; after it the key is forgotten and purged")
 	fs.StringVar(&g.TLSCertFile, "tls-cert-file", "", "server certificate `file` (PEM); serves plaintext when empty")
 	fs.StringVar(&g.TLSKeyFile, "tls-key-file", "", "server private key `file` (PEM)")
 	fs.StringVar(&g.TLSClientCAFile, "tls-client-ca-file", "", "CA `file` (PEM); when set, clients must present a certificate it signed (mTLS)")
@@ -142,6 +144,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if err := checkAuditSegmentBytes("serve", f.gateway.AuditStore.SegmentBytes); err != nil {
 		return err
+	}
+	if f.gateway.IdempotencyRetention < audit.MinRequestRetention {
+		return usageError("serve: --idempotency-retention is %v; it must be at least %v (AIP-155)", f.gateway.IdempotencyRetention, audit.MinRequestRetention)
 	}
 	f.gateway.Stage3.MaxMessageBytes = f.gateway.MaxMessageBytes
 	f.gateway.Revision = revision

@@ -86,6 +86,9 @@ type config struct {
 	// readers is the audit readers measurement (readers.go), after the
 	// others; readers.records 0 skips it.
 	readers readConfig
+	// requestID runs (c) and (d) again with a request_id on every call
+	// (requestid.go).
+	requestID bool
 }
 
 // parseConfig reads the benchmark flags.
@@ -124,6 +127,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.pgURL, "postgres-url", defaultPGURL(), "PostgreSQL `server` for (d) and (e): each run creates databases of its own there and drops them; default $"+envPGURL+" or "+pgDefaultURL)
 	pgConc := fs.String("pg-concurrency", "16,64", "caller counts at which (d) one and (e) two stage4 replicas on PostgreSQL run; empty leaves PostgreSQL out")
 	c.readers.flags(fs, "readers-", 0)
+	fs.BoolVar(&c.requestID, "request-id", false, "also run (c) and (d) with a new request_id on every call, right after each, and compare")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -421,7 +425,7 @@ func startProcesses(cfg config, self, dir string) (e env, stop func(), err error
 				}
 			}
 		}
-		dbs := map[string]string{cfgStage4PG: e.pgDatabases[0], cfgStage4PG2: e.pgDatabases[1]}
+		dbs := map[string]string{cfgStage4PG: e.pgDatabases[0], cfgStage4PG2: e.pgDatabases[1], cfgStage4PGRID: e.pgDatabases[0]}
 		e.pgBackends = func(cfgName string) []int { return backends(dbs[cfgName]) }
 	}
 
@@ -486,6 +490,10 @@ func (e env) caller(cfgName string, p *stage4v1.Plan) callFunc {
 			clients = append(clients, e.stage4PG)
 		case cfgStage4PG2:
 			clients = e.stage4PG2
+		case cfgStage4RID:
+			return keyedCaller([]stage4v1.Stage4ServiceClient{e.stage4}, p, check)
+		case cfgStage4PGRID:
+			return keyedCaller([]stage4v1.Stage4ServiceClient{e.stage4PG}, p, check)
 		}
 		// Calls take turns over the clients, as a load balancer in front
 		// of the replicas would spread them.
@@ -514,16 +522,16 @@ func (e env) watch(cfgName string) []watched {
 	switch cfgName {
 	case cfgProxy:
 		w = append(w, watched{role: roleGateway, pid: e.proxyPID})
-	case cfgStage4:
+	case cfgStage4, cfgStage4RID:
 		w = append(w, watched{role: roleGateway, pid: e.stage4PID})
-	case cfgStage4PG:
+	case cfgStage4PG, cfgStage4PGRID:
 		w = append(w, watched{role: roleGateway, pid: e.stage4PGPID})
 	case cfgStage4PG2:
 		for _, pid := range e.stage4PG2PID {
 			w = append(w, watched{role: roleGateway, pid: pid}) // summed: the gateway is both
 		}
 	}
-	if e.pgBackends != nil && (cfgName == cfgStage4PG || cfgName == cfgStage4PG2) {
+	if e.pgBackends != nil && (cfgName == cfgStage4PG || cfgName == cfgStage4PG2 || cfgName == cfgStage4PGRID) {
 		for _, pid := range e.pgBackends(cfgName) {
 			w = append(w, watched{role: rolePostgres, pid: pid, optional: true})
 		}
@@ -552,13 +560,23 @@ func measureAll(ctx context.Context, e env, cfg config, fsyncP50 float64, progre
 		callers[cfgStage4PG] = e.caller(cfgStage4PG, plan)
 		callers[cfgStage4PG2] = e.caller(cfgStage4PG2, plan)
 	}
+	if cfg.requestID {
+		callers[cfgStage4RID] = e.caller(cfgStage4RID, plan)
+		if pg {
+			callers[cfgStage4PGRID] = e.caller(cfgStage4PGRID, plan)
+		}
+	}
 	// roundConfigs are the configurations run at conc: (d) and (e) right
 	// after (c), so that they meet the same machine as the file store.
 	roundConfigs := func(conc int) []string {
+		list := configs
 		if pg && slices.Contains(cfg.pgConcurrency, conc) {
-			return []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4PG, cfgStage4PG2}
+			list = []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4PG, cfgStage4PG2}
 		}
-		return configs
+		if cfg.requestID {
+			list = withRequestIDs(list)
+		}
+		return list
 	}
 
 	// Interleaved rounds: drift on the machine (other load, CPU frequency,

@@ -68,7 +68,7 @@ func writePGMarkdown(w io.Writer, r *results, cfg config) {
 	}
 	fmt.Fprintf(w, "\n\n| configuration | callers | req/s | p50 ms | p99 ms | gateway CPU ms/1000 req | PostgreSQL sessions CPU ms/1000 req | Stage-3 CPU ms/1000 req |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, s := range r.Summary {
-		if !slices.Contains(cfg.pgConcurrency, s.Concurrency) || !slices.Contains([]string{cfgStage4, cfgStage4PG, cfgStage4PG2}, s.Config) {
+		if !slices.Contains(cfg.pgConcurrency, s.Concurrency) || !slices.Contains([]string{cfgStage4, cfgStage4PG, cfgStage4PGRID, cfgStage4PG2}, s.Config) {
 			continue
 		}
 		g, p := "–", "–"

@@ -40,6 +40,9 @@ type results struct {
 	PGRatios []pgRatioRow `json:"postgres_ratios,omitempty"`
 	// Readers is the audit readers measurement, when it ran.
 	Readers *readersResult `json:"audit_readers,omitempty"`
+	// RIDRatios compare the runs with a request_id on every call with
+	// those without (--request-id).
+	RIDRatios []ridRatioRow `json:"request_id_ratios,omitempty"`
 }
 
 // meta says where, when and how the run happened.
@@ -179,7 +182,7 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 		return func(x roundResult) float64 { return x.CPUPer1k[role] }
 	}
 	for _, conc := range cfg.concurrency {
-		for _, c := range []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4PG, cfgStage4PG2} {
+		for _, c := range []string{cfgDirect, cfgProxy, cfgStage4, cfgStage4RID, cfgStage4PG, cfgStage4PGRID, cfgStage4PG2} {
 			rs := pick(c, conc)
 			if len(rs) == 0 {
 				continue
@@ -270,6 +273,7 @@ func (r *results) summarize(cfg config, fsyncP50 float64) {
 		}
 	}
 	r.summarizePG(cfg, pick)
+	r.summarizeRequestIDs(cfg, pick)
 }
 
 // writeOutputs prints the tables and writes the report and the JSON.
@@ -371,6 +375,9 @@ var configNames = map[string]string{
 	// (c) is on the file store; (d) and (e) say what they are on.
 	cfgStage4PG:  "(d) stage4 serve, PostgreSQL",
 	cfgStage4PG2: "(e) 2 x stage4 serve, one PostgreSQL",
+	// --request-id: (c) and (d) with a request_id on every call.
+	cfgStage4RID:   "(c2) stage4 serve, request_id",
+	cfgStage4PGRID: "(d2) stage4 serve, PostgreSQL, request_id",
 }
 
 // writeMarkdown renders the report. Values across rounds read
@@ -424,6 +431,7 @@ func writeMarkdown(w io.Writer, r *results, cfg config) {
 	}
 
 	writePGMarkdown(w, r, cfg)
+	writeRequestIDMarkdown(w, r)
 
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\n## Targets\n\n| target | measured | met |\n|---|---|---|\n")

@@ -3,6 +3,12 @@
 // its characters, the second step fed by a data binding), then lists the
 // audit events of that execution.
 //
+// The call carries a request_id and is retried, with the same request_id,
+// after UNAVAILABLE and ABORTED, with backoff: a retry can never run the
+// plan twice (see the README's "Retries"). To show it, the client sends the
+// call a second time, as if the first answer had been lost, and gets the
+// first answer back, replayed.
+//
 //	go run ./examples/go                          # against make run (127.0.0.1:50051)
 //	go run ./examples/go --addr 127.0.0.1:8080    # elsewhere
 package main
@@ -12,13 +18,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -54,7 +64,9 @@ func run(ctx context.Context, addr string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := client.ExecutePlan(ctx, &stage4v1.ExecutePlanRequest{Plan: &stage4v1.Plan{
+	// One request_id per plan meant to run once, sent again with every
+	// retry of it.
+	req := &stage4v1.ExecutePlanRequest{RequestId: uuid.NewString(), Plan: &stage4v1.Plan{
 		UserId:      "alice",
 		TokenHash:   "alice-token",
 		TriggerType: "manual",
@@ -65,7 +77,8 @@ func run(ctx context.Context, addr string, out io.Writer) error {
 		DataBindings: []*stage4v1.DataBinding{
 			{SourceStep: 0, SourceOutput: "text", TargetStep: 1, TargetParameter: "text"},
 		},
-	}})
+	}}
+	res, _, err := executeWithRetries(ctx, client, req)
 	if err != nil {
 		return describe(err)
 	}
@@ -78,6 +91,14 @@ func run(ctx context.Context, addr string, out io.Writer) error {
 		fmt.Fprintf(out, "step %d %s.%s: %s\n", step.GetStepIndex(), step.GetDomain(), step.GetMethod(), output)
 	}
 
+	// The same call again, as after a lost answer: Stage-4 answers from
+	// the first execution and runs nothing.
+	again, header, err := executeWithRetries(ctx, client, req)
+	if err != nil {
+		return describe(err)
+	}
+	fmt.Fprintf(out, "retried %s: replayed %s (x-stage4-replayed: %v)\n", req.GetRequestId(), again.GetExecutionId(), header.Get("x-stage4-replayed"))
+
 	events, err := client.ListAuditEvents(ctx, &stage4v1.ListAuditEventsRequest{ExecutionId: res.GetExecutionId()})
 	if err != nil {
 		return describe(err)
@@ -86,6 +107,37 @@ func run(ctx context.Context, addr string, out io.Writer) error {
 		fmt.Fprintf(out, "audit %d %s\n", e.GetSequence(), e.GetType())
 	}
 	return nil
+}
+
+// executeWithRetries sends req and sends it again, with its request_id,
+// after UNAVAILABLE (nothing ran, or the connection was lost: the
+// request_id makes the retry safe) and ABORTED (REQUEST_IN_PROGRESS: the
+// first attempt still runs), waiting the RetryInfo's delay or an
+// exponential backoff with jitter, until ctx ends or after five attempts.
+// It returns the last answer and its headers.
+func executeWithRetries(ctx context.Context, client stage4v1.Stage4ServiceClient, req *stage4v1.ExecutePlanRequest) (*stage4v1.ExecutePlanResponse, metadata.MD, error) {
+	const attempts = 5
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		var header metadata.MD
+		res, err := client.ExecutePlan(ctx, req, grpc.Header(&header))
+		code := status.Code(err)
+		if code != codes.Unavailable && code != codes.Aborted || attempt == attempts {
+			return res, header, err
+		}
+		delay := backoff/2 + rand.N(backoff/2+1)
+		for _, d := range status.Convert(err).Details() {
+			if info, ok := d.(*errdetails.RetryInfo); ok {
+				delay = info.GetRetryDelay().AsDuration()
+			}
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, header, err
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // describe adds the ErrorInfo reason that every Stage-4 error carries (see

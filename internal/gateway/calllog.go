@@ -35,7 +35,7 @@ const (
 	FieldExecutionID = "execution_id"
 	// FieldRequestID is the caller's first x-request-id, cut to
 	// maxLoggedRequestIDBytes.
-	FieldRequestID = "request_id"
+	FieldRequestID = "x_request_id"
 	// FieldPeerIdentity is the caller's verified identity
 	// (internal/identity), when it has one.
 	FieldPeerIdentity = "peer.identity"

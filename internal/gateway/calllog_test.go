@@ -124,7 +124,7 @@ func TestFailedCallLineSaysWhy(t *testing.T) {
 			for _, k := range tt.absent {
 				require.NotContains(t, line, k)
 			}
-			require.Equal(t, longID[:128], line["request_id"], "the first x-request-id, cut")
+			require.Equal(t, longID[:128], line["x_request_id"], "the first x-request-id, cut")
 			require.Equal(t, "spiffe://example.org/ns/apps/sa/caller", line["peer.identity"])
 			require.Equal(t, "ExecutePlan", line["grpc.method"])
 			require.Contains(t, line, "grpc.time_ms")

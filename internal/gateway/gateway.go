@@ -174,6 +174,11 @@ type Config struct {
 	// (for readiness and stage4_stage3_reachable); 0 is
 	// stage3watch.DefaultInterval.
 	Stage3CheckInterval time.Duration
+	// IdempotencyRetention is how long a request_id is kept after its
+	// first call (--idempotency-retention); 0 means
+	// audit.DefaultRequestRetention. It must be longer than an execution
+	// may run.
+	IdempotencyRetention time.Duration
 }
 
 // Addrs are the addresses Run actually bound, which differ from the
@@ -222,6 +227,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		if policy, err = witness.ReadPolicyFile(cfg.WitnessPolicyFile); err != nil {
 			return fmt.Errorf("%w: --witness-policy: %w", ErrConfig, err)
 		}
+	}
+	retention, err := requestRetention(cfg)
+	if err != nil {
+		return err
 	}
 
 	// A registry of our own, rather than the global default, so that
@@ -302,6 +311,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		return err
 	}
 	defer stopCheckpoints()
+	defer startRequestPurges(auditLog, retention, logger)()
 
 	tp := cfg.TracerProvider
 	// Stage-3 call latency by code, measured on the client side; its span
@@ -361,7 +371,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	defer guard.warnings.Flush()
 	srv := grpc.NewServer(serverOptions(cfg, creds, logger, callLog, tp, server.AuditInterceptor(admittingLog{auditLog},
 		func(req *stage4v1.ExecutePlanRequest) error { return validator.Validate(req) }, fp,
-		server.WithAbort(abortCtx)), serverMetrics, guard)...)
+		server.WithAbort(abortCtx), server.WithRequestRetention(retention),
+		server.WithKeyObserver(keyOutcomeCounter(reg))), serverMetrics, guard)...)
 	// Until ServeGRPC owns it: NewServer starts the stream workers, which
 	// an early return would leave running.
 	serving := false

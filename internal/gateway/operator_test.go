@@ -136,7 +136,7 @@ func TestGatewayReadinessFollowsStage3(t *testing.T) {
 	}
 	require.NotNil(t, line, "the failed call is logged")
 	require.Equal(t, "connection_refused", line["cause"])
-	require.Equal(t, "req-during-outage", line["request_id"])
+	require.Equal(t, "req-during-outage", line["x_request_id"])
 	require.Len(t, line["execution_id"], 32)
 
 	// Stage-3 back on its address.

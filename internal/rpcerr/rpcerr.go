@@ -36,6 +36,8 @@ const (
 	NoCheckpoint        = stage4v1.ErrorReason_NO_CHECKPOINT
 	InvalidProofRequest = stage4v1.ErrorReason_INVALID_PROOF_REQUEST
 	BeyondTree          = stage4v1.ErrorReason_BEYOND_TREE
+	RequestInProgress   = stage4v1.ErrorReason_REQUEST_IN_PROGRESS
+	RequestIDReused     = stage4v1.ErrorReason_REQUEST_ID_REUSED
 	RequestReadTimeout  = stage4v1.ErrorReason_REQUEST_READ_TIMEOUT
 	AuditReadsBusy      = stage4v1.ErrorReason_AUDIT_READS_BUSY
 )

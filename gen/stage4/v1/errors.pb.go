@@ -75,6 +75,15 @@ const (
 	// OUT_OF_RANGE: a sequence or tree size beyond the durable log (or the
 	// latest checkpoint); metadata tree_size says how far it reaches.
 	ErrorReason_BEYOND_TREE ErrorReason = 16
+	// ABORTED: an earlier call with the same request_id is still running,
+	// here or on another replica (or its replica stopped and its execution
+	// is not closed yet); metadata execution_id names it. Nothing was
+	// executed by this call: retry after the google.rpc.RetryInfo delay.
+	ErrorReason_REQUEST_IN_PROGRESS ErrorReason = 17
+	// FAILED_PRECONDITION: the request_id was used before with another plan
+	// (another plan_id); metadata execution_id names that call. Nothing was
+	// executed: use a new request_id for a new plan.
+	ErrorReason_REQUEST_ID_REUSED ErrorReason = 18
 	// DEADLINE_EXCEEDED: the request did not arrive whole within the
 	// server's read timeout (--request-read-timeout); nothing was recorded
 	// or executed, and a retry is safe.
@@ -105,6 +114,8 @@ var (
 		14: "NO_CHECKPOINT",
 		15: "INVALID_PROOF_REQUEST",
 		16: "BEYOND_TREE",
+		17: "REQUEST_IN_PROGRESS",
+		18: "REQUEST_ID_REUSED",
 		27: "REQUEST_READ_TIMEOUT",
 		28: "AUDIT_READS_BUSY",
 	}
@@ -126,6 +137,8 @@ var (
 		"NO_CHECKPOINT":            14,
 		"INVALID_PROOF_REQUEST":    15,
 		"BEYOND_TREE":              16,
+		"REQUEST_IN_PROGRESS":      17,
+		"REQUEST_ID_REUSED":        18,
 		"REQUEST_READ_TIMEOUT":     27,
 		"AUDIT_READS_BUSY":         28,
 	}
@@ -162,7 +175,7 @@ var File_stage4_v1_errors_proto protoreflect.FileDescriptor
 
 const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\xb4\x03\n" +
+	"\x16stage4/v1/errors.proto\x12\tstage4.v1*\xe4\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPLAN_INVALID\x10\x01\x12\x13\n" +
@@ -181,7 +194,9 @@ const file_stage4_v1_errors_proto_rawDesc = "" +
 	"\x0eNO_SIGNING_KEY\x10\r\x12\x11\n" +
 	"\rNO_CHECKPOINT\x10\x0e\x12\x19\n" +
 	"\x15INVALID_PROOF_REQUEST\x10\x0f\x12\x0f\n" +
-	"\vBEYOND_TREE\x10\x10\x12\x18\n" +
+	"\vBEYOND_TREE\x10\x10\x12\x17\n" +
+	"\x13REQUEST_IN_PROGRESS\x10\x11\x12\x15\n" +
+	"\x11REQUEST_ID_REUSED\x10\x12\x12\x18\n" +
 	"\x14REQUEST_READ_TIMEOUT\x10\x1b\x12\x14\n" +
 	"\x10AUDIT_READS_BUSY\x10\x1cB\x92\x01\n" +
 	"\rcom.stage4.v1B\vErrorsProtoP\x01Z/github.com/stage4/stage4/gen/stage4/v1;stage4v1\xa2\x02\x03SXX\xaa\x02\tStage4.V1\xca\x02\tStage4\\V1\xe2\x02\x15Stage4\\V1\\GPBMetadata\xea\x02\n" +

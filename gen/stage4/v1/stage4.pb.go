@@ -402,7 +402,27 @@ func (x *DataBinding) GetTargetParameter() string {
 type ExecutePlanRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The plan to execute.
-	Plan          *Plan `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	Plan *Plan `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	// Optional: a caller-chosen id of this intent, which makes ExecutePlan
+	// idempotent (as request_id in Google's AIP-155). Set a new one for each
+	// plan you mean to run once, a UUID is recommended, and send the same one
+	// on every retry of that call. Empty means no idempotency. When set: 1 to
+	// 64 characters of letters, digits and ._:- starting with a letter or
+	// digit.
+	//
+	// Keys are kept per caller: the verified client certificate's identity,
+	// or the plan's user_id for a caller without one. Within the retention
+	// (24 hours unless the operator changed it, at least one hour), a call
+	// whose key was used before does not execute again: it gets the first
+	// call's answer (same execution_id, same result or error; response header
+	// x-stage4-replayed: true), UNKNOWN with reason OUTCOME_UNKNOWN when the
+	// first call's outcome is unknown, ABORTED with reason REQUEST_IN_PROGRESS
+	// while the first call runs, or FAILED_PRECONDITION with reason
+	// REQUEST_ID_REUSED when the key came with another plan. A call refused
+	// before Stage-3 could be called (an invalid plan, AUDIT_UNAVAILABLE,
+	// STAGE3_NOT_REACHED) does not use the key up. Stage-3 receives the id as
+	// metadata x-stage4-request-id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +462,13 @@ func (x *ExecutePlanRequest) GetPlan() *Plan {
 		return x.Plan
 	}
 	return nil
+}
+
+func (x *ExecutePlanRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // ExecutePlanResponse is Stage-3's result for an executed plan.
@@ -1326,9 +1353,11 @@ const file_stage4_v1_stage4_proto_rawDesc = "" +
 	"\rsource_output\x18\x02 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\x80\x01R\fsourceOutput\x12)\n" +
 	"\vtarget_step\x18\x03 \x01(\rB\b\xbaH\x05*\x03\x10\x80\x02R\n" +
 	"targetStep\x126\n" +
-	"\x10target_parameter\x18\x04 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\x80\x01R\x0ftargetParameter\"A\n" +
+	"\x10target_parameter\x18\x04 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\x18\x80\x01R\x0ftargetParameter\"\x8b\x01\n" +
 	"\x12ExecutePlanRequest\x12+\n" +
-	"\x04plan\x18\x01 \x01(\v2\x0f.stage4.v1.PlanB\x06\xbaH\x03\xc8\x01\x01R\x04plan\"\x94\x01\n" +
+	"\x04plan\x18\x01 \x01(\v2\x0f.stage4.v1.PlanB\x06\xbaH\x03\xc8\x01\x01R\x04plan\x12H\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tB)\xbaH&\xd8\x01\x01r!\x18@2\x1d^[A-Za-z0-9][A-Za-z0-9._:-]*$R\trequestId\"\x94\x01\n" +
 	"\x13ExecutePlanResponse\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x17\n" +
 	"\aplan_id\x18\x02 \x01(\tR\x06planId\x12A\n" +

@@ -44,6 +44,8 @@ type Stage4ServiceClient interface {
 	// and returns Stage-3's result unchanged. It never retries: when the outcome
 	// is unknown the call fails with UNKNOWN (reason OUTCOME_UNKNOWN, see the
 	// README's error table) and the caller must not assume the plan did not run.
+	// With a request_id, a retry of the same call is safe: it never executes
+	// the plan a second time (see ExecutePlanRequest.request_id).
 	ExecutePlan(ctx context.Context, in *ExecutePlanRequest, opts ...grpc.CallOption) (*ExecutePlanResponse, error)
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.
@@ -165,6 +167,8 @@ type Stage4ServiceServer interface {
 	// and returns Stage-3's result unchanged. It never retries: when the outcome
 	// is unknown the call fails with UNKNOWN (reason OUTCOME_UNKNOWN, see the
 	// README's error table) and the caller must not assume the plan did not run.
+	// With a request_id, a retry of the same call is safe: it never executes
+	// the plan a second time (see ExecutePlanRequest.request_id).
 	ExecutePlan(context.Context, *ExecutePlanRequest) (*ExecutePlanResponse, error)
 	// ValidatePlan runs exactly the validation of ExecutePlan as a dry run: it
 	// neither calls Stage-3 nor writes an audit event.
