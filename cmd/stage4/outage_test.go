@@ -89,6 +89,46 @@ func TestOutageClosesTheExecutionWhenTheStoreIsBack(t *testing.T) {
 	}
 }
 
+// TestOutageKeyedRetryGetsTheFirstAnswer: the same outage, with a
+// request_id on the call. The terminal event written late settles the key
+// as the caller's answer did: a retry with the same request_id, once the
+// store is back, gets UNKNOWN/OUTCOME_UNKNOWN naming the first execution,
+// and Stage-3 is not called again.
+func TestOutageKeyedRetryGetsTheFirstAnswer(t *testing.T) {
+	t.Parallel()
+	cluster := pgtest.StartCluster(t)
+	url := pgtest.NewDatabaseOn(t, cluster.URL())
+	s3 := start(t, nil, "reference-stage3", "--listen", "127.0.0.1:0", "--delay", "1500ms")
+	s3Addr, _ := s3.servingAddr(t)
+	_, conn := startPGServe(t, s3Addr, url, "keyed", "--stage3-max-deadline", "5s")
+	ctx := testContext(t)
+	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: "stage4.v1.Stage4Service"})
+	require.NoError(t, err)
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+
+	req := &stage4v1.ExecutePlanRequest{Plan: testkit.Plan(t), RequestId: "7d0c6a52-5f0e-4c1b-9d6e-2b8f3a9e4c11"}
+	stream, id := testkit.StartExecute(ctx, t, conn, req)
+	s3.stderr.waitFor(t, "Stage-3 received the plan", func(line string) bool {
+		return strings.Contains(line, `"msg":"started call"`) && strings.Contains(line, "ExecuteMultiDomainPlan")
+	})
+	cluster.Stop()
+	err = stream.RecvMsg(&stage4v1.ExecutePlanResponse{})
+	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_NOT_SERVING, 10*time.Second)
+	cluster.Start()
+	waitHealthWithin(t, watch, healthpb.HealthCheckResponse_SERVING, 15*time.Second)
+	events := waitTerminal(t, url, id, 5*time.Second)
+	require.Equal(t, true, events[2].details["recorded_late"])
+
+	calls := stage3Started(s3)
+	_, err = stage4v1.NewStage4ServiceClient(conn).ExecutePlan(ctx, req)
+	require.Equal(t, codes.Unknown, status.Code(err), "%v", err)
+	require.Equal(t, rpcerr.OutcomeUnknown, rpcerr.Reason(err))
+	require.Equal(t, id, rpcerr.Info(err).GetMetadata()["execution_id"], "the retry names the first execution")
+	require.Equal(t, calls, stage3Started(s3), "the retry did not run the plan again")
+	require.Len(t, recordsOf(t, url, id), 3)
+}
+
 // TestOutageWithAKilledReplica: a replica killed while its execution is
 // with Stage-3 during an outage cannot write the terminal event late; the
 // restart of the same replica closes it as interrupted at once, as before.

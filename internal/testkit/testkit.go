@@ -82,9 +82,15 @@ func (f *FaultyFile) Sync() error {
 // execution id that the header carries before Stage-3 is called.
 func StartExecutePlan(ctx context.Context, t *testing.T, conn *grpc.ClientConn, plan *stage4v1.Plan) (grpc.ClientStream, string) {
 	t.Helper()
+	return StartExecute(ctx, t, conn, &stage4v1.ExecutePlanRequest{Plan: plan})
+}
+
+// StartExecute is StartExecutePlan for a whole request (a request_id, say).
+func StartExecute(ctx context.Context, t *testing.T, conn *grpc.ClientConn, req *stage4v1.ExecutePlanRequest) (grpc.ClientStream, string) {
+	t.Helper()
 	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, stage4v1.Stage4Service_ExecutePlan_FullMethodName)
 	require.NoError(t, err)
-	require.NoError(t, stream.SendMsg(&stage4v1.ExecutePlanRequest{Plan: plan}))
+	require.NoError(t, stream.SendMsg(req))
 	require.NoError(t, stream.CloseSend())
 	header, err := stream.Header()
 	require.NoError(t, err)
