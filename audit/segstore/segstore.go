@@ -38,6 +38,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -986,8 +987,14 @@ func (s *Store) Close() error {
 		}
 		// Also after a failure: the head file then names the last record
 		// that was durable in place, so that the next start sees what was
-		// lost.
-		return errors.Join(err, s.saveHead(s.durableHead))
+		// lost. On a full disk it stays behind, as between two pings: the
+		// records it does not name are durable, and the next start
+		// finds them; that is no failure of the close.
+		herr := s.saveHead(s.durableHead)
+		if errors.Is(herr, syscall.ENOSPC) || errors.Is(herr, syscall.EDQUOT) {
+			herr = nil
+		}
+		return errors.Join(err, herr)
 	})
 	s.worker.stop()
 	if s.index != nil {

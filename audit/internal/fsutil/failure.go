@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/stage4/stage4/audit"
 )
@@ -43,17 +44,32 @@ func (e *ChangedError) Is(target error) bool {
 	return target == audit.ErrIntegrity || target == audit.ErrDataLoss
 }
 
-// Lock takes an exclusive lock (flock) on f for the process, without
-// waiting: errLocked when another process holds it. The lock dies with
-// the process, so a crash never leaves it behind; it is advisory, which
-// is enough against a second stage4.
+// Lock takes an exclusive lock (flock) on f for the process: errLocked
+// when another process holds it. The lock dies with the process, so a
+// crash never leaves it behind; it is advisory, which is enough against a
+// second stage4.
+//
+// A lock just released can still be held for a moment by a child that
+// this process was forking when the lock's file was open (the child holds
+// a copy of every descriptor until its exec closes it), so a held lock is
+// tried again for up to lockPatience before it counts as another
+// process's: a second stage4 holds it for good.
 func Lock(f *os.File, errLocked error) error {
-	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	if errors.Is(err, syscall.EWOULDBLOCK) {
-		return errLocked
+	deadline := time.Now().Add(lockPatience)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, syscall.EWOULDBLOCK):
+			return fmt.Errorf("lock: %w", err)
+		case time.Now().After(deadline):
+			return errLocked
+		}
+		time.Sleep(wait)
 	}
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
-	}
-	return nil
 }
+
+// lockPatience is how long Lock tries a held lock again: far longer than
+// a fork takes to reach its exec.
+const lockPatience = 500 * time.Millisecond
