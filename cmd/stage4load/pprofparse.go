@@ -27,8 +27,10 @@ var components = []component{
 	{"plan_id and fingerprints", regexp.MustCompile(`/server\.\(\*Fingerprinter\)`)},
 	{"audit event details", regexp.MustCompile(`/server\.(\(\*interceptorConfig\)\.)?(receivedDetails|stage3FailedDetails|failedDetails|validationFailedDetails)|types/known/structpb\.`)},
 	{"audit record encoding", regexp.MustCompile(`/audit\.(encodeFields|\(\*encoder\))`)},
-	{"audit writer (encode, hash, write, fsync)", regexp.MustCompile(`/audit\.\(\*Log\)\.run`)},
-	{"audit append and wait", regexp.MustCompile(`/audit\.\(\*Log\)\.(append|Append|AppendUnsynced)`)},
+	// The writer goroutine, and the store's disk worker it hands each
+	// batch's writes and syncs to (segstore), or a database's.
+	{"audit writer (encode, hash, write, fsync)", regexp.MustCompile(`/audit\.\(\*writer\)\.run|/segstore\.\(\*worker\)\.loop|/audit/pgstore\.`)},
+	{"audit append and wait", regexp.MustCompile(`/audit\.\(\*(Log|writer)\)\.(append|Append|AppendUnsynced)`)},
 	// The call log's own work, not go-grpc-middleware's interceptor, whose
 	// frame is under everything the call does.
 	{"call log", regexp.MustCompile(`interceptors/logging\.(\(\*reporter\)|Fields\.|ExtractFields|InjectFields|DurationToTimeMillisFields|newCommonFields|UnaryServerInterceptor\.reportable|LoggerFunc)|interceptors\.CommonReportableFunc|gateway\.(GRPCLogger|traceFields)|^log/slog\.`)},
