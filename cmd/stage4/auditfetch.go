@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,9 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -43,11 +38,9 @@ checkpoint that does not verify, DIR not writable), and nothing written;
 
 // auditCheckpointFlags holds audit checkpoint's flag values.
 type auditCheckpointFlags struct {
-	addr, out, verifierKey    string
-	caFile, certFile, keyFile string
-	serverName                string
-	plaintext                 bool
-	timeout                   time.Duration
+	addr, out, verifierKey string
+	conn                   readerConnFlags
+	timeout                time.Duration
 }
 
 // newAuditCheckpointFlags declares audit checkpoint's flags.
@@ -57,11 +50,7 @@ func newAuditCheckpointFlags() (*flag.FlagSet, *auditCheckpointFlags) {
 	fs.StringVar(&f.addr, "addr", "", "`host:port` of Stage-4's gRPC server; required")
 	fs.StringVar(&f.out, "out", "", "`directory` to store the checkpoint in (created when missing); required")
 	fs.StringVar(&f.verifierKey, "verifier-key", "", "the log's verifier `key` (NAME+hash+key, from stage4 audit keygen), or a file holding it; required")
-	fs.StringVar(&f.caFile, "ca-file", "", "CA `file` (PEM) that signed Stage-4's certificate; the system roots when empty")
-	fs.StringVar(&f.certFile, "cert-file", "", "client certificate `file` (PEM) naming an identity on serve's --audit-readers")
-	fs.StringVar(&f.keyFile, "key-file", "", "its private key `file` (PEM)")
-	fs.StringVar(&f.serverName, "server-name", "", "`name` to verify Stage-4's certificate against; the host of --addr when empty")
-	fs.BoolVar(&f.plaintext, "plaintext", false, "no TLS (stage4 dev, or a sidecar that does TLS)")
+	f.conn.register(fs)
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "bound on the whole fetch")
 	return fs, f
 }
@@ -77,27 +66,22 @@ func runAuditCheckpoint(args []string, stdout, stderr io.Writer) error {
 		return usageError("audit checkpoint: unexpected arguments %q", fs.Args())
 	case f.addr == "" || f.out == "" || f.verifierKey == "":
 		return usageError("audit checkpoint: --addr, --verifier-key and --out are required (stage4 help audit checkpoint)")
-	case f.plaintext && (f.caFile != "" || f.certFile != "" || f.keyFile != "" || f.serverName != ""):
-		return usageError("audit checkpoint: --plaintext and the TLS flags exclude each other")
-	case (f.certFile == "") != (f.keyFile == ""):
-		return usageError("audit checkpoint: --cert-file and --key-file go together")
 	case f.timeout <= 0:
 		return usageError("audit checkpoint: --timeout must be positive")
+	}
+	if err := f.conn.check(); err != nil {
+		return usageError("audit checkpoint: %w", err)
 	}
 	verifier, err := loadVerifier(f.verifierKey)
 	if err != nil {
 		return usageError("audit checkpoint: %w", err)
 	}
-	creds, err := f.credentials()
+	conn, err := f.conn.dial(f.addr)
 	if err != nil {
 		return usageError("audit checkpoint: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return usageError("audit checkpoint: --addr: %w", err)
-	}
 	defer conn.Close()
 	resp, err := stage4v1.NewStage4ServiceClient(conn).GetCheckpoint(ctx, &stage4v1.GetCheckpointRequest{})
 	if err != nil {
@@ -114,32 +98,6 @@ func runAuditCheckpoint(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s\n  %s, tree size %d, root %s\n", path, cp.Origin, cp.Size, cp.Root)
 	return nil
-}
-
-// credentials are the transport credentials the flags ask for.
-func (f *auditCheckpointFlags) credentials() (credentials.TransportCredentials, error) {
-	if f.plaintext {
-		return insecure.NewCredentials(), nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.serverName}
-	if f.caFile != "" {
-		pem, err := os.ReadFile(f.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", f.caFile)
-		}
-	}
-	if f.certFile != "" {
-		pair, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--cert-file, --key-file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{pair}
-	}
-	return credentials.NewTLS(tc), nil
 }
 
 // storeNew writes data to dir/name, creating dir when missing: to a

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,8 +15,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
@@ -62,8 +58,7 @@ witnesses' quorum) does not verify: no answer, not evidence of tampering.
 type auditMonitorFlags struct {
 	addr, verifierKey, witnessPolicy, state string
 	interval, timeout                       time.Duration
-	plaintext                               bool
-	caFile, certFile, keyFile, serverName   string
+	conn                                    readerConnFlags
 }
 
 // newAuditMonitorFlags declares audit monitor's flags; their names are a
@@ -77,11 +72,7 @@ func newAuditMonitorFlags() (*flag.FlagSet, *auditMonitorFlags) {
 	fs.StringVar(&f.state, "state", "", "`directory` that keeps the latest consistent checkpoint between runs, and the evidence of a fork; required")
 	fs.DurationVar(&f.interval, "interval", 0, "run on, checking every `interval`; 0 checks once and exits")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "bound on one check's calls to the server")
-	fs.BoolVar(&f.plaintext, "plaintext", false, "connect without TLS (loopback, or a mesh sidecar's TLS)")
-	fs.StringVar(&f.caFile, "tls-ca-file", "", "CA `file` (PEM) that signed the server's certificate; the system's roots when empty")
-	fs.StringVar(&f.certFile, "tls-cert-file", "", "client certificate `file` (PEM) for mTLS: its identity must be on the server's --audit-readers")
-	fs.StringVar(&f.keyFile, "tls-key-file", "", "client private key `file` (PEM)")
-	fs.StringVar(&f.serverName, "tls-server-name", "", "`name` to verify the server's certificate against; the host of --addr when empty")
+	f.conn.register(fs)
 	return fs, f
 }
 
@@ -154,47 +145,14 @@ func newMonitor(f *auditMonitorFlags, out io.Writer) (*monitor, error) {
 	if err := os.MkdirAll(f.state, 0o700); err != nil {
 		return nil, usageError("audit monitor: --state: %w", err)
 	}
-	creds, err := monitorCredentials(f)
-	if err != nil {
+	if err := f.conn.check(); err != nil {
 		return nil, usageError("audit monitor: %w", err)
 	}
-	if m.conn, err = grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds)); err != nil {
-		return nil, usageError("audit monitor: --addr: %w", err)
+	if m.conn, err = f.conn.dial(f.addr); err != nil {
+		return nil, usageError("audit monitor: %w", err)
 	}
 	m.client = stage4v1.NewStage4ServiceClient(m.conn)
 	return m, nil
-}
-
-// monitorCredentials are the TLS settings of the flags, or plaintext.
-func monitorCredentials(f *auditMonitorFlags) (credentials.TransportCredentials, error) {
-	if f.plaintext {
-		if f.caFile != "" || f.certFile != "" || f.keyFile != "" || f.serverName != "" {
-			return nil, errors.New("--plaintext and the --tls-* flags exclude each other")
-		}
-		return insecure.NewCredentials(), nil
-	}
-	if (f.certFile == "") != (f.keyFile == "") {
-		return nil, errors.New("--tls-cert-file and --tls-key-file go together")
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.serverName}
-	if f.caFile != "" {
-		pem, err := os.ReadFile(f.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--tls-ca-file: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--tls-ca-file %s holds no PEM certificate", f.caFile)
-		}
-	}
-	if f.certFile != "" {
-		cert, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return credentials.NewTLS(tc), nil
 }
 
 // unverified is exit 3: no answer.
