@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
 )
