@@ -226,6 +226,10 @@ func TestServeRequestIDOnALogDirectory(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, res.GetAuditEvents(), 3, "one execution, no events for the replay")
 		require.Equal(t, "0b6c5c1e-3f27-4c8e-9a51-1f0f3d5e9a77", res.GetAuditEvents()[0].GetDetails().GetFields()["request_id"].GetStringValue())
+		// The replay has a call log line of its own, where a first
+		// success has none at the default level.
+		gw.stage4.stderr.waitForLog(t, "finished call", map[string]any{
+			"grpc.method": "ExecutePlan", "grpc.code": "OK", "replayed": true, "execution_id": first.execID})
 	})
 
 	t.Run("a Stage-3 refusal is replayed", func(t *testing.T) {

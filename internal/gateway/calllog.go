@@ -44,6 +44,9 @@ const (
 	// FieldCause is why Stage-3 was not reached, or why the connection to
 	// it broke: a stage3watch.Cause.
 	FieldCause = "cause"
+	// FieldReplayed is true on the line of an ExecutePlan answered from
+	// an earlier call with the same request_id (x-stage4-replayed).
+	FieldReplayed = "replayed"
 )
 
 // maxLoggedRequestIDBytes bounds the x-request-id in a log line: an id is
@@ -110,8 +113,14 @@ func (c *CallLog) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		resp, err := handler(ctx, req)
 		if err == nil {
-			if c.l.Enabled(ctx, slog.LevelDebug) {
-				c.write(ctx, info, slog.LevelDebug, codes.OK, start, nil, hdr)
+			// A replay is a caller's retry: worth a line (rate-limited)
+			// where a first success is not.
+			lvl := slog.LevelDebug
+			if hdr != nil && hdr.replayed {
+				lvl = slog.LevelInfo
+			}
+			if c.l.Enabled(ctx, lvl) {
+				c.write(ctx, info, lvl, codes.OK, start, nil, hdr)
 			}
 			return resp, nil
 		}
@@ -154,6 +163,12 @@ func (c *CallLog) write(ctx context.Context, info *grpc.UnaryServerInfo, lvl slo
 	attrs = append(attrs, slog.String("grpc.code", code.String()))
 	if err != nil {
 		attrs = append(attrs, failureAttrs(ctx, err, p, hasPeer, hdr)...)
+	}
+	if hdr != nil && hdr.replayed {
+		if err == nil && hdr.executionID != "" {
+			attrs = append(attrs, slog.String(FieldExecutionID, hdr.executionID))
+		}
+		attrs = append(attrs, slog.Bool(FieldReplayed, true))
 	}
 	// As logging.DurationToTimeMillisFields renders it.
 	attrs = append(attrs, slog.String("grpc.time_ms", fmt.Sprintf("%v", float32(duration.Nanoseconds()/1000)/1000)))
@@ -226,16 +241,21 @@ func stage3Cause(err error, stage3Code string) stage3watch.Cause {
 }
 
 // headerNote is the call's server transport stream, noting the execution
-// id header as the audit interceptor sets or sends it. The audit
-// interceptor runs in the call's goroutine, as the call log does after it.
+// id header, and whether the answer is a replay, as the audit interceptor
+// sets or sends them. The audit interceptor runs in the call's goroutine,
+// as the call log does after it.
 type headerNote struct {
 	grpc.ServerTransportStream
 	executionID string
+	replayed    bool
 }
 
 func (h *headerNote) note(md metadata.MD) {
 	if v := md.Get(server.HeaderExecutionID); len(v) > 0 {
 		h.executionID = v[0]
+	}
+	if v := md.Get(server.HeaderReplayed); len(v) > 0 && v[0] == "true" {
+		h.replayed = true
 	}
 }
 
