@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/stage4/stage4/internal/testkit"
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/mod/sumdb/note"
 
@@ -792,42 +793,9 @@ func readmeSection(t *testing.T, heading string) string {
 	return rest
 }
 
-// dockerInstruction is one instruction of the Dockerfile, continuation
-// lines joined.
-type dockerInstruction struct {
-	op   string // upper case: FROM, ENV, CMD, ...
-	args string
-}
-
-func readDockerfile(t *testing.T) []dockerInstruction {
-	t.Helper()
-	f, err := os.Open(dockerfile)
-	require.NoError(t, err)
-	defer f.Close()
-	var out []dockerInstruction
-	var cur strings.Builder
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if cur.Len() == 0 && (line == "" || strings.HasPrefix(line, "#")) {
-			continue
-		}
-		if cont, ok := strings.CutSuffix(line, `\`); ok {
-			cur.WriteString(cont + " ")
-			continue
-		}
-		cur.WriteString(line)
-		op, args, _ := strings.Cut(cur.String(), " ")
-		out = append(out, dockerInstruction{op: strings.ToUpper(op), args: strings.TrimSpace(args)})
-		cur.Reset()
-	}
-	require.NoError(t, sc.Err())
-	return out
-}
-
 func TestDockerfile(t *testing.T) {
 	t.Parallel()
-	instrs := readDockerfile(t)
+	instrs := testkit.DockerfileInstructions(t, dockerfile)
 	raw, err := os.ReadFile(dockerfile)
 	require.NoError(t, err)
 
@@ -836,21 +804,21 @@ func TestDockerfile(t *testing.T) {
 	var exposed []int
 	var stages int
 	for _, in := range instrs {
-		switch in.op {
+		switch in.Op {
 		case "FROM":
 			stages++
 		case "ENV":
-			for _, kv := range strings.Fields(in.args) {
+			for _, kv := range strings.Fields(in.Args) {
 				k, v, ok := strings.Cut(kv, "=")
-				require.True(t, ok, "ENV %s: write key=value", in.args)
+				require.True(t, ok, "ENV %s: write key=value", in.Args)
 				env[k] = v
 			}
 		case "ENTRYPOINT":
-			require.NoError(t, json.Unmarshal([]byte(in.args), &entrypoint), "ENTRYPOINT in exec form")
+			require.NoError(t, json.Unmarshal([]byte(in.Args), &entrypoint), "ENTRYPOINT in exec form")
 		case "CMD":
-			require.NoError(t, json.Unmarshal([]byte(in.args), &cmd), "CMD in exec form")
+			require.NoError(t, json.Unmarshal([]byte(in.Args), &cmd), "CMD in exec form")
 		case "EXPOSE":
-			for _, p := range strings.Fields(in.args) {
+			for _, p := range strings.Fields(in.Args) {
 				n, err := strconv.Atoi(strings.TrimSuffix(p, "/tcp"))
 				require.NoError(t, err)
 				exposed = append(exposed, n)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -28,6 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/stretchr/testify/require"
+
+	"github.com/stage4/stage4/internal/testkit"
 )
 
 const dockerfile = "../../Dockerfile"
@@ -47,27 +48,11 @@ type dockerfileStage struct {
 // to revision.
 func readDockerfile(t *testing.T, revision string) dockerfileStage {
 	t.Helper()
-	f, err := os.Open(dockerfile)
-	require.NoError(t, err)
-	defer f.Close()
 	var st dockerfileStage
 	var runs []string
-	var cur strings.Builder
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if cur.Len() == 0 && (line == "" || strings.HasPrefix(line, "#")) {
-			continue
-		}
-		if cont, ok := strings.CutSuffix(line, `\`); ok {
-			cur.WriteString(cont + " ")
-			continue
-		}
-		cur.WriteString(line)
-		op, args, _ := strings.Cut(cur.String(), " ")
-		cur.Reset()
-		args = strings.TrimSpace(strings.ReplaceAll(args, "${REVISION}", revision))
-		switch strings.ToUpper(op) {
+	for _, in := range testkit.DockerfileInstructions(t, dockerfile) {
+		args := strings.ReplaceAll(in.Args, "${REVISION}", revision)
+		switch in.Op {
 		case "FROM": // a new stage: only the last one's promises count
 			st = dockerfileStage{env: map[string]string{}, labels: map[string]string{}}
 		case "ENV":
@@ -89,7 +74,6 @@ func readDockerfile(t *testing.T, revision string) dockerfileStage {
 			runs = append(runs, args)
 		}
 	}
-	require.NoError(t, sc.Err())
 	st.runs = runs
 	return st
 }
