@@ -85,9 +85,9 @@ type AuditRecorder interface {
 	Append(ctx context.Context, ev audit.Event) (audit.Event, error)
 	// AppendUnsynced queues an event that the next Append makes durable.
 	AppendUnsynced(ctx context.Context, ev audit.Event) error
-	// Err says why the log refuses new executions now, nil while it
-	// takes them.
-	Err() error
+	// Admit says why the log refuses a new execution now, nil while it
+	// takes them, and counts the refusal (audit.Log.Admit).
+	Admit() error
 	// AppendLater keeps a terminal event that could not be appended, to
 	// be written once the store is healthy again (audit.Log.AppendLater).
 	AppendLater(ev audit.Event)
@@ -148,7 +148,7 @@ func (c *interceptorConfig) execute(ctx context.Context, log AuditRecorder, req 
 			return nil, err
 		}
 	}
-	if log.Err() != nil {
+	if log.Admit() != nil {
 		if keyed {
 			return nil, c.sendHeader(ctx, ex, ex.unavailable())
 		}

@@ -369,7 +369,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	// of call log lines that the rate limit held back go out before exit.
 	defer callLog.Flush()
 	defer guard.warnings.Flush()
-	srv := grpc.NewServer(serverOptions(cfg, creds, logger, callLog, tp, server.AuditInterceptor(admittingLog{auditLog},
+	srv := grpc.NewServer(serverOptions(cfg, creds, logger, callLog, tp, server.AuditInterceptor(auditLog,
 		func(req *stage4v1.ExecutePlanRequest) error { return validator.Validate(req) }, fp,
 		server.WithAbort(abortCtx), server.WithRequestRetention(retention),
 		server.WithKeyObserver(keyOutcomeCounter(reg))), serverMetrics, guard)...)
@@ -421,16 +421,6 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	serving = true
 	return ServeGRPC(ctx, srv, hs, lis, cfg.ShutdownGrace, logger, abort)
 }
-
-// admittingLog is the audit log as the audit interceptor sees it: the
-// interceptor asks Err before each execution's first append, and refuses
-// the plan when the store cannot record; Admit gives the same answer and
-// counts that refusal in stage4_audit_append_failures_total, which would
-// otherwise miss every AUDIT_UNAVAILABLE refused before an append.
-type admittingLog struct{ *audit.Log }
-
-// Err is the log's Admit.
-func (a admittingLog) Err() error { return a.Admit() }
 
 // LivenessService is the grpc.health.v1 service name of a liveness probe:
 // SERVING from start to shutdown, whatever the audit store's or Stage-3's
