@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -92,7 +91,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	if err := s.start(ctx); err != nil {
 		pool.Close()
 		claimPool.Close()
-		return nil, fmt.Errorf("open audit store %s: %w", redact(rawURL), err)
+		return nil, fmt.Errorf("open audit store %s: %w", audit.RedactLocation(rawURL), err)
 	}
 	go s.runClaims()
 	return s, nil
@@ -331,11 +330,3 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-// redact hides a password in a URL for error messages.
-func redact(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}

@@ -162,7 +162,7 @@ func OpenReader(ctx context.Context, rawURL string) (*Reader, error) {
 	applyDefaults(cfg)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("read audit store %s: %w", redact(rawURL), dbErrorNoReset(err))
+		return nil, fmt.Errorf("read audit store %s: %w", audit.RedactLocation(rawURL), dbErrorNoReset(err))
 	}
 	return &Reader{conn: conn}, nil
 }

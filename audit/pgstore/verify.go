@@ -44,7 +44,7 @@ func Verify(ctx context.Context, rawURL string, opts ...audit.VerifyOption) (aud
 	applyDefaults(cfg)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return res, fmt.Errorf("verify audit store %s: %w", redact(rawURL), dbErrorNoReset(err))
+		return res, fmt.Errorf("verify audit store %s: %w", audit.RedactLocation(rawURL), dbErrorNoReset(err))
 	}
 	defer conn.Close(context.Background())
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})

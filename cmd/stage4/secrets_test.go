@@ -106,3 +106,22 @@ func TestServeHidesTheDatabasePassword(t *testing.T) {
 		require.NotContains(t, page, password)
 	}
 }
+
+// TestServeHidesThePasswordOfAnUnreachableDatabase: when the database of a
+// postgres:// --audit-log cannot be reached, serve exits 1 quoting the
+// URL, with a password given as a parameter (which libpq and pgx accept)
+// hidden like one in the user information.
+func TestServeHidesThePasswordOfAnUnreachableDatabase(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret-pw"
+	for _, auditLog := range []string{
+		"postgres://stage4:" + password + "@127.0.0.1:1/audit?connect_timeout=1",
+		"postgres://stage4@127.0.0.1:1/audit?password=" + password + "&connect_timeout=1",
+	} {
+		code, _, stderr := runStage4(t, nil, "serve", "--stage3-addr", "127.0.0.1:1", "--stage3-insecure",
+			"--metrics-listen", "", "--audit-log", auditLog)
+		require.Equal(t, 1, code, stderr)
+		require.Contains(t, stderr, "127.0.0.1:1/audit", "the message says which database")
+		require.NotContains(t, stderr, password)
+	}
+}

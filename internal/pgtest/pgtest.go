@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/stage4/stage4/audit"
 )
 
 // EnvURL names the environment variable with the URL of the test server.
@@ -65,7 +67,7 @@ func NewDatabaseOn(t testing.TB, serverURL string) string {
 	defer cancel()
 	admin, err := pgx.Connect(ctx, serverURL)
 	if err != nil {
-		Unavailable(t, "PostgreSQL is not reachable at %s: %v", redact(serverURL), err)
+		Unavailable(t, "PostgreSQL is not reachable at %s: %v", audit.RedactLocation(serverURL), err)
 	}
 	defer admin.Close(context.Background())
 	name := "stage4_test_" + randomHex(8)
@@ -102,7 +104,7 @@ func Exec(t testing.TB, dbURL, sql string, args ...any) {
 	defer cancel()
 	c, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
-		t.Fatalf("connect to %s: %v", redact(dbURL), err)
+		t.Fatalf("connect to %s: %v", audit.RedactLocation(dbURL), err)
 	}
 	defer c.Close(context.Background())
 	if _, err := c.Exec(ctx, sql, args...); err != nil {
@@ -116,11 +118,3 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// redact hides a password in a URL for messages.
-func redact(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}
