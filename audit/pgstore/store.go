@@ -329,4 +329,3 @@ func randomID() string {
 	_, _ = rand.Read(b) // never fails (crypto/rand documents it)
 	return hex.EncodeToString(b)
 }
-

@@ -6,7 +6,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/stage4/stage4/audit/internal/fsutil"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // nextState is the preparation of the next segment (nextFile) in the
@@ -85,7 +85,7 @@ func prepareFile(path, dir string, size int64) error {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = fsutil.SyncDir(dir)
+		err = atomicfile.SyncDir(dir)
 	}
 	if err != nil {
 		os.Remove(tmp)

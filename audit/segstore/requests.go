@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/internal/fsutil"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // RequestsDir holds the keys of idempotent executions and their answers
@@ -185,7 +185,7 @@ func (r *requests) open(open map[string]*audit.OpenExecution, logged *loggedClai
 	if err := os.MkdirAll(r.dir, 0o700); err != nil {
 		return err
 	}
-	if err := fsutil.SyncDir(filepath.Dir(r.dir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(r.dir)); err != nil {
 		return err
 	}
 	entries, err := os.ReadDir(r.dir)
@@ -325,7 +325,7 @@ func (r *requests) openFile(hour int32) (*journalFile, error) {
 	}
 	if errors.Is(statErr, fs.ErrNotExist) {
 		// Its name must last as long as what is written into it.
-		if err := fsutil.SyncDir(r.dir); err != nil {
+		if err := atomicfile.SyncDir(r.dir); err != nil {
 			osf.Close()
 			return nil, err
 		}
@@ -838,7 +838,7 @@ func (s *Store) PurgeRequests(ctx context.Context, before time.Time) error {
 		removed = true
 	}
 	if removed {
-		if err := fsutil.SyncDir(r.dir); err != nil {
+		if err := atomicfile.SyncDir(r.dir); err != nil {
 			return fmt.Errorf("purge requests: %w", err)
 		}
 	}

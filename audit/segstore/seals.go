@@ -15,6 +15,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // seal describes a sealed segment: one line of the seal file. It lets
@@ -172,7 +173,7 @@ func (s *Store) openSeals() ([]seal, error) {
 			return nil, fmt.Errorf("cut the incomplete last line of %s: %w", path, err)
 		}
 	}
-	if err := fsutil.SyncDir(s.dir); err != nil {
+	if err := atomicfile.SyncDir(s.dir); err != nil {
 		return nil, err
 	}
 	fi, err := f.Stat()

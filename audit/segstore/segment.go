@@ -10,7 +10,7 @@ import (
 	"syscall"
 
 	"github.com/stage4/stage4/audit"
-	"github.com/stage4/stage4/audit/internal/fsutil"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // nextFile is the next segment, prepared (zero-filled and fsynced) in the
@@ -250,7 +250,7 @@ func (s *Store) takeNext() (*os.File, error) {
 			err = f.Sync()
 		}
 		if err == nil {
-			err = fsutil.SyncDir(s.dir)
+			err = atomicfile.SyncDir(s.dir)
 		}
 		if err != nil && f != nil {
 			f.Close()
@@ -302,7 +302,7 @@ func (s *Store) install(f *os.File) error {
 	path := s.path(SegmentName(first))
 	err := os.Rename(s.path(nextFile), path)
 	if err == nil {
-		err = fsutil.SyncDir(s.dir)
+		err = atomicfile.SyncDir(s.dir)
 	}
 	var ident os.FileInfo
 	if err == nil {

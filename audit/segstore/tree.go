@@ -12,6 +12,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	"github.com/stage4/stage4/audit/internal/fsutil"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // openTree opens (or creates) the tree file and brings it to exactly the
@@ -29,7 +30,7 @@ func (s *Store) openTree(seals []seal) error {
 	if missing {
 		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 		if err == nil {
-			err = fsutil.SyncDir(s.dir)
+			err = atomicfile.SyncDir(s.dir)
 		}
 	}
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stage4/stage4/audit"
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 const auditCheckpointUsage = `Usage: stage4 audit checkpoint --addr HOST:PORT --verifier-key KEY --out DIR [TLS flags]
@@ -99,46 +100,19 @@ func runAuditCheckpoint(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// storeNew writes data to dir/name, creating dir when missing: to a
-// temporary file first, synced, then linked to its name, which fails
-// rather than replace a file that exists; so dir never holds a partial
-// checkpoint under a checkpoint's name.
+// storeNew writes data to dir/name, creating dir when missing, and never
+// replaces a file there; dir never holds a partial checkpoint under a
+// checkpoint's name. A checkpoint is public: readable by all.
 func storeNew(dir, name string, data []byte) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(dir, ".checkpoint-*.tmp")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	// A checkpoint is public: readable by all, as a file written with the
-	// usual umask would be (CreateTemp makes it 0600).
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
 	path := filepath.Join(dir, name)
-	if err := os.Link(tmp.Name(), path); err != nil {
+	if err := atomicfile.Create(path, data, 0o644); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return "", fmt.Errorf("%s exists already; not replaced", path)
 		}
 		return "", err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // the new name, durable
-		d.Close()
 	}
 	return path, nil
 }

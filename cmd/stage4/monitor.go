@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/internal/atomicfile"
 	"github.com/stage4/stage4/internal/witness"
 
 	stage4v1 "github.com/stage4/stage4/gen/stage4/v1"
@@ -275,12 +276,7 @@ func (m *monitor) prove(ctx context.Context, first, second uint64) (tlog.TreePro
 
 // keep makes msg the kept checkpoint, atomically.
 func (m *monitor) keep(msg []byte) error {
-	path := filepath.Join(m.f.state, monitorFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, msg, 0o600); err != nil {
-		return usageError("audit monitor: --state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Replace(filepath.Join(m.f.state, monitorFile), msg, 0o600); err != nil {
 		return usageError("audit monitor: --state: %w", err)
 	}
 	return nil

@@ -117,4 +117,3 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b) // never fails (crypto/rand documents it)
 	return hex.EncodeToString(b)
 }
-

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // CheckpointFile is a store's latest signed checkpoint (audit.SignCheckpoint),
@@ -67,7 +68,7 @@ func (c *CheckpointFile) Save(size uint64, note []byte) error {
 	if err := c.watch.Check(); err != nil {
 		return err
 	}
-	if err := ReplaceFile(c.path, note); err != nil {
+	if err := atomicfile.Replace(c.path, note, 0o600); err != nil {
 		return fmt.Errorf("write checkpoint file: %w", err)
 	}
 	if err := c.watch.Known(int64(len(note))); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stage4/stage4/audit"
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // ErrHeadMismatch: the log does not hold the last record its head file
@@ -67,7 +68,7 @@ func WriteHead(path string, h audit.Head) error {
 	if err != nil {
 		return err
 	}
-	return ReplaceFile(path, append(data, '\n'))
+	return atomicfile.Replace(path, append(data, '\n'), 0o600)
 }
 
 // SetAside renames the file at path to path.<unix time>.old (with a
@@ -91,7 +92,7 @@ func SetAside(path string) (string, error) {
 		if err := os.Remove(path); err != nil {
 			return "", err
 		}
-		return old, SyncDir(filepath.Dir(path))
+		return old, atomicfile.SyncDir(filepath.Dir(path))
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // KeyLen is the length of a fingerprint key a store creates.
@@ -26,7 +28,7 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("create key file %s: %w", path, err)
 	}
-	if err := CreateFile(path, key); err != nil {
+	if err := atomicfile.Create(path, key, 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return readKey(path) // created meanwhile: that key is the store's
 		}

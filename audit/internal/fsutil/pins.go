@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/stage4/stage4/internal/atomicfile"
 )
 
 // PinFile keeps the verifier keys pinned for a log (audit.Store's
@@ -73,7 +75,7 @@ func (p *PinFile) Pin(old, keys []string) ([]string, error) {
 		return nil, err
 	}
 	data := []byte(strings.Join(keys, "\n") + "\n")
-	if err := ReplaceFile(p.path, data); err != nil {
+	if err := atomicfile.Replace(p.path, data, 0o600); err != nil {
 		return nil, fmt.Errorf("write verifier keys file: %w", err)
 	}
 	if err := p.watch.Known(int64(len(data))); err != nil {
